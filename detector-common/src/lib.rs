@@ -1,0 +1,425 @@
+//! Wire types shared by the eBPF programs (`detector-ebpf`) and the daemon (`detector`).
+//!
+//! Everything here is `#[repr(C)]` with fixed-width integers and explicit padding, so that the
+//! kernel and user space agree byte for byte. Each type carries a size assertion; a change in
+//! layout is a compile error on both sides. Flags are `u32`, never `bool`.
+//!
+//! Every record in the ring buffer starts with an [`EventHeader`]; its `kind` is an
+//! [`EventKind`], converted with `TryFrom<u32>` in user space (never transmuted).
+#![no_std]
+
+use core::mem::size_of;
+
+/// Ring buffer carrying every event record from the kernel.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// LPM trie classifying path prefixes ([`PathClassData`] -> [`path_class`] bits).
+pub const MAP_PATH_CLASS: &str = "PATH_CLASS";
+/// LRU map suppressing repeated write-opens of one file by one cgroup ([`DedupKey`] -> [`DedupValue`]).
+pub const MAP_WRITE_DEDUP: &str = "WRITE_DEDUP";
+/// Cgroup ids (cgroup2 inode numbers) whose descendants are watched in `containers` mode.
+pub const MAP_WATCH_ROOTS: &str = "WATCH_ROOTS";
+/// LRU cache of the watch decision per cgroup id ([`WatchDecision`]).
+pub const MAP_WATCH_CACHE: &str = "WATCH_CACHE";
+/// Per-CPU egress counters per cgroup id ([`TrafficCounters`]).
+pub const MAP_EGRESS: &str = "EGRESS";
+/// Per-CPU counters indexed by [`Stat`].
+pub const MAP_STATS: &str = "STATS";
+
+/// Global: tgid of the daemon, whose own activity is never reported.
+pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
+/// Global: [`WatchMode`] as `u32`.
+pub const GLOBAL_WATCH_MODE: &str = "WATCH_MODE";
+/// Global: repeat-suppression window for write-opens, in nanoseconds (0 disables suppression).
+pub const GLOBAL_DEDUP_WINDOW_NS: &str = "DEDUP_WINDOW_NS";
+/// One-entry array holding the watch generation; user space bumps it when [`MAP_WATCH_ROOTS`]
+/// changes, which invalidates every [`MAP_WATCH_CACHE`] entry decided before.
+pub const MAP_WATCH_GENERATION: &str = "WATCH_GENERATION";
+/// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
+pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+
+/// Maximum bytes of a path copied from a syscall argument (including the NUL).
+pub const PATH_MAX_BYTES: usize = 256;
+/// Maximum bytes of an executable's filename.
+pub const FILENAME_MAX_BYTES: usize = 256;
+/// Maximum bytes of the NUL-separated argument vector of an exec.
+pub const ARGS_MAX_BYTES: usize = 2048;
+/// Bytes of a path compared against [`MAP_PATH_CLASS`]; prefixes must be shorter.
+pub const PATH_CLASS_KEY_BYTES: usize = 64;
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+/// Maximum number of cgroup levels walked when deciding whether a cgroup is watched.
+pub const WATCH_MAX_DEPTH: u32 = 8;
+
+/// Kinds of record in the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A successful exec ([`ExecEvent`]).
+    Exec = 1,
+    /// A thread-group leader exited ([`ExitEvent`]).
+    Exit = 2,
+    /// A file open, unlink or chmod of interest ([`FileEvent`]).
+    File = 3,
+    /// A rename of interest ([`RenameEvent`]).
+    Rename = 4,
+    /// An outbound connect ([`ConnectEvent`]).
+    Connect = 5,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => Self::Exec,
+            2 => Self::Exit,
+            3 => Self::File,
+            4 => Self::Rename,
+            5 => Self::Connect,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Which cgroups the kernel programs report on.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// Every task on the node, except the daemon itself.
+    All = 0,
+    /// Only tasks in a cgroup below one of [`MAP_WATCH_ROOTS`].
+    Containers = 1,
+}
+
+/// Indices into [`MAP_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Exec records lost because the ring buffer was full.
+    LostExec = 0,
+    /// Exit records lost because the ring buffer was full.
+    LostExit = 1,
+    /// File records lost because the ring buffer was full.
+    LostFile = 2,
+    /// Rename records lost because the ring buffer was full.
+    LostRename = 3,
+    /// Connect records lost because the ring buffer was full.
+    LostConnect = 4,
+    /// Write-opens suppressed as repeats within the dedup window (counted, reported later).
+    SuppressedWrites = 5,
+    /// Kernel reads (user or kernel memory) that failed; the record went out with what was read.
+    ReadErrors = 6,
+}
+
+/// Number of entries in [`MAP_STATS`].
+pub const STAT_COUNT: u32 = 7;
+
+impl Stat {
+    /// The loss counter for records of `kind`.
+    pub const fn lost(kind: EventKind) -> Self {
+        match kind {
+            EventKind::Exec => Self::LostExec,
+            EventKind::Exit => Self::LostExit,
+            EventKind::File => Self::LostFile,
+            EventKind::Rename => Self::LostRename,
+            EventKind::Connect => Self::LostConnect,
+        }
+    }
+}
+
+/// Bits of [`EventHeader::flags`].
+pub mod header_flags {
+    /// The parent tgid could not be read.
+    pub const PPID_UNKNOWN: u32 = 1 << 0;
+}
+
+/// Header common to every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// [`header_flags`] bits.
+    pub flags: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ktime_ns: u64,
+    /// cgroup2 id (inode number of the cgroup directory) of the task.
+    pub cgroup_id: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Thread-group id (the process id seen by user space).
+    pub tgid: u32,
+    /// Thread-group id of the real parent.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Task command name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<EventHeader>() == 64);
+
+/// Bits of [`ExecEvent::flags`].
+pub mod exec_flags {
+    /// The argument vector was longer than [`super::ARGS_MAX_BYTES`].
+    pub const ARGS_TRUNCATED: u32 = 1 << 0;
+    /// The filename was longer than [`super::FILENAME_MAX_BYTES`].
+    pub const FILENAME_TRUNCATED: u32 = 1 << 1;
+    /// The argument vector could not be read.
+    pub const ARGS_UNREADABLE: u32 = 1 << 2;
+}
+
+/// A successful exec, taken at `sched_process_exec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// [`exec_flags`] bits.
+    pub flags: u32,
+    /// Bytes of `filename` used, without the NUL.
+    pub filename_len: u32,
+    /// Bytes of `args` used (NUL-separated arguments).
+    pub args_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Path given to exec, as the kernel saw it (`linux_binprm::filename`).
+    pub filename: [u8; FILENAME_MAX_BYTES],
+    /// Argument vector, each argument NUL terminated.
+    pub args: [u8; ARGS_MAX_BYTES],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 64 + 16 + FILENAME_MAX_BYTES + ARGS_MAX_BYTES);
+
+/// A thread-group leader exiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// `task_struct::exit_code`: exit status in bits 8..16, terminating signal in bits 0..7.
+    pub exit_code: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExitEvent>() == 72);
+
+/// File operations reported in [`FileEvent::op`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// `open`, `openat`, `openat2` or `creat`.
+    Open = 1,
+    /// `unlink` or `unlinkat`.
+    Unlink = 2,
+    /// `chmod`, `fchmodat` or `fchmodat2`.
+    Chmod = 3,
+    /// `rename`, `renameat` or `renameat2` ([`RenameEvent`]).
+    Rename = 4,
+}
+
+impl TryFrom<u32> for FileOp {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => Self::Open,
+            2 => Self::Unlink,
+            3 => Self::Chmod,
+            4 => Self::Rename,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Bits stored in [`MAP_PATH_CLASS`] and reported in [`FileEvent::class`].
+pub mod path_class {
+    /// A write here is flagged sensitive (`/proc`, `/dev`, `/etc`, binary and library dirs).
+    pub const SENSITIVE_WRITE: u32 = 1 << 0;
+    /// Any open here, read-only too, is reported (secrets, ssh keys, kubelet state).
+    pub const READ_SENSITIVE: u32 = 1 << 1;
+    /// Never reported (harmless device nodes such as `/dev/null`).
+    pub const EXCLUDED: u32 = 1 << 2;
+}
+
+/// Bits of [`FileEvent::flags`].
+pub mod file_flags {
+    /// The open asked for write, create, truncate or append.
+    pub const WRITE_INTENT: u32 = 1 << 0;
+    /// The path was relative to a directory fd (see [`super::FileEvent::dirfd`]).
+    pub const RELATIVE: u32 = 1 << 1;
+    /// The path was longer than [`super::PATH_MAX_BYTES`].
+    pub const PATH_TRUNCATED: u32 = 1 << 2;
+}
+
+/// An open with write intent, an open of a read-sensitive path, or an unlink/chmod of a
+/// sensitive path, taken at syscall entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// A [`FileOp`] as `u32`.
+    pub op: u32,
+    /// [`file_flags`] bits.
+    pub flags: u32,
+    /// [`path_class`] bits of the longest matching prefix.
+    pub class: u32,
+    /// `open` flags (`O_*`), or the mode for chmod.
+    pub open_flags: u32,
+    /// Directory fd the path is relative to (`AT_FDCWD` = -100).
+    pub dirfd: i32,
+    /// Bytes of `path` used, without the NUL.
+    pub path_len: u32,
+    /// Identical write-opens suppressed in the kernel since the previous reported one.
+    pub suppressed: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Path as passed to the syscall.
+    pub path: [u8; PATH_MAX_BYTES],
+}
+const _: () = assert!(size_of::<FileEvent>() == 64 + 32 + PATH_MAX_BYTES);
+
+/// A rename where either side is a sensitive path.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RenameEvent {
+    /// The source path, as a [`FileEvent`] with `op` = [`FileOp::Rename`].
+    pub file: FileEvent,
+    /// Bytes of `target` used, without the NUL.
+    pub target_len: u32,
+    /// Directory fd the target is relative to.
+    pub target_dirfd: i32,
+    /// Target path as passed to the syscall.
+    pub target: [u8; PATH_MAX_BYTES],
+}
+const _: () = assert!(size_of::<RenameEvent>() == size_of::<FileEvent>() + 8 + PATH_MAX_BYTES);
+
+/// An outbound connect, taken at the cgroup `connect4`/`connect6` hooks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u32,
+    /// Destination port, host byte order.
+    pub dport: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Destination address in network byte order; IPv4 in the first four bytes.
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 64 + 16 + 16);
+
+/// Data of a [`MAP_PATH_CLASS`] LPM trie key: the first path bytes. A prefix entry covers
+/// every path starting with it; an entry whose bytes end with the NUL matches one path exactly.
+pub type PathClassData = [u8; PATH_CLASS_KEY_BYTES];
+
+/// Key of [`MAP_WRITE_DEDUP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DedupKey {
+    /// cgroup id of the writer.
+    pub cgroup_id: u64,
+    /// FNV-1a hash of the path bytes.
+    pub path_hash: u64,
+}
+const _: () = assert!(size_of::<DedupKey>() == 16);
+
+/// Value of [`MAP_WRITE_DEDUP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DedupValue {
+    /// Boot-time ns of the last reported write-open.
+    pub last_reported_ns: u64,
+    /// Repeats suppressed since then.
+    pub suppressed: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<DedupValue>() == 16);
+
+/// Value of [`MAP_WATCH_CACHE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WatchDecision {
+    /// 1 when watched.
+    pub watched: u32,
+    /// Value of the watch generation when decided.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<WatchDecision>() == 8);
+
+/// Value of [`MAP_EGRESS`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// Bytes at the IP layer.
+    pub bytes: u64,
+    /// Packets.
+    pub packets: u64,
+}
+const _: () = assert!(size_of::<TrafficCounters>() == 16);
+
+/// Kernel structure member offsets, read from `/sys/kernel/btf/vmlinux` by user space and
+/// handed to the programs as a global (Rust eBPF has no CO-RE relocations for these).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct::real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct::tgid`.
+    pub task_tgid: u32,
+    /// `task_struct::mm`.
+    pub task_mm: u32,
+    /// `task_struct::exit_code`.
+    pub task_exit_code: u32,
+    /// `mm_struct::arg_start`.
+    pub mm_arg_start: u32,
+    /// `mm_struct::arg_end`.
+    pub mm_arg_end: u32,
+    /// `linux_binprm::filename`.
+    pub bprm_filename: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 32);
+
+/// FNV-1a 64-bit offset basis, shared so that both sides hash paths the same way.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: every type below is `#[repr(C)]`, made only of integers and integer arrays, with
+    // explicit padding fields, so any bit pattern is a valid value and there is no hidden padding.
+    unsafe impl aya::Pod for DedupKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DedupValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WatchDecision {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TrafficCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ExecEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ExitEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FileEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RenameEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnectEvent {}
+}

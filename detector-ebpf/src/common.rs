@@ -1,0 +1,186 @@
+//! Maps, globals and helpers shared by every program.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+            bpf_ktime_get_boot_ns,
+        },
+    },
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use detector_common::{
+    EventHeader, EventKind, KernelOffsets, STAT_COUNT, Stat, WATCH_MAX_DEPTH, WatchDecision,
+    WatchMode, header_flags,
+};
+
+/// Every record goes through this ring buffer; its size is set by user space at load.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Per-CPU counters indexed by [`Stat`].
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Cgroup ids whose descendants are watched in `containers` mode.
+#[map(name = "WATCH_ROOTS")]
+static WATCH_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Watch decision per cgroup id, so the ancestor walk runs once per cgroup and generation.
+#[map(name = "WATCH_CACHE")]
+static WATCH_CACHE: LruHashMap<u64, WatchDecision> = LruHashMap::with_max_entries(16384, 0);
+
+/// Bumped by user space when `WATCH_ROOTS` changes.
+#[map(name = "WATCH_GENERATION")]
+static WATCH_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Tgid of the daemon; its own activity is never reported.
+#[unsafe(no_mangle)]
+static DAEMON_TGID: u32 = 0;
+
+/// A [`WatchMode`] as `u32`.
+#[unsafe(no_mangle)]
+static WATCH_MODE: u32 = 0;
+
+/// Kernel structure offsets from BTF.
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    bprm_filename: 0,
+    _pad: 0,
+};
+
+/// Reads a global set by user space at load time. The volatile read keeps the compiler from
+/// folding the placeholder value in; the verifier then sees the real value as a constant.
+#[inline(always)]
+fn global<T: Copy>(value: &'static T) -> T {
+    // SAFETY: `value` is a valid, aligned static.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+/// Kernel structure offsets.
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    global(&OFFSETS)
+}
+
+/// Adds one to a counter.
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: the pointer comes from a per-CPU array lookup and is only touched on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a record of `kind` lost to a full ring buffer.
+#[inline(always)]
+pub fn count_lost(kind: EventKind) {
+    count(Stat::lost(kind));
+}
+
+/// The current thread-group id.
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// True for the daemon's own threads.
+#[inline(always)]
+pub fn is_daemon(tgid: u32) -> bool {
+    tgid == global(&DAEMON_TGID)
+}
+
+/// Whether the current task's cgroup is watched.
+#[inline(always)]
+pub fn current_cgroup_watched() -> bool {
+    if global(&WATCH_MODE) == WatchMode::All as u32 {
+        return true;
+    }
+    // SAFETY: a helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let generation = WATCH_GENERATION.get(0).copied().unwrap_or(0);
+    // SAFETY: the value is copied out at once; a concurrent update only changes the decision.
+    if let Some(decision) = unsafe { WATCH_CACHE.get(&cgroup_id) }
+        && decision.generation == generation
+    {
+        return decision.watched != 0;
+    }
+    let mut watched = 0;
+    // Level 0 is the cgroup2 root, never a watch root.
+    for level in 1..=WATCH_MAX_DEPTH {
+        // SAFETY: a helper taking a plain integer.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if ancestor == 0 {
+            break;
+        }
+        // SAFETY: only existence is tested.
+        if unsafe { WATCH_ROOTS.get(&ancestor) }.is_some() {
+            watched = 1;
+            break;
+        }
+        // A root may be the task's own cgroup (a runtime's `docker-<id>.scope`), so the task's
+        // level is tested before the walk stops.
+        if ancestor == cgroup_id {
+            break;
+        }
+    }
+    let decision = WatchDecision {
+        watched,
+        generation,
+    };
+    // A failed insert only costs another walk next time.
+    let _ = WATCH_CACHE.insert(&cgroup_id, &decision, 0);
+    watched != 0
+}
+
+/// Fills `header` for the current task.
+#[inline(always)]
+pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    header.kind = kind as u32;
+    header.flags = 0;
+    // SAFETY: helpers without arguments.
+    header.ktime_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: as above.
+    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    header.pid = pid_tgid as u32;
+    header.tgid = (pid_tgid >> 32) as u32;
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
+    header._pad = 0;
+    header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    match parent_tgid() {
+        Some(ppid) => header.ppid = ppid,
+        None => {
+            header.ppid = 0;
+            header.flags |= header_flags::PPID_UNKNOWN;
+        }
+    }
+}
+
+/// `current->real_parent->tgid`, through the offsets read from BTF.
+#[inline(always)]
+fn parent_tgid() -> Option<u32> {
+    let offsets = offsets();
+    if offsets.task_real_parent == 0 {
+        return None;
+    }
+    // SAFETY: a helper without arguments; the task pointer is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads tolerate any address; a bad one returns an error.
+    let parent: *const u8 =
+        unsafe { bpf_probe_read_kernel(task.add(offsets.task_real_parent as usize).cast()) }
+            .ok()?;
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel::<u32>(parent.add(offsets.task_tgid as usize).cast()) }.ok()
+}

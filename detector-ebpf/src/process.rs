@@ -1,0 +1,151 @@
+//! Process lifecycle: `raw_tracepoint/sched_process_exec` and `raw_tracepoint/sched_process_exit`.
+//!
+//! Exec is taken after the new image is in place, so only successful execs are reported, and the
+//! argument vector is read from the new process's own stack (`mm->arg_start..arg_end`).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_probe_read_kernel_str, bpf_probe_read_user},
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use detector_common::{
+    ARGS_MAX_BYTES, EventKind, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, Stat, exec_flags,
+};
+
+use crate::common::{
+    EVENTS, count, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon,
+    offsets,
+};
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    match try_exec(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// `sched_process_exit(struct task_struct *p, ...)`.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    match try_exit(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    if is_daemon(current_tgid()) || !current_cgroup_watched() {
+        return Ok(0);
+    }
+    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+        count_lost(EventKind::Exec);
+        return Ok(0);
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reservation is `size_of::<ExecEvent>()` bytes and exclusively ours until
+    // submitted or discarded; every field is written below before submission.
+    let event = unsafe { &mut *event };
+    fill_header(&mut event.header, EventKind::Exec);
+    event.flags = 0;
+    event._pad = 0;
+
+    let offsets = offsets();
+    let bprm: *const u8 = ctx.arg(2);
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    let filename: *const u8 =
+        unsafe { bpf_probe_read_kernel(bprm.add(offsets.bprm_filename as usize).cast()) }
+            .unwrap_or(core::ptr::null());
+    // SAFETY: the helper writes at most `FILENAME_MAX_BYTES` into `event.filename`.
+    let read = unsafe {
+        bpf_probe_read_kernel_str(
+            event.filename.as_mut_ptr().cast(),
+            FILENAME_MAX_BYTES as u32,
+            filename.cast(),
+        )
+    };
+    if read > 0 {
+        event.filename_len = read as u32 - 1;
+        if read as usize >= FILENAME_MAX_BYTES {
+            event.flags |= exec_flags::FILENAME_TRUNCATED;
+        }
+    } else {
+        event.filename_len = 0;
+        event.filename[0] = 0;
+        count(Stat::ReadErrors);
+    }
+
+    event.args_len = 0;
+    match args_range() {
+        Some((start, end)) if end > start => {
+            let mut len = end - start;
+            if len > ARGS_MAX_BYTES as u64 {
+                len = ARGS_MAX_BYTES as u64;
+                event.flags |= exec_flags::ARGS_TRUNCATED;
+            }
+            // SAFETY: `len` is at most `ARGS_MAX_BYTES`, the size of `event.args`.
+            let ret = unsafe {
+                bpf_probe_read_user(event.args.as_mut_ptr().cast(), len as u32, start as *const _)
+            };
+            if ret == 0 {
+                event.args_len = len as u32;
+            } else {
+                event.flags |= exec_flags::ARGS_UNREADABLE;
+                count(Stat::ReadErrors);
+            }
+        }
+        _ => event.flags |= exec_flags::ARGS_UNREADABLE,
+    }
+    entry.submit(0);
+    Ok(0)
+}
+
+/// `current->mm->arg_start` and `arg_end`.
+#[inline(always)]
+fn args_range() -> Option<(u64, u64)> {
+    let offsets = offsets();
+    if offsets.task_mm == 0 {
+        return None;
+    }
+    // SAFETY: a helper without arguments; the pointer is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    unsafe {
+        let mm: *const u8 = bpf_probe_read_kernel(task.add(offsets.task_mm as usize).cast()).ok()?;
+        let start: u64 = bpf_probe_read_kernel(mm.add(offsets.mm_arg_start as usize).cast()).ok()?;
+        let end: u64 = bpf_probe_read_kernel(mm.add(offsets.mm_arg_end as usize).cast()).ok()?;
+        Some((start, end))
+    }
+}
+
+#[inline(always)]
+fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // Only the thread-group leader's exit is a process exit.
+    if pid_tgid as u32 != (pid_tgid >> 32) as u32 {
+        return Ok(0);
+    }
+    if is_daemon(current_tgid()) || !current_cgroup_watched() {
+        return Ok(0);
+    }
+    let task: *const u8 = ctx.arg(0);
+    let offsets = offsets();
+    // SAFETY: a probe read of kernel memory; a bad address returns an error.
+    let exit_code: u32 =
+        unsafe { bpf_probe_read_kernel(task.add(offsets.task_exit_code as usize).cast()) }
+            .unwrap_or(0);
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count_lost(EventKind::Exit);
+        return Ok(0);
+    };
+    // SAFETY: the reservation is exclusively ours; every field is written before submission.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::Exit);
+    event.exit_code = exit_code;
+    event._pad = 0;
+    entry.submit(0);
+    Ok(0)
+}

@@ -1,0 +1,162 @@
+//! cgroup2 facts the sensors need: where the hierarchy is mounted, and which directories are
+//! the roots of container cgroups.
+//!
+//! A cgroup id, as `bpf_get_current_cgroup_id()` returns it, is the inode number of the cgroup2
+//! directory.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// The cgroup2 mount point from `/proc/self/mountinfo` (`/sys/fs/cgroup` on a unified host,
+/// `/sys/fs/cgroup/unified` on a hybrid one).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_cgroup2_mount(&mountinfo)
+}
+
+/// Finds the first cgroup2 mount in mountinfo text.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> ..."
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+    })
+}
+
+fn unescape_mountinfo(field: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let digits: String = chars.clone().take(3).collect();
+            if digits.len() == 3
+                && let Ok(value) = u8::from_str_radix(&digits, 8)
+            {
+                out.push(char::from(value));
+                chars.nth(2);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether a cgroup directory, given relative to the cgroup2 root, is where a container runtime
+/// or the kubelet puts containers: everything below it (or it itself, for a scope) is watched in
+/// `containers` mode.
+pub fn is_container_root(relative: &str) -> bool {
+    let mut parts = relative.split('/').filter(|p| !p.is_empty());
+    let (Some(first), second, None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let runtime_scope = |name: &str| {
+        ["docker-", "crio-", "cri-containerd-", "libpod-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            && name.ends_with(".scope")
+    };
+    match second {
+        None => {
+            matches!(
+                first,
+                "kubepods" | "kubepods.slice" | "docker" | "crio" | "containerd" | "libpod_parent"
+            ) || runtime_scope(first)
+        }
+        Some(name) => first == "system.slice" && runtime_scope(name),
+    }
+}
+
+/// Ids of the container roots below `cgroup2`, sorted.
+pub fn container_roots(cgroup2: &Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(top) = std::fs::read_dir(cgroup2) else {
+        return ids;
+    };
+    for entry in top.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if is_container_root(&name)
+            && let Ok(meta) = entry.metadata()
+        {
+            ids.push(meta.ino());
+        }
+        if name == "system.slice"
+            && let Ok(inner) = std::fs::read_dir(entry.path())
+        {
+            for child in inner.flatten() {
+                let child_name = child.file_name().to_string_lossy().into_owned();
+                if is_container_root(&format!("system.slice/{child_name}"))
+                    && let Ok(meta) = child.metadata()
+                {
+                    ids.push(meta.ino());
+                }
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// The cgroup id of a cgroup2 directory.
+pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
+    Ok(std::fs::metadata(dir)?.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_on_hybrid_and_unified_hosts() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            parse_cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let escaped = "30 1 0:26 / /mnt/with\\040space rw - cgroup2 none rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(escaped),
+            Some(PathBuf::from("/mnt/with space"))
+        );
+        assert_eq!(parse_cgroup2_mount("garbage\n\n1 2 3\n"), None);
+    }
+
+    #[test]
+    fn container_roots_by_name() {
+        for yes in [
+            "kubepods",
+            "kubepods.slice",
+            "docker",
+            "system.slice/docker-0123abcd.scope",
+            "system.slice/cri-containerd-ab.scope",
+            "crio-1.scope",
+        ] {
+            assert!(is_container_root(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "user.slice",
+            "system.slice",
+            "system.slice/ssh.service",
+            "kubepods/burstable",
+            "a/b/c",
+            "system.slice/docker.service",
+        ] {
+            assert!(!is_container_root(no), "{no}");
+        }
+    }
+}

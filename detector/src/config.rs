@@ -1,0 +1,293 @@
+//! The daemon's configuration: one serde tree, defaults that work with no file, unknown keys
+//! rejected, and [`Config::validate`] reporting every problem with its location.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Failure to load a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema (unknown keys included).
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    /// The values parse but do not make sense.
+    #[error("{path}: invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One problem in a configuration, with the dotted path of the offending key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, e.g. `sensors.read_sensitive_paths[2]`.
+    pub at: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Kernel sensors.
+    pub sensors: SensorsConfig,
+    /// Where events go.
+    pub output: OutputConfig,
+}
+
+/// Which cgroups are reported on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Watch {
+    /// Every process on the node except the daemon (the standalone default).
+    #[default]
+    All,
+    /// Only processes in container cgroups (kubepods, docker, containerd, crio, libpod).
+    Containers,
+}
+
+/// Kernel sensor settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SensorsConfig {
+    /// Which cgroups are watched.
+    pub watch: Watch,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Repeated write-opens of one file by one cgroup within this window are counted in the
+    /// kernel instead of reported; 0 reports every one.
+    pub write_dedup_window_ms: u64,
+    /// How often egress counters and loss counters are sampled, in milliseconds.
+    pub sample_interval_ms: u64,
+    /// Writes at or below these paths are flagged sensitive.
+    pub sensitive_write_paths: Vec<String>,
+    /// Any open (read-only too) at or below these paths is reported.
+    pub read_sensitive_paths: Vec<String>,
+    /// Never reported; an entry ending in `*` is a plain string prefix, others name a path and
+    /// everything below it.
+    pub excluded_paths: Vec<String>,
+    /// cgroup2 mount point; found in /proc/self/mountinfo when unset.
+    pub cgroup2_path: Option<PathBuf>,
+    /// Kernel BTF.
+    pub btf_path: PathBuf,
+}
+
+impl Default for SensorsConfig {
+    fn default() -> Self {
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            watch: Watch::All,
+            // 16 MiB holds about 45,000 file records: seconds of a flood on a busy node.
+            ring_buffer_bytes: 16 << 20,
+            // A workload writing its log reports that file once a second, not once a write.
+            write_dedup_window_ms: 1000,
+            sample_interval_ms: 1000,
+            sensitive_write_paths: strings(&[
+                "/proc", "/dev", "/etc", "/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib",
+                "/usr/lib",
+            ]),
+            read_sensitive_paths: strings(&[
+                "/var/run/secrets",
+                "/run/secrets",
+                "/root/.ssh",
+                "/etc/shadow",
+                "/etc/sudoers",
+                "/etc/kubernetes",
+                "/var/lib/kubelet",
+            ]),
+            // Harmless device nodes every program opens for writing.
+            excluded_paths: strings(&[
+                "/dev/null",
+                "/dev/zero",
+                "/dev/tty*",
+                "/dev/pts/*",
+                "/dev/std*",
+                "/dev/fd/*",
+                "/dev/urandom",
+                "/dev/random",
+            ]),
+            cgroup2_path: None,
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+        }
+    }
+}
+
+/// Where events are written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// A file to append JSON lines to, or `-` for standard output.
+    pub path: PathBuf,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("-"),
+        }
+    }
+}
+
+/// Longest path prefix the kernel can match (its LPM key holds 64 bytes, one kept for the NUL).
+pub const MAX_PREFIX_BYTES: usize = detector_common::PATH_CLASS_KEY_BYTES - 2;
+
+impl Config {
+    /// Reads and validates a YAML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem in the configuration; empty when it is usable.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |at: String, message: String| problems.push(Problem { at, message });
+        let s = &self.sensors;
+        if !s.ring_buffer_bytes.is_power_of_two() || s.ring_buffer_bytes < 4096 {
+            problem(
+                "sensors.ring_buffer_bytes".into(),
+                format!(
+                    "{} is not a power of two of at least 4096",
+                    s.ring_buffer_bytes
+                ),
+            );
+        }
+        if s.sample_interval_ms == 0 {
+            problem(
+                "sensors.sample_interval_ms".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        for (field, list) in [
+            ("sensitive_write_paths", &s.sensitive_write_paths),
+            ("read_sensitive_paths", &s.read_sensitive_paths),
+            ("excluded_paths", &s.excluded_paths),
+        ] {
+            for (i, entry) in list.iter().enumerate() {
+                if let Err(message) = check_path_entry(entry) {
+                    problem(format!("sensors.{field}[{i}]"), message);
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn check_path_entry(entry: &str) -> Result<(), String> {
+    let bare = entry.strip_suffix('*').unwrap_or(entry);
+    if !bare.starts_with('/') {
+        return Err(format!("{entry:?} is not an absolute path"));
+    }
+    if bare.contains('*') {
+        return Err(format!("{entry:?}: `*` is only allowed at the end"));
+    }
+    if bare.contains('\0') {
+        return Err(format!("{entry:?} contains a NUL byte"));
+    }
+    if bare.len() > MAX_PREFIX_BYTES {
+        return Err(format!(
+            "{entry:?} is {} bytes; the kernel matches at most {MAX_PREFIX_BYTES}",
+            bare.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_empty_file_gives_defaults() {
+        assert!(Config::default().validate().is_empty());
+        let parsed = Config::parse("{}", Path::new("x.yaml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_location() {
+        let err = Config::parse("sensors:\n  wacth: all\n", Path::new("c.yaml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("c.yaml"), "{text}");
+        assert!(text.contains("wacth"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let yaml = "sensors:\n  ring_buffer_bytes: 1000\n  sample_interval_ms: 0\n  read_sensitive_paths: [relative, /ok, '/a*b']\n";
+        let Err(ConfigError::Invalid { problems, .. }) = Config::parse(yaml, Path::new("c.yaml"))
+        else {
+            panic!("expected invalid");
+        };
+        let at: Vec<_> = problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "sensors.ring_buffer_bytes",
+                "sensors.sample_interval_ms",
+                "sensors.read_sensitive_paths[0]",
+                "sensors.read_sensitive_paths[2]",
+            ]
+        );
+    }
+
+    #[test]
+    fn too_long_prefix_is_rejected() {
+        let mut config = Config::default();
+        config
+            .sensors
+            .excluded_paths
+            .push(format!("/{}", "a".repeat(MAX_PREFIX_BYTES)));
+        assert_eq!(config.validate().len(), 1);
+    }
+}

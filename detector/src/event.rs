@@ -1,0 +1,249 @@
+//! Typed, owned events: what the rest of the daemon works with, and their JSON form.
+//!
+//! Every event serializes as one flat JSON object with the same leading keys (`kind`, `ts`,
+//! `ktime_ns`, `pid`, `tid`, `ppid`, `uid`, `gid`, `cgroup_id`, `comm`), `null` where a key does
+//! not apply (egress and loss records are not about one process), followed by the kind's fields.
+
+use std::net::IpAddr;
+
+use serde::{Serialize, Serializer};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Wall-clock time derived from the kernel timestamp.
+    #[serde(rename = "ts", serialize_with = "rfc3339")]
+    pub time: OffsetDateTime,
+    /// Kernel `CLOCK_BOOTTIME` nanoseconds; orders events exactly.
+    pub ktime_ns: u64,
+    /// The process, absent for node-level records.
+    #[serde(flatten)]
+    pub process: ProcessFields,
+    /// cgroup2 id of the task (or of the counted cgroup).
+    pub cgroup_id: Option<u64>,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+/// Process identity from the event header; every field `None` for node-level records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessFields {
+    /// Process id (thread-group id).
+    pub pid: Option<u32>,
+    /// Thread id.
+    pub tid: Option<u32>,
+    /// Parent process id.
+    pub ppid: Option<u32>,
+    /// Real uid.
+    pub uid: Option<u32>,
+    /// Real gid.
+    pub gid: Option<u32>,
+    /// Command name.
+    pub comm: Option<String>,
+}
+
+/// The kind-specific part of an event; `kind` is its tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Body {
+    /// A successful exec.
+    Exec(Exec),
+    /// A process exit.
+    Exit(Exit),
+    /// File activity.
+    File(FileActivity),
+    /// An outbound connect.
+    Connect(Connect),
+    /// Egress volume of one cgroup over one sampling interval.
+    Egress(Egress),
+    /// Records that did not reach user space, or could not be decoded.
+    Loss(Loss),
+}
+
+impl Body {
+    /// The `kind` string of the JSON form.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Exec(_) => "exec",
+            Self::Exit(_) => "exit",
+            Self::File(_) => "file",
+            Self::Connect(_) => "connect",
+            Self::Egress(_) => "egress",
+            Self::Loss(_) => "loss",
+        }
+    }
+}
+
+/// A successful exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exec {
+    /// Path given to exec.
+    pub filename: String,
+    /// Arguments, `argv[0]` first.
+    pub argv: Vec<String>,
+    /// The arguments were longer than the kernel copies; `argv` holds the start.
+    pub argv_truncated: bool,
+    /// The filename was longer than the kernel copies.
+    pub filename_truncated: bool,
+}
+
+/// A process exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exit {
+    /// Raw `exit_code` as the kernel keeps it.
+    pub exit_code: u32,
+    /// Exit status when the process exited normally.
+    pub exit_status: Option<u32>,
+    /// Terminating signal when it was killed.
+    pub signal: Option<u32>,
+}
+
+/// What was done to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileOperation {
+    /// An open.
+    Open,
+    /// An unlink.
+    Unlink,
+    /// A chmod.
+    Chmod,
+    /// A rename.
+    Rename,
+}
+
+/// File activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileActivity {
+    /// The operation.
+    pub op: FileOperation,
+    /// Path as passed to the syscall.
+    pub path: String,
+    /// `open` flags (`O_*`), or the mode for chmod.
+    pub flags: u32,
+    /// The open asked for write, create or truncate.
+    pub write: bool,
+    /// The path is under a sensitive-write prefix.
+    pub sensitive: bool,
+    /// The path is under a read-sensitive prefix.
+    pub read_sensitive: bool,
+    /// The path is relative to `dirfd` (-100: the working directory).
+    pub relative: bool,
+    /// Directory fd of a relative path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirfd: Option<i32>,
+    /// The path was longer than the kernel copies.
+    pub path_truncated: bool,
+    /// New path of a rename.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Identical write-opens suppressed in the kernel since the previous reported one.
+    pub suppressed: u32,
+}
+
+/// An outbound connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connect {
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// `tcp`, `udp` or the protocol number.
+    pub protocol: String,
+    /// Destination address.
+    pub daddr: IpAddr,
+    /// Destination port.
+    pub dport: u16,
+}
+
+/// Egress volume of one cgroup over one interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Egress {
+    /// Bytes sent in the interval (IP layer).
+    pub bytes: u64,
+    /// Packets sent in the interval.
+    pub packets: u64,
+    /// Length of the interval in milliseconds.
+    pub interval_ms: u64,
+    /// Bytes sent since the daemon started counting this cgroup.
+    pub total_bytes: u64,
+}
+
+/// Records that were lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Loss {
+    /// Where they were lost: `ring_buffer` (the kernel could not reserve space) or `decode`
+    /// (user space could not decode a record).
+    pub source: &'static str,
+    /// Kind of the lost records.
+    pub lost_kind: String,
+    /// Records lost since the previous loss record of this source and kind.
+    pub count: u64,
+    /// Records lost since start.
+    pub total: u64,
+    /// Why, for decode failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn rfc3339<S: Serializer>(time: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
+    let text = time.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
+    serializer.serialize_str(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_common_keys_and_the_kind_fields() {
+        let event = Event {
+            time: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap(),
+            ktime_ns: 42,
+            process: ProcessFields {
+                pid: Some(10),
+                tid: Some(11),
+                ppid: Some(1),
+                uid: Some(0),
+                gid: Some(0),
+                comm: Some("sh".into()),
+            },
+            cgroup_id: Some(7),
+            body: Body::Exec(Exec {
+                filename: "/bin/sh".into(),
+                argv: vec!["sh".into(), "-c".into(), "true".into()],
+                argv_truncated: false,
+                filename_truncated: false,
+            }),
+        };
+        let value: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["kind"], "exec");
+        assert_eq!(value["ts"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(value["pid"], 10);
+        assert_eq!(value["ppid"], 1);
+        assert_eq!(value["cgroup_id"], 7);
+        assert_eq!(value["comm"], "sh");
+        assert_eq!(value["argv"][1], "-c");
+        assert_eq!(value["filename"], "/bin/sh");
+    }
+
+    #[test]
+    fn node_level_records_carry_null_process_keys() {
+        let event = Event {
+            time: OffsetDateTime::UNIX_EPOCH,
+            ktime_ns: 0,
+            process: ProcessFields::default(),
+            cgroup_id: Some(9),
+            body: Body::Egress(Egress {
+                bytes: 100,
+                packets: 2,
+                interval_ms: 1000,
+                total_bytes: 100,
+            }),
+        };
+        let value: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["kind"], "egress");
+        assert!(value["pid"].is_null() && value.get("pid").is_some());
+        assert_eq!(value["bytes"], 100);
+    }
+}

@@ -1,0 +1,16 @@
+//! The detector daemon: loads the kernel sensors, decodes their records into typed events and
+//! writes them out.
+//!
+//! The core is sans-IO: [`decode`], [`config`] validation and the [`cgroup`] and
+//! [`sensors::path_class_entries`] helpers are pure functions tested without root. [`sensors`]
+//! and [`pipeline`] are the parts that touch the kernel.
+
+pub mod btf;
+pub mod cgroup;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod output;
+pub mod pipeline;
+pub mod sensors;

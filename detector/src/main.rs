@@ -1,0 +1,154 @@
+//! `detector`: the command line of the daemon.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use detector::{
+    config::{Config, Watch},
+    output::JsonLines,
+    pipeline::Pipeline,
+    sensors::{ProgramSet, Sensors},
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+/// eBPF runtime detector for Kubernetes nodes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the sensors and stream events as JSON lines (needs root). With no cluster
+    /// configured this is the standalone mode.
+    Run {
+        /// Configuration file (YAML); defaults apply without one.
+        #[arg(long, short, env = "DETECTOR_CONFIG")]
+        config: Option<PathBuf>,
+        /// Write events here instead of the configured output (`-` for standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Override which cgroups are watched.
+        #[arg(long, value_enum)]
+        watch: Option<WatchArg>,
+        /// Override the write-open repeat-suppression window (0 reports every write-open).
+        #[arg(long)]
+        write_dedup_window_ms: Option<u64>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and print every problem with its location.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the default configuration as YAML.
+    Default,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum WatchArg {
+    All,
+    Containers,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            output,
+            watch,
+            write_dedup_window_ms,
+        } => (|| {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(output) = output {
+                config.output.path = output;
+            }
+            if let Some(watch) = watch {
+                config.sensors.watch = match watch {
+                    WatchArg::All => Watch::All,
+                    WatchArg::Containers => Watch::Containers,
+                };
+            }
+            if let Some(window) = write_dedup_window_ms {
+                config.sensors.write_dedup_window_ms = window;
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(run(config))
+        })(),
+        Command::Config { command } => match command {
+            ConfigCommand::Check { file } => Config::load(&file)
+                .map(|_| println!("{}: ok", file.display()))
+                .map_err(Into::into),
+            ConfigCommand::Default => serde_yaml_ng::to_string(&Config::default())
+                .map(|text| print!("{text}"))
+                .map_err(Into::into),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    info!("no cluster configured: standalone mode, events to {}", config.output.path.display());
+    let mut out = JsonLines::open(&config.output.path)?;
+    let sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
+    let (pipeline, mut batches) = Pipeline::spawn(
+        sensors,
+        Duration::from_millis(config.sensors.sample_interval_ms),
+    )?;
+    // Writing is blocking I/O; it gets a thread of its own and ends when the pipeline has
+    // delivered its last batch.
+    let writer = std::thread::spawn(move || {
+        while let Some(batch) = batches.blocking_recv() {
+            out.write_batch(&batch)?;
+        }
+        anyhow::Ok(())
+    });
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    info!("ready");
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        _ = sigint.recv() => info!("SIGINT: stopping"),
+    }
+    pipeline.stop().await;
+    match writer.join() {
+        Ok(result) => result,
+        Err(_) => {
+            error!("the writer thread panicked");
+            anyhow::bail!("the writer thread panicked")
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The event pipeline: tasks joined by a bounded channel of event batches.
+//!
+//! - The ring reader wakes on the ring buffer's fd, drains every record, decodes it and sends
+//!   batches on. It never blocks the kernel side: when the consumer is slow, records wait in the
+//!   ring buffer, and what does not fit there is counted by the kernel as lost and reported as
+//!   a `loss` event. Records that cannot be decoded become `loss` events too.
+//! - The sampler reads the in-kernel counters every interval: egress bytes per cgroup become
+//!   `egress` events, increases of the loss counters become `loss` events. It owns the
+//!   [`Sensors`], so the programs stay attached exactly as long as the pipeline runs.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use detector_common::{EventKind, STAT_COUNT, Stat, TrafficCounters};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::{info, warn};
+
+use crate::{
+    clock::Clock,
+    decode::decode,
+    event::{Body, Egress, Event, Loss, ProcessFields},
+    sensors::{Counters, SensorError, Sensors},
+};
+
+/// Events per batch at most.
+const BATCH_MAX: usize = 4096;
+/// Batches in flight between the pipeline and its consumer.
+const CHANNEL_BATCHES: usize = 64;
+/// Samples without egress after which a cgroup's counters are dropped.
+const EGRESS_IDLE_SAMPLES: u32 = 60;
+
+/// A running pipeline.
+pub struct Pipeline {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the pipeline counted, reported when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Records lost in the kernel, per kind.
+    pub lost: BTreeMap<&'static str, u64>,
+    /// Write-opens suppressed as repeats.
+    pub suppressed_writes: u64,
+}
+
+impl Pipeline {
+    /// Starts the tasks; events arrive in batches on the returned receiver, which closes once
+    /// the pipeline has stopped and every batch was delivered.
+    pub fn spawn(
+        mut sensors: Sensors,
+        sample_interval: Duration,
+    ) -> Result<(Self, mpsc::Receiver<Vec<Event>>), SensorError> {
+        let ring = sensors.take_events()?;
+        let counters = sensors.take_counters()?;
+        // SAFETY: the ring buffer owns its map fd, which stays open and refers to the same map
+        // for as long as the `AsyncFd` holds it.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|err| SensorError::RingPoll(err.into_parts().1))?;
+        let clock = Clock::measure();
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let (stop, stopped) = watch::channel(false);
+        let reader = tokio::spawn(read_ring(ring, clock, tx.clone(), stopped.clone()));
+        let sampler = tokio::spawn(sample(
+            sensors,
+            counters,
+            clock,
+            sample_interval,
+            tx,
+            stopped,
+        ));
+        Ok((
+            Self {
+                stop,
+                tasks: vec![reader, sampler],
+            },
+            rx,
+        ))
+    }
+
+    /// Stops the tasks after a last drain and a last sample, and detaches the programs.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(err) = task.await {
+                warn!(%err, "pipeline task failed");
+            }
+        }
+    }
+}
+
+async fn read_ring(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    clock: Clock,
+    tx: mpsc::Sender<Vec<Event>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut decode_losses: HashMap<String, u64> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            guard = ring.readable_mut() => {
+                let Ok(mut guard) = guard else { break };
+                if !drain(guard.get_inner_mut(), &clock, &tx, &mut decode_losses).await {
+                    return;
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+    // Records submitted before the stop are still delivered.
+    drain(ring.get_mut(), &clock, &tx, &mut decode_losses).await;
+}
+
+/// Drains the ring buffer; false when the consumer is gone.
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    clock: &Clock,
+    tx: &mpsc::Sender<Vec<Event>>,
+    decode_losses: &mut HashMap<String, u64>,
+) -> bool {
+    loop {
+        let mut batch = Vec::with_capacity(64);
+        while batch.len() < BATCH_MAX {
+            let Some(record) = ring.next() else { break };
+            match decode(&record, clock) {
+                Ok(event) => batch.push(event),
+                Err(err) => {
+                    let kind = err.record_kind();
+                    let total = decode_losses.entry(kind.clone()).or_default();
+                    *total += 1;
+                    warn!(%err, "undecodable record");
+                    batch.push(node_event(
+                        clock,
+                        None,
+                        Body::Loss(Loss {
+                            source: "decode",
+                            lost_kind: kind,
+                            count: 1,
+                            total: *total,
+                            reason: Some(err.to_string()),
+                        }),
+                    ));
+                }
+            }
+        }
+        if batch.is_empty() {
+            return true;
+        }
+        let full = batch.len() == BATCH_MAX;
+        if tx.send(batch).await.is_err() {
+            return false;
+        }
+        if !full {
+            return true;
+        }
+    }
+}
+
+fn node_event(clock: &Clock, cgroup_id: Option<u64>, body: Body) -> Event {
+    let ktime_ns = Clock::boot_now_ns();
+    Event {
+        time: clock.wall_time(ktime_ns),
+        ktime_ns,
+        process: ProcessFields::default(),
+        cgroup_id,
+        body,
+    }
+}
+
+const LOST_KINDS: [(Stat, &str); 5] = [
+    (Stat::LostExec, "exec"),
+    (Stat::LostExit, "exit"),
+    (Stat::LostFile, "file"),
+    (Stat::LostRename, "rename"),
+    (Stat::LostConnect, "connect"),
+];
+const _: () = assert!(Stat::lost(EventKind::Connect) as u32 + 1 < STAT_COUNT);
+
+/// Egress counters of a cgroup at the previous sample.
+#[derive(Default)]
+struct EgressSeen {
+    counters: TrafficCounters,
+    idle_samples: u32,
+}
+
+struct Sampler {
+    counters: Counters,
+    clock: Clock,
+    last_stats: Vec<u64>,
+    last_egress: HashMap<u64, EgressSeen>,
+    last_sample: Instant,
+}
+
+impl Sampler {
+    fn sample(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        let now = Instant::now();
+        let interval_ms = now.duration_since(self.last_sample).as_millis() as u64;
+        self.last_sample = now;
+
+        let stats = self.counters.stats();
+        for (stat, kind) in LOST_KINDS {
+            let total = stats.get(stat as usize).copied().unwrap_or(0);
+            let before = self.last_stats.get(stat as usize).copied().unwrap_or(0);
+            if total > before {
+                events.push(node_event(
+                    &self.clock,
+                    None,
+                    Body::Loss(Loss {
+                        source: "ring_buffer",
+                        lost_kind: kind.to_owned(),
+                        count: total - before,
+                        total,
+                        reason: None,
+                    }),
+                ));
+            }
+        }
+        self.last_stats = stats;
+
+        let egress = self.counters.egress();
+        let mut idle = Vec::new();
+        for (cgroup_id, counters) in &egress {
+            let seen = self.last_egress.entry(*cgroup_id).or_default();
+            if counters.bytes > seen.counters.bytes {
+                events.push(node_event(
+                    &self.clock,
+                    Some(*cgroup_id),
+                    Body::Egress(Egress {
+                        bytes: counters.bytes - seen.counters.bytes,
+                        packets: counters.packets.saturating_sub(seen.counters.packets),
+                        interval_ms,
+                        total_bytes: counters.bytes,
+                    }),
+                ));
+                seen.counters = *counters;
+                seen.idle_samples = 0;
+            } else {
+                seen.idle_samples += 1;
+                if seen.idle_samples > EGRESS_IDLE_SAMPLES {
+                    idle.push(*cgroup_id);
+                }
+            }
+        }
+        for cgroup_id in idle {
+            self.counters.forget_egress(cgroup_id);
+            self.last_egress.remove(&cgroup_id);
+        }
+        events
+    }
+
+    fn totals(&self) -> Totals {
+        Totals {
+            lost: LOST_KINDS
+                .iter()
+                .map(|(stat, kind)| (*kind, self.last_stats.get(*stat as usize).copied().unwrap_or(0)))
+                .collect(),
+            suppressed_writes: self
+                .last_stats
+                .get(Stat::SuppressedWrites as usize)
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+}
+
+async fn sample(
+    mut sensors: Sensors,
+    counters: Counters,
+    clock: Clock,
+    interval: Duration,
+    tx: mpsc::Sender<Vec<Event>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut sampler = Sampler {
+        counters,
+        clock,
+        last_stats: vec![0; STAT_COUNT as usize],
+        last_egress: HashMap::new(),
+        last_sample: Instant::now(),
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = ticker.tick() => {
+                if let Err(err) = sensors.refresh_watch_roots() {
+                    warn!(%err, "cannot refresh container cgroup roots");
+                }
+                let events = sampler.sample();
+                if !events.is_empty() && tx.send(events).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let events = sampler.sample();
+    if !events.is_empty() {
+        let _ = tx.send(events).await;
+    }
+    let totals = sampler.totals();
+    drop(sensors);
+    info!(lost = ?totals.lost, suppressed_writes = totals.suppressed_writes, "eBPF programs detached");
+}

@@ -1,0 +1,478 @@
+//! Loading, configuring and attaching the kernel programs.
+//!
+//! [`Sensors::load`] checks the node first (privileges, BTF, cgroup2), reads kernel offsets from
+//! BTF, loads the embedded object with its globals set, fills the configuration maps and attaches
+//! every program. Dropping [`Sensors`] detaches them all: the links are owned by the loaded
+//! object.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        RawTracePoint,
+    },
+};
+use detector_common::{
+    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_OFFSETS, GLOBAL_WATCH_MODE, MAP_EGRESS,
+    MAP_EVENTS, MAP_PATH_CLASS, MAP_STATS, MAP_WATCH_GENERATION, MAP_WATCH_ROOTS,
+    PATH_CLASS_KEY_BYTES, PathClassData, TrafficCounters, WatchMode, path_class,
+};
+use tracing::{debug, info};
+
+use crate::{
+    btf::{BtfError, kernel_offsets},
+    cgroup,
+    config::{SensorsConfig, Watch},
+};
+
+/// The eBPF object built by `build.rs` from `detector-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+
+/// Failure to bring up the sensors.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    /// The daemon lacks the privileges to load and attach eBPF programs.
+    #[error(
+        "loading eBPF programs needs root (CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN); running as uid {uid} with effective capabilities {capabilities:#x}"
+    )]
+    NotPrivileged {
+        /// Effective uid.
+        uid: u32,
+        /// Effective capability mask from /proc/self/status.
+        capabilities: u64,
+    },
+    /// The kernel does not expose BTF.
+    #[error(
+        "kernel BTF not found at {0}: the kernel needs CONFIG_DEBUG_INFO_BTF (or set sensors.btf_path)"
+    )]
+    MissingBtf(PathBuf),
+    /// Offsets could not be read from BTF.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// No cgroup2 hierarchy is mounted.
+    #[error(
+        "no cgroup2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one or set sensors.cgroup2_path"
+    )]
+    MissingCgroup2,
+    /// The cgroup2 directory could not be opened.
+    #[error("cannot open cgroup2 directory {path}: {source}")]
+    OpenCgroup {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The ring buffer's fd could not be registered for polling.
+    #[error("cannot poll the ring buffer: {0}")]
+    RingPoll(#[source] io::Error),
+    /// The embedded object could not be loaded.
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    /// A program is missing from the object (a build mismatch).
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    /// A map is missing from the object (a build mismatch).
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("eBPF map {map}: {source}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// What went wrong.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The verifier rejected a program, or attaching it failed.
+    #[error("eBPF program {program} failed to {stage}: {source}")]
+    Program {
+        /// The program.
+        program: &'static str,
+        /// `load` or `attach`.
+        stage: &'static str,
+        /// The error, with the verifier log for load failures.
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Which programs to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramSet {
+    /// The detector's sensors.
+    Sensors,
+    /// Do-nothing programs on the same tracepoints, the cost floor for benchmarks.
+    Noop,
+}
+
+/// The loaded and attached programs.
+pub struct Sensors {
+    ebpf: Ebpf,
+    cgroup2: PathBuf,
+    attached: Vec<&'static str>,
+    watch: Watch,
+    watch_roots: Vec<u64>,
+    generation: u32,
+}
+
+/// Raw tracepoints: (program, tracepoint).
+const SENSOR_TRACEPOINTS: [(&str, &str); 3] = [
+    ("sys_enter", "sys_enter"),
+    ("sched_process_exec", "sched_process_exec"),
+    ("sched_process_exit", "sched_process_exit"),
+];
+const NOOP_TRACEPOINTS: [(&str, &str); 3] = [
+    ("noop_sys_enter", "sys_enter"),
+    ("noop_sched_process_exec", "sched_process_exec"),
+    ("noop_sched_process_exit", "sched_process_exit"),
+];
+
+impl Sensors {
+    /// Checks the node, loads the programs of `set` and attaches them.
+    pub fn load(config: &SensorsConfig, set: ProgramSet) -> Result<Self, SensorError> {
+        check_privileges()?;
+        if !config.btf_path.exists() {
+            return Err(SensorError::MissingBtf(config.btf_path.clone()));
+        }
+        let cgroup2 = match &config.cgroup2_path {
+            Some(path) => path.clone(),
+            None => cgroup::cgroup2_mount().ok_or(SensorError::MissingCgroup2)?,
+        };
+        let offsets = kernel_offsets(&config.btf_path)?;
+        debug!(?offsets, "kernel offsets from BTF");
+
+        let tgid = std::process::id();
+        let watch_mode = match config.watch {
+            Watch::All => WatchMode::All,
+            Watch::Containers => WatchMode::Containers,
+        } as u32;
+        let dedup_ns = config.write_dedup_window_ms.saturating_mul(1_000_000);
+        let ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_DAEMON_TGID, &tgid, true)
+            .override_global(GLOBAL_WATCH_MODE, &watch_mode, true)
+            .override_global(GLOBAL_DEDUP_WINDOW_NS, &dedup_ns, true)
+            .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(SensorError::Object)?;
+        let mut sensors = Self {
+            ebpf,
+            cgroup2,
+            attached: Vec::new(),
+            watch: config.watch,
+            watch_roots: Vec::new(),
+            generation: 0,
+        };
+        sensors.fill_path_classes(config)?;
+        sensors.refresh_watch_roots()?;
+        match set {
+            ProgramSet::Sensors => sensors.attach_sensors()?,
+            ProgramSet::Noop => sensors.attach_tracepoints(&NOOP_TRACEPOINTS)?,
+        }
+        info!(
+            programs = ?sensors.attached,
+            cgroup2 = %sensors.cgroup2.display(),
+            watch = ?config.watch,
+            "eBPF programs attached (raw tracepoints and cgroup hooks; tracefs not needed)"
+        );
+        Ok(sensors)
+    }
+
+    /// Names of the attached programs.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// The cgroup2 mount the cgroup programs are attached to.
+    pub fn cgroup2(&self) -> &Path {
+        &self.cgroup2
+    }
+
+    fn attach_sensors(&mut self) -> Result<(), SensorError> {
+        self.attach_tracepoints(&SENSOR_TRACEPOINTS)?;
+        let root = File::open(&self.cgroup2).map_err(|source| SensorError::OpenCgroup {
+            path: self.cgroup2.clone(),
+            source,
+        })?;
+        for name in ["connect4", "connect6"] {
+            let program: &mut CgroupSockAddr = self.program(name)?;
+            program.load().map_err(program_error(name, "load"))?;
+            program
+                .attach(&root, CgroupAttachMode::Single)
+                .map_err(program_error(name, "attach"))?;
+            self.attached.push(name);
+        }
+        let name = "egress";
+        let program: &mut CgroupSkb = self.program(name)?;
+        program.load().map_err(program_error(name, "load"))?;
+        program
+            .attach(&root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(program_error(name, "attach"))?;
+        self.attached.push(name);
+        Ok(())
+    }
+
+    fn attach_tracepoints(&mut self, list: &[(&'static str, &str)]) -> Result<(), SensorError> {
+        for &(name, tracepoint) in list {
+            let program: &mut RawTracePoint = self.program(name)?;
+            program.load().map_err(program_error(name, "load"))?;
+            program
+                .attach(tracepoint)
+                .map_err(program_error(name, "attach"))?;
+            self.attached.push(name);
+        }
+        Ok(())
+    }
+
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, SensorError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(SensorError::MissingProgram(name))?;
+        program.try_into().map_err(program_error(name, "load"))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, SensorError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(SensorError::MissingMap(name))
+    }
+
+    fn fill_path_classes(&mut self, config: &SensorsConfig) -> Result<(), SensorError> {
+        let mut trie: LpmTrie<_, PathClassData, u32> = LpmTrie::try_from(
+            self.map_mut(MAP_PATH_CLASS)?,
+        )
+        .map_err(map_error(MAP_PATH_CLASS))?;
+        for (prefix, class) in path_class_entries(config) {
+            let mut data = [0u8; PATH_CLASS_KEY_BYTES];
+            data[..prefix.len()].copy_from_slice(&prefix);
+            let key = Key::new((prefix.len() * 8) as u32, data);
+            trie.insert(&key, class, 0)
+                .map_err(map_error(MAP_PATH_CLASS))?;
+        }
+        Ok(())
+    }
+
+    /// In `containers` mode, finds the container cgroup roots and hands any new ones to the
+    /// kernel, invalidating its cached decisions. Cheap: two directory levels are read.
+    pub fn refresh_watch_roots(&mut self) -> Result<(), SensorError> {
+        if self.watch != Watch::Containers {
+            return Ok(());
+        }
+        let roots = cgroup::container_roots(&self.cgroup2);
+        if roots == self.watch_roots {
+            return Ok(());
+        }
+        let previous = std::mem::take(&mut self.watch_roots);
+        let mut map: HashMap<_, u64, u32> =
+            HashMap::try_from(self.map_mut(MAP_WATCH_ROOTS)?).map_err(map_error(MAP_WATCH_ROOTS))?;
+        for id in &previous {
+            if !roots.contains(id) {
+                // Already gone with its cgroup is fine.
+                let _ = map.remove(id);
+            }
+        }
+        for id in &roots {
+            map.insert(id, 1, 0).map_err(map_error(MAP_WATCH_ROOTS))?;
+        }
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let mut array: Array<_, u32> = Array::try_from(self.map_mut(MAP_WATCH_GENERATION)?)
+            .map_err(map_error(MAP_WATCH_GENERATION))?;
+        array
+            .set(0, generation, 0)
+            .map_err(map_error(MAP_WATCH_GENERATION))?;
+        debug!(roots = ?roots, generation, "container cgroup roots updated");
+        self.watch_roots = roots;
+        Ok(())
+    }
+
+    /// Takes the ring buffer; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, SensorError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(SensorError::MissingMap(MAP_EVENTS))?;
+        RingBuf::try_from(map).map_err(map_error(MAP_EVENTS))
+    }
+
+    /// Takes the counters sampled by user space: egress per cgroup and the stats array.
+    pub fn take_counters(&mut self) -> Result<Counters, SensorError> {
+        let egress = self
+            .ebpf
+            .take_map(MAP_EGRESS)
+            .ok_or(SensorError::MissingMap(MAP_EGRESS))?;
+        let stats = self
+            .ebpf
+            .take_map(MAP_STATS)
+            .ok_or(SensorError::MissingMap(MAP_STATS))?;
+        Ok(Counters {
+            egress: PerCpuHashMap::try_from(egress).map_err(map_error(MAP_EGRESS))?,
+            stats: PerCpuArray::try_from(stats).map_err(map_error(MAP_STATS))?,
+        })
+    }
+}
+
+/// Counters kept in the kernel and sampled by user space.
+pub struct Counters {
+    egress: PerCpuHashMap<MapData, u64, TrafficCounters>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl Counters {
+    /// Egress totals per cgroup id, summed over CPUs.
+    pub fn egress(&self) -> BTreeMap<u64, TrafficCounters> {
+        let mut totals = BTreeMap::new();
+        for entry in self.egress.iter() {
+            // An entry deleted between the key walk and its lookup is simply absent.
+            let Ok((cgroup_id, per_cpu)) = entry else {
+                continue;
+            };
+            let total = per_cpu
+                .iter()
+                .fold(TrafficCounters::default(), |acc, c| TrafficCounters {
+                    bytes: acc.bytes + c.bytes,
+                    packets: acc.packets + c.packets,
+                });
+            totals.insert(cgroup_id, total);
+        }
+        totals
+    }
+
+    /// Removes an idle cgroup's egress entry.
+    pub fn forget_egress(&mut self, cgroup_id: u64) {
+        let _ = self.egress.remove(&cgroup_id);
+    }
+
+    /// Every stats counter summed over CPUs, indexed by [`detector_common::Stat`].
+    pub fn stats(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|values| values.map(|v| v.iter().sum()).unwrap_or(0))
+            .collect()
+    }
+}
+
+/// The LPM entries for the configured paths: `(prefix bytes, class bits)`.
+///
+/// A path entry `P` becomes `P\0` (the path itself) and `P/` (everything below it); an entry
+/// ending in `*` becomes its bare prefix. Since the kernel returns only the longest match, each
+/// entry also carries the bits of every shorter entry that is a prefix of it: a write to
+/// `/etc/shadow` is both read-sensitive and a sensitive write.
+pub fn path_class_entries(config: &SensorsConfig) -> Vec<(Vec<u8>, u32)> {
+    let mut own: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+    let lists = [
+        (&config.sensitive_write_paths, path_class::SENSITIVE_WRITE),
+        (&config.read_sensitive_paths, path_class::READ_SENSITIVE),
+        (&config.excluded_paths, path_class::EXCLUDED),
+    ];
+    for (list, class) in lists {
+        for entry in list {
+            if let Some(prefix) = entry.strip_suffix('*') {
+                *own.entry(prefix.as_bytes().to_vec()).or_default() |= class;
+                continue;
+            }
+            let path = entry.trim_end_matches('/');
+            let mut exact = path.as_bytes().to_vec();
+            exact.push(0);
+            *own.entry(exact).or_default() |= class;
+            let mut below = path.as_bytes().to_vec();
+            below.push(b'/');
+            *own.entry(below).or_default() |= class;
+        }
+    }
+    own.iter()
+        .map(|(key, &class)| {
+            let inherited = own
+                .iter()
+                .filter(|(other, _)| other.len() < key.len() && key.starts_with(other))
+                .fold(class, |acc, (_, &c)| acc | c);
+            (key.clone(), inherited)
+        })
+        .collect()
+}
+
+fn program_error(
+    program: &'static str,
+    stage: &'static str,
+) -> impl FnOnce(ProgramError) -> SensorError {
+    move |source| SensorError::Program {
+        program,
+        stage,
+        source,
+    }
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> SensorError {
+    move |source| SensorError::Map { map, source }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn check_privileges() -> Result<(), SensorError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let capabilities = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| capabilities & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON) && has(CAP_NET_ADMIN)) {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    Err(SensorError::NotPrivileged { uid, capabilities })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class_of(entries: &[(Vec<u8>, u32)], path: &str) -> u32 {
+        // The kernel's longest-prefix match over the path bytes and its NUL.
+        let mut bytes = path.as_bytes().to_vec();
+        bytes.push(0);
+        entries
+            .iter()
+            .filter(|(prefix, _)| bytes.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(0, |(_, class)| *class)
+    }
+
+    #[test]
+    fn default_path_classes() {
+        let entries = path_class_entries(&SensorsConfig::default());
+        use path_class::*;
+        assert_eq!(class_of(&entries, "/etc/passwd"), SENSITIVE_WRITE);
+        assert_eq!(class_of(&entries, "/etc"), SENSITIVE_WRITE);
+        assert_eq!(class_of(&entries, "/etcetera"), 0);
+        assert_eq!(
+            class_of(&entries, "/etc/shadow"),
+            SENSITIVE_WRITE | READ_SENSITIVE
+        );
+        assert_eq!(class_of(&entries, "/var/run/secrets/kubernetes.io/token"), READ_SENSITIVE);
+        assert_eq!(class_of(&entries, "/dev/shm/x"), SENSITIVE_WRITE);
+        assert_ne!(class_of(&entries, "/dev/null") & EXCLUDED, 0);
+        assert_ne!(class_of(&entries, "/dev/tty1") & EXCLUDED, 0);
+        assert_ne!(class_of(&entries, "/dev/pts/3") & EXCLUDED, 0);
+        assert_eq!(class_of(&entries, "/dev/nullx"), SENSITIVE_WRITE);
+        assert_eq!(class_of(&entries, "/tmp/file"), 0);
+        assert!(entries.iter().all(|(k, _)| k.len() < PATH_CLASS_KEY_BYTES));
+    }
+}
