@@ -74,6 +74,9 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         ktime_ns: header.ktime_ns,
         process: process(&header),
         cgroup_id: Some(header.cgroup_id),
+        container: None,
+        pod: None,
+        ancestry: Vec::new(),
         body,
     })
 }
@@ -169,10 +172,10 @@ fn file(event: &FileEvent, target: Option<String>) -> Result<Body, DecodeError> 
 fn connect(event: &ConnectEvent) -> Body {
     const AF_INET6: u32 = 10;
     let (family, daddr) = if event.family == AF_INET6 {
-        ("ipv6", IpAddr::V6(Ipv6Addr::from(event.daddr)))
+        ("ipv6".to_owned(), IpAddr::V6(Ipv6Addr::from(event.daddr)))
     } else {
         let [a, b, c, d, ..] = event.daddr;
-        ("ipv4", IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+        ("ipv4".to_owned(), IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
     };
     let protocol = match event.protocol {
         6 => "tcp".to_owned(),
@@ -387,7 +390,7 @@ mod tests {
             panic!("not connect")
         };
         assert_eq!(c.daddr, IpAddr::from([127, 0, 0, 1]));
-        assert_eq!((c.family, c.protocol.as_str(), c.dport), ("ipv4", "tcp", 8080));
+        assert_eq!((c.family.as_str(), c.protocol.as_str(), c.dport), ("ipv4", "tcp", 8080));
 
         event.family = 10;
         event.protocol = 17;
@@ -396,7 +399,7 @@ mod tests {
             panic!("not connect")
         };
         assert_eq!(c.daddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
-        assert_eq!((c.family, c.protocol.as_str()), ("ipv6", "udp"));
+        assert_eq!((c.family.as_str(), c.protocol.as_str()), ("ipv6", "udp"));
     }
 
     #[test]

@@ -4,16 +4,16 @@
 //! `ktime_ns`, `pid`, `tid`, `ppid`, `uid`, `gid`, `cgroup_id`, `comm`), `null` where a key does
 //! not apply (egress and loss records are not about one process), followed by the kind's fields.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-/// One event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One event. Its JSON form reads back into the same value (replays depend on it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock time derived from the kernel timestamp.
-    #[serde(rename = "ts", serialize_with = "rfc3339")]
+    #[serde(rename = "ts", serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub time: OffsetDateTime,
     /// Kernel `CLOCK_BOOTTIME` nanoseconds; orders events exactly.
     pub ktime_ns: u64,
@@ -22,13 +22,82 @@ pub struct Event {
     pub process: ProcessFields,
     /// cgroup2 id of the task (or of the counted cgroup).
     pub cgroup_id: Option<u64>,
+    /// The container the task runs in, when its cgroup is a container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    /// The pod the container belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+    /// Executables of the parent chain, nearest parent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestry: Vec<Ancestor>,
     /// What happened.
     #[serde(flatten)]
     pub body: Body,
 }
 
+/// A container, from its cgroup path and, when known, the runtime or the pod spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Full container id.
+    pub id: String,
+    /// `docker`, `containerd`, `cri-o` or `podman`.
+    pub runtime: String,
+    /// Container name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Image reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// A pod, from its cgroup path (uid, QoS class) and the API (the rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Top of the owner chain (a ReplicaSet's Deployment, a StatefulSet, a Job...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Node name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// QoS class from the cgroup path: `guaranteed`, `burstable` or `besteffort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// False when the pod was not found in the API within the hold time.
+    pub resolved: bool,
+}
+
+/// A controller owning a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+/// One process of the parent chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ancestor {
+    /// Process id.
+    pub pid: u32,
+    /// Executable path (or command name when the exec was not seen).
+    pub exe: String,
+}
+
 /// Process identity from the event header; every field `None` for node-level records.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessFields {
     /// Process id (thread-group id).
     pub pid: Option<u32>,
@@ -45,7 +114,7 @@ pub struct ProcessFields {
 }
 
 /// The kind-specific part of an event; `kind` is its tag.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Body {
     /// A successful exec.
@@ -77,7 +146,7 @@ impl Body {
 }
 
 /// A successful exec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exec {
     /// Path given to exec.
     pub filename: String,
@@ -90,7 +159,7 @@ pub struct Exec {
 }
 
 /// A process exit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
     /// Raw `exit_code` as the kernel keeps it.
     pub exit_code: u32,
@@ -101,7 +170,7 @@ pub struct Exit {
 }
 
 /// What was done to a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileOperation {
     /// An open.
@@ -115,7 +184,7 @@ pub enum FileOperation {
 }
 
 /// File activity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileActivity {
     /// The operation.
     pub op: FileOperation,
@@ -132,22 +201,22 @@ pub struct FileActivity {
     /// The path is relative to `dirfd` (-100: the working directory).
     pub relative: bool,
     /// Directory fd of a relative path.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirfd: Option<i32>,
     /// The path was longer than the kernel copies.
     pub path_truncated: bool,
     /// New path of a rename.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// Identical write-opens suppressed in the kernel since the previous reported one.
     pub suppressed: u32,
 }
 
 /// An outbound connect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connect {
     /// `ipv4` or `ipv6`.
-    pub family: &'static str,
+    pub family: String,
     /// `tcp`, `udp` or the protocol number.
     pub protocol: String,
     /// Destination address.
@@ -157,7 +226,7 @@ pub struct Connect {
 }
 
 /// Egress volume of one cgroup over one interval.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Egress {
     /// Bytes sent in the interval (IP layer).
     pub bytes: u64,
@@ -170,11 +239,11 @@ pub struct Egress {
 }
 
 /// Records that were lost.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Loss {
     /// Where they were lost: `ring_buffer` (the kernel could not reserve space) or `decode`
     /// (user space could not decode a record).
-    pub source: &'static str,
+    pub source: String,
     /// Kind of the lost records.
     pub lost_kind: String,
     /// Records lost since the previous loss record of this source and kind.
@@ -182,13 +251,18 @@ pub struct Loss {
     /// Records lost since start.
     pub total: u64,
     /// Why, for decode failures.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
 fn rfc3339<S: Serializer>(time: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
     let text = time.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
     serializer.serialize_str(&text)
+}
+
+fn from_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OffsetDateTime, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]
@@ -209,6 +283,9 @@ mod tests {
                 comm: Some("sh".into()),
             },
             cgroup_id: Some(7),
+            container: None,
+            pod: None,
+            ancestry: Vec::new(),
             body: Body::Exec(Exec {
                 filename: "/bin/sh".into(),
                 argv: vec!["sh".into(), "-c".into(), "true".into()],
@@ -225,6 +302,9 @@ mod tests {
         assert_eq!(value["comm"], "sh");
         assert_eq!(value["argv"][1], "-c");
         assert_eq!(value["filename"], "/bin/sh");
+        assert!(value.get("pod").is_none());
+        let back: Event = serde_json::from_value(value).unwrap();
+        assert_eq!(back, event);
     }
 
     #[test]
@@ -234,6 +314,9 @@ mod tests {
             ktime_ns: 0,
             process: ProcessFields::default(),
             cgroup_id: Some(9),
+            container: None,
+            pod: None,
+            ancestry: Vec::new(),
             body: Body::Egress(Egress {
                 bytes: 100,
                 packets: 2,
@@ -245,5 +328,7 @@ mod tests {
         assert_eq!(value["kind"], "egress");
         assert!(value["pid"].is_null() && value.get("pid").is_some());
         assert_eq!(value["bytes"], 100);
+        let back: Event = serde_json::from_value(value).unwrap();
+        assert_eq!(back, event);
     }
 }

@@ -142,7 +142,7 @@ async fn drain(
                         clock,
                         None,
                         Body::Loss(Loss {
-                            source: "decode",
+                            source: "decode".to_owned(),
                             lost_kind: kind,
                             count: 1,
                             total: *total,
@@ -172,6 +172,9 @@ fn node_event(clock: &Clock, cgroup_id: Option<u64>, body: Body) -> Event {
         ktime_ns,
         process: ProcessFields::default(),
         cgroup_id,
+        container: None,
+        pod: None,
+        ancestry: Vec::new(),
         body,
     }
 }
@@ -216,7 +219,7 @@ impl Sampler {
                     &self.clock,
                     None,
                     Body::Loss(Loss {
-                        source: "ring_buffer",
+                        source: "ring_buffer".to_owned(),
                         lost_kind: kind.to_owned(),
                         count: total - before,
                         total,
