@@ -1,0 +1,64 @@
+//! Workloads for benchmarks, run as separate processes so that they can be placed in a cgroup
+//! and timed on their own. Each prints its elapsed nanoseconds on standard output.
+//!
+//! ```text
+//! detector-test-helper open-loop PATH N    # N x (openat(O_RDONLY) + close)
+//! detector-test-helper write-loop PATH N   # N x (openat(O_WRONLY|O_CREAT) + close)
+//! detector-test-helper exec-loop N         # N x (spawn /bin/true and wait)
+//! ```
+
+use std::{ffi::CString, process::ExitCode, time::Instant};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["open-loop", path, n] => open_loop(path, n, libc::O_RDONLY),
+        ["write-loop", path, n] => open_loop(path, n, libc::O_WRONLY | libc::O_CREAT),
+        ["exec-loop", n] => exec_loop(n),
+        _ => Err("usage: detector-test-helper open-loop|write-loop PATH N | exec-loop N".into()),
+    };
+    match result {
+        Ok(elapsed_ns) => {
+            println!("{elapsed_ns}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("detector-test-helper: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn count(n: &str) -> Result<u64, String> {
+    n.parse().map_err(|_| format!("not a count: {n:?}"))
+}
+
+fn open_loop(path: &str, n: &str, flags: libc::c_int) -> Result<u128, String> {
+    let n = count(n)?;
+    let path = CString::new(path).map_err(|_| "path contains NUL".to_owned())?;
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: `path` is a valid NUL-terminated string; the fd is closed at once.
+        let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+        if fd < 0 {
+            return Err(format!("openat: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just opened by this loop.
+        unsafe { libc::close(fd) };
+    }
+    Ok(start.elapsed().as_nanos())
+}
+
+fn exec_loop(n: &str) -> Result<u128, String> {
+    let n = count(n)?;
+    let start = Instant::now();
+    for _ in 0..n {
+        let status = std::process::Command::new("/bin/true")
+            .status()
+            .map_err(|err| format!("spawn /bin/true: {err}"))?;
+        if !status.success() {
+            return Err(format!("/bin/true: {status}"));
+        }
+    }
+    Ok(start.elapsed().as_nanos())
+}

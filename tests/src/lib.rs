@@ -1,0 +1,235 @@
+//! Test support for the detector.
+//!
+//! - [`privileged`]: whether this run may load eBPF programs; under `CI=true` a missing
+//!   privilege is a failure, elsewhere the test says why it skips.
+//! - [`TestCgroup`]: a cgroup2 directory of the test's own, to run real child processes in and to
+//!   tell their events apart from the rest of the machine. Removed on drop, failure or not.
+//! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
+//!   wait for events.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use detector::{
+    cgroup::{cgroup2_mount, cgroup_id},
+    config::SensorsConfig,
+    event::Event,
+    pipeline::Pipeline,
+    sensors::{ProgramSet, Sensors},
+};
+use tokio::sync::mpsc;
+
+/// True when this process may load eBPF programs. Under `CI=true` a missing privilege panics:
+/// CI runs as root, and a privileged test that cannot run there is a failure, not a skip.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: needs root to load eBPF programs, and CI=true"
+    );
+    eprintln!("skipped {test}: needs root to load eBPF programs");
+    false
+}
+
+/// A cgroup2 directory created for one test; its processes are the test's own.
+pub struct TestCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl TestCgroup {
+    /// Creates `<cgroup2>/<relative>` (parents too), e.g. `detector-test/exec-<pid>`.
+    pub fn create(relative: &str) -> io::Result<Self> {
+        let root = cgroup2_mount()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;
+        let path = root.join(relative);
+        fs::create_dir_all(&path)?;
+        let id = cgroup_id(&path)?;
+        Ok(Self { path, id })
+    }
+
+    /// A unique cgroup for the named test under `detector-test/`.
+    pub fn for_test(name: &str) -> io::Result<Self> {
+        Self::create(&format!("detector-test/{name}-{}", std::process::id()))
+    }
+
+    /// The cgroup id, as the kernel reports it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command whose process starts inside this cgroup (it moves itself there before exec).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> io::Result<Command> {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))?;
+        let mut command = Command::new(program);
+        // SAFETY: the closure only calls write(2) on an fd opened before fork, which is
+        // async-signal-safe; the file is kept alive by the closure.
+        unsafe {
+            command.pre_exec(move || {
+                let pid = b"0\n";
+                let written = libc::write(procs.as_raw_fd(), pid.as_ptr().cast(), pid.len());
+                if written < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(command)
+    }
+
+    /// Runs `sh -c script` in the cgroup and waits for it; returns its pid.
+    pub fn run_shell(&self, script: &str) -> io::Result<u32> {
+        let mut child = self.command("/bin/sh")?.arg("-c").arg(script).spawn()?;
+        let pid = child.id();
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(io::Error::other(format!("`{script}` failed: {status}")));
+        }
+        Ok(pid)
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Only processes this test started live here; end what is left, then remove the dir.
+        for _ in 0..50 {
+            let pids = self.pids();
+            if pids.is_empty() && fs::remove_dir(&self.path).is_ok() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill has no memory-safety preconditions; the pid is in our cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(parent) = self.path.parent() {
+            // Shared parent of all test cgroups: removed only when it is empty.
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// The real sensors and pipeline running in this process.
+pub struct Collector {
+    runtime: tokio::runtime::Runtime,
+    pipeline: Option<Pipeline>,
+    batches: mpsc::Receiver<Vec<Event>>,
+    seen: Vec<Event>,
+    attached: Vec<&'static str>,
+}
+
+impl Collector {
+    /// Loads and attaches the sensors with `config` and starts the pipeline.
+    pub fn start(config: &SensorsConfig, sample_interval: Duration) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let sensors = Sensors::load(config, ProgramSet::Sensors)?;
+        let attached = sensors.attached().to_vec();
+        let (pipeline, batches) = {
+            let _guard = runtime.enter();
+            Pipeline::spawn(sensors, sample_interval)?
+        };
+        Ok(Self {
+            runtime,
+            pipeline: Some(pipeline),
+            batches,
+            seen: Vec::new(),
+            attached,
+        })
+    }
+
+    /// Names of the attached programs.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Receives events until `done` holds over everything seen so far, or `timeout` passes.
+    /// Returns whether it held.
+    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&[Event]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.seen) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let batch = self
+                .runtime
+                .block_on(async { tokio::time::timeout(left, self.batches.recv()).await });
+            match batch {
+                Ok(Some(batch)) => self.seen.extend(batch),
+                Ok(None) | Err(_) => return done(&self.seen),
+            }
+        }
+    }
+
+    /// Receives everything that arrives within `duration`.
+    pub fn collect_for(&mut self, duration: Duration) {
+        self.wait_until(duration, |_| false);
+    }
+
+    /// Events seen so far.
+    pub fn seen(&self) -> &[Event] {
+        &self.seen
+    }
+
+    /// Events seen so far from one cgroup.
+    pub fn from_cgroup(&self, cgroup_id: u64) -> Vec<&Event> {
+        self.seen
+            .iter()
+            .filter(|e| e.cgroup_id == Some(cgroup_id))
+            .collect()
+    }
+
+    /// Stops the pipeline and detaches the programs.
+    pub fn stop(mut self) {
+        if let Some(pipeline) = self.pipeline.take() {
+            self.runtime.block_on(pipeline.stop());
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(pipeline) = self.pipeline.take() {
+            self.runtime.block_on(pipeline.stop());
+        }
+    }
+}
+
+/// Prints a summary of events to stderr, to explain a failed assertion.
+pub fn dump(events: &[&Event]) {
+    let mut err = io::stderr().lock();
+    for event in events.iter().take(200) {
+        let _ = writeln!(err, "{}", serde_json::to_string(event).unwrap_or_default());
+    }
+}

@@ -1,0 +1,321 @@
+//! Privileged tests: the real eBPF programs, loaded and attached by the daemon's own code, and
+//! triggered by real processes, files and sockets in a cgroup each test creates.
+//!
+//! Run as root (CI does). Without root they fail under `CI=true` and say why they skip
+//! elsewhere.
+
+use std::{
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr, TcpListener},
+    time::Duration,
+};
+
+use detector::{
+    config::SensorsConfig,
+    event::{Body, Event},
+};
+use tests::{Collector, TestCgroup, dump, privileged};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn collector(config: &SensorsConfig) -> Collector {
+    Collector::start(config, Duration::from_millis(200)).expect("sensors load and attach")
+}
+
+fn is_exit_of(event: &Event, pid: u32) -> bool {
+    matches!(event.body, Body::Exit(_)) && event.process.pid == Some(pid)
+}
+
+#[test]
+fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
+    if !privileged("exec_of_a_shell_appears_with_argv_cgroup_and_exit_code") {
+        return;
+    }
+    let mut collector = collector(&SensorsConfig::default());
+    assert_eq!(
+        collector.attached(),
+        ["sys_enter", "sched_process_exec", "sched_process_exit", "connect4", "connect6", "egress"]
+    );
+    let cgroup = TestCgroup::for_test("exec").unwrap();
+    let mut child = cgroup
+        .command("/bin/sh")
+        .unwrap()
+        .args(["-c", "exit 3"])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+
+    let found = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    let events = collector.from_cgroup(cgroup.id());
+    if !found {
+        dump(&events);
+    }
+    assert!(found, "no exit event for pid {pid}");
+    let exec = events
+        .iter()
+        .find_map(|e| match &e.body {
+            Body::Exec(exec) if e.process.pid == Some(pid) => Some((e, exec)),
+            _ => None,
+        })
+        .expect("exec event from the test cgroup");
+    assert_eq!(exec.1.filename, "/bin/sh");
+    assert_eq!(exec.1.argv, ["/bin/sh", "-c", "exit 3"]);
+    assert_eq!(exec.0.process.ppid, Some(std::process::id()));
+    assert_eq!(exec.0.process.comm.as_deref(), Some("sh"));
+    let exit = events.iter().find(|e| is_exit_of(e, pid)).unwrap();
+    let Body::Exit(exit) = &exit.body else {
+        unreachable!()
+    };
+    assert_eq!(exit.exit_status, Some(3));
+}
+
+#[test]
+fn write_opens_are_reported_and_harmless_or_read_only_opens_are_not() {
+    if !privileged("write_opens_are_reported_and_harmless_or_read_only_opens_are_not") {
+        return;
+    }
+    let mut collector = collector(&SensorsConfig::default());
+    let cgroup = TestCgroup::for_test("files").unwrap();
+    let id = std::process::id();
+    let shm = format!("/dev/shm/detector-test-{id}");
+    let ordinary = std::env::temp_dir().join(format!("detector-test-ordinary-{id}"));
+    std::fs::write(&ordinary, "data").unwrap();
+    let script = format!(
+        "echo x > {shm}; echo y > /dev/null; cat {} > /dev/null; rm -f {shm}",
+        ordinary.display()
+    );
+    let pid = cgroup.run_shell(&script).unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    // Records from other CPUs may trail the exit slightly.
+    collector.collect_for(Duration::from_millis(300));
+    std::fs::remove_file(&ordinary).unwrap();
+    let events = collector.from_cgroup(cgroup.id());
+    assert!(done, "no exit event for pid {pid}");
+    let files: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::File(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    let write = files.iter().find(|f| f.path == shm);
+    if write.is_none() {
+        dump(&events);
+    }
+    let write = write.expect("write-open of the /dev/shm file");
+    assert!(write.write && write.sensitive && !write.read_sensitive);
+    assert!(
+        files.iter().all(|f| f.path != "/dev/null"),
+        "/dev/null is excluded in the kernel"
+    );
+    let ordinary = ordinary.display().to_string();
+    assert!(
+        files.iter().all(|f| f.path != ordinary),
+        "a read-only open of an ordinary file is not reported"
+    );
+}
+
+#[test]
+fn reads_of_read_sensitive_paths_are_reported() {
+    if !privileged("reads_of_read_sensitive_paths_are_reported") {
+        return;
+    }
+    let secret_dir = std::env::temp_dir().join(format!("detector-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    let secret = secret_dir.join("token");
+    std::fs::write(&secret, "s3cr3t").unwrap();
+    let mut config = SensorsConfig::default();
+    config
+        .read_sensitive_paths
+        .push(secret_dir.display().to_string());
+    let mut collector = collector(&config);
+    let cgroup = TestCgroup::for_test("secrets").unwrap();
+    let pid = cgroup
+        .run_shell(&format!("cat {} /etc/shadow > /dev/null", secret.display()))
+        .unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    collector.collect_for(Duration::from_millis(300));
+    std::fs::remove_dir_all(&secret_dir).unwrap();
+    assert!(done, "no exit event for pid {pid}");
+    let events = collector.from_cgroup(cgroup.id());
+    let read = |path: &str| {
+        events.iter().any(|e| {
+            matches!(&e.body, Body::File(f) if f.path == path && f.read_sensitive && !f.write)
+        })
+    };
+    let secret = secret.display().to_string();
+    if !read(&secret) || !read("/etc/shadow") {
+        dump(&events);
+    }
+    assert!(read(&secret), "read of a configured read-sensitive path");
+    assert!(read("/etc/shadow"), "read of a default read-sensitive path");
+}
+
+#[test]
+fn tcp_connect_to_a_loopback_listener_appears_with_its_port() {
+    if !privileged("tcp_connect_to_a_loopback_listener_appears_with_its_port") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut collector = collector(&SensorsConfig::default());
+    let cgroup = TestCgroup::for_test("connect").unwrap();
+    let accept = std::thread::spawn(move || listener.accept().map(|_| ()));
+    let pid = {
+        let mut child = cgroup
+            .command("/bin/bash")
+            .unwrap()
+            .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success());
+        pid
+    };
+    accept.join().unwrap().unwrap();
+    let found = collector.wait_until(WAIT, |seen| {
+        seen.iter().any(|e| {
+            e.process.pid == Some(pid)
+                && matches!(&e.body, Body::Connect(c) if c.dport == port)
+        })
+    });
+    let events = collector.from_cgroup(cgroup.id());
+    if !found {
+        dump(&events);
+    }
+    assert!(found, "connect event with port {port}");
+    let connect = events
+        .iter()
+        .find_map(|e| match &e.body {
+            Body::Connect(c) if c.dport == port => Some(c),
+            _ => None,
+        })
+        .expect("from the test cgroup");
+    assert_eq!(connect.daddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(connect.protocol, "tcp");
+    assert_eq!(connect.family, "ipv4");
+}
+
+#[test]
+fn egress_bytes_of_a_sender_are_counted_for_its_cgroup() {
+    if !privileged("egress_bytes_of_a_sender_are_counted_for_its_cgroup") {
+        return;
+    }
+    const SENT: u64 = 8 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut collector = collector(&SensorsConfig::default());
+    let cgroup = TestCgroup::for_test("egress").unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        received.len() as u64
+    });
+    // /dev/tcp is a bash feature (Debian's sh is dash).
+    let mut sender = cgroup
+        .command("/bin/bash")
+        .unwrap()
+        .args([
+            "-c",
+            &format!("head -c {SENT} /dev/zero > /dev/tcp/127.0.0.1/{port}"),
+        ])
+        .spawn()
+        .unwrap();
+    assert!(sender.wait().unwrap().success());
+    assert_eq!(receiver.join().unwrap(), SENT);
+    let total = |seen: &[Event]| {
+        seen.iter()
+            .filter(|e| e.cgroup_id == Some(cgroup.id()))
+            .filter_map(|e| match &e.body {
+                Body::Egress(egress) => Some(egress.total_bytes),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    collector.wait_until(WAIT, |seen| total(seen) >= SENT);
+    // Let a last sample in, in case the count was still growing.
+    collector.collect_for(Duration::from_millis(500));
+    let counted = total(collector.seen());
+    let ratio = counted as f64 / SENT as f64;
+    eprintln!("egress: sent {SENT} bytes of payload, counted {counted} at the IP layer ({ratio:.4})");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "counted {counted} bytes for {SENT} sent"
+    );
+}
+
+#[test]
+fn the_daemons_own_activity_is_not_reported() {
+    if !privileged("the_daemons_own_activity_is_not_reported") {
+        return;
+    }
+    let mut collector = collector(&SensorsConfig::default());
+    let me = std::process::id();
+    let path = format!("/dev/shm/detector-own-{me}");
+    // This process is the daemon here: its write-open, read of a sensitive file and connect
+    // must not show up, while the same from a child does (a positive control).
+    std::fs::write(&path, "own").unwrap();
+    let _ = std::fs::read("/etc/shadow");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let _ = std::net::TcpStream::connect(listener.local_addr().unwrap());
+    let cgroup = TestCgroup::for_test("own").unwrap();
+    let pid = cgroup.run_shell(&format!("echo child > {path}")).unwrap();
+    let done = collector.wait_until(WAIT, |seen| {
+        seen.iter().any(|e| {
+            e.process.pid == Some(pid) && matches!(&e.body, Body::File(f) if f.path == path)
+        })
+    });
+    std::fs::remove_file(&path).unwrap();
+    collector.collect_for(Duration::from_millis(300));
+    assert!(done, "the child's write is reported (positive control)");
+    let own: Vec<_> = collector
+        .seen()
+        .iter()
+        .filter(|e| e.process.pid == Some(me))
+        .collect();
+    if !own.is_empty() {
+        dump(&own);
+    }
+    assert!(own.is_empty(), "{} events from the daemon itself", own.len());
+}
+
+#[test]
+fn repeated_write_opens_are_suppressed_and_counted() {
+    if !privileged("repeated_write_opens_are_suppressed_and_counted") {
+        return;
+    }
+    let mut config = SensorsConfig::default();
+    config.write_dedup_window_ms = 1_000;
+    let mut collector = collector(&config);
+    let cgroup = TestCgroup::for_test("dedup").unwrap();
+    let path = format!("/dev/shm/detector-dedup-{}", std::process::id());
+    // Ten appends within the window, then one after it.
+    let pid = cgroup
+        .run_shell(&format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i >> {path}; done; sleep 1.5; echo 11 >> {path}"
+        ))
+        .unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    collector.collect_for(Duration::from_millis(300));
+    std::fs::remove_file(&path).unwrap();
+    assert!(done);
+    let events = collector.from_cgroup(cgroup.id());
+    let suppressed: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::File(f) if f.path == path => Some(f.suppressed),
+            _ => None,
+        })
+        .collect();
+    if suppressed.len() != 2 {
+        dump(&events);
+    }
+    assert_eq!(
+        suppressed,
+        [0, 9],
+        "the first append is reported, nine are counted, the one after the window carries the count"
+    );
+}
