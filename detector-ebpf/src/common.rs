@@ -109,7 +109,7 @@ pub fn current_cgroup_watched() -> bool {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let generation = WATCH_GENERATION.get(0).copied().unwrap_or(0);
     // SAFETY: the value is copied out at once; a concurrent update only changes the decision.
-    if let Some(decision) = unsafe { WATCH_CACHE.get(&cgroup_id) }
+    if let Some(decision) = unsafe { WATCH_CACHE.get(cgroup_id) }
         && decision.generation == generation
     {
         return decision.watched != 0;
@@ -123,7 +123,7 @@ pub fn current_cgroup_watched() -> bool {
             break;
         }
         // SAFETY: only existence is tested.
-        if unsafe { WATCH_ROOTS.get(&ancestor) }.is_some() {
+        if unsafe { WATCH_ROOTS.get(ancestor) }.is_some() {
             watched = 1;
             break;
         }
@@ -138,7 +138,7 @@ pub fn current_cgroup_watched() -> bool {
         generation,
     };
     // A failed insert only costs another walk next time.
-    let _ = WATCH_CACHE.insert(&cgroup_id, &decision, 0);
+    let _ = WATCH_CACHE.insert(cgroup_id, decision, 0);
     watched != 0
 }
 

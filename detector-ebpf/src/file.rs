@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use detector_common::{
-    DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp, PATH_CLASS_KEY_BYTES,
-    PATH_MAX_BYTES, PathClassData, RenameEvent, Stat, file_flags, path_class,
+    DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PathClassData, RenameEvent, Stat, file_flags, path_class,
 };
 
 use crate::common::{
@@ -127,9 +127,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
         nr::UNLINK => path_op(FileOp::Unlink, AT_FDCWD, regs.arg(0), 0),
         nr::UNLINKAT => path_op(FileOp::Unlink, regs.arg(0) as i32, regs.arg(1), 0),
         nr::CHMOD => path_op(FileOp::Chmod, AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
-        nr::FCHMODAT | nr::FCHMODAT2 => {
-            path_op(FileOp::Chmod, regs.arg(0) as i32, regs.arg(1), regs.arg(2) as u32)
-        }
+        nr::FCHMODAT | nr::FCHMODAT2 => path_op(
+            FileOp::Chmod,
+            regs.arg(0) as i32,
+            regs.arg(1),
+            regs.arg(2) as u32,
+        ),
         nr::RENAME => rename(AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1)),
         nr::RENAMEAT | nr::RENAMEAT2 => rename(
             regs.arg(0) as i32,
@@ -247,14 +250,28 @@ fn is_sensitive(class: u32) -> bool {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::mut_from_ref,
+    reason = "map values are shared memory the kernel hands out by pointer"
+)]
 fn scratch<T>(array: &'static PerCpuArray<T>) -> Result<&'static mut T, i32> {
     // SAFETY: the per-CPU slot is used by this program only, and a program is not preempted
     // on its CPU while it runs.
-    array.get_ptr_mut(0).map(|ptr| unsafe { &mut *ptr }).ok_or(0)
+    array
+        .get_ptr_mut(0)
+        .map(|ptr| unsafe { &mut *ptr })
+        .ok_or(0)
 }
 
 #[inline(always)]
-fn fill_file(event: &mut FileEvent, op: FileOp, dirfd: i32, user_path: u64, class: u32, flags: u32) {
+fn fill_file(
+    event: &mut FileEvent,
+    op: FileOp,
+    dirfd: i32,
+    user_path: u64,
+    class: u32,
+    flags: u32,
+) {
     fill_header(&mut event.header, EventKind::File);
     event.op = op as u32;
     event.flags = 0;
@@ -279,7 +296,11 @@ fn fill_file(event: &mut FileEvent, op: FileOp, dirfd: i32, user_path: u64, clas
 fn read_path(user_path: u64, dst: &mut [u8; PATH_MAX_BYTES]) -> (u32, bool) {
     // SAFETY: the helper writes at most `PATH_MAX_BYTES` bytes into `dst`.
     let read = unsafe {
-        bpf_probe_read_user_str(dst.as_mut_ptr().cast(), PATH_MAX_BYTES as u32, user_path as *const _)
+        bpf_probe_read_user_str(
+            dst.as_mut_ptr().cast(),
+            PATH_MAX_BYTES as u32,
+            user_path as *const _,
+        )
     };
     if read <= 0 {
         count(Stat::ReadErrors);
@@ -304,7 +325,7 @@ fn suppress_repeat(event: &mut FileEvent) -> bool {
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Some(value) = WRITE_DEDUP.get_ptr_mut(&key) {
+    if let Some(value) = WRITE_DEDUP.get_ptr_mut(key) {
         // SAFETY: the pointer comes from a map lookup; racing writers only blur the count.
         let value = unsafe { &mut *value };
         if now.wrapping_sub(value.last_reported_ns) < window {
@@ -323,7 +344,7 @@ fn suppress_repeat(event: &mut FileEvent) -> bool {
         _pad: 0,
     };
     // A full map evicts its least recently used entry; a failed insert only means no suppression.
-    let _ = WRITE_DEDUP.insert(&key, &value, 0);
+    let _ = WRITE_DEDUP.insert(key, value, 0);
     false
 }
 

@@ -59,7 +59,12 @@ fn try_connect(ctx: &SockAddrContext, family: u32) -> Result<i32, i32> {
     if family == AF_INET {
         event.daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
     } else {
-        let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+        let words = [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ];
         for (i, word) in words.iter().enumerate() {
             event.daddr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
@@ -79,7 +84,7 @@ fn count_egress(ctx: &SkBuffContext) {
     // SAFETY: the helper takes the program's own context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb.cast()) };
     let bytes = u64::from(ctx.len());
-    if let Some(counters) = EGRESS.get_ptr_mut(&cgroup_id) {
+    if let Some(counters) = EGRESS.get_ptr_mut(cgroup_id) {
         // SAFETY: a per-CPU value, touched only on this CPU.
         let counters = unsafe { &mut *counters };
         counters.bytes += bytes;
@@ -88,6 +93,6 @@ fn count_egress(ctx: &SkBuffContext) {
         let counters = TrafficCounters { bytes, packets: 1 };
         // From a program, an update of a per-CPU hash writes this CPU's slot only, so an insert
         // racing with another CPU's loses nothing.
-        let _ = EGRESS.insert(&cgroup_id, &counters, 0);
+        let _ = EGRESS.insert(cgroup_id, counters, 0);
     }
 }

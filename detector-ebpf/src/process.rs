@@ -88,7 +88,11 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
             }
             // SAFETY: `len` is at most `ARGS_MAX_BYTES`, the size of `event.args`.
             let ret = unsafe {
-                bpf_probe_read_user(event.args.as_mut_ptr().cast(), len as u32, start as *const _)
+                bpf_probe_read_user(
+                    event.args.as_mut_ptr().cast(),
+                    len as u32,
+                    start as *const _,
+                )
             };
             if ret == 0 {
                 event.args_len = len as u32;
@@ -114,8 +118,10 @@ fn args_range() -> Option<(u64, u64)> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     unsafe {
-        let mm: *const u8 = bpf_probe_read_kernel(task.add(offsets.task_mm as usize).cast()).ok()?;
-        let start: u64 = bpf_probe_read_kernel(mm.add(offsets.mm_arg_start as usize).cast()).ok()?;
+        let mm: *const u8 =
+            bpf_probe_read_kernel(task.add(offsets.task_mm as usize).cast()).ok()?;
+        let start: u64 =
+            bpf_probe_read_kernel(mm.add(offsets.mm_arg_start as usize).cast()).ok()?;
         let end: u64 = bpf_probe_read_kernel(mm.add(offsets.mm_arg_end as usize).cast()).ok()?;
         Some((start, end))
     }

@@ -112,7 +112,14 @@ impl Default for SensorsConfig {
             write_dedup_window_ms: 1000,
             sample_interval_ms: 1000,
             sensitive_write_paths: strings(&[
-                "/proc", "/dev", "/etc", "/bin", "/sbin", "/usr/bin", "/usr/sbin", "/lib",
+                "/proc",
+                "/dev",
+                "/etc",
+                "/bin",
+                "/sbin",
+                "/usr/bin",
+                "/usr/sbin",
+                "/lib",
                 "/usr/lib",
             ]),
             read_sensitive_paths: strings(&[

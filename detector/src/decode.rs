@@ -17,9 +17,7 @@ use detector_common::{
 
 use crate::{
     clock::Clock,
-    event::{
-        Body, Connect, Event, Exec, Exit, FileActivity, FileOperation, ProcessFields,
-    },
+    event::{Body, Connect, Event, Exec, Exit, FileActivity, FileOperation, ProcessFields},
 };
 
 /// Why a record could not be decoded.
@@ -247,10 +245,7 @@ mod tests {
         assert_eq!(event.process.comm.as_deref(), Some("curl"));
         assert_eq!(event.cgroup_id, Some(4242));
         assert_eq!(event.ktime_ns, 5_000_000_000);
-        assert_eq!(
-            event.time.unix_timestamp_nanos(),
-            1_700_000_005_000_000_000
-        );
+        assert_eq!(event.time.unix_timestamp_nanos(), 1_700_000_005_000_000_000);
         let Body::Exec(exec) = event.body else {
             panic!("not exec")
         };
@@ -261,7 +256,10 @@ mod tests {
 
     #[test]
     fn truncated_argv_keeps_the_partial_argument_and_says_so() {
-        let record = bytes(&exec_event(b"tar\0-czf\0/tmp/ou", exec_flags::ARGS_TRUNCATED));
+        let record = bytes(&exec_event(
+            b"tar\0-czf\0/tmp/ou",
+            exec_flags::ARGS_TRUNCATED,
+        ));
         let Body::Exec(exec) = decode(&record, &clock()).unwrap().body else {
             panic!("not exec")
         };
@@ -286,7 +284,10 @@ mod tests {
         let record = bytes(&exec_event(b"sh\0", 0));
         for len in [0, 1, 63, 64, 100, record.len() - 1] {
             let err = decode(&record[..len], &clock()).unwrap_err();
-            assert!(matches!(err, DecodeError::Truncated { got, .. } if got == len), "{len}");
+            assert!(
+                matches!(err, DecodeError::Truncated { got, .. } if got == len),
+                "{len}"
+            );
         }
     }
 
@@ -390,7 +391,10 @@ mod tests {
             panic!("not connect")
         };
         assert_eq!(c.daddr, IpAddr::from([127, 0, 0, 1]));
-        assert_eq!((c.family.as_str(), c.protocol.as_str(), c.dport), ("ipv4", "tcp", 8080));
+        assert_eq!(
+            (c.family.as_str(), c.protocol.as_str(), c.dport),
+            ("ipv4", "tcp", 8080)
+        );
 
         event.family = 10;
         event.protocol = 17;

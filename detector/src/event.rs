@@ -13,7 +13,11 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock time derived from the kernel timestamp.
-    #[serde(rename = "ts", serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
+    #[serde(
+        rename = "ts",
+        serialize_with = "rfc3339",
+        deserialize_with = "from_rfc3339"
+    )]
     pub time: OffsetDateTime,
     /// Kernel `CLOCK_BOOTTIME` nanoseconds; orders events exactly.
     pub ktime_ns: u64,

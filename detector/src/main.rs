@@ -121,7 +121,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    info!("no cluster configured: standalone mode, events to {}", config.output.path.display());
+    info!(
+        "no cluster configured: standalone mode, events to {}",
+        config.output.path.display()
+    );
     let mut out = JsonLines::open(&config.output.path)?;
     let sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
     let (pipeline, mut batches) = Pipeline::spawn(

@@ -265,7 +265,12 @@ impl Sampler {
         Totals {
             lost: LOST_KINDS
                 .iter()
-                .map(|(stat, kind)| (*kind, self.last_stats.get(*stat as usize).copied().unwrap_or(0)))
+                .map(|(stat, kind)| {
+                    (
+                        *kind,
+                        self.last_stats.get(*stat as usize).copied().unwrap_or(0),
+                    )
+                })
                 .collect(),
             suppressed_writes: self
                 .last_stats

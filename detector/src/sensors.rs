@@ -245,16 +245,12 @@ impl Sensors {
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, SensorError> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or(SensorError::MissingMap(name))
+        self.ebpf.map_mut(name).ok_or(SensorError::MissingMap(name))
     }
 
     fn fill_path_classes(&mut self, config: &SensorsConfig) -> Result<(), SensorError> {
-        let mut trie: LpmTrie<_, PathClassData, u32> = LpmTrie::try_from(
-            self.map_mut(MAP_PATH_CLASS)?,
-        )
-        .map_err(map_error(MAP_PATH_CLASS))?;
+        let mut trie: LpmTrie<_, PathClassData, u32> =
+            LpmTrie::try_from(self.map_mut(MAP_PATH_CLASS)?).map_err(map_error(MAP_PATH_CLASS))?;
         for (prefix, class) in path_class_entries(config) {
             let mut data = [0u8; PATH_CLASS_KEY_BYTES];
             data[..prefix.len()].copy_from_slice(&prefix);
@@ -276,8 +272,8 @@ impl Sensors {
             return Ok(());
         }
         let previous = std::mem::take(&mut self.watch_roots);
-        let mut map: HashMap<_, u64, u32> =
-            HashMap::try_from(self.map_mut(MAP_WATCH_ROOTS)?).map_err(map_error(MAP_WATCH_ROOTS))?;
+        let mut map: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(MAP_WATCH_ROOTS)?)
+            .map_err(map_error(MAP_WATCH_ROOTS))?;
         for id in &previous {
             if !roots.contains(id) {
                 // Already gone with its cgroup is fine.
@@ -466,7 +462,10 @@ mod tests {
             class_of(&entries, "/etc/shadow"),
             SENSITIVE_WRITE | READ_SENSITIVE
         );
-        assert_eq!(class_of(&entries, "/var/run/secrets/kubernetes.io/token"), READ_SENSITIVE);
+        assert_eq!(
+            class_of(&entries, "/var/run/secrets/kubernetes.io/token"),
+            READ_SENSITIVE
+        );
         assert_eq!(class_of(&entries, "/dev/shm/x"), SENSITIVE_WRITE);
         assert_ne!(class_of(&entries, "/dev/null") & EXCLUDED, 0);
         assert_ne!(class_of(&entries, "/dev/tty1") & EXCLUDED, 0);

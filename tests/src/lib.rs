@@ -17,7 +17,7 @@ use std::{
 };
 
 use detector::{
-    cgroup::{cgroup2_mount, cgroup_id},
+    cgroup::{cgroup_id, cgroup2_mount},
     config::SensorsConfig,
     event::Event,
     pipeline::Pipeline,

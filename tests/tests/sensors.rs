@@ -34,7 +34,14 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
     let mut collector = collector(&SensorsConfig::default());
     assert_eq!(
         collector.attached(),
-        ["sys_enter", "sched_process_exec", "sched_process_exit", "connect4", "connect6", "egress"]
+        [
+            "sys_enter",
+            "sched_process_exec",
+            "sched_process_exit",
+            "connect4",
+            "connect6",
+            "egress"
+        ]
     );
     let cgroup = TestCgroup::for_test("exec").unwrap();
     let mut child = cgroup
@@ -140,9 +147,9 @@ fn reads_of_read_sensitive_paths_are_reported() {
     assert!(done, "no exit event for pid {pid}");
     let events = collector.from_cgroup(cgroup.id());
     let read = |path: &str| {
-        events.iter().any(|e| {
-            matches!(&e.body, Body::File(f) if f.path == path && f.read_sensitive && !f.write)
-        })
+        events.iter().any(
+            |e| matches!(&e.body, Body::File(f) if f.path == path && f.read_sensitive && !f.write),
+        )
     };
     let secret = secret.display().to_string();
     if !read(&secret) || !read("/etc/shadow") {
@@ -176,8 +183,7 @@ fn tcp_connect_to_a_loopback_listener_appears_with_its_port() {
     accept.join().unwrap().unwrap();
     let found = collector.wait_until(WAIT, |seen| {
         seen.iter().any(|e| {
-            e.process.pid == Some(pid)
-                && matches!(&e.body, Body::Connect(c) if c.dport == port)
+            e.process.pid == Some(pid) && matches!(&e.body, Body::Connect(c) if c.dport == port)
         })
     });
     let events = collector.from_cgroup(cgroup.id());
@@ -240,7 +246,9 @@ fn egress_bytes_of_a_sender_are_counted_for_its_cgroup() {
     collector.collect_for(Duration::from_millis(500));
     let counted = total(collector.seen());
     let ratio = counted as f64 / SENT as f64;
-    eprintln!("egress: sent {SENT} bytes of payload, counted {counted} at the IP layer ({ratio:.4})");
+    eprintln!(
+        "egress: sent {SENT} bytes of payload, counted {counted} at the IP layer ({ratio:.4})"
+    );
     assert!(
         (0.9..=1.1).contains(&ratio),
         "counted {counted} bytes for {SENT} sent"
@@ -279,7 +287,11 @@ fn the_daemons_own_activity_is_not_reported() {
     if !own.is_empty() {
         dump(&own);
     }
-    assert!(own.is_empty(), "{} events from the daemon itself", own.len());
+    assert!(
+        own.is_empty(),
+        "{} events from the daemon itself",
+        own.len()
+    );
 }
 
 #[test]
@@ -287,8 +299,10 @@ fn repeated_write_opens_are_suppressed_and_counted() {
     if !privileged("repeated_write_opens_are_suppressed_and_counted") {
         return;
     }
-    let mut config = SensorsConfig::default();
-    config.write_dedup_window_ms = 1_000;
+    let config = SensorsConfig {
+        write_dedup_window_ms: 1_000,
+        ..SensorsConfig::default()
+    };
     let mut collector = collector(&config);
     let cgroup = TestCgroup::for_test("dedup").unwrap();
     let path = format!("/dev/shm/detector-dedup-{}", std::process::id());

@@ -1,1 +1,304 @@
-fn main() {}
+//! `cargo xtask`: set-up, tests, benchmarks and running the daemon.
+//!
+//! - `setup`: makes a fresh machine able to build: rust-src for the nightly toolchain and
+//!   bpf-linker built against that nightly's own libLLVM. Idempotent; a second run takes
+//!   seconds.
+//! - `test`: set-up, then lints and every test, the privileged ones included (run as root).
+//! - `bench`: set-up, bpftrace as a peer when it can be installed, then the benchmark.
+//! - `run`: set-up, build, then `detector run` with the given arguments (as root).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+
+/// The nightly toolchain that builds the eBPF crate (aya-build runs `rustup run nightly`).
+const NIGHTLY: &str = "nightly";
+/// bpf-linker release known to build with aya-ebpf 0.2.1 and LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(about = "Project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building needs (idempotent).
+    Setup,
+    /// Set up, lint, and run every test (privileged ones need root).
+    Test,
+    /// Set up and run the sensors' benchmark (needs root).
+    Bench {
+        /// Do not install bpftrace for the peer comparison.
+        #[arg(long)]
+        no_peers: bool,
+        /// Arguments for the benchmark (e.g. --rounds 5 --opens 1000000).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build and run the daemon (needs root); arguments go to `detector run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Test => test(),
+        Task::Bench { no_peers, args } => bench(no_peers, &args),
+        Task::Run { args } => run(&args),
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn setup() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build the eBPF crate")?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let sysroot =
+        output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    let verbose = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-vV"]))?;
+    let llvm_major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("the nightly rustc does not say its LLVM version")?
+        .to_owned();
+    if bpf_linker_ok() {
+        eprintln!(
+            "setup: nightly (LLVM {llvm_major}), rust-src and bpf-linker {BPF_LINKER_VERSION} are in place"
+        );
+        return Ok(());
+    }
+    install_bpf_linker(&sysroot, &llvm_major)?;
+    ensure!(bpf_linker_ok(), "bpf-linker was installed but does not run");
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+/// Builds bpf-linker against the nightly's own libLLVM, so the two never drift apart. The
+/// rpath lets it find that library without LD_LIBRARY_PATH.
+fn install_bpf_linker(sysroot: &Path, llvm_major: &str) -> anyhow::Result<()> {
+    let lib = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{llvm_major}* in {}", lib.display()))?;
+    let prefix = target_dir().join("xtask/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{llvm_major}"),
+    ])
+    .env("LLVM_PREFIX", &prefix)
+    .env(
+        "RUSTFLAGS",
+        format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+    );
+    status(&mut cmd)
+}
+
+/// Every workspace member but the eBPF crate.
+const HOST_CRATES: [&str; 3] = ["--workspace", "--exclude", "detector-ebpf"];
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+fn test() -> anyhow::Result<()> {
+    setup()?;
+    // The eBPF crate builds only for the bpf target; it is linted there, the rest on the host.
+    status(cargo().arg("clippy").args(HOST_CRATES).args([
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    status(
+        Command::new("rustup")
+            .current_dir(workspace())
+            .args(["run", NIGHTLY, "cargo", "clippy", "-p", "detector-ebpf"])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+            ])
+            .args(["--", "-D", "warnings"])
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
+            )
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )?;
+    if !is_root() {
+        eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
+    }
+    run_tests(cargo().arg("test").args(HOST_CRATES))
+}
+
+/// Runs cargo test, passing its output through, and closes with one line adding up every
+/// test binary's result, so that a reader of the log sees the whole count last.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next())
+                    && let Ok(n) = n.parse::<u64>()
+                {
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("total: {passed} passed, {failed} failed, {ignored} skipped");
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    ensure!(passed > 0, "no test ran");
+    Ok(())
+}
+
+fn bench(no_peers: bool, args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let has_bpftrace = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !no_peers && !has_bpftrace {
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "bpftrace"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            eprintln!("bench: bpftrace could not be installed; the peer comparison is left out");
+        }
+    }
+    status(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "detector",
+        "-p",
+        "tests",
+        "--bins",
+    ]))?;
+    let bench = target_dir().join("release/detector-bench");
+    status(Command::new(bench).current_dir(workspace()).args(args))
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    status(cargo().args(["build", "--release", "-p", "detector"]))?;
+    let detector = target_dir().join("release/detector");
+    status(Command::new(detector).arg("run").args(args))
+}

@@ -72,9 +72,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--execs" => args.execs = value()?.parse()?,
             "--flood" => args.flood = value()?.parse()?,
             "--report" => args.report = value()?.into(),
-            other => bail!(
-                "unknown argument {other}; known: --rounds --opens --execs --flood --report"
-            ),
+            other => {
+                bail!("unknown argument {other}; known: --rounds --opens --execs --flood --report")
+            }
         }
     }
     ensure!(args.rounds > 0, "--rounds must be at least 1");
@@ -87,7 +87,7 @@ enum Attached {
     Programs {
         runtime: tokio::runtime::Runtime,
         pipeline: Option<Pipeline>,
-        _floor: Option<Sensors>,
+        _floor: Option<Box<Sensors>>,
     },
     Bpftrace(Child),
 }
@@ -100,15 +100,14 @@ impl Attached {
             Mode::Floor => Ok(Self::Programs {
                 runtime: runtime()?,
                 pipeline: None,
-                _floor: Some(Sensors::load(&config, ProgramSet::Noop)?),
+                _floor: Some(Box::new(Sensors::load(&config, ProgramSet::Noop)?)),
             }),
             Mode::Sensors => {
                 let runtime = runtime()?;
                 let sensors = Sensors::load(&config, ProgramSet::Sensors)?;
                 let pipeline = {
                     let _guard = runtime.enter();
-                    let (pipeline, mut batches) =
-                        Pipeline::spawn(sensors, Duration::from_secs(1))?;
+                    let (pipeline, mut batches) = Pipeline::spawn(sensors, Duration::from_secs(1))?;
                     // Events of the rest of the machine are drained, as the daemon would.
                     runtime.spawn(async move { while batches.recv().await.is_some() {} });
                     pipeline
@@ -216,7 +215,11 @@ fn spawn_workload(cgroup: &TestCgroup, args: &[&str]) -> anyhow::Result<Child> {
 
 fn finish_workload(child: Child) -> anyhow::Result<f64> {
     let output = child.wait_with_output()?;
-    ensure!(output.status.success(), "workload failed: {}", output.status);
+    ensure!(
+        output.status.success(),
+        "workload failed: {}",
+        output.status
+    );
     Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
 }
 
@@ -228,7 +231,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
@@ -253,7 +256,10 @@ fn interleaved(
             let result = run_workload(cgroup, args);
             attached.stop();
             let per_iteration = result? / iterations as f64;
-            eprintln!("  round {round} {:<30} {per_iteration:>9.1} ns", mode.name());
+            eprintln!(
+                "  round {round} {:<30} {per_iteration:>9.1} ns",
+                mode.name()
+            );
             samples.entry(mode).or_default().push(per_iteration);
         }
     }
@@ -304,7 +310,10 @@ fn write_flood(work: &Path, cgroup: &TestCgroup, n: u64) -> anyhow::Result<Flood
         // SAFETY: the pid is our own child's.
         unsafe { libc::kill(daemon.id() as i32, libc::SIGKILL) };
         let _ = daemon.wait();
-        bail!("daemon not ready: {}", log.join().unwrap_or_default().join("\n"));
+        bail!(
+            "daemon not ready: {}",
+            log.join().unwrap_or_default().join("\n")
+        );
     }
     let start = Instant::now();
     let loop_ns_with = two_loops()?;
@@ -371,7 +380,10 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         eprintln!("bpftrace not installed: peer comparison left out");
     }
 
-    eprintln!("read-only openat+close x {} ({} rounds)", args.opens, args.rounds);
+    eprintln!(
+        "read-only openat+close x {} ({} rounds)",
+        args.opens, args.rounds
+    );
     let opens = args.opens.to_string();
     let open_samples = interleaved(
         &modes,
@@ -399,7 +411,10 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     let floor = med(&open_samples, Mode::Floor).context("no floor")?;
     let sensors = med(&open_samples, Mode::Sensors).context("no sensors")?;
     let added_ratio = (sensors - base) / (floor - base);
-    println!("\n## read-only openat+close, {} per round, {} rounds, medians", args.opens, args.rounds);
+    println!(
+        "\n## read-only openat+close, {} per round, {} rounds, medians",
+        args.opens, args.rounds
+    );
     println!("| attached | ns per iteration | ratio to nothing |");
     println!("|---|---|---|");
     for mode in &modes {
@@ -413,18 +428,31 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     );
 
     let exec_base = med(&exec_samples, Mode::Nothing).context("no exec baseline")?;
-    println!("\n## exec loop, {} spawns of /bin/true per round, medians", args.execs);
+    println!(
+        "\n## exec loop, {} spawns of /bin/true per round, medians",
+        args.execs
+    );
     println!("| attached | us per spawn | ratio to nothing |");
     println!("|---|---|---|");
     for mode in [Mode::Nothing, Mode::Floor, Mode::Sensors] {
         let m = med(&exec_samples, mode).unwrap_or(f64::NAN);
-        println!("| {} | {:.1} | {:.3} |", mode.name(), m / 1000.0, m / exec_base);
+        println!(
+            "| {} | {:.1} | {:.3} |",
+            mode.name(),
+            m / 1000.0,
+            m / exec_base
+        );
     }
 
     let lost_by_count = flood.expected.saturating_sub(flood.delivered);
-    println!("\n## write-open flood, 2 processes x {}, repeat suppression off", args.flood);
-    println!("events expected {}, delivered {}, missing from output {lost_by_count}, lost by the daemon's counters {}",
-        flood.expected, flood.delivered, flood.lost_by_counters);
+    println!(
+        "\n## write-open flood, 2 processes x {}, repeat suppression off",
+        args.flood
+    );
+    println!(
+        "events expected {}, delivered {}, missing from output {lost_by_count}, lost by the daemon's counters {}",
+        flood.expected, flood.delivered, flood.lost_by_counters
+    );
     println!(
         "loops: {:.2} s without the daemon, {:.2} s with it (slowdown {:.2}x); all events written {:.2} s after the loops started ({:.0} events/s)",
         flood.loop_ns_without / 1e9,

@@ -39,7 +39,14 @@ fn open_loop(path: &str, n: &str, flags: libc::c_int) -> Result<u128, String> {
     let start = Instant::now();
     for _ in 0..n {
         // SAFETY: `path` is a valid NUL-terminated string; the fd is closed at once.
-        let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+        let fd = unsafe {
+            libc::openat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags | libc::O_CLOEXEC,
+                0o644,
+            )
+        };
         if fd < 0 {
             return Err(format!("openat: {}", std::io::Error::last_os_error()));
         }
