@@ -114,10 +114,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its sources, each source shown once even when a message already embeds it.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -133,11 +148,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     // Writing is blocking I/O; it gets a thread of its own and ends when the pipeline has
     // delivered its last batch.
+    let (writer_ended, mut writer_end) = tokio::sync::oneshot::channel();
     let writer = std::thread::spawn(move || {
-        while let Some(batch) = batches.blocking_recv() {
-            out.write_batch(&batch)?;
-        }
-        anyhow::Ok(())
+        let result = (|| {
+            while let Some(batch) = batches.blocking_recv() {
+                out.write_batch(&batch)?;
+            }
+            anyhow::Ok(())
+        })();
+        let _ = writer_ended.send(());
+        result
     });
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -145,6 +165,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: stopping"),
         _ = sigint.recv() => info!("SIGINT: stopping"),
+        // The writer only ends early when the output failed; its error is returned below.
+        _ = &mut writer_end => error!("cannot write events: stopping"),
     }
     pipeline.stop().await;
     match writer.join() {
