@@ -24,6 +24,12 @@ pub const MAP_WATCH_CACHE: &str = "WATCH_CACHE";
 pub const MAP_EGRESS: &str = "EGRESS";
 /// Per-CPU counters indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
+/// Cgroup ids under network quarantine: connects from them (or their descendants) fail with
+/// `EPERM`, their packets are dropped both ways.
+pub const MAP_QUARANTINE: &str = "QUARANTINE";
+/// One-entry array holding the number of entries in [`MAP_QUARANTINE`], so that programs skip
+/// the lookups while nothing is quarantined.
+pub const MAP_QUARANTINE_ACTIVE: &str = "QUARANTINE_ACTIVE";
 
 /// Global: tgid of the daemon, whose own activity is never reported.
 pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
@@ -109,10 +115,14 @@ pub enum Stat {
     SuppressedWrites = 5,
     /// Kernel reads (user or kernel memory) that failed; the record went out with what was read.
     ReadErrors = 6,
+    /// Packets of quarantined cgroups dropped (egress and ingress).
+    QuarantineDrops = 7,
+    /// Connects of quarantined cgroups refused.
+    QuarantineDenies = 8,
 }
 
 /// Number of entries in [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 7;
+pub const STAT_COUNT: u32 = 9;
 
 impl Stat {
     /// The loss counter for records of `kind`.
@@ -309,8 +319,8 @@ pub struct ConnectEvent {
     pub protocol: u32,
     /// Destination port, host byte order.
     pub dport: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// 1 when the connect was refused because the cgroup is quarantined.
+    pub blocked: u32,
     /// Destination address in network byte order; IPv4 in the first four bytes.
     pub daddr: [u8; 16],
 }

@@ -37,6 +37,14 @@ static WATCH_CACHE: LruHashMap<u64, WatchDecision> = LruHashMap::with_max_entrie
 #[map(name = "WATCH_GENERATION")]
 static WATCH_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Cgroups under network quarantine (see `detector_common::MAP_QUARANTINE`).
+#[map(name = "QUARANTINE")]
+static QUARANTINE: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Number of quarantined cgroups; zero lets every program skip the lookups.
+#[map(name = "QUARANTINE_ACTIVE")]
+static QUARANTINE_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Tgid of the daemon; its own activity is never reported.
 #[unsafe(no_mangle)]
 static DAEMON_TGID: u32 = 0;
@@ -140,6 +148,40 @@ pub fn current_cgroup_watched() -> bool {
     // A failed insert only costs another walk next time.
     let _ = WATCH_CACHE.insert(cgroup_id, decision, 0);
     watched != 0
+}
+
+/// Whether `cgroup_id` or one of its ancestors, as given by `ancestor(level)`, is quarantined.
+/// Costs one array lookup while nothing is quarantined.
+#[inline(always)]
+pub fn quarantined(cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> bool {
+    if QUARANTINE_ACTIVE.get(0).copied().unwrap_or(0) == 0 {
+        return false;
+    }
+    // SAFETY: only existence is tested.
+    if unsafe { QUARANTINE.get(cgroup_id) }.is_some() {
+        return true;
+    }
+    for level in 1..=WATCH_MAX_DEPTH {
+        let id = ancestor(level as i32);
+        if id == 0 || id == cgroup_id {
+            break;
+        }
+        // SAFETY: only existence is tested.
+        if unsafe { QUARANTINE.get(id) }.is_some() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the current task's cgroup is quarantined.
+#[inline(always)]
+pub fn current_quarantined() -> bool {
+    // SAFETY: helpers taking plain integers.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    quarantined(cgroup_id, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    })
 }
 
 /// Fills `header` for the current task.

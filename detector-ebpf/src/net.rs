@@ -1,16 +1,21 @@
 //! Network activity: outbound connects (`cgroup/connect4`, `cgroup/connect6`) and egress volume
 //! per cgroup (`cgroup_skb/egress`). Attached at the cgroup2 root, they see every cgroup.
+//!
+//! The same hooks enforce the network quarantine, whatever the CNI does: a quarantined cgroup's
+//! connects fail at once with `EPERM`, and its packets are dropped on egress and on ingress
+//! (`cgroup_skb/ingress`), which also cuts connections established before the quarantine.
 
 use aya_ebpf::{
-    helpers::generated::bpf_skb_cgroup_id,
+    helpers::generated::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     macros::{cgroup_skb, cgroup_sock_addr, map},
     maps::PerCpuHashMap,
     programs::{SkBuffContext, SockAddrContext},
 };
-use detector_common::{ConnectEvent, EventKind, TrafficCounters};
+use detector_common::{ConnectEvent, EventKind, Stat, TrafficCounters};
 
 use crate::common::{
-    EVENTS, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon,
+    EVENTS, count, count_lost, current_cgroup_watched, current_quarantined, current_tgid,
+    fill_header, is_daemon, quarantined,
 };
 
 /// Egress bytes and packets per cgroup id, summed over CPUs by user space.
@@ -21,6 +26,8 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// Return value that lets the operation proceed.
 const ALLOW: i32 = 1;
+/// Return value that refuses it: `EPERM` for a connect, a drop for a packet.
+const DENY: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -38,12 +45,22 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_connect(ctx: &SockAddrContext, family: u32) -> Result<i32, i32> {
-    if is_daemon(current_tgid()) || !current_cgroup_watched() {
+    if is_daemon(current_tgid()) {
         return Ok(ALLOW);
+    }
+    let blocked = current_quarantined();
+    let verdict = if blocked {
+        count(Stat::QuarantineDenies);
+        DENY
+    } else {
+        ALLOW
+    };
+    if !current_cgroup_watched() {
+        return Ok(verdict);
     }
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_lost(EventKind::Connect);
-        return Ok(ALLOW);
+        return Ok(verdict);
     };
     // SAFETY: the reservation is exclusively ours; every field is written before submission.
     let event = unsafe { &mut *entry.as_mut_ptr() };
@@ -54,7 +71,7 @@ fn try_connect(ctx: &SockAddrContext, family: u32) -> Result<i32, i32> {
     event.family = family;
     event.protocol = sa.protocol;
     event.dport = u32::from(u16::from_be(sa.user_port as u16));
-    event._pad = 0;
+    event.blocked = u32::from(blocked);
     event.daddr = [0; 16];
     if family == AF_INET {
         event.daddr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
@@ -70,13 +87,37 @@ fn try_connect(ctx: &SockAddrContext, family: u32) -> Result<i32, i32> {
         }
     }
     entry.submit(0);
-    Ok(ALLOW)
+    Ok(verdict)
 }
 
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
+    if skb_quarantined(&ctx) {
+        count(Stat::QuarantineDrops);
+        return DENY;
+    }
     count_egress(&ctx);
     ALLOW
+}
+
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    if skb_quarantined(&ctx) {
+        count(Stat::QuarantineDrops);
+        return DENY;
+    }
+    ALLOW
+}
+
+/// Whether the socket of the packet belongs to a quarantined cgroup.
+#[inline(always)]
+fn skb_quarantined(ctx: &SkBuffContext) -> bool {
+    let skb = ctx.skb.skb.cast();
+    // SAFETY: the helpers take the program's own context.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    quarantined(cgroup_id, |level| unsafe {
+        bpf_skb_ancestor_cgroup_id(skb, level)
+    })
 }
 
 #[inline(always)]

@@ -105,6 +105,20 @@ pub fn container_roots(cgroup2: &Path) -> Vec<u64> {
     ids
 }
 
+/// This process's cgroup2 path relative to the hierarchy's root (the `0::` line of
+/// `/proc/self/cgroup`).
+pub fn own_cgroup_path() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    parse_unified_cgroup(&text)
+}
+
+/// The cgroup2 path in `/proc/<pid>/cgroup` text, relative to the hierarchy's root.
+pub fn parse_unified_cgroup(text: &str) -> Option<PathBuf> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| PathBuf::from(path.trim_start_matches('/')))
+}
+
 /// The cgroup id of a cgroup2 directory.
 pub fn cgroup_id(dir: &Path) -> std::io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
@@ -133,6 +147,17 @@ mod tests {
             Some(PathBuf::from("/mnt/with space"))
         );
         assert_eq!(parse_cgroup2_mount("garbage\n\n1 2 3\n"), None);
+    }
+
+    #[test]
+    fn unified_line_of_proc_cgroup() {
+        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice/session-1.scope\n0::/user.slice/session-1.scope\n";
+        assert_eq!(
+            parse_unified_cgroup(hybrid),
+            Some(PathBuf::from("user.slice/session-1.scope"))
+        );
+        assert_eq!(parse_unified_cgroup("0::/\n"), Some(PathBuf::new()));
+        assert_eq!(parse_unified_cgroup("3:cpu:/x\n"), None);
     }
 
     #[test]

@@ -185,6 +185,7 @@ fn connect(event: &ConnectEvent) -> Body {
         protocol,
         daddr,
         dport: event.dport as u16,
+        blocked: event.blocked != 0,
     })
 }
 
@@ -383,7 +384,7 @@ mod tests {
             family: 2,
             protocol: 6,
             dport: 8080,
-            _pad: 0,
+            blocked: 1,
             daddr: [0; 16],
         };
         event.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);

@@ -227,6 +227,9 @@ pub struct Connect {
     pub daddr: IpAddr,
     /// Destination port.
     pub dport: u16,
+    /// The connect was refused because the cgroup is quarantined.
+    #[serde(default)]
+    pub blocked: bool,
 }
 
 /// Egress volume of one cgroup over one interval.

@@ -13,4 +13,5 @@ pub mod decode;
 pub mod event;
 pub mod output;
 pub mod pipeline;
+pub mod quarantine;
 pub mod sensors;

@@ -22,8 +22,9 @@ use aya::{
 };
 use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_OFFSETS, GLOBAL_WATCH_MODE, MAP_EGRESS,
-    MAP_EVENTS, MAP_PATH_CLASS, MAP_STATS, MAP_WATCH_GENERATION, MAP_WATCH_ROOTS,
-    PATH_CLASS_KEY_BYTES, PathClassData, TrafficCounters, WatchMode, path_class,
+    MAP_EVENTS, MAP_PATH_CLASS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS,
+    MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PathClassData, TrafficCounters,
+    WatchMode, path_class,
 };
 use tracing::{debug, info};
 
@@ -31,6 +32,7 @@ use crate::{
     btf::{BtfError, kernel_offsets},
     cgroup,
     config::{SensorsConfig, Watch},
+    quarantine::KernelQuarantine,
 };
 
 /// The eBPF object built by `build.rs` from `detector-ebpf`.
@@ -211,13 +213,17 @@ impl Sensors {
                 .map_err(program_error(name, "attach"))?;
             self.attached.push(name);
         }
-        let name = "egress";
-        let program: &mut CgroupSkb = self.program(name)?;
-        program.load().map_err(program_error(name, "load"))?;
-        program
-            .attach(&root, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .map_err(program_error(name, "attach"))?;
-        self.attached.push(name);
+        for (name, direction) in [
+            ("egress", CgroupSkbAttachType::Egress),
+            ("ingress", CgroupSkbAttachType::Ingress),
+        ] {
+            let program: &mut CgroupSkb = self.program(name)?;
+            program.load().map_err(program_error(name, "load"))?;
+            program
+                .attach(&root, direction, CgroupAttachMode::Single)
+                .map_err(program_error(name, "attach"))?;
+            self.attached.push(name);
+        }
         Ok(())
     }
 
@@ -302,6 +308,25 @@ impl Sensors {
             .take_map(MAP_EVENTS)
             .ok_or(SensorError::MissingMap(MAP_EVENTS))?;
         RingBuf::try_from(map).map_err(map_error(MAP_EVENTS))
+    }
+
+    /// Takes the handle on the network quarantine; call once.
+    pub fn take_quarantine(&mut self) -> Result<KernelQuarantine, SensorError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_QUARANTINE)
+            .ok_or(SensorError::MissingMap(MAP_QUARANTINE))?;
+        let active = self
+            .ebpf
+            .take_map(MAP_QUARANTINE_ACTIVE)
+            .ok_or(SensorError::MissingMap(MAP_QUARANTINE_ACTIVE))?;
+        let own_cgroup = cgroup::own_cgroup_path()
+            .and_then(|relative| cgroup::cgroup_id(&self.cgroup2.join(relative)).ok());
+        Ok(KernelQuarantine::new(
+            HashMap::try_from(map).map_err(map_error(MAP_QUARANTINE))?,
+            Array::try_from(active).map_err(map_error(MAP_QUARANTINE_ACTIVE))?,
+            own_cgroup,
+        ))
     }
 
     /// Takes the counters sampled by user space: egress per cgroup and the stats array.

@@ -21,6 +21,7 @@ use detector::{
     config::SensorsConfig,
     event::Event,
     pipeline::Pipeline,
+    quarantine::KernelQuarantine,
     sensors::{ProgramSet, Sensors},
 };
 use tokio::sync::mpsc;
@@ -141,6 +142,7 @@ pub struct Collector {
     batches: mpsc::Receiver<Vec<Event>>,
     seen: Vec<Event>,
     attached: Vec<&'static str>,
+    quarantine: KernelQuarantine,
 }
 
 impl Collector {
@@ -150,8 +152,9 @@ impl Collector {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let sensors = Sensors::load(config, ProgramSet::Sensors)?;
+        let mut sensors = Sensors::load(config, ProgramSet::Sensors)?;
         let attached = sensors.attached().to_vec();
+        let quarantine = sensors.take_quarantine()?;
         let (pipeline, batches) = {
             let _guard = runtime.enter();
             Pipeline::spawn(sensors, sample_interval)?
@@ -162,7 +165,13 @@ impl Collector {
             batches,
             seen: Vec::new(),
             attached,
+            quarantine,
         })
+    }
+
+    /// The in-kernel network quarantine of these sensors.
+    pub fn quarantine(&mut self) -> &mut KernelQuarantine {
+        &mut self.quarantine
     }
 
     /// Names of the attached programs.
@@ -212,6 +221,13 @@ impl Collector {
 
     /// Stops the pipeline and detaches the programs.
     pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        // Nobody reads after this: closing the channel keeps the pipeline's last sends from
+        // waiting on a full channel.
+        self.batches.close();
         if let Some(pipeline) = self.pipeline.take() {
             self.runtime.block_on(pipeline.stop());
         }
@@ -220,9 +236,7 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        if let Some(pipeline) = self.pipeline.take() {
-            self.runtime.block_on(pipeline.stop());
-        }
+        self.shut_down();
     }
 }
 
