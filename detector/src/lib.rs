@@ -13,4 +13,6 @@ pub mod decode;
 pub mod event;
 pub mod output;
 pub mod pipeline;
+pub mod rules;
+pub mod score;
 pub mod sensors;
