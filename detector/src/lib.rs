@@ -14,4 +14,6 @@ pub mod event;
 pub mod output;
 pub mod pipeline;
 pub mod quarantine;
+pub mod rules;
+pub mod score;
 pub mod sensors;

@@ -44,6 +44,23 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Rule commands.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Score recorded events (JSON lines, `-` for standard input) and print alerts and verdicts.
+    Replay(detector::score::replay::ReplayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Validate the rules of a directory (the embedded defaults without one); every problem is
+    /// printed with its file and location.
+    Check {
+        /// The directory of *.yaml rule files.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +127,14 @@ fn main() -> ExitCode {
                 .map(|text| print!("{text}"))
                 .map_err(Into::into),
         },
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => detector::rules::check(dir.as_deref())
+            .map(|summary| println!("{summary}"))
+            .map_err(Into::into),
+        Command::Replay(args) => detector::score::replay::run(&args)
+            .map(|summary| eprintln!("replay: {summary}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

