@@ -29,7 +29,11 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-use super::pods::{ContainerInfo, PodInfo, SharedPodIndex};
+use super::{
+    AttributionConfig,
+    node::{self, NoNodeName},
+    pods::{ContainerInfo, PodInfo, SharedPodIndex},
+};
 use crate::event::Owner;
 
 /// ReplicaSet owners remembered at most.
@@ -41,6 +45,20 @@ pub enum PodWatchError {
     /// No client configuration (in-cluster service account or kubeconfig) could be loaded.
     #[error("cannot configure a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// The node name, needed to scope the watch, is unknown.
+    #[error(transparent)]
+    NodeName(#[from] NoNodeName),
+}
+
+/// The daemon's entry point for the watch: finds the node name (configuration, `NODE_NAME`,
+/// host name) and a client (in-cluster or `KUBECONFIG`), then runs [`watch_pods`] until the
+/// task is dropped. Only call it when `attribution.kubernetes` is on.
+pub async fn run(config: &AttributionConfig, index: SharedPodIndex) -> Result<(), PodWatchError> {
+    let node = node::detect(config.node_name.as_deref())?;
+    info!(node = %node.name, source = ?node.source, "node identity");
+    let client = default_client().await?;
+    watch_pods(client, &node.name, index).await;
+    Ok(())
 }
 
 /// A client from the in-cluster service account or the kubeconfig (`KUBECONFIG`).

@@ -6,9 +6,10 @@
 //!
 //! Memory bound: at most [`PodLimits::max_pods`] live pods and [`PodLimits::max_deleted`] deleted
 //! ones. A pod keeps at most [`MAX_META_ENTRIES`] labels and as many annotations, each value cut
-//! to [`MAX_META_VALUE_BYTES`], so one pod is at most about 70 KiB even with hostile metadata;
-//! typical pods are 1-2 KiB (250 pods measure about 0.4 MiB, see the `memory` test). With the
-//! defaults (1,024 live, 256 deleted) the worst case is about 90 MiB, the typical case 2 MiB.
+//! to [`MAX_META_VALUE_BYTES`] (keys are at most 317 bytes by the API's own validation), so one
+//! pod's metadata is at most about 45 KiB even when hostile; typical pods take about 1 KiB (250
+//! pods measure about 0.3 MiB, see the `memory_for_250_pods_of_50_processes` test). With the
+//! defaults (1,024 live, 256 deleted) the worst case is about 56 MiB, the typical case 1.3 MiB.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -19,9 +20,9 @@ use std::{
 use crate::event::Owner;
 
 /// Labels (and, separately, annotations) kept per pod at most.
-pub const MAX_META_ENTRIES: usize = 64;
+pub const MAX_META_ENTRIES: usize = 32;
 /// Longest label or annotation value kept, in bytes; longer ones are cut.
-pub const MAX_META_VALUE_BYTES: usize = 512;
+pub const MAX_META_VALUE_BYTES: usize = 256;
 
 /// What the daemon knows about a pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
