@@ -5,6 +5,7 @@
 //! [`sensors::path_class_entries`] helpers are pure functions tested without root. [`sensors`]
 //! and [`pipeline`] are the parts that touch the kernel.
 
+pub mod attribution;
 pub mod btf;
 pub mod cgroup;
 pub mod clock;

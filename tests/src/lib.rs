@@ -6,6 +6,8 @@
 //!   tell their events apart from the rest of the machine. Removed on drop, failure or not.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
 //!   wait for events.
+//! - [`apiserver`]: a small stateful Kubernetes API server over real HTTP on loopback, for
+//!   testing kube-rs code without a cluster.
 
 use std::{
     fs,
@@ -25,6 +27,8 @@ use detector::{
     sensors::{ProgramSet, Sensors},
 };
 use tokio::sync::mpsc;
+
+pub mod apiserver;
 
 /// True when this process may load eBPF programs. Under `CI=true` a missing privilege panics:
 /// CI runs as root, and a privileged test that cannot run there is a failure, not a skip.

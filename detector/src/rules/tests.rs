@@ -179,6 +179,7 @@ fn connections_to_the_api_and_metadata() {
             protocol: "tcp".into(),
             daddr: addr.parse().unwrap(),
             dport: port,
+            blocked: false,
         }))
     };
     assert_eq!(

@@ -206,6 +206,7 @@ impl Workload {
                 protocol: protocol.into(),
                 daddr: addr.parse().unwrap(),
                 dport: port,
+                blocked: false,
             }),
         )
     }

@@ -1,0 +1,637 @@
+//! A stateful Kubernetes API server for tests, speaking the REST subset the daemon uses, over
+//! real HTTP on `127.0.0.1:<ephemeral port>`. Point a `kube::Client` at [`ApiServer::url`].
+//!
+//! Resources are generic: any `/api/v1/...` or `/apis/<group>/<version>/...` collection works,
+//! stored as JSON, namespaced (`/namespaces/<ns>/<plural>[/<name>]`) or cluster-scoped
+//! (`/<plural>[/<name>]`). Supported today:
+//!
+//! - `GET` list (with `fieldSelector` and `labelSelector` of `k=v` / `k!=v` terms) and
+//!   `GET ...?watch=true` from a `resourceVersion`: `ADDED`, `MODIFIED`, `DELETED` events as JSON
+//!   lines, held open until `timeoutSeconds`;
+//! - `GET` one object; `POST` create; `DELETE` one object;
+//! - `/version`;
+//! - Kubernetes `Status` bodies for errors (404 `NotFound`, 409 `AlreadyExists`, 400 `BadRequest`).
+//!
+//! Every request is recorded ([`ApiServer::requests`]) for exact-request checks.
+//!
+//! Extending it (nodes, services, network policies, events need nothing: they are just more
+//! plurals): a new verb or subresource (patch semantics, `pods/<name>/eviction`) is one more arm
+//! in `dispatch`; the [`Store`] methods keep `resourceVersion` and watch events consistent.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use k8s_openapi::api::{apps::v1::ReplicaSet, core::v1::Pod};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::broadcast, task::JoinHandle};
+
+/// Watch events kept for replay to watchers starting from an older `resourceVersion`.
+const LOG_LIMIT: usize = 100_000;
+
+/// Where an object lives: API prefix (`api/v1`, `apis/apps/v1`), plural, namespace, name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// `api/v1` or `apis/<group>/<version>`.
+    pub api: String,
+    /// Resource plural, e.g. `pods`.
+    pub plural: String,
+    /// Namespace; empty for cluster-scoped objects.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// One change, as watchers see it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// The object's key.
+    pub key: Key,
+    /// The object after the change (before it, for deletes, with the delete's version).
+    pub object: Value,
+    /// The resource version of the change.
+    pub version: u64,
+}
+
+/// One request as the server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Query string, decoded into pairs.
+    pub query: BTreeMap<String, String>,
+}
+
+/// The objects, the resource version counter and the change log.
+#[derive(Debug, Default)]
+pub struct Store {
+    objects: BTreeMap<Key, Value>,
+    version: u64,
+    log: Vec<Change>,
+    requests: Vec<RecordedRequest>,
+    uids: u64,
+}
+
+impl Store {
+    /// Creates or replaces an object, assigning uid (if missing), resourceVersion and
+    /// creationTimestamp; returns the stored object.
+    pub fn put(&mut self, key: Key, mut object: Value) -> Change {
+        self.version += 1;
+        let existed = self.objects.contains_key(&key);
+        let meta = object
+            .as_object_mut()
+            .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
+        if let Some(Value::Object(meta)) = meta {
+            meta.insert("name".into(), json!(key.name));
+            if !key.namespace.is_empty() {
+                meta.insert("namespace".into(), json!(key.namespace));
+            }
+            meta.insert("resourceVersion".into(), json!(self.version.to_string()));
+            if !meta.contains_key("uid") {
+                self.uids += 1;
+                meta.insert(
+                    "uid".into(),
+                    json!(format!("00000000-0000-4000-8000-{:012x}", self.uids)),
+                );
+            }
+            meta.entry("creationTimestamp")
+                .or_insert_with(|| json!("2026-11-23T00:00:00Z"));
+        }
+        self.objects.insert(key.clone(), object.clone());
+        self.record(if existed { "MODIFIED" } else { "ADDED" }, key, object)
+    }
+
+    /// Deletes an object; `None` if it does not exist.
+    pub fn delete(&mut self, key: &Key) -> Option<Change> {
+        let mut object = self.objects.remove(key)?;
+        self.version += 1;
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), json!(self.version.to_string()));
+        }
+        Some(self.record("DELETED", key.clone(), object))
+    }
+
+    /// An object.
+    pub fn get(&self, key: &Key) -> Option<&Value> {
+        self.objects.get(key)
+    }
+
+    /// Objects of one collection (namespace `None`: all namespaces).
+    pub fn list(&self, api: &str, plural: &str, namespace: Option<&str>) -> Vec<&Value> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| {
+                k.api == api && k.plural == plural && namespace.is_none_or(|ns| k.namespace == ns)
+            })
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    fn record(&mut self, kind: &'static str, key: Key, object: Value) -> Change {
+        let change = Change {
+            kind,
+            key,
+            object,
+            version: self.version,
+        };
+        if self.log.len() >= LOG_LIMIT {
+            self.log.drain(..LOG_LIMIT / 2);
+        }
+        self.log.push(change.clone());
+        change
+    }
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Shared {
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn apply(&self, f: impl FnOnce(&mut Store) -> Option<Change>) -> Option<Change> {
+        let mut store = self.store();
+        let change = f(&mut store)?;
+        // Sent under the lock, so watchers never see changes out of order.
+        let _ = self.changes.send(change.clone());
+        Some(change)
+    }
+}
+
+/// A running test API server; stops when dropped.
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ApiServer {
+    /// Starts a server on `127.0.0.1` on an ephemeral port, on the current tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            changes,
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared, task })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates or replaces any object under its collection, e.g. `("api/v1", "pods")`.
+    pub fn put(&self, api: &str, plural: &str, object: Value) -> Value {
+        let meta = &object["metadata"];
+        let key = Key {
+            api: api.to_owned(),
+            plural: plural.to_owned(),
+            namespace: meta["namespace"].as_str().unwrap_or_default().to_owned(),
+            name: meta["name"].as_str().unwrap_or_default().to_owned(),
+        };
+        self.shared
+            .apply(|store| Some(store.put(key, object)))
+            .map(|c| c.object)
+            .unwrap_or_default()
+    }
+
+    /// Deletes an object; false when it did not exist.
+    pub fn delete(&self, api: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let key = Key {
+            api: api.to_owned(),
+            plural: plural.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.shared.apply(|store| store.delete(&key)).is_some()
+    }
+
+    /// Creates or replaces a pod; returns it as stored (with uid and resourceVersion).
+    pub fn put_pod(&self, pod: &Pod) -> Pod {
+        let value = serde_json::to_value(pod).unwrap_or_default();
+        serde_json::from_value(self.put("api/v1", "pods", value)).unwrap_or_default()
+    }
+
+    /// Deletes a pod.
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> bool {
+        self.delete("api/v1", "pods", namespace, name)
+    }
+
+    /// Creates or replaces a ReplicaSet.
+    pub fn put_replica_set(&self, rs: &ReplicaSet) -> ReplicaSet {
+        let value = serde_json::to_value(rs).unwrap_or_default();
+        serde_json::from_value(self.put("apis/apps/v1", "replicasets", value)).unwrap_or_default()
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.store().requests.clone()
+    }
+
+    /// Direct access to the store, for checks and for extensions.
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.shared.store())
+    }
+}
+
+/// The parsed path of a resource request.
+#[derive(Debug)]
+struct Target {
+    api: String,
+    namespace: Option<String>,
+    plural: String,
+    name: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (api, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("api/v1".to_owned(), rest),
+        ["apis", group, version, rest @ ..] => (format!("apis/{group}/{version}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, rest @ ..] => (Some((*ns).to_owned()), {
+            let mut v = vec![*plural];
+            v.extend_from_slice(rest);
+            v
+        }),
+        other => (None, other.to_vec()),
+    };
+    match rest.as_slice() {
+        [plural] => Some(Target {
+            api,
+            namespace,
+            plural: (*plural).to_owned(),
+            name: None,
+        }),
+        [plural, name] => Some(Target {
+            api,
+            namespace,
+            plural: (*plural).to_owned(),
+            name: Some((*name).to_owned()),
+        }),
+        _ => None,
+    }
+}
+
+fn query_pairs(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(text.get(i + 1..i + 3).unwrap_or_default(), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A Kubernetes `Status` error response.
+pub fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn json_response(value: &Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = query_pairs(request.uri().query());
+    shared.store().requests.push(RecordedRequest {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+    });
+    if path == "/version" {
+        return json_response(&json!({
+            "major": "1", "minor": "34", "gitVersion": "v1.34.0-detector-test",
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-11-23T00:00:00Z",
+            "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"
+        }));
+    }
+    let Some(target) = parse_path(&path) else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource {path}"),
+        );
+    };
+    let body = match axum::body::to_bytes(request.into_body(), 16 << 20).await {
+        Ok(body) => body,
+        Err(err) => return status(StatusCode::BAD_REQUEST, "BadRequest", err.to_string()),
+    };
+    dispatch(&shared, &method, target, &query, &body).await
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    method: &Method,
+    target: Target,
+    query: &BTreeMap<String, String>,
+    body: &Bytes,
+) -> Response {
+    let key = |name: &str| Key {
+        api: target.api.clone(),
+        plural: target.plural.clone(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: name.to_owned(),
+    };
+    let not_found = |name: &str| {
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{name}\" not found", target.plural),
+        )
+    };
+    match (method.clone(), target.name.as_deref()) {
+        (Method::GET, Some(name)) => match shared.store().get(&key(name)) {
+            Some(object) => json_response(object),
+            None => not_found(name),
+        },
+        (Method::GET, None)
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) =>
+        {
+            watch(shared, &target, query)
+        }
+        (Method::GET, None) => {
+            let store = shared.store();
+            let items: Vec<Value> = store
+                .list(&target.api, &target.plural, target.namespace.as_deref())
+                .into_iter()
+                .filter(|o| selected(o, query))
+                .cloned()
+                .collect();
+            json_response(&json!({
+                "apiVersion": if target.api == "api/v1" { "v1".to_owned() } else { target.api.trim_start_matches("apis/").to_owned() },
+                "kind": "List",
+                "metadata": {"resourceVersion": store.version.to_string()},
+                "items": items,
+            }))
+        }
+        (Method::POST, None) => {
+            let Ok(object) = serde_json::from_slice::<Value>(body) else {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "body is not JSON".into(),
+                );
+            };
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if name.is_empty() {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "metadata.name is required".into(),
+                );
+            }
+            let change = shared.apply(|store| {
+                (!store.objects.contains_key(&key(&name))).then(|| store.put(key(&name), object))
+            });
+            match change {
+                Some(change) => {
+                    (StatusCode::CREATED, json_response(&change.object)).into_response()
+                }
+                None => status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{} \"{name}\" already exists", target.plural),
+                ),
+            }
+        }
+        (Method::DELETE, Some(name)) => match shared.apply(|store| store.delete(&key(name))) {
+            Some(change) => json_response(&change.object),
+            None => not_found(name),
+        },
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} is not supported on this resource by the test API server"),
+        ),
+    }
+}
+
+/// Whether an object passes the `fieldSelector` and `labelSelector` of a query.
+fn selected(object: &Value, query: &BTreeMap<String, String>) -> bool {
+    let fields = query
+        .get("fieldSelector")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let labels = query
+        .get("labelSelector")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let terms = |selector: &str| {
+        selector
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(|t| match t.split_once("!=") {
+                Some((k, v)) => (k.trim().to_owned(), v.trim().to_owned(), false),
+                None => {
+                    let (k, v) = t
+                        .split_once("==")
+                        .or_else(|| t.split_once('='))
+                        .unwrap_or((t, ""));
+                    (k.trim().to_owned(), v.trim().to_owned(), true)
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let field_ok = terms(fields).into_iter().all(|(path, value, equal)| {
+        let mut at = object;
+        for part in path.split('.') {
+            at = &at[part];
+        }
+        (at.as_str().unwrap_or_default() == value) == equal
+    });
+    let label_ok = terms(labels).into_iter().all(|(k, v, equal)| {
+        (object["metadata"]["labels"][&k]
+            .as_str()
+            .unwrap_or_default()
+            == v)
+            == equal
+    });
+    field_ok && label_ok
+}
+
+fn watch(shared: &Arc<Shared>, target: &Target, query: &BTreeMap<String, String>) -> Response {
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let timeout = Duration::from_secs(
+        query
+            .get("timeoutSeconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let matches = {
+        let target_api = target.api.clone();
+        let plural = target.plural.clone();
+        let namespace = target.namespace.clone();
+        let query = query.clone();
+        move |c: &Change| {
+            c.key.api == target_api
+                && c.key.plural == plural
+                && namespace.as_deref().is_none_or(|ns| c.key.namespace == ns)
+                && c.version > from
+                && selected(&c.object, &query)
+        }
+    };
+    // Subscribe and read the backlog under one lock: nothing is missed or sent twice.
+    let (backlog, mut live) = {
+        let store = shared.store();
+        let backlog: Vec<Change> = store.log.iter().filter(|c| matches(c)).cloned().collect();
+        (backlog, shared.changes.subscribe())
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let line = |c: &Change| {
+            let mut text = json!({"type": c.kind, "object": c.object}).to_string();
+            text.push('\n');
+            Bytes::from(text)
+        };
+        for change in &backlog {
+            if tx.send(Ok(line(change))).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = tx.closed() => return,
+                change = live.recv() => match change {
+                    Ok(change) if matches(&change) => {
+                        if tx.send(Ok(line(&change))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A watcher too slow for the channel ends its watch; kube re-lists.
+                    Err(_) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_queries() {
+        let t = parse_path("/api/v1/namespaces/shop/pods/web").unwrap();
+        assert_eq!(
+            (
+                t.api.as_str(),
+                t.namespace.as_deref(),
+                t.plural.as_str(),
+                t.name.as_deref()
+            ),
+            ("api/v1", Some("shop"), "pods", Some("web"))
+        );
+        let t = parse_path("/apis/apps/v1/replicasets").unwrap();
+        assert_eq!(
+            (t.api.as_str(), t.namespace, t.name),
+            ("apis/apps/v1", None, None)
+        );
+        assert!(parse_path("/healthz").is_none());
+        let q = query_pairs(Some("fieldSelector=spec.nodeName%3Dnode-1&watch=true"));
+        assert_eq!(q["fieldSelector"], "spec.nodeName=node-1");
+        let pod = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"nodeName": "node-1"}});
+        assert!(selected(&pod, &q));
+        let other = query_pairs(Some(
+            "fieldSelector=spec.nodeName%21%3Dnode-1&labelSelector=app%3Dweb",
+        ));
+        assert!(!selected(&pod, &other));
+    }
+}
