@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod evidence;
 pub mod output;
 pub mod pipeline;
 pub mod sensors;

@@ -13,6 +13,8 @@ use detector::{
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
+mod evidence_cli;
+
 /// eBPF runtime detector for Kubernetes nodes.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -43,6 +45,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Evidence capture and verification.
+    Evidence {
+        #[command(subcommand)]
+        command: evidence_cli::EvidenceCommand,
     },
 }
 
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
                 .map(|text| print!("{text}"))
                 .map_err(Into::into),
         },
+        Command::Evidence { command } => evidence_cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
