@@ -176,6 +176,23 @@ impl S3Store {
         })
     }
 
+    /// Reads one file of an uploaded bundle back.
+    pub async fn fetch(&self, incident: &str, rel: &str) -> Result<bytes::Bytes, StoreError> {
+        let key = self.key(incident, rel);
+        let fail = |source| StoreError::Upload {
+            key: key.to_string(),
+            attempts: 1,
+            source,
+        };
+        self.store
+            .get(&key)
+            .await
+            .map_err(fail)?
+            .bytes()
+            .await
+            .map_err(fail)
+    }
+
     async fn put_with_retries(&self, path: &Path, key: &Key, size: u64) -> Result<(), StoreError> {
         let attempts = self.config.attempts.max(1);
         let mut attempt = 0;
