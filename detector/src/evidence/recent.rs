@@ -8,6 +8,10 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::event::Event;
 
+/// Most cgroups [`RecentEvents::from_config`] keeps events for (a node runs at most a few
+/// hundred pods).
+pub const MAX_CGROUPS: usize = 4096;
+
 /// Events of the last `window_ns` nanoseconds, per cgroup id, at most `per_cgroup` each and
 /// at most `max_cgroups` cgroups (the one idle longest is dropped first).
 #[derive(Debug, Clone)]
@@ -29,6 +33,15 @@ impl RecentEvents {
             rings: HashMap::new(),
             dropped: 0,
         }
+    }
+
+    /// The ring the configuration asks for, holding at most [`MAX_CGROUPS`] cgroups.
+    pub fn from_config(config: &super::EvidenceConfig) -> Self {
+        Self::new(
+            config.recent_events_secs.saturating_mul(1_000_000_000),
+            config.recent_events_per_cgroup,
+            MAX_CGROUPS,
+        )
     }
 
     /// Keeps an event of a cgroup; events without a cgroup (node-level) are not kept.
