@@ -62,6 +62,8 @@ pub struct Config {
     pub sensors: SensorsConfig,
     /// Where events go.
     pub output: OutputConfig,
+    /// Evidence capture.
+    pub evidence: crate::evidence::EvidenceConfig,
 }
 
 /// Which cgroups are reported on.
@@ -225,6 +227,7 @@ impl Config {
                 }
             }
         }
+        problems.extend(self.evidence.validate("evidence"));
         problems
     }
 }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod evidence;
 pub mod output;
 pub mod pipeline;
 pub mod quarantine;

@@ -13,6 +13,8 @@ use detector::{
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info};
 
+mod evidence_cli;
+
 /// eBPF runtime detector for Kubernetes nodes.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -43,6 +45,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Evidence capture and verification.
+    Evidence {
+        #[command(subcommand)]
+        command: evidence_cli::EvidenceCommand,
     },
     /// Rule commands.
     Rules {
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
                 .map(|text| print!("{text}"))
                 .map_err(Into::into),
         },
+        Command::Evidence { command } => evidence_cli::run(command),
         Command::Rules {
             command: RulesCommand::Check { dir },
         } => detector::rules::check(dir.as_deref())

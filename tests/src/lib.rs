@@ -4,6 +4,8 @@
 //!   privilege is a failure, elsewhere the test says why it skips.
 //! - [`TestCgroup`]: a cgroup2 directory of the test's own, to run real child processes in and to
 //!   tell their events apart from the rest of the machine. Removed on drop, failure or not.
+//! - [`docker`]: a private, real dockerd for evidence-capture tests, cleaned up on drop.
+//! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
 //!   wait for events.
 //! - [`apiserver`]: a small stateful Kubernetes API server over real HTTP on loopback, for
@@ -29,6 +31,8 @@ use detector::{
 use tokio::sync::mpsc;
 
 pub mod apiserver;
+pub mod docker;
+pub mod s3;
 
 /// True when this process may load eBPF programs. Under `CI=true` a missing privilege panics:
 /// CI runs as root, and a privileged test that cannot run there is a failure, not a skip.

@@ -3,7 +3,8 @@
 //! - `setup`: makes a fresh machine able to build: rust-src for the nightly toolchain and
 //!   bpf-linker built against that nightly's own libLLVM. Idempotent; a second run takes
 //!   seconds.
-//! - `test`: set-up, then lints and every test, the privileged ones included (run as root).
+//! - `test`: set-up, then lints and every test, the privileged ones included (run as root);
+//!   as root it first installs what the evidence tests run against (dockerd, busybox, moto).
 //! - `bench`: set-up, bpftrace as a peer when it can be installed, then the benchmark.
 //! - `run`: set-up, build, then `detector run` with the given arguments (as root).
 
@@ -222,10 +223,45 @@ fn test() -> anyhow::Result<()> {
             .env_remove("RUSTC")
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
-    if !is_root() {
+    if is_root() {
+        install_test_packages()?;
+    } else {
         eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
     }
     run_tests(cargo().arg("test").args(HOST_CRATES))
+}
+
+/// What the evidence tests run against: a real dockerd with a busybox image (Debian), and a
+/// real S3-compatible server (moto, from PyPI). Idempotent: skips what is already installed.
+fn install_test_packages() -> anyhow::Result<()> {
+    let has = |program: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program} >/dev/null")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !(has("dockerd") && has("busybox")) {
+        let install = || {
+            let mut cmd = Command::new("apt-get");
+            cmd.args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "docker.io",
+                "busybox-static",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+            status(&mut cmd)
+        };
+        if install().is_err() {
+            status(Command::new("apt-get").arg("update"))?;
+            install()?;
+        }
+    }
+    if !has("moto_server") {
+        status(Command::new("python3").args(["-m", "pip", "install", "--quiet", "moto[server]"]))?;
+    }
+    Ok(())
 }
 
 /// Runs cargo test, passing its output through, and closes with one line adding up every

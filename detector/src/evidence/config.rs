@@ -1,0 +1,234 @@
+//! The `evidence:` section of the configuration, in the style of [`crate::config`]: serde
+//! defaults, unknown keys rejected, [`EvidenceConfig::validate`] listing every problem.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Problem;
+
+/// How evidence is captured, bounded and stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvidenceConfig {
+    /// Local directory that receives one bundle directory per incident.
+    pub out_dir: PathBuf,
+    /// Node name written into every manifest; `NODE_NAME` or the hostname when unset.
+    pub node_name: Option<String>,
+    /// Docker Engine API socket.
+    pub docker_socket: PathBuf,
+    /// Freeze the container (cgroup freezer, through the runtime) before anything is read, so
+    /// that the suspect cannot change what is being captured.
+    pub pause: bool,
+    /// Thaw the container again when the capture is done (containment decides its fate).
+    pub unpause: bool,
+    /// Commit the container to an image named after the incident.
+    pub commit: bool,
+    /// Export the container's filesystem as a tar archive.
+    pub export: bool,
+    /// Environment variables whose name matches this regex have their value redacted.
+    pub redact_env: String,
+    /// How far back the daemon's recent-event ring reaches, in seconds.
+    pub recent_events_secs: u64,
+    /// Most events kept per cgroup in the recent-event ring.
+    pub recent_events_per_cgroup: usize,
+    /// Size and time budgets.
+    pub limits: LimitsConfig,
+    /// Object storage the bundle is copied to, if any.
+    pub s3: Option<S3Config>,
+    /// Remove the local bundle once every object of it is confirmed in object storage.
+    pub delete_local_after_upload: bool,
+}
+
+impl Default for EvidenceConfig {
+    fn default() -> Self {
+        Self {
+            out_dir: PathBuf::from("/var/lib/detector/evidence"),
+            node_name: None,
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            pause: true,
+            unpause: true,
+            commit: true,
+            export: true,
+            redact_env: "(?i)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CREDENTIAL|AUTH)".into(),
+            // Ten minutes covers the usual lead-up to a detection without holding much memory.
+            recent_events_secs: 600,
+            recent_events_per_cgroup: 10_000,
+            limits: LimitsConfig::default(),
+            s3: None,
+            delete_local_after_upload: false,
+        }
+    }
+}
+
+/// Size and time budgets. A capture that hits one records the artifact as partial, with the
+/// reason, and the whole bundle as incomplete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most bytes of all artifacts of one incident together.
+    pub incident_bytes: u64,
+    /// Longest a whole capture may take, in milliseconds.
+    pub incident_ms: u64,
+    /// Most bytes of any one artifact not listed below.
+    pub artifact_bytes: u64,
+    /// Longest any one artifact may take, in milliseconds.
+    pub artifact_ms: u64,
+    /// Most bytes of the filesystem export.
+    pub export_bytes: u64,
+    /// Most bytes of container logs.
+    pub logs_bytes: u64,
+    /// Executables larger than this are hashed over their first this-many bytes only, and say so.
+    pub exe_hash_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            incident_bytes: 4 << 30,
+            incident_ms: 300_000,
+            artifact_bytes: 64 << 20,
+            artifact_ms: 120_000,
+            export_bytes: 2 << 30,
+            logs_bytes: 16 << 20,
+            exe_hash_bytes: 512 << 20,
+        }
+    }
+}
+
+/// An S3-compatible bucket. Credentials come from the standard `AWS_*` environment variables
+/// unless given here (prefer the environment: this file is not a secret store).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix; the bundle goes under `<prefix>/<incident>/`.
+    pub prefix: String,
+    /// Endpoint URL for S3-compatible servers; AWS when unset.
+    pub endpoint: Option<String>,
+    /// Region.
+    pub region: String,
+    /// Allow plain HTTP (only for a local S3-compatible server).
+    pub allow_http: bool,
+    /// Access key id, when not in the environment.
+    pub access_key_id: Option<String>,
+    /// Secret access key, when not in the environment.
+    pub secret_access_key: Option<String>,
+    /// Attempts per object before the upload is given up.
+    pub attempts: u32,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            prefix: "evidence".into(),
+            endpoint: None,
+            region: "us-east-1".into(),
+            allow_http: false,
+            access_key_id: None,
+            secret_access_key: None,
+            attempts: 5,
+        }
+    }
+}
+
+impl EvidenceConfig {
+    /// Every problem in this section; `at` is the section's own key (`evidence`).
+    pub fn validate(&self, at: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                at: format!("{at}.{key}"),
+                message,
+            });
+        };
+        if let Err(err) = regex::Regex::new(&self.redact_env) {
+            problem("redact_env", format!("not a valid regex: {err}"));
+        }
+        if self.recent_events_secs == 0 {
+            problem("recent_events_secs", "must be greater than 0".into());
+        }
+        if self.recent_events_per_cgroup == 0 {
+            problem("recent_events_per_cgroup", "must be greater than 0".into());
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.incident_bytes", l.incident_bytes),
+            ("limits.incident_ms", l.incident_ms),
+            ("limits.artifact_bytes", l.artifact_bytes),
+            ("limits.artifact_ms", l.artifact_ms),
+            ("limits.export_bytes", l.export_bytes),
+            ("limits.logs_bytes", l.logs_bytes),
+            ("limits.exe_hash_bytes", l.exe_hash_bytes),
+        ] {
+            if value == 0 {
+                problem(key, "must be greater than 0".into());
+            }
+        }
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.is_empty() {
+                problem("s3.bucket", "must be set".into());
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                let http = endpoint.starts_with("http://");
+                if !http && !endpoint.starts_with("https://") {
+                    problem("s3.endpoint", format!("{endpoint:?} is not an http(s) URL"));
+                } else if http && !s3.allow_http {
+                    problem("s3.endpoint", "plain http needs `allow_http: true`".into());
+                }
+            }
+            if s3.attempts == 0 {
+                problem("s3.attempts", "must be at least 1".into());
+            }
+        }
+        if self.delete_local_after_upload && self.s3.is_none() {
+            problem(
+                "delete_local_after_upload",
+                "without `s3` the local bundle is the only copy".into(),
+            );
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(EvidenceConfig::default().validate("evidence").is_empty());
+    }
+
+    #[test]
+    fn every_problem_has_its_key() {
+        let config = EvidenceConfig {
+            redact_env: "(".into(),
+            limits: LimitsConfig {
+                logs_bytes: 0,
+                ..LimitsConfig::default()
+            },
+            s3: Some(S3Config {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                ..S3Config::default()
+            }),
+            ..EvidenceConfig::default()
+        };
+        let at: Vec<_> = config
+            .validate("evidence")
+            .into_iter()
+            .map(|p| p.at)
+            .collect();
+        assert_eq!(
+            at,
+            [
+                "evidence.redact_env",
+                "evidence.limits.logs_bytes",
+                "evidence.s3.bucket",
+                "evidence.s3.endpoint",
+            ]
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! Evidence capture from the node side, with integrity: the only module that talks to a
+//! container runtime.
+//!
+//! - [`runtime`]: the [`runtime::ContainerRuntime`] trait and which runtime a cgroup path names;
+//!   [`docker`]: the Docker Engine implementation (bollard).
+//! - [`procfs`]: volatile artifacts of every process of the cgroup(s), read from `/proc`.
+//! - [`recent`]: the daemon's ring of recent events per cgroup.
+//! - [`bundle`]: the bundle directory, its hashed manifest, and [`bundle::verify`].
+//! - [`store`]: copying a bundle to S3-compatible object storage.
+//! - [`limits`]: size and time budgets; [`config`]: the `evidence:` configuration section.
+//! - [`capture`]: one capture, start to end.
+//!
+//! Nothing is ever executed inside the suspect container: the runtime API answers `top` by
+//! running `ps` on the host, and everything else is read from the node.
+
+pub mod bundle;
+pub mod capture;
+pub mod config;
+pub mod docker;
+pub mod limits;
+pub mod procfs;
+pub mod recent;
+pub mod runtime;
+pub mod store;
+
+use std::path::PathBuf;
+
+pub use self::{
+    capture::{CaptureRequest, Outcome, Target, capture},
+    config::EvidenceConfig,
+    recent::RecentEvents,
+};
+
+/// Failure of a capture (a partial capture is not a failure: its manifest says what is missing).
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// The container runtime could not be reached or refused a call needed to find the target.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    /// The bundle could not be written.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+    /// The bundle could not be copied to object storage (the local bundle is kept).
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// No cgroup2 hierarchy is mounted.
+    #[error("no cgroup2 mount found in /proc/self/mountinfo")]
+    NoCgroup2,
+    /// The target's cgroup could not be found or read.
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        /// The directory or file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container has no running process to capture.
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    /// The redaction pattern does not compile (config validation normally catches this).
+    #[error("evidence.redact_env: {source}")]
+    Redact {
+        /// The regex error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}

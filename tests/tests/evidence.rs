@@ -1,0 +1,367 @@
+//! Evidence capture against a real dockerd and a real S3-compatible server, both started by
+//! the test. Root; under `CI=true` nothing here may skip.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use detector::evidence::{
+    CaptureRequest, EvidenceConfig, Target, bundle, capture,
+    config::S3Config,
+    procfs::ProcessInfo,
+    runtime::FsChange,
+    store::{S3Store, StoreError},
+};
+use tests::{TestCgroup, docker::Dockerd, privileged, s3::MotoServer};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The `detector` binary cargo built beside this test, when it did.
+fn detector_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("detector");
+    bin.exists().then_some(bin)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn docker_capture_diff_export_commit_proc_and_verify() {
+    let Some(mut dockerd) = Dockerd::start("docker_capture") else {
+        return;
+    };
+    let image = "detector-test-busybox:1";
+    dockerd
+        .import_busybox(image, &[("/etc/victim", b"delete me\n")])
+        .unwrap();
+    let me = std::process::id();
+    let parent = dockerd.cgroup_parent(&format!("/detector-test-kubepods-{me}/besteffort/pod{me}"));
+    let id = dockerd
+        .cli(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &parent,
+            "-e",
+            "API_TOKEN=hunter2",
+            image,
+            "sh",
+            "-c",
+            "echo implant > /tmp/implant; rm /etc/victim; touch /tmp/ready; exec sleep 600",
+        ])
+        .unwrap();
+    wait_for("the container to drop its implant", || {
+        dockerd
+            .cli(&["diff", &id])
+            .is_ok_and(|d| d.contains("/tmp/ready"))
+    });
+    let pid: u32 = dockerd
+        .cli(&["inspect", "-f", "{{.State.Pid}}", &id])
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let config = EvidenceConfig {
+        docker_socket: dockerd.socket(),
+        node_name: Some("test-node".into()),
+        ..EvidenceConfig::default()
+    };
+    let incident = format!("it-{me}");
+    let outcome = runtime()
+        .block_on(capture(
+            &config,
+            out.path(),
+            CaptureRequest {
+                target: Target::Container(id.clone()),
+                incident: Some(incident.clone()),
+                recent_events: Some(Vec::new()),
+            },
+        ))
+        .unwrap();
+    let dir = &outcome.dir;
+    let manifest = &outcome.manifest;
+    assert!(manifest.complete, "{manifest:#?}");
+    assert_eq!(manifest.node, "test-node");
+    assert_eq!(manifest.target.container_id.as_deref(), Some(id.as_str()));
+    assert!(manifest.target.cgroup.as_deref().unwrap().contains(&id));
+    let actions: Vec<_> = manifest
+        .actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.ok))
+        .collect();
+    assert_eq!(
+        actions,
+        [("pause", true), ("commit", true), ("unpause", true)]
+    );
+    assert_eq!(
+        dockerd
+            .cli(&["inspect", "-f", "{{.State.Status}}", &id])
+            .unwrap(),
+        "running"
+    );
+
+    // The diff lists the implant and the deleted file.
+    let changes: Vec<FsChange> = read_json(&dir.join("runtime/changes.json"));
+    assert!(
+        changes.contains(&FsChange {
+            kind: 'A',
+            path: "/tmp/implant".into()
+        }),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&FsChange {
+            kind: 'D',
+            path: "/etc/victim".into()
+        }),
+        "{changes:?}"
+    );
+
+    // The export holds the implant, with its content, and not the deleted file.
+    let tar = dir.join("runtime/filesystem.tar");
+    let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "tmp/implant"),
+        "{listing}"
+    );
+    assert!(
+        !listing.lines().any(|l| l.ends_with("etc/victim")),
+        "{listing}"
+    );
+    let content = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("tmp/implant")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&content.stdout), "implant\n");
+
+    // The committed image exists, named after the incident.
+    let image_name = format!("evidence-it-{me}:{}", &id[..12]);
+    dockerd.cli(&["image", "inspect", &image_name]).unwrap();
+
+    // The /proc artifacts list the container's process, with its secret redacted.
+    let processes: Vec<ProcessInfo> = read_json(&dir.join("proc/processes.json"));
+    let sleeper = processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .unwrap_or_else(|| panic!("{processes:#?}"));
+    assert_eq!(sleeper.name.as_deref(), Some("sleep"));
+    assert!(
+        sleeper.environ.contains(&"API_TOKEN=<redacted>".to_owned()),
+        "{:?}",
+        sleeper.environ
+    );
+    assert!(sleeper.exe_sha256.as_deref().is_some_and(|h| h.len() == 64));
+    assert!(dir.join(format!("proc/{pid}/maps")).exists());
+    assert!(!sleeper.ancestry.is_empty());
+    let top = fs::read_to_string(dir.join("runtime/top.json")).unwrap();
+    assert!(top.contains("sleep 600"), "{top}");
+
+    // The bundle verifies, and no longer does after one byte of the export changed.
+    let report = bundle::verify(dir).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.checked, manifest.artifacts.len());
+    let bin = detector_bin();
+    if let Some(bin) = &bin {
+        let status = Command::new(bin)
+            .args(["evidence", "verify"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let mut bytes = fs::read(&tar).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&tar, bytes).unwrap();
+    let report = bundle::verify(dir).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert!(
+        report.problems[0].starts_with("runtime/filesystem.tar: sha256"),
+        "{report:?}"
+    );
+    if let Some(bin) = &bin {
+        let out = Command::new(bin)
+            .args(["evidence", "verify"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("MISMATCH runtime/filesystem.tar"));
+    }
+
+    // Capture time of a container whose filesystem is about 10 MB.
+    let big = dockerd
+        .cli(&[
+            "run", "-d", "--network", "none", image, "sh", "-c",
+            "dd if=/dev/urandom of=/payload bs=1M count=8 2>/dev/null; touch /tmp/ready; exec sleep 600",
+        ])
+        .unwrap();
+    wait_for("the payload", || {
+        dockerd
+            .cli(&["diff", &big])
+            .is_ok_and(|d| d.contains("/tmp/ready"))
+    });
+    let outcome = runtime()
+        .block_on(capture(
+            &config,
+            out.path(),
+            CaptureRequest {
+                target: Target::Container(big),
+                incident: Some(format!("it-{me}-10mb")),
+                recent_events: Some(Vec::new()),
+            },
+        ))
+        .unwrap();
+    assert!(outcome.manifest.complete, "{:#?}", outcome.manifest);
+    let export = outcome
+        .manifest
+        .artifacts
+        .iter()
+        .find(|a| a.path == "runtime/filesystem.tar")
+        .unwrap();
+    assert!(export.size > 9 << 20, "{export:?}");
+    println!(
+        "evidence capture of a {:.1} MB container filesystem (pause, /proc, inspect, top, diff, logs, export, commit, unpause, manifest): {} ms",
+        export.size as f64 / (1 << 20) as f64,
+        outcome.elapsed.as_millis()
+    );
+}
+
+#[test]
+fn cgroup_capture_without_runtime_degrades_and_uploads_to_s3() {
+    if !privileged("cgroup_capture_without_runtime") {
+        return;
+    }
+    let Some(moto) = MotoServer::start("cgroup_capture_without_runtime") else {
+        return;
+    };
+    // A cgroup named as containerd names a container's: no Docker socket can answer for it.
+    let container_id = format!("{:064x}", u128::from(std::process::id()));
+    let cgroup = TestCgroup::create(&format!(
+        "detector-test/cri-containerd-{container_id}.scope"
+    ))
+    .unwrap();
+    let mut child = cgroup
+        .command("sleep")
+        .unwrap()
+        .arg("60")
+        .env("DB_PASSWORD", "hunter2")
+        .spawn()
+        .unwrap();
+    let sleeper = child.id();
+
+    moto.create_bucket("evidence").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let config = EvidenceConfig {
+        docker_socket: out.path().join("no-docker.sock"),
+        s3: Some(S3Config {
+            bucket: "evidence".into(),
+            endpoint: Some(moto.endpoint()),
+            allow_http: true,
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            ..S3Config::default()
+        }),
+        ..EvidenceConfig::default()
+    };
+    let rt = runtime();
+    let outcome = rt.block_on(capture(
+        &config,
+        out.path(),
+        CaptureRequest {
+            target: Target::Cgroup(cgroup.path().to_owned()),
+            incident: Some("no-runtime".into()),
+            recent_events: None,
+        },
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    let outcome = outcome.unwrap();
+    let manifest = &outcome.manifest;
+    assert!(!manifest.complete);
+    assert_eq!(manifest.target.runtime, "containerd");
+    assert!(!manifest.target.runtime_used);
+    assert_eq!(
+        manifest.target.container_id.as_deref(),
+        Some(container_id.as_str())
+    );
+    let export = manifest
+        .not_captured
+        .iter()
+        .find(|n| n.artifact == "runtime/filesystem.tar")
+        .unwrap();
+    assert!(export.reason.contains("containerd"), "{export:?}");
+    assert!(
+        manifest
+            .not_captured
+            .iter()
+            .any(|n| n.artifact == "events.jsonl")
+    );
+    let processes: Vec<ProcessInfo> = read_json(&outcome.dir.join("proc/processes.json"));
+    let p = processes.iter().find(|p| p.pid == sleeper).unwrap();
+    assert!(
+        p.environ.contains(&"DB_PASSWORD=<redacted>".to_owned()),
+        "{:?}",
+        p.environ
+    );
+    assert!(bundle::verify(&outcome.dir).unwrap().ok());
+
+    // Uploaded and confirmed; the local bundle is kept (not configured to delete it).
+    let upload = outcome.upload.as_ref().unwrap();
+    let files = bundle::files_below(&outcome.dir, &outcome.dir).unwrap();
+    assert_eq!(upload.objects, files.len());
+    assert!(!upload.deleted_local && outcome.dir.exists());
+    let store = S3Store::new(config.s3.as_ref().unwrap()).unwrap();
+    let remote = rt
+        .block_on(store.fetch("no-runtime", "manifest.json"))
+        .unwrap();
+    assert_eq!(
+        remote.as_ref(),
+        fs::read(outcome.dir.join("manifest.json")).unwrap()
+    );
+
+    // A bucket that cannot be reached: retried, reported, and the local bundle stays.
+    let unreachable = S3Config {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        attempts: 2,
+        ..config.s3.clone().unwrap()
+    };
+    let err = rt
+        .block_on(
+            S3Store::new(&unreachable)
+                .unwrap()
+                .upload(&outcome.dir, "no-runtime", true),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Upload { attempts: 2, .. }),
+        "{err}"
+    );
+    assert!(outcome.dir.join("manifest.json").exists());
+}
