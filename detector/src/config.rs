@@ -62,8 +62,22 @@ pub struct Config {
     pub sensors: SensorsConfig,
     /// Where events go.
     pub output: OutputConfig,
+    /// Pod, container and process attribution.
+    pub attribution: crate::attribution::AttributionConfig,
+    /// Where the rules come from.
+    pub rules: RulesConfig,
+    /// How rule matches become per-pod scores and decisions.
+    pub score: crate::score::ScoreConfig,
     /// Evidence capture.
     pub evidence: crate::evidence::EvidenceConfig,
+}
+
+/// Where the rules come from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    /// A directory of `*.yaml` rule files replacing the embedded defaults.
+    pub dir: Option<PathBuf>,
 }
 
 /// Which cgroups are reported on.
@@ -227,6 +241,11 @@ impl Config {
                 }
             }
         }
+        problems.extend(self.attribution.validate());
+        problems.extend(self.score.validate().into_iter().map(|p| Problem {
+            at: format!("score.{}", p.at),
+            message: p.message,
+        }));
         problems.extend(self.evidence.validate("evidence"));
         problems
     }

@@ -1,17 +1,10 @@
 //! `detector`: the command line of the daemon.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use detector::{
-    config::{Config, Watch},
-    output::JsonLines,
-    pipeline::Pipeline,
-    sensors::{ProgramSet, Sensors},
-};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info};
+use detector::config::{Config, Watch};
 
 mod evidence_cli;
 
@@ -124,7 +117,8 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?
-                .block_on(run(config))
+                .block_on(detector::daemon::run(config))
+                .map_err(Into::into)
         })(),
         Command::Config { command } => match command {
             ConfigCommand::Check { file } => Config::load(&file)
@@ -166,47 +160,4 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     text
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    info!(
-        "no cluster configured: standalone mode, events to {}",
-        config.output.path.display()
-    );
-    let mut out = JsonLines::open(&config.output.path)?;
-    let sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
-    let (pipeline, mut batches) = Pipeline::spawn(
-        sensors,
-        Duration::from_millis(config.sensors.sample_interval_ms),
-    )?;
-    // Writing is blocking I/O; it gets a thread of its own and ends when the pipeline has
-    // delivered its last batch.
-    let (writer_ended, mut writer_end) = tokio::sync::oneshot::channel();
-    let writer = std::thread::spawn(move || {
-        let result = (|| {
-            while let Some(batch) = batches.blocking_recv() {
-                out.write_batch(&batch)?;
-            }
-            anyhow::Ok(())
-        })();
-        let _ = writer_ended.send(());
-        result
-    });
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    info!("ready");
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: stopping"),
-        _ = sigint.recv() => info!("SIGINT: stopping"),
-        // The writer only ends early when the output failed; its error is returned below.
-        _ = &mut writer_end => error!("cannot write events: stopping"),
-    }
-    pipeline.stop().await;
-    match writer.join() {
-        Ok(result) => result,
-        Err(_) => {
-            error!("the writer thread panicked");
-            anyhow::bail!("the writer thread panicked")
-        }
-    }
 }

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::event::Event;
+use serde::Serialize;
 
 /// Failure to write events.
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +60,16 @@ impl JsonLines {
         })
     }
 
-    /// Writes a batch and flushes it, so a reader of the file sees whole lines.
-    pub fn write_batch(&mut self, events: &[Event]) -> Result<(), OutputError> {
+    /// Writes a batch of events or records and flushes it, so a reader of the file sees whole
+    /// lines.
+    pub fn write_batch<T: Serialize>(&mut self, events: &[T]) -> Result<(), OutputError> {
         self.write_all(events).map_err(|source| OutputError::Write {
             path: self.path.clone(),
             source,
         })
     }
 
-    fn write_all(&mut self, events: &[Event]) -> io::Result<()> {
+    fn write_all<T: Serialize>(&mut self, events: &[T]) -> io::Result<()> {
         for event in events {
             serde_json::to_writer(&mut self.out, event)?;
             self.out.write_all(b"\n")?;

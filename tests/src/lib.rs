@@ -52,6 +52,7 @@ pub fn privileged(test: &str) -> bool {
 /// A cgroup2 directory created for one test; its processes are the test's own.
 pub struct TestCgroup {
     path: PathBuf,
+    root: PathBuf,
     id: u64,
 }
 
@@ -63,7 +64,7 @@ impl TestCgroup {
         let path = root.join(relative);
         fs::create_dir_all(&path)?;
         let id = cgroup_id(&path)?;
-        Ok(Self { path, id })
+        Ok(Self { path, root, id })
     }
 
     /// A unique cgroup for the named test under `detector-test/`.
@@ -136,9 +137,13 @@ impl Drop for TestCgroup {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(parent) = self.path.parent() {
-            // Shared parent of all test cgroups: removed only when it is empty.
-            let _ = fs::remove_dir(parent);
+        // Parents the test created (shared by other tests too) go once they are empty.
+        let mut parent = self.path.parent();
+        while let Some(dir) = parent {
+            if dir == self.root || fs::remove_dir(dir).is_err() {
+                break;
+            }
+            parent = dir.parent();
         }
     }
 }

@@ -1,0 +1,228 @@
+//! `detector run`: the daemon, assembled from the configuration.
+//!
+//! ```text
+//! sensors ─► pipeline (ring reader, sampler) ─► analysis thread ─► JSON lines
+//!                                               enrich (pod, container, ancestry)
+//!                                               score (alerts, verdicts)
+//!                                               remember (recent events for evidence)
+//! pod watcher (cluster mode) ─► shared pod index ─┘
+//! ```
+//!
+//! The analysis stage is a thread of its own: enrichment and scoring are CPU work and writing
+//! is blocking I/O. It wakes for every batch and at least every [`TICK`], to release events
+//! held for a pod the API has not shown yet.
+
+use std::time::{Duration, Instant};
+
+use tokio::{
+    runtime::Handle,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    attribution::{Enricher, node, pod_watch, pods::PodIndex},
+    clock::Clock,
+    config::Config,
+    event::Event,
+    evidence::RecentEvents,
+    output::{JsonLines, OutputError},
+    pipeline::Pipeline,
+    rules::{RuleSet, RulesError},
+    score::{Engine, record::Record},
+    sensors::{ProgramSet, SensorError, Sensors},
+};
+
+/// How often held events are reconsidered when no batch arrives.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Failure to run the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The rules could not be loaded.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    /// The sensors could not be brought up.
+    #[error(transparent)]
+    Sensors(#[from] SensorError),
+    /// Events could not be written.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// A signal handler could not be installed.
+    #[error("cannot handle {signal}: {source}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The analysis thread could not be started.
+    #[error("cannot start the analysis thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The analysis thread panicked.
+    #[error("the analysis thread panicked")]
+    AnalysisPanicked,
+}
+
+/// The analysis stage: enrichment, scoring, the recent-event ring and the output.
+pub struct Analysis {
+    enricher: Enricher,
+    engine: Engine,
+    recent: RecentEvents,
+    out: JsonLines,
+    records: Vec<Record>,
+}
+
+impl Analysis {
+    /// Assembles the stage.
+    pub fn new(enricher: Enricher, engine: Engine, recent: RecentEvents, out: JsonLines) -> Self {
+        Self {
+            enricher,
+            engine,
+            recent,
+            out,
+            records: Vec::new(),
+        }
+    }
+
+    /// Takes a batch from the pipeline.
+    pub fn batch(&mut self, batch: Vec<Event>, now: Instant) -> Result<(), OutputError> {
+        let events = self.enricher.process(batch, now);
+        self.emit(&events)
+    }
+
+    /// Releases held events whose time is up.
+    pub fn tick(&mut self, now: Instant) -> Result<(), OutputError> {
+        self.recent.expire(Clock::boot_now_ns());
+        let events = self.enricher.tick(now);
+        self.emit(&events)
+    }
+
+    /// Releases every held event, at shutdown.
+    pub fn finish(&mut self) -> Result<(), OutputError> {
+        let events = self.enricher.drain();
+        self.emit(&events)
+    }
+
+    /// Events of the last minutes of these cgroups, for an evidence bundle.
+    pub fn recent_events(&self, cgroups: &[u64]) -> Vec<Event> {
+        self.recent.for_cgroups(cgroups, Clock::boot_now_ns())
+    }
+
+    fn emit(&mut self, events: &[Event]) -> Result<(), OutputError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.records.clear();
+        for event in events {
+            self.recent.push(event);
+            self.records.extend(self.engine.process(event));
+        }
+        self.out.write_batch(events)?;
+        if !self.records.is_empty() {
+            self.out.write_batch(&self.records)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM, or until the output fails.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let node = match node::detect(config.attribution.node_name.as_deref()) {
+        Ok(node) => Some(node),
+        Err(err) => {
+            warn!(%err, "no node name: events carry none");
+            None
+        }
+    };
+    let rules = RuleSet::load(config.rules.dir.as_deref())?;
+    let engine = Engine::new(rules, config.score.clone());
+    let out = JsonLines::open(&config.output.path)?;
+    let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
+    // Held for the containment stage; releasing the handle leaves the maps in place.
+    let _quarantine = sensors.take_quarantine()?;
+    let pods = PodIndex::shared(config.attribution.pod_limits());
+    let enricher = Enricher::for_node(&config.attribution, sensors.cgroup2(), pods.clone());
+    if config.attribution.kubernetes {
+        let attribution = config.attribution.clone();
+        tokio::spawn(async move {
+            if let Err(err) = pod_watch::run(&attribution, pods).await {
+                error!(%err, "pod watch stopped: events carry cgroup-derived pod ids only");
+            }
+        });
+        info!(node = ?node, "cluster mode: watching this node's pods");
+    } else {
+        info!(
+            node = ?node,
+            "no cluster configured: standalone mode, pod ids from cgroup paths, events to {}",
+            config.output.path.display()
+        );
+    }
+    let (pipeline, batches) = Pipeline::spawn(
+        sensors,
+        Duration::from_millis(config.sensors.sample_interval_ms),
+    )?;
+    let analysis = Analysis::new(
+        enricher,
+        engine,
+        RecentEvents::from_config(&config.evidence),
+        out,
+    );
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+    let handle = Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("analysis".into())
+        .spawn(move || {
+            let result = analyse(analysis, batches, &handle);
+            let _ = ended_tx.send(());
+            result
+        })
+        .map_err(DaemonError::Thread)?;
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    info!("ready");
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        _ = sigint.recv() => info!("SIGINT: stopping"),
+        // The analysis thread only ends early when the output failed; its error is returned.
+        _ = &mut ended => error!("cannot write events: stopping"),
+    }
+    pipeline.stop().await;
+    thread
+        .join()
+        .map_err(|_| DaemonError::AnalysisPanicked)?
+        .map_err(Into::into)
+}
+
+/// The analysis loop: batches as they come, ticks in between, everything held released at
+/// the end.
+fn analyse(
+    mut analysis: Analysis,
+    mut batches: mpsc::Receiver<Vec<Event>>,
+    handle: &Handle,
+) -> Result<(), OutputError> {
+    let mut last_tick = Instant::now();
+    loop {
+        // The timer must be made inside the runtime's context, hence the async block.
+        let next = handle.block_on(async { tokio::time::timeout(TICK, batches.recv()).await });
+        match next {
+            Ok(Some(batch)) => analysis.batch(batch, Instant::now())?,
+            Ok(None) => break,
+            Err(_elapsed) => {}
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            analysis.tick(last_tick)?;
+        }
+    }
+    analysis.finish()
+}
