@@ -262,12 +262,19 @@ pub struct Loss {
     pub reason: Option<String>,
 }
 
-fn rfc3339<S: Serializer>(time: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
+/// Serializes a time as RFC 3339 (`ts` fields of every record).
+pub(crate) fn rfc3339<S: Serializer>(
+    time: &OffsetDateTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     let text = time.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
     serializer.serialize_str(&text)
 }
 
-fn from_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OffsetDateTime, D::Error> {
+/// Reads an RFC 3339 time.
+pub(crate) fn from_rfc3339<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OffsetDateTime, D::Error> {
     let text = String::deserialize(deserializer)?;
     OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
 }

@@ -1,42 +1,9 @@
 //! Scoring settings: one serde tree, defaults that work with no file, unknown keys rejected,
 //! and [`ScoreConfig::validate`] reporting every problem with its location.
 
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::Problem;
-
-/// Failure to load scoring settings.
-#[derive(Debug, thiserror::Error)]
-pub enum ScoreConfigError {
-    /// The file could not be read.
-    #[error("cannot read scoring configuration {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid YAML for this schema (unknown keys included).
-    #[error("{path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        #[source]
-        source: serde_yaml_ng::Error,
-    },
-    /// The values parse but do not make sense.
-    #[error("{path}: invalid scoring configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Every problem found.
-        problems: Vec<Problem>,
-    },
-}
 
 /// How matches become per-pod scores and decisions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,28 +81,6 @@ impl Default for EgressConfig {
 }
 
 impl ScoreConfig {
-    /// Reads and validates a YAML file.
-    pub fn load(path: &Path) -> Result<Self, ScoreConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScoreConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Self =
-            serde_yaml_ng::from_str(&text).map_err(|source| ScoreConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ScoreConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
-    }
-
     /// Every problem in the settings; empty when they are usable.
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();

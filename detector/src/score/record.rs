@@ -1,8 +1,8 @@
 //! What the engine reports: alerts (one rule matched one event) and verdicts (a pod's score
 //! crossed a threshold), both one JSON object per line with a `kind` of `alert` or `verdict`.
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::{event::Event, rules::RuleMeta};
 
@@ -59,8 +59,8 @@ pub struct Alert {
     /// Time of the event.
     #[serde(
         rename = "ts",
-        serialize_with = "rfc3339",
-        deserialize_with = "from_rfc3339"
+        serialize_with = "crate::event::rfc3339",
+        deserialize_with = "crate::event::from_rfc3339"
     )]
     pub time: OffsetDateTime,
     /// Kernel time of the event.
@@ -86,8 +86,8 @@ pub struct Verdict {
     /// Time of the event that decided.
     #[serde(
         rename = "ts",
-        serialize_with = "rfc3339",
-        deserialize_with = "from_rfc3339"
+        serialize_with = "crate::event::rfc3339",
+        deserialize_with = "crate::event::from_rfc3339"
     )]
     pub time: OffsetDateTime,
     /// Kernel time of that event.
@@ -126,14 +126,4 @@ pub struct Contribution {
     pub matches: u32,
     /// The first events it matched (bounded).
     pub events: Vec<Event>,
-}
-
-fn rfc3339<S: Serializer>(time: &OffsetDateTime, serializer: S) -> Result<S::Ok, S::Error> {
-    let text = time.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
-    serializer.serialize_str(&text)
-}
-
-fn from_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OffsetDateTime, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
 }

@@ -8,8 +8,9 @@ use std::{
     path::PathBuf,
 };
 
-use super::{Engine, Record, ScoreConfig, config::ScoreConfigError};
+use super::{Engine, Record};
 use crate::{
+    config::{Config, ConfigError},
     event::Event,
     rules::{RuleSet, RulesError},
 };
@@ -19,12 +20,13 @@ use crate::{
 pub struct ReplayArgs {
     /// Recorded events, one JSON object per line (`-` for standard input).
     pub file: PathBuf,
-    /// Directory of rule files replacing the embedded defaults.
+    /// The daemon's configuration file; its `rules` and `score` sections apply, as they do to
+    /// `detector run`. Defaults without one.
+    #[arg(long, short, env = "DETECTOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of rule files replacing the configured ones.
     #[arg(long)]
     pub rules: Option<PathBuf>,
-    /// Scoring settings (YAML); defaults apply without one.
-    #[arg(long)]
-    pub score_config: Option<PathBuf>,
 }
 
 /// Failure of `detector replay`.
@@ -33,9 +35,9 @@ pub enum ReplayCommandError {
     /// The rules did not load.
     #[error(transparent)]
     Rules(#[from] RulesError),
-    /// The scoring settings did not load.
+    /// The configuration did not load.
     #[error(transparent)]
-    Config(#[from] ScoreConfigError),
+    Config(#[from] ConfigError),
     /// The input file could not be opened.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -52,12 +54,12 @@ pub enum ReplayCommandError {
 
 /// Runs `detector replay`: records to standard output, bad lines to standard error.
 pub fn run(args: &ReplayArgs) -> Result<ReplaySummary, ReplayCommandError> {
-    let rules = RuleSet::load(args.rules.as_deref())?;
-    let config = match &args.score_config {
-        Some(path) => ScoreConfig::load(path)?,
-        None => ScoreConfig::default(),
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
     };
-    let mut engine = Engine::new(rules, config);
+    let rules = RuleSet::load(args.rules.as_deref().or(config.rules.dir.as_deref()))?;
+    let mut engine = Engine::new(rules, config.score);
     let out = BufWriter::new(std::io::stdout().lock());
     let diagnostics = std::io::stderr().lock();
     let summary = if args.file.as_os_str() == "-" {
