@@ -40,6 +40,8 @@ pub const GLOBAL_DEDUP_WINDOW_NS: &str = "DEDUP_WINDOW_NS";
 /// One-entry array holding the watch generation; user space bumps it when [`MAP_WATCH_ROOTS`]
 /// changes, which invalidates every [`MAP_WATCH_CACHE`] entry decided before.
 pub const MAP_WATCH_GENERATION: &str = "WATCH_GENERATION";
+/// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
+pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
 /// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
@@ -330,6 +332,40 @@ const _: () = assert!(size_of::<ConnectEvent>() == 64 + 16 + 16);
 /// every path starting with it; an entry whose bytes end with the NUL matches one path exactly.
 pub type PathClassData = [u8; PATH_CLASS_KEY_BYTES];
 
+/// The first eight bytes of a read-sensitive prefix, as a masked native-endian word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixWord {
+    /// The prefix bytes, zero past its length.
+    pub value: u64,
+    /// `0xff` for each byte of the prefix that counts.
+    pub mask: u64,
+}
+const _: () = assert!(size_of::<PrefixWord>() == 16);
+
+/// Slots of [`ReadPrefilter`].
+pub const READ_PREFILTER_SLOTS: usize = 16;
+
+/// Lets a read-only open skip the path classification when its first eight bytes cannot start
+/// any read-sensitive prefix (most opens on a node). User space computes it from the same
+/// entries as [`MAP_PATH_CLASS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPrefilter {
+    /// Words in use; [`ReadPrefilter::DISABLED`] sends every read-only open to classification.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// The words.
+    pub words: [PrefixWord; READ_PREFILTER_SLOTS],
+}
+const _: () = assert!(size_of::<ReadPrefilter>() == 8 + 16 * READ_PREFILTER_SLOTS);
+
+impl ReadPrefilter {
+    /// `len` value that disables the prefilter.
+    pub const DISABLED: u32 = u32::MAX;
+}
+
 /// Key of [`MAP_WRITE_DEDUP`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -420,6 +456,8 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReadPrefilter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.

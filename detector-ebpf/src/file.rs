@@ -18,7 +18,8 @@ use aya_ebpf::{
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
-    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PathClassData, RenameEvent, Stat, file_flags, path_class,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PathClassData, PrefixWord, READ_PREFILTER_SLOTS,
+    ReadPrefilter, RenameEvent, Stat, file_flags, path_class,
 };
 
 use crate::common::{
@@ -40,6 +41,14 @@ static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0
 /// Scratch record for renames.
 #[map(name = "RENAME_SCRATCH")]
 static RENAME_SCRATCH: PerCpuArray<RenameEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// First-bytes prefilter for read-only opens, set by user space at load.
+#[unsafe(no_mangle)]
+static READ_PREFILTER: ReadPrefilter = ReadPrefilter {
+    len: ReadPrefilter::DISABLED,
+    _pad: 0,
+    words: [PrefixWord { value: 0, mask: 0 }; READ_PREFILTER_SLOTS],
+};
 
 /// Repeat-suppression window for write-opens in nanoseconds; 0 disables it.
 #[unsafe(no_mangle)]
@@ -91,6 +100,13 @@ const ARG_OFFSETS: [usize; 5] = [112, 104, 96, 56, 72]; // di, si, dx, r10, r8
 #[cfg(bpf_target_arch = "aarch64")]
 const ARG_OFFSETS: [usize; 5] = [0, 8, 16, 24, 32]; // x0..x4
 
+/// The first three argument registers sit side by side in `pt_regs` (x86_64: dx, si, di at
+/// 96..120; arm64: x0, x1, x2 at 0..24), so one probe read fetches them.
+#[cfg(bpf_target_arch = "x86_64")]
+const FIRST3: (usize, [usize; 3]) = (96, [2, 1, 0]);
+#[cfg(bpf_target_arch = "aarch64")]
+const FIRST3: (usize, [usize; 3]) = (0, [0, 1, 2]);
+
 /// `raw_tracepoint/sys_enter(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -102,6 +118,16 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 struct Regs(*const u8);
 
 impl Regs {
+    /// Arguments 0, 1 and 2 in one probe read; zeros when it fails.
+    #[inline(always)]
+    fn first3(&self) -> [u64; 3] {
+        let (offset, order) = FIRST3;
+        // SAFETY: `pt_regs` is kernel memory read through a probe read.
+        let words = unsafe { bpf_probe_read_kernel::<[u64; 3]>(self.0.add(offset).cast()) }
+            .unwrap_or([0; 3]);
+        [words[order[0]], words[order[1]], words[order[2]]]
+    }
+
     #[inline(always)]
     fn arg(&self, n: usize) -> u64 {
         // SAFETY: `pt_regs` is kernel memory read through a probe read; a failure reads as 0.
@@ -114,7 +140,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
     let id: i64 = ctx.arg(1);
     let regs = Regs(ctx.arg::<*const u8>(0));
     match id {
-        nr::OPENAT => open(regs.arg(0) as i32, regs.arg(1), regs.arg(2) as u32),
+        nr::OPENAT => {
+            let [dirfd, path, flags] = regs.first3();
+            open(dirfd as i32, path, flags as u32)
+        }
         nr::OPEN => open(AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
         nr::CREAT => open(AT_FDCWD, regs.arg(0), O_CREAT | O_WRONLY | O_TRUNC),
         nr::OPENAT2 => {
@@ -182,13 +211,49 @@ fn write_intent(flags: u32) -> bool {
     flags & O_ACCMODE != 0 || flags & (O_CREAT | O_TRUNC) != 0
 }
 
+/// Whether the path's first eight bytes could start a read-sensitive prefix: one short user
+/// read and a few compares, no map lookup.
+#[inline(always)]
+fn may_be_read_sensitive(user_path: u64) -> bool {
+    // SAFETY: reading a global set at load time.
+    let len = unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) };
+    if len == ReadPrefilter::DISABLED {
+        return true;
+    }
+    let mut bytes = [0u8; 16];
+    // SAFETY: the helper writes at most 9 bytes (8 and the NUL) into `bytes`.
+    let read =
+        unsafe { bpf_probe_read_user_str(bytes.as_mut_ptr().cast(), 9, user_path as *const _) };
+    if read <= 0 {
+        // The kernel cannot read it either: the open fails with EFAULT.
+        return false;
+    }
+    let word = u64::from_ne_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ]);
+    for i in 0..READ_PREFILTER_SLOTS {
+        if i as u32 >= len {
+            break;
+        }
+        // SAFETY: reading a global set at load time; `i` is in bounds.
+        let prefix = unsafe { core::ptr::read_volatile(&READ_PREFILTER.words[i]) };
+        if word & prefix.mask == prefix.value {
+            return true;
+        }
+    }
+    false
+}
+
 #[inline(always)]
 fn open(dirfd: i32, user_path: u64, flags: u32) -> Result<i32, i32> {
+    let write = write_intent(flags);
+    if !write && !may_be_read_sensitive(user_path) {
+        return Ok(0);
+    }
     if skip_current() {
         return Ok(0);
     }
     let class = classify(user_path);
-    let write = write_intent(flags);
     if class & path_class::EXCLUDED != 0 || (!write && class & path_class::READ_SENSITIVE == 0) {
         return Ok(0);
     }

@@ -21,10 +21,11 @@ use aya::{
     },
 };
 use detector_common::{
-    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_OFFSETS, GLOBAL_WATCH_MODE, MAP_EGRESS,
-    MAP_EVENTS, MAP_PATH_CLASS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS,
-    MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PathClassData, TrafficCounters,
-    WatchMode, path_class,
+    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_OFFSETS, GLOBAL_READ_PREFILTER,
+    GLOBAL_WATCH_MODE, MAP_EGRESS, MAP_EVENTS, MAP_PATH_CLASS, MAP_QUARANTINE,
+    MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES,
+    PathClassData, PrefixWord, READ_PREFILTER_SLOTS, ReadPrefilter, TrafficCounters, WatchMode,
+    path_class,
 };
 use tracing::{debug, info};
 
@@ -158,11 +159,13 @@ impl Sensors {
             Watch::Containers => WatchMode::Containers,
         } as u32;
         let dedup_ns = config.write_dedup_window_ms.saturating_mul(1_000_000);
+        let prefilter = read_prefilter(&path_class_entries(config));
         let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DAEMON_TGID, &tgid, true)
             .override_global(GLOBAL_WATCH_MODE, &watch_mode, true)
             .override_global(GLOBAL_DEDUP_WINDOW_NS, &dedup_ns, true)
             .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .override_global(GLOBAL_READ_PREFILTER, &prefilter, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(SensorError::Object)?;
@@ -425,6 +428,39 @@ pub fn path_class_entries(config: &SensorsConfig) -> Vec<(Vec<u8>, u32)> {
         .collect()
 }
 
+/// The prefilter for read-only opens: the first eight bytes of every read-sensitive entry.
+/// Too many distinct words disable it (every read-only open is then classified).
+pub fn read_prefilter(entries: &[(Vec<u8>, u32)]) -> ReadPrefilter {
+    let mut words: Vec<PrefixWord> = Vec::new();
+    for (prefix, class) in entries {
+        if class & path_class::READ_SENSITIVE == 0 {
+            continue;
+        }
+        let n = prefix.len().min(8);
+        let mut value = [0u8; 8];
+        let mut mask = [0u8; 8];
+        value[..n].copy_from_slice(&prefix[..n]);
+        mask[..n].fill(0xff);
+        let word = PrefixWord {
+            value: u64::from_ne_bytes(value),
+            mask: u64::from_ne_bytes(mask),
+        };
+        if !words.contains(&word) {
+            words.push(word);
+        }
+    }
+    let mut filter = ReadPrefilter {
+        len: ReadPrefilter::DISABLED,
+        _pad: 0,
+        words: [PrefixWord::default(); READ_PREFILTER_SLOTS],
+    };
+    if words.len() <= READ_PREFILTER_SLOTS {
+        filter.len = words.len() as u32;
+        filter.words[..words.len()].copy_from_slice(&words);
+    }
+    filter
+}
+
 fn program_error(
     program: &'static str,
     stage: &'static str,
@@ -498,5 +534,51 @@ mod tests {
         assert_eq!(class_of(&entries, "/dev/nullx"), SENSITIVE_WRITE);
         assert_eq!(class_of(&entries, "/tmp/file"), 0);
         assert!(entries.iter().all(|(k, _)| k.len() < PATH_CLASS_KEY_BYTES));
+    }
+
+    /// The kernel's prefilter test over a path's first eight bytes (as the NUL-terminated
+    /// string read leaves them).
+    fn passes(filter: &ReadPrefilter, path: &str) -> bool {
+        let mut bytes = [0u8; 8];
+        let n = path.len().min(8);
+        bytes[..n].copy_from_slice(&path.as_bytes()[..n]);
+        let word = u64::from_ne_bytes(bytes);
+        filter.words[..filter.len as usize]
+            .iter()
+            .any(|w| word & w.mask == w.value)
+    }
+
+    #[test]
+    fn read_prefilter_lets_every_read_sensitive_path_through_and_little_else() {
+        let entries = path_class_entries(&SensorsConfig::default());
+        let filter = read_prefilter(&entries);
+        assert!(filter.len as usize <= READ_PREFILTER_SLOTS);
+        for path in [
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "/run/secrets/x",
+            "/root/.ssh/id_rsa",
+            "/etc/shadow",
+            "/etc/sudoers",
+            "/etc/kubernetes/admin.conf",
+            "/var/lib/kubelet/pki",
+        ] {
+            assert!(passes(&filter, path), "{path}");
+            assert_ne!(
+                class_of(&entries, path) & path_class::READ_SENSITIVE,
+                0,
+                "{path}"
+            );
+        }
+        for path in ["/tmp/file", "/usr/lib/libc.so.6", "/home/a", "relative"] {
+            assert!(!passes(&filter, path), "{path}");
+        }
+    }
+
+    #[test]
+    fn too_many_read_sensitive_prefixes_disable_the_prefilter() {
+        let mut config = SensorsConfig::default();
+        config.read_sensitive_paths = (0..40).map(|i| format!("/s{i:02}")).collect();
+        let filter = read_prefilter(&path_class_entries(&config));
+        assert_eq!(filter.len, ReadPrefilter::DISABLED);
     }
 }

@@ -40,7 +40,8 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
             "sched_process_exit",
             "connect4",
             "connect6",
-            "egress"
+            "egress",
+            "ingress"
         ]
     );
     let cgroup = TestCgroup::for_test("exec").unwrap();
