@@ -64,6 +64,8 @@ pub struct Config {
     pub output: OutputConfig,
     /// Evidence capture.
     pub evidence: crate::evidence::EvidenceConfig,
+    /// Containment: the incident playbook.
+    pub contain: crate::contain::ContainConfig,
 }
 
 /// Which cgroups are reported on.
@@ -228,6 +230,7 @@ impl Config {
             }
         }
         problems.extend(self.evidence.validate("evidence"));
+        problems.extend(self.contain.validate("contain"));
         problems
     }
 }
