@@ -598,7 +598,7 @@ fn resume(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
                 }
                 if record.state == journal::IncidentState::Open {
                     tracing::info!("incident {}: resuming its steps", record.id);
-                    tasks.spawn(api_steps(shared.clone(), incident, false));
+                    tasks.spawn(api_steps(shared.clone(), incident, false, None));
                 }
             }
             journal::IncidentState::ReleasePending => {
@@ -754,7 +754,7 @@ async fn contain(
             dry_run,
         },
     );
-    if let Some(outcome) = kernel {
+    if let Some(outcome) = kernel.clone() {
         let entry = shared.record(
             &id,
             EntryKind::Step {
@@ -773,11 +773,16 @@ async fn contain(
             )
         );
     }
-    tasks.spawn(api_steps(shared.clone(), incident, dry_run));
+    tasks.spawn(api_steps(shared.clone(), incident, dry_run, kernel));
 }
 
 /// Every step after the kernel block, in playbook order, each journaled; then `Completed`.
-async fn api_steps(shared: Arc<Shared>, mut incident: Incident, dry_run: bool) {
+async fn api_steps(
+    shared: Arc<Shared>,
+    mut incident: Incident,
+    dry_run: bool,
+    kernel: Option<StepOutcome>,
+) {
     let id = incident.id.clone();
     if let (Some(_), Some((ns, name))) = (shared.api.as_ref(), incident.pod_ref()) {
         let ctx = shared.ctx(dry_run);
@@ -801,6 +806,20 @@ async fn api_steps(shared: Arc<Shared>, mut incident: Incident, dry_run: bool) {
             Err(err) => tracing::warn!("incident {id}: cannot read the pod: {err}"),
         }
     }
+    let mut events = Vec::new();
+    if let Some(outcome) = kernel
+        && shared.config.events
+        && !dry_run
+        && outcome.changed()
+    {
+        events.extend(emit_event(
+            &shared,
+            &incident,
+            EventTarget::Pod,
+            KernelBlock.name(),
+            &outcome,
+        ));
+    }
     for action in playbook() {
         if action.name() == KernelBlock.name() || !action.enabled(&shared.config) {
             continue;
@@ -811,13 +830,13 @@ async fn api_steps(shared: Arc<Shared>, mut incident: Incident, dry_run: bool) {
             tracing::warn!("incident {id}: {}: {}", action.name(), outcome.summary());
         }
         if shared.config.events && !dry_run && outcome.changed() {
-            emit_event(
+            events.extend(emit_event(
                 &shared,
                 &incident,
                 action.event_target(),
                 action.name(),
                 &outcome,
-            );
+            ));
         }
         shared.record(
             &id,
@@ -828,6 +847,10 @@ async fn api_steps(shared: Arc<Shared>, mut incident: Incident, dry_run: bool) {
         );
     }
     shared.record(&id, EntryKind::Completed);
+    // Events are best effort and off the steps' path; the task ends once they are sent.
+    for event in events {
+        let _ = event.await;
+    }
 }
 
 fn emit_event(
@@ -836,10 +859,8 @@ fn emit_event(
     target: EventTarget,
     step: &str,
     outcome: &StepOutcome,
-) {
-    if shared.api.is_none() {
-        return;
-    }
+) -> Option<tokio::task::JoinHandle<()>> {
+    shared.api.as_ref()?;
     let shared = shared.clone();
     let pod: Option<&Pod> = incident.pod.as_ref();
     let uid = match target {
@@ -855,11 +876,11 @@ fn emit_event(
         EventTarget::Node => ("Node", incident.node.clone(), None),
     };
     if name.is_empty() {
-        return;
+        return None;
     }
     let message = format!("incident {}: {step}: {}", incident.id, outcome.summary());
     let unique = format!("{}.{}", incident.id, step.replace('_', "-"));
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         if let Some(api) = &shared.api {
             let reporter = shared.node.clone();
             api.event(
@@ -876,7 +897,7 @@ fn emit_event(
             )
             .await;
         }
-    });
+    }))
 }
 
 /// A pod found protected only once read from the API: lift the kernel block, journal why.
