@@ -255,10 +255,15 @@ pub enum ContainError {
 }
 
 enum Command {
-    Verdict {
-        verdict: Box<Verdict>,
-        event_ktime_ns: u64,
-        cgroup_ids: Vec<u64>,
+    /// Admitted and kernel-blocked on the caller's thread: run the other steps.
+    Steps {
+        incident: Box<Incident>,
+        kernel: Option<StepOutcome>,
+    },
+    /// The budget disarmed the dispatcher: alert on the node.
+    Disarmed {
+        id: String,
+        message: String,
     },
     Release {
         id: String,
@@ -272,6 +277,7 @@ pub struct Containment;
 
 /// The handle the daemon keeps: non-blocking verdict intake, release, and shutdown on drop.
 pub struct ContainmentHandle {
+    shared: Arc<Shared>,
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<std::thread::JoinHandle<()>>,
     dropped: Arc<AtomicU64>,
@@ -425,9 +431,13 @@ impl Containment {
         let dropped = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("contain-dispatch".into())
-            .spawn(move || runtime.block_on(dispatch(shared, rx, offset)))
+            .spawn({
+                let shared = shared.clone();
+                move || runtime.block_on(dispatch(shared, rx, offset))
+            })
             .map_err(ContainError::Start)?;
         Ok(ContainmentHandle {
+            shared,
             tx: Some(tx),
             thread: Some(thread),
             dropped,
@@ -459,7 +469,9 @@ fn write_journal(journal: &Journal, rx: &std::sync::mpsc::Receiver<WriterMsg>) {
 }
 
 impl ContainmentHandle {
-    /// Hands a verdict to the dispatcher without blocking; only `contain` verdicts matter.
+    /// Hands a verdict to the dispatcher; only `contain` verdicts matter. It never waits on
+    /// I/O: the guardrails and the kernel block (a map update) run here, in microseconds, the
+    /// journal and the API steps run on the dispatcher's own thread.
     /// `event_ktime_ns` is the kernel time of the deciding event; `cgroup_ids` the pod-level
     /// cgroup (or the container cgroups) to block.
     pub fn on_verdict(&self, verdict: &Verdict, event_ktime_ns: u64, cgroup_ids: Vec<u64>) {
@@ -467,10 +479,9 @@ impl ContainmentHandle {
             return;
         }
         let Some(tx) = &self.tx else { return };
-        let command = Command::Verdict {
-            verdict: Box::new(verdict.clone()),
-            event_ktime_ns,
-            cgroup_ids,
+        let Some(command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids)
+        else {
+            return;
         };
         if tx.try_send(command).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -533,8 +544,24 @@ async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>, mut offs
     loop {
         tokio::select! {
             command = rx.recv() => match command {
-                Some(Command::Verdict { verdict, event_ktime_ns, cgroup_ids }) => {
-                    contain(&shared, &mut tasks, &verdict, event_ktime_ns, cgroup_ids).await;
+                Some(Command::Steps { incident, kernel }) => {
+                    tasks.spawn(api_steps(shared.clone(), *incident, shared.config.dry_run, kernel));
+                }
+                Some(Command::Disarmed { id, message }) => {
+                    if let Some(api) = &shared.api
+                        && !shared.config.dry_run
+                    {
+                        let reporter = shared.node.clone();
+                        let object = EventObject {
+                            kind: "Node",
+                            name: &shared.node,
+                            namespace: None,
+                            uid: None,
+                            reporter: &reporter,
+                        };
+                        api.event(object, "ContainmentDisarmed", &message, &format!("{id}.disarmed"))
+                            .await;
+                    }
                 }
                 Some(Command::Release { id, reply }) => {
                     let result = release_in_daemon(&shared, &id).await;
@@ -668,13 +695,15 @@ async fn release_in_daemon(shared: &Arc<Shared>, id: &str) -> Result<(), Release
     result
 }
 
-async fn contain(
+/// The hot path, on the caller's thread and without I/O: the guardrails, then the kernel
+/// block (a map update), then the journal entries (queued to the writer). What needs the API
+/// goes to the dispatcher's runtime as the returned command.
+fn admit_and_block(
     shared: &Arc<Shared>,
-    tasks: &mut tokio::task::JoinSet<()>,
     verdict: &Verdict,
     event_ktime_ns: u64,
     cgroup_ids: Vec<u64>,
-) {
+) -> Option<Command> {
     let id = shared.new_id();
     let admission = shared
         .guard()
@@ -683,33 +712,20 @@ async fn contain(
         Admission::Contain => {}
         Admission::Duplicate(open) => {
             tracing::debug!("{}: incident {open} already open", verdict.subject.key);
-            return;
+            return None;
         }
         Admission::Refuse(refusal) => {
             let why = refusal.to_string();
+            let mut disarmed = None;
             if matches!(refusal, Refusal::BudgetExhausted { .. }) {
                 tracing::error!(
                     "containment disarmed: {why}; {} not contained",
                     verdict.subject.key
                 );
-                if let Some(api) = &shared.api
-                    && !shared.config.dry_run
-                {
-                    let reporter = shared.node.clone();
-                    api.event(
-                        EventObject {
-                            kind: "Node",
-                            name: &shared.node,
-                            namespace: None,
-                            uid: None,
-                            reporter: &reporter,
-                        },
-                        "ContainmentDisarmed",
-                        &format!("{why}; {} not contained", verdict.subject.key),
-                        &format!("{id}.disarmed"),
-                    )
-                    .await;
-                }
+                disarmed = Some(Command::Disarmed {
+                    id: id.clone(),
+                    message: format!("{why}; {} not contained", verdict.subject.key),
+                });
             } else {
                 tracing::warn!("{}: not contained: {why}", verdict.subject.key);
             }
@@ -720,7 +736,7 @@ async fn contain(
                     why,
                 },
             );
-            return;
+            return disarmed;
         }
     }
     let dry_run = shared.config.dry_run;
@@ -737,7 +753,11 @@ async fn contain(
     // The kernel block first: it needs no API round trip and cuts the pod off at once.
     let kernel = if shared.config.steps.kernel_block {
         let ctx = shared.ctx(dry_run);
-        let outcome = KernelBlock.run(&ctx, &incident).await;
+        // No await inside: a map update, done here and now.
+        let outcome = futures::FutureExt::now_or_never(KernelBlock.run(&ctx, &incident))
+            .unwrap_or_else(|| StepOutcome::Failed {
+                error: "the kernel block did not complete at once".into(),
+            });
         Some(finish(&ctx, outcome))
     } else {
         None
@@ -773,7 +793,10 @@ async fn contain(
             )
         );
     }
-    tasks.spawn(api_steps(shared.clone(), incident, dry_run, kernel));
+    Some(Command::Steps {
+        incident: Box::new(incident),
+        kernel,
+    })
 }
 
 /// Every step after the kernel block, in playbook order, each journaled; then `Completed`.
