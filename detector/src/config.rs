@@ -70,6 +70,8 @@ pub struct Config {
     pub score: crate::score::ScoreConfig,
     /// Evidence capture.
     pub evidence: crate::evidence::EvidenceConfig,
+    /// Containment: the incident playbook.
+    pub contain: crate::contain::ContainConfig,
 }
 
 /// Where the rules come from.
@@ -247,6 +249,7 @@ impl Config {
             message: p.message,
         }));
         problems.extend(self.evidence.validate("evidence"));
+        problems.extend(self.contain.validate("contain"));
         problems
     }
 }

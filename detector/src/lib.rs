@@ -10,6 +10,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod clock;
 pub mod config;
+pub mod contain;
 pub mod daemon;
 pub mod decode;
 pub mod event;

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use detector::config::{Config, Watch};
 
+mod contain_cli;
 mod evidence_cli;
 
 /// eBPF runtime detector for Kubernetes nodes.
@@ -51,6 +52,21 @@ enum Command {
     },
     /// Score recorded events (JSON lines, `-` for standard input) and print alerts and verdicts.
     Replay(detector::score::replay::ReplayArgs),
+    /// List the containment incidents of the journal with each step's outcome.
+    Incidents {
+        #[command(flatten)]
+        journal: contain_cli::JournalArgs,
+        /// One JSON object per incident.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo an incident's containment (the running daemon lifts the kernel block).
+    Release {
+        /// The incident id.
+        incident: String,
+        #[command(flatten)]
+        journal: contain_cli::JournalArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +153,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => detector::score::replay::run(&args)
             .map(|summary| eprintln!("replay: {summary}"))
             .map_err(Into::into),
+        Command::Incidents { journal, json } => contain_cli::incidents(&journal, json),
+        Command::Release { incident, journal } => contain_cli::release(&journal, &incident),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,8 +9,20 @@
 //!   `GET ...?watch=true` from a `resourceVersion`: `ADDED`, `MODIFIED`, `DELETED` events as JSON
 //!   lines, held open until `timeoutSeconds`;
 //! - `GET` one object; `POST` create; `DELETE` one object;
+//! - `PATCH` with Kubernetes semantics: `application/merge-patch+json` (RFC 7386: `null`
+//!   deletes a key), `application/strategic-merge-patch+json` (the same for maps, which is all
+//!   the detector patches; lists are replaced), `application/json-patch+json` (RFC 6902 `add`,
+//!   `remove`, `replace`, `test`); a `metadata.resourceVersion` in the patch is a precondition
+//!   (409 `Conflict` when stale);
+//! - `PUT` replace, 409 `Conflict` on a stale `metadata.resourceVersion`;
+//! - `POST .../pods/<name>/eviction`: the Eviction API, 429 `TooManyRequests` while a matching
+//!   `policy/v1` PodDisruptionBudget has `status.disruptionsAllowed` 0, else the pod is deleted
+//!   and the budget's allowance decremented;
+//! - fault injection ([`ApiServer::fail_next`], [`ApiServer::delay_next`]): the next N
+//!   requests matching a method and path prefix fail with a status, or are held for a while;
 //! - `/version`;
-//! - Kubernetes `Status` bodies for errors (404 `NotFound`, 409 `AlreadyExists`, 400 `BadRequest`).
+//! - Kubernetes `Status` bodies for errors (404 `NotFound`, 409 `AlreadyExists`/`Conflict`,
+//!   400 `BadRequest`, 422 `Invalid`, 429 `TooManyRequests`, 500 `InternalError`).
 //!
 //! Every request is recorded ([`ApiServer::requests`]) for exact-request checks.
 //!
@@ -85,6 +97,18 @@ pub struct Store {
     log: Vec<Change>,
     requests: Vec<RecordedRequest>,
     uids: u64,
+    faults: Vec<Fault>,
+}
+
+/// An injected fault: the next `remaining` requests matching `method` (any when `None`) and
+/// starting with `path_prefix` fail with `status`, or wait `delay` before being served.
+#[derive(Debug, Clone)]
+struct Fault {
+    method: Option<String>,
+    path_prefix: String,
+    remaining: u32,
+    status: Option<u16>,
+    delay: Duration,
 }
 
 impl Store {
@@ -254,6 +278,46 @@ impl ApiServer {
         serde_json::from_value(self.put("apis/apps/v1", "replicasets", value)).unwrap_or_default()
     }
 
+    /// Makes the next `count` requests with `method` (any when `None`) whose path starts with
+    /// `path_prefix` fail with `status` (a Kubernetes `Status` body with the matching reason).
+    pub fn fail_next(&self, method: Option<&str>, path_prefix: &str, count: u32, status: u16) {
+        self.shared.store().faults.push(Fault {
+            method: method.map(str::to_uppercase),
+            path_prefix: path_prefix.to_owned(),
+            remaining: count,
+            status: Some(status),
+            delay: Duration::ZERO,
+        });
+    }
+
+    /// Holds the next `count` matching requests for `delay` before serving them (client
+    /// timeouts).
+    pub fn delay_next(&self, method: Option<&str>, path_prefix: &str, count: u32, delay: Duration) {
+        self.shared.store().faults.push(Fault {
+            method: method.map(str::to_uppercase),
+            path_prefix: path_prefix.to_owned(),
+            remaining: count,
+            status: None,
+            delay,
+        });
+    }
+
+    /// An object as stored, by API prefix, plural, namespace (empty: cluster-scoped) and name.
+    pub fn object(&self, api: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = Key {
+            api: api.to_owned(),
+            plural: plural.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.shared.store().get(&key).cloned()
+    }
+
+    /// Every object, for before/after comparisons.
+    pub fn snapshot(&self) -> BTreeMap<Key, Value> {
+        self.shared.store().objects.clone()
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.store().requests.clone()
@@ -272,6 +336,7 @@ struct Target {
     namespace: Option<String>,
     plural: String,
     name: Option<String>,
+    subresource: Option<String>,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -295,12 +360,21 @@ fn parse_path(path: &str) -> Option<Target> {
             namespace,
             plural: (*plural).to_owned(),
             name: None,
+            subresource: None,
         }),
         [plural, name] => Some(Target {
             api,
             namespace,
             plural: (*plural).to_owned(),
             name: Some((*name).to_owned()),
+            subresource: None,
+        }),
+        [plural, name, subresource] => Some(Target {
+            api,
+            namespace,
+            plural: (*plural).to_owned(),
+            name: Some((*name).to_owned()),
+            subresource: Some((*subresource).to_owned()),
         }),
         _ => None,
     }
@@ -341,6 +415,21 @@ fn decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The `Status` reason Kubernetes uses for an HTTP status.
+pub fn reason_of(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    }
+}
+
 /// A Kubernetes `Status` error response.
 pub fn status(code: StatusCode, reason: &str, message: String) -> Response {
     let body = json!({
@@ -373,11 +462,40 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = query_pairs(request.uri().query());
-    shared.store().requests.push(RecordedRequest {
-        method: method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-    });
+    let fault = {
+        let mut store = shared.store();
+        store.requests.push(RecordedRequest {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+        });
+        let found = store.faults.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.as_deref().is_none_or(|m| m == method.as_str())
+                && path.starts_with(&f.path_prefix)
+        });
+        found.map(|f| {
+            f.remaining -= 1;
+            (f.status, f.delay)
+        })
+    };
+    if let Some((code, delay)) = fault {
+        tokio::time::sleep(delay).await;
+        if let Some(code) = code {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return status(
+                code,
+                reason_of(code.as_u16()),
+                format!("injected fault on {method} {path}"),
+            );
+        }
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     if path == "/version" {
         return json_response(&json!({
             "major": "1", "minor": "34", "gitVersion": "v1.34.0-detector-test",
@@ -396,7 +514,262 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(body) => body,
         Err(err) => return status(StatusCode::BAD_REQUEST, "BadRequest", err.to_string()),
     };
+    if method == Method::PATCH {
+        return patch(&shared, target, &content_type, &body);
+    }
+    if method == Method::PUT {
+        return replace(&shared, target, &body);
+    }
+    if target.subresource.as_deref() == Some("eviction") && method == Method::POST {
+        return evict(&shared, &target);
+    }
+    if target.subresource.is_some() {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("subresource of {path} not supported by the test API server"),
+        );
+    }
     dispatch(&shared, &method, target, &query, &body).await
+}
+
+fn target_key(target: &Target) -> Key {
+    Key {
+        api: target.api.clone(),
+        plural: target.plural.clone(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(object) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                object.remove(k);
+            } else {
+                merge_patch(object.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// RFC 6902 JSON patch (`add`, `remove`, `replace`, `test`).
+pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    let unescape = |s: &str| s.replace("~1", "/").replace("~0", "~");
+    for op in ops.as_array().ok_or("a JSON patch is an array")? {
+        let path = op["path"].as_str().ok_or("op without path")?;
+        let (parent_path, last) = path.rsplit_once('/').ok_or("bad path")?;
+        let last = unescape(last);
+        let parent = target
+            .pointer_mut(parent_path)
+            .ok_or_else(|| format!("{parent_path} does not exist"))?;
+        match op["op"].as_str().unwrap_or_default() {
+            "add" | "replace" => match parent {
+                Value::Object(o) => {
+                    if op["op"] == "replace" && !o.contains_key(&last) {
+                        return Err(format!("{path} does not exist"));
+                    }
+                    o.insert(last, op["value"].clone());
+                }
+                Value::Array(a) if last == "-" => a.push(op["value"].clone()),
+                Value::Array(a) => {
+                    let i: usize = last.parse().map_err(|_| "bad index")?;
+                    if i > a.len() {
+                        return Err("index out of range".into());
+                    }
+                    if op["op"] == "replace" {
+                        a[i] = op["value"].clone();
+                    } else {
+                        a.insert(i, op["value"].clone());
+                    }
+                }
+                _ => return Err(format!("{parent_path} is not a container")),
+            },
+            "remove" => {
+                let removed = match parent {
+                    Value::Object(o) => o.remove(&last).is_some(),
+                    Value::Array(a) => last
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&i| i < a.len())
+                        .map(|i| a.remove(i))
+                        .is_some(),
+                    _ => false,
+                };
+                if !removed {
+                    return Err(format!("{path} does not exist"));
+                }
+            }
+            "test" => {
+                if target.pointer(path) != Some(&op["value"]) {
+                    return Err(format!("test of {path} failed"));
+                }
+            }
+            other => return Err(format!("unsupported op {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn stale(current: &Value, wanted: &Value) -> bool {
+    wanted["metadata"]["resourceVersion"]
+        .as_str()
+        .is_some_and(|v| Some(v) != current["metadata"]["resourceVersion"].as_str())
+}
+
+fn conflict(target: &Target) -> Response {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
+            target.plural,
+            target.name.as_deref().unwrap_or_default()
+        ),
+    )
+}
+
+fn patch(shared: &Arc<Shared>, target: Target, content_type: &str, body: &Bytes) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "body is not JSON".into(),
+        );
+    };
+    let key = target_key(&target);
+    let mut store = shared.store();
+    let Some(current) = store.get(&key).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{}\" not found", target.plural, key.name),
+        );
+    };
+    let mut object = current.clone();
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            if stale(&current, &patch) {
+                return conflict(&target);
+            }
+            merge_patch(&mut object, &patch);
+        }
+        "application/json-patch+json" => {
+            if let Err(message) = json_patch(&mut object, &patch) {
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message);
+            }
+        }
+        other => {
+            return status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
+                ),
+            );
+        }
+    }
+    // The server owns these.
+    object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    let change = store.put(key, object);
+    let _ = shared.changes.send(change.clone());
+    json_response(&change.object)
+}
+
+fn replace(shared: &Arc<Shared>, target: Target, body: &Bytes) -> Response {
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "body is not JSON".into(),
+        );
+    };
+    let key = target_key(&target);
+    let mut store = shared.store();
+    let Some(current) = store.get(&key).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} \"{}\" not found", target.plural, key.name),
+        );
+    };
+    if stale(&current, &object) {
+        return conflict(&target);
+    }
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    let change = store.put(key, object);
+    let _ = shared.changes.send(change.clone());
+    json_response(&change.object)
+}
+
+/// The Eviction API: PodDisruptionBudgets matching the pod must allow a disruption.
+fn evict(shared: &Arc<Shared>, target: &Target) -> Response {
+    let key = target_key(target);
+    let mut store = shared.store();
+    let Some(pod) = store.get(&key).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("pods \"{}\" not found", key.name),
+        );
+    };
+    let labels = pod["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let budgets: Vec<Key> = store
+        .objects
+        .iter()
+        .filter(|(k, v)| {
+            k.api == "apis/policy/v1"
+                && k.plural == "poddisruptionbudgets"
+                && k.namespace == key.namespace
+                && v["spec"]["selector"]["matchLabels"]
+                    .as_object()
+                    .is_some_and(|m| m.iter().all(|(mk, mv)| labels.get(mk) == Some(mv)))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for budget in &budgets {
+        let allowed = store.objects[budget]["status"]["disruptionsAllowed"]
+            .as_i64()
+            .unwrap_or(0);
+        if allowed <= 0 {
+            return status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!(
+                    "Cannot evict pod as it would violate the pod's disruption budget {}.",
+                    budget.name
+                ),
+            );
+        }
+    }
+    for budget in budgets {
+        let mut object = store.objects[&budget].clone();
+        let allowed = object["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+        object["status"]["disruptionsAllowed"] = json!(allowed - 1);
+        let change = store.put(budget, object);
+        let _ = shared.changes.send(change);
+    }
+    if let Some(change) = store.delete(&key) {
+        let _ = shared.changes.send(change);
+    }
+    (
+        StatusCode::CREATED,
+        json_response(&json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})),
+    )
+        .into_response()
 }
 
 async fn dispatch(

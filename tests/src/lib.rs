@@ -155,7 +155,7 @@ pub struct Collector {
     batches: mpsc::Receiver<Vec<Event>>,
     seen: Vec<Event>,
     attached: Vec<&'static str>,
-    quarantine: KernelQuarantine,
+    quarantine: Option<KernelQuarantine>,
 }
 
 impl Collector {
@@ -178,13 +178,23 @@ impl Collector {
             batches,
             seen: Vec::new(),
             attached,
-            quarantine,
+            quarantine: Some(quarantine),
         })
     }
 
     /// The in-kernel network quarantine of these sensors.
+    ///
+    /// # Panics
+    /// After [`Collector::take_quarantine`].
     pub fn quarantine(&mut self) -> &mut KernelQuarantine {
-        &mut self.quarantine
+        self.quarantine
+            .as_mut()
+            .expect("the quarantine was handed over")
+    }
+
+    /// Hands the quarantine over (to the containment dispatcher); the programs stay attached.
+    pub fn take_quarantine(&mut self) -> Option<KernelQuarantine> {
+        self.quarantine.take()
     }
 
     /// Names of the attached programs.

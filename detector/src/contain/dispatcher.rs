@@ -1,0 +1,954 @@
+//! The dispatcher: the one place that decides whether a verdict is acted on (guardrails,
+//! budget, warm-up, idempotency), whether for real or as a dry run, and in which order the
+//! steps run.
+//!
+//! [`Guard`] is the sans-IO part: time is passed in, so it is tested without a clock.
+//! [`Containment::start`] runs the rest on a thread of its own: the kernel block is applied in
+//! the dispatcher's loop as soon as a verdict arrives, the API steps of each incident run as a
+//! task of their own, and every entry goes through a group-committing journal writer.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    fmt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Action as _, ContainConfig, EventTarget, Incident, NetworkBlock, SharedBlock, StepCtx,
+    StepOutcome,
+    actions::{kernel_block::KernelBlock, playbook, read_pod},
+    config::LabelTerm,
+    journal::{self, Entry, EntryKind, IncidentRecord, Journal, JournalError},
+    kube::{EventObject, KubeApi},
+    release::{self, ReleaseError},
+};
+use crate::score::{Decision, Subject, Verdict};
+
+/// Verdicts waiting for the dispatcher at most; beyond it they are dropped and counted.
+const QUEUE: usize = 1024;
+
+/// Why a verdict was not acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `contain.enabled` is off.
+    Disabled,
+    /// Within `warmup_s` of the start.
+    WarmUp,
+    /// The daemon's own pod.
+    OwnPod,
+    /// A protected namespace.
+    ProtectedNamespace(String),
+    /// A pod matching a protected label selector.
+    ProtectedLabel(String),
+    /// This containment would exceed the budget: the dispatcher disarms.
+    BudgetExhausted {
+        /// The budget.
+        max: u32,
+        /// Its window, in seconds.
+        window_s: u64,
+    },
+    /// Disarmed by an exhausted budget earlier.
+    Disarmed,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Disabled => write!(f, "containment is disabled"),
+            Self::WarmUp => write!(f, "warming up"),
+            Self::OwnPod => write!(f, "the daemon's own pod"),
+            Self::ProtectedNamespace(ns) => write!(f, "protected namespace {ns}"),
+            Self::ProtectedLabel(term) => write!(f, "protected label {term}"),
+            Self::BudgetExhausted { max, window_s } => write!(
+                f,
+                "budget of {max} containments per {window_s}s exhausted: disarmed until restart"
+            ),
+            Self::Disarmed => write!(f, "disarmed (budget exhausted)"),
+        }
+    }
+}
+
+/// What the guard says about a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Contain.
+    Contain,
+    /// An incident is already open for this pod: no duplicate work.
+    Duplicate(String),
+    /// Refused, journaled as such.
+    Refuse(Refusal),
+}
+
+/// The daemon's own pod, from the downward API (`POD_NAMESPACE`, `POD_NAME`, `POD_UID`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnPod {
+    /// Namespace (protected as a whole).
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: Option<String>,
+    /// UID.
+    pub uid: Option<String>,
+}
+
+impl OwnPod {
+    /// From the environment.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            namespace: var("POD_NAMESPACE"),
+            name: var("POD_NAME"),
+            uid: var("POD_UID"),
+        }
+    }
+}
+
+/// The guardrails, sans-IO: times are milliseconds on any monotonic clock.
+#[derive(Debug)]
+pub struct Guard {
+    enabled: bool,
+    protected_namespaces: BTreeSet<String>,
+    protected_labels: Vec<(String, LabelTerm)>,
+    own: OwnPod,
+    warmup_until_ms: u64,
+    max: u32,
+    window_ms: u64,
+    recent: VecDeque<u64>,
+    armed: bool,
+    active: HashMap<String, String>,
+}
+
+impl Guard {
+    /// A guard for this configuration, started at `now_ms`.
+    pub fn new(config: &ContainConfig, own: OwnPod, now_ms: u64) -> Self {
+        let mut protected_namespaces: BTreeSet<String> =
+            config.protected_namespaces.iter().cloned().collect();
+        protected_namespaces.extend(own.namespace.clone());
+        Self {
+            enabled: config.enabled,
+            protected_namespaces,
+            protected_labels: config
+                .protected_labels
+                .iter()
+                .filter_map(|t| Some((t.clone(), LabelTerm::parse(t).ok()?)))
+                .collect(),
+            own,
+            warmup_until_ms: now_ms + config.warmup_s * 1000,
+            max: config.budget.max,
+            window_ms: config.budget.window_s * 1000,
+            recent: VecDeque::new(),
+            armed: true,
+            active: HashMap::new(),
+        }
+    }
+
+    /// The protected namespaces, the daemon's own included.
+    pub fn protected_namespaces(&self) -> &BTreeSet<String> {
+        &self.protected_namespaces
+    }
+
+    /// Whether the budget has disarmed the dispatcher.
+    pub fn armed(&self) -> bool {
+        self.armed
+    }
+
+    /// The guard's key for a subject.
+    pub fn key(subject: &Subject) -> String {
+        subject
+            .pod_uid
+            .as_ref()
+            .map_or_else(|| subject.key.clone(), |uid| format!("pod:{uid}"))
+    }
+
+    /// Whether the pod's labels are protected.
+    pub fn protected_by_labels(&self, labels: &BTreeMap<String, String>) -> Option<Refusal> {
+        self.protected_labels
+            .iter()
+            .find(|(_, term)| term.matches(labels))
+            .map(|(text, _)| Refusal::ProtectedLabel(text.clone()))
+    }
+
+    /// Decides about a verdict; on [`Admission::Contain`] the containment counts against the
+    /// budget and the pod is active until [`Guard::closed`].
+    pub fn admit(
+        &mut self,
+        subject: &Subject,
+        labels: Option<&BTreeMap<String, String>>,
+        now_ms: u64,
+        incident: &str,
+    ) -> Admission {
+        if !self.enabled {
+            return Admission::Refuse(Refusal::Disabled);
+        }
+        let own = (self.own.uid.is_some() && subject.pod_uid == self.own.uid)
+            || (self.own.name.is_some()
+                && subject.pod == self.own.name
+                && subject.namespace == self.own.namespace);
+        if own {
+            return Admission::Refuse(Refusal::OwnPod);
+        }
+        if let Some(ns) = &subject.namespace
+            && self.protected_namespaces.contains(ns)
+        {
+            return Admission::Refuse(Refusal::ProtectedNamespace(ns.clone()));
+        }
+        if let Some(refusal) = labels.and_then(|l| self.protected_by_labels(l)) {
+            return Admission::Refuse(refusal);
+        }
+        let key = Self::key(subject);
+        if let Some(open) = self.active.get(&key) {
+            return Admission::Duplicate(open.clone());
+        }
+        if now_ms < self.warmup_until_ms {
+            return Admission::Refuse(Refusal::WarmUp);
+        }
+        if !self.armed {
+            return Admission::Refuse(Refusal::Disarmed);
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= self.window_ms)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max as usize {
+            self.armed = false;
+            return Admission::Refuse(Refusal::BudgetExhausted {
+                max: self.max,
+                window_s: self.window_ms / 1000,
+            });
+        }
+        self.recent.push_back(now_ms);
+        self.active.insert(key, incident.to_owned());
+        Admission::Contain
+    }
+
+    /// Marks a pod active (incidents resumed at start).
+    pub fn resumed(&mut self, subject: &Subject, incident: &str) {
+        self.active.insert(Self::key(subject), incident.to_owned());
+    }
+
+    /// The pod's incident is released (or rolled back): a new verdict may contain it again.
+    pub fn closed(&mut self, subject: &Subject) {
+        self.active.remove(&Self::key(subject));
+    }
+}
+
+/// Failure to start containment.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainError {
+    /// The journal cannot be opened or read.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The dispatcher's thread or runtime cannot start.
+    #[error("cannot start the containment dispatcher: {0}")]
+    Start(#[source] std::io::Error),
+}
+
+enum Command {
+    /// Admitted and kernel-blocked on the caller's thread: run the other steps.
+    Steps {
+        incident: Box<Incident>,
+        kernel: Option<StepOutcome>,
+    },
+    /// The budget disarmed the dispatcher: alert on the node.
+    Disarmed {
+        id: String,
+        message: String,
+    },
+    Release {
+        id: String,
+        reply: oneshot::Sender<Result<(), ReleaseError>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Entry point.
+pub struct Containment;
+
+/// The handle the daemon keeps: non-blocking verdict intake, release, and shutdown on drop.
+pub struct ContainmentHandle {
+    shared: Arc<Shared>,
+    tx: Option<mpsc::Sender<Command>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dropped: Arc<AtomicU64>,
+    journal: PathBuf,
+}
+
+/// What the incident tasks share.
+struct Shared {
+    config: ContainConfig,
+    api: Option<KubeApi>,
+    block: SharedBlock,
+    cgroup_root: Option<PathBuf>,
+    guard: Mutex<Guard>,
+    entries: Mutex<Vec<Entry>>,
+    writer: std::sync::mpsc::Sender<WriterMsg>,
+    node: String,
+    started: Instant,
+    counter: AtomicU64,
+}
+
+enum WriterMsg {
+    Entry(Box<Entry>),
+    Sync(std::sync::mpsc::Sender<()>),
+}
+
+impl Shared {
+    fn record(&self, incident: &str, kind: EntryKind) -> Entry {
+        let entry = Entry::new(incident, kind);
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry.clone());
+        let _ = self.writer.send(WriterMsg::Entry(Box::new(entry.clone())));
+        entry
+    }
+
+    fn records(&self) -> BTreeMap<String, IncidentRecord> {
+        journal::replay(
+            self.entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter(),
+        )
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let now = time::OffsetDateTime::now_utc();
+        format!(
+            "inc-{:04}{:02}{:02}t{:02}{:02}{:02}-{}-{n}",
+            now.year(),
+            now.month() as u8,
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            std::process::id()
+        )
+    }
+
+    fn ctx(&self, dry_run: bool) -> StepCtx<'_> {
+        StepCtx::new(
+            &self.config,
+            self.api.as_ref(),
+            Some(&self.block),
+            self.cgroup_root.as_deref(),
+            dry_run,
+        )
+    }
+}
+
+/// A dry run's outcome lists the calls instead of claiming they were made.
+fn finish(ctx: &StepCtx<'_>, outcome: StepOutcome) -> StepOutcome {
+    match outcome {
+        StepOutcome::Done { .. } if ctx.dry_run() => StepOutcome::DryRun {
+            calls: ctx.take_calls(),
+        },
+        other => other,
+    }
+}
+
+impl Containment {
+    /// Starts the dispatcher on a thread of its own. `kube: None` is the standalone mode: the
+    /// kernel block still applies and API steps are journaled as not applicable. Incidents the
+    /// journal shows open are resumed (their kernel block re-applied first).
+    pub fn start(
+        config: ContainConfig,
+        quarantine: impl NetworkBlock + 'static,
+        kube: Option<Client>,
+        journal_dir: &Path,
+    ) -> Result<ContainmentHandle, ContainError> {
+        Self::start_with(
+            config,
+            Box::new(quarantine),
+            kube,
+            journal_dir,
+            OwnPod::from_env(),
+        )
+    }
+
+    /// [`Containment::start`] with the daemon's own pod given.
+    pub fn start_with(
+        mut config: ContainConfig,
+        quarantine: Box<dyn NetworkBlock>,
+        kube: Option<Client>,
+        journal_dir: &Path,
+        own: OwnPod,
+    ) -> Result<ContainmentHandle, ContainError> {
+        let journal = Journal::open(journal_dir)?;
+        let (entries, offset) = journal.read_from(0)?;
+        let started = Instant::now();
+        let guard = Guard::new(&config, own, 0);
+        config.protected_namespaces = guard.protected_namespaces().iter().cloned().collect();
+        let node = crate::attribution::node::detect(config.node_name.as_deref())
+            .map(|n| n.name)
+            .unwrap_or_default();
+        let (writer_tx, writer_rx) = std::sync::mpsc::channel();
+        let journal_path = journal.path().to_owned();
+        std::thread::Builder::new()
+            .name("contain-journal".into())
+            .spawn(move || write_journal(&journal, &writer_rx))
+            .map_err(ContainError::Start)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("contain")
+            .enable_all()
+            .build()
+            .map_err(ContainError::Start)?;
+        let api = kube.map(|client| KubeApi::new(client, config.api.clone()));
+        let shared = Arc::new(Shared {
+            config,
+            api,
+            block: Arc::new(Mutex::new(quarantine)),
+            cgroup_root: crate::cgroup::cgroup2_mount(),
+            guard: Mutex::new(guard),
+            entries: Mutex::new(entries),
+            writer: writer_tx,
+            node,
+            started,
+            counter: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::Builder::new()
+            .name("contain-dispatch".into())
+            .spawn({
+                let shared = shared.clone();
+                move || runtime.block_on(dispatch(shared, rx, offset))
+            })
+            .map_err(ContainError::Start)?;
+        Ok(ContainmentHandle {
+            shared,
+            tx: Some(tx),
+            thread: Some(thread),
+            dropped,
+            journal: journal_path,
+        })
+    }
+}
+
+/// Group commit: every entry queued meanwhile goes out in one write and one fdatasync.
+fn write_journal(journal: &Journal, rx: &std::sync::mpsc::Receiver<WriterMsg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut syncs = Vec::new();
+        for msg in std::iter::once(first).chain(rx.try_iter()) {
+            match msg {
+                WriterMsg::Entry(entry) => batch.push(*entry),
+                WriterMsg::Sync(done) => syncs.push(done),
+            }
+        }
+        if !batch.is_empty()
+            && let Err(err) = journal.append_entries(&batch)
+        {
+            tracing::error!("cannot journal {} entries: {err}", batch.len());
+        }
+        for done in syncs {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl ContainmentHandle {
+    /// Hands a verdict to the dispatcher; only `contain` verdicts matter. It never waits on
+    /// I/O: the guardrails and the kernel block (a map update) run here, in microseconds, the
+    /// journal and the API steps run on the dispatcher's own thread.
+    /// `event_ktime_ns` is the kernel time of the deciding event; `cgroup_ids` the pod-level
+    /// cgroup (or the container cgroups) to block.
+    pub fn on_verdict(&self, verdict: &Verdict, event_ktime_ns: u64, cgroup_ids: Vec<u64>) {
+        if verdict.decision != Decision::Contain {
+            return;
+        }
+        let Some(tx) = &self.tx else { return };
+        let Some(command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids)
+        else {
+            return;
+        };
+        if tx.try_send(command).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(
+                "containment queue full: verdict for {} dropped ({n} so far)",
+                verdict.subject.key
+            );
+        }
+    }
+
+    /// Verdicts dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> &Path {
+        &self.journal
+    }
+
+    /// Releases an incident (blocking; call it off the async runtime's threads).
+    pub fn release(&self, id: &str) -> Result<(), ReleaseError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(ReleaseError::Stopped)?;
+        tx.blocking_send(Command::Release {
+            id: id.to_owned(),
+            reply,
+        })
+        .map_err(|_| ReleaseError::Stopped)?;
+        rx.blocking_recv().map_err(|_| ReleaseError::Stopped)?
+    }
+
+    /// Waits until every verdict handed over so far has been dispatched and every incident
+    /// task has finished, and the journal is on disk (blocking; for tests and shutdown).
+    pub fn flush(&self) {
+        let (done, rx) = oneshot::channel();
+        if let Some(tx) = &self.tx
+            && tx.blocking_send(Command::Flush(done)).is_ok()
+        {
+            let _ = rx.blocking_recv();
+        }
+    }
+}
+
+impl Drop for ContainmentHandle {
+    fn drop(&mut self) {
+        self.flush();
+        self.tx.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>, mut offset: u64) {
+    let mut tasks = tokio::task::JoinSet::new();
+    resume(&shared, &mut tasks);
+    let mut tail = tokio::time::interval(Duration::from_millis(500));
+    tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = rx.recv() => match command {
+                Some(Command::Steps { incident, kernel }) => {
+                    tasks.spawn(api_steps(shared.clone(), *incident, shared.config.dry_run, kernel));
+                }
+                Some(Command::Disarmed { id, message }) => {
+                    if let Some(api) = &shared.api
+                        && !shared.config.dry_run
+                    {
+                        let reporter = shared.node.clone();
+                        let object = EventObject {
+                            kind: "Node",
+                            name: &shared.node,
+                            namespace: None,
+                            uid: None,
+                            reporter: &reporter,
+                        };
+                        api.event(object, "ContainmentDisarmed", &message, &format!("{id}.disarmed"))
+                            .await;
+                    }
+                }
+                Some(Command::Release { id, reply }) => {
+                    let result = release_in_daemon(&shared, &id).await;
+                    let _ = reply.send(result);
+                }
+                Some(Command::Flush(done)) => {
+                    while tasks.join_next().await.is_some() {}
+                    sync_journal(&shared).await;
+                    let _ = done.send(());
+                }
+                None => break,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = tail.tick() => offset = follow_journal(&shared, offset).await,
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    sync_journal(&shared).await;
+}
+
+async fn sync_journal(shared: &Shared) {
+    let (done, rx) = std::sync::mpsc::channel();
+    if shared.writer.send(WriterMsg::Sync(done)).is_ok() {
+        let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+    }
+}
+
+/// Re-applies the kernel block of every incident in force and re-runs the steps of those that
+/// were interrupted (every step is idempotent); finishes releases asked for while stopped.
+fn resume(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
+    for record in shared.records().into_values() {
+        if record.dry_run {
+            continue;
+        }
+        match record.state {
+            journal::IncidentState::Open | journal::IncidentState::Contained => {
+                shared.guard().resumed(&record.subject, &record.id);
+                let incident = release::incident_of(&record, Vec::new());
+                if record
+                    .step("kernel_block")
+                    .is_some_and(StepOutcome::changed)
+                {
+                    let ctx = shared.ctx(false);
+                    let outcome =
+                        futures::FutureExt::now_or_never(KernelBlock.run(&ctx, &incident))
+                            .unwrap_or_else(|| StepOutcome::Failed {
+                                error: "blocked".into(),
+                            });
+                    tracing::info!(
+                        "incident {}: kernel block re-applied: {}",
+                        record.id,
+                        outcome.summary()
+                    );
+                    shared.record(
+                        &record.id,
+                        EntryKind::Step {
+                            step: "kernel_block".into(),
+                            outcome,
+                        },
+                    );
+                }
+                if record.state == journal::IncidentState::Open {
+                    tracing::info!("incident {}: resuming its steps", record.id);
+                    tasks.spawn(api_steps(shared.clone(), incident, false, None));
+                }
+            }
+            journal::IncidentState::ReleasePending => {
+                shared.record(
+                    &record.id,
+                    EntryKind::Undo {
+                        step: "kernel_block".into(),
+                        outcome: StepOutcome::done("lifted: the block did not survive the restart"),
+                    },
+                );
+                shared.record(&record.id, EntryKind::Released);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Picks up what `detector release` wrote: its entries join the dispatcher's view, and a
+/// release it left pending (the kernel block) is finished here.
+async fn follow_journal(shared: &Arc<Shared>, offset: u64) -> u64 {
+    let path = shared.config.journal_dir.join(journal::JOURNAL_FILE);
+    let Ok((entries, next)) = journal::read_from(&path, offset) else {
+        return offset;
+    };
+    let own = std::process::id();
+    let foreign: Vec<Entry> = entries.into_iter().filter(|e| e.pid != own).collect();
+    if foreign.is_empty() {
+        return next;
+    }
+    shared
+        .entries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(foreign.iter().cloned());
+    for entry in foreign {
+        if matches!(entry.kind, EntryKind::ReleaseRequested { .. })
+            && let Err(err) = release_in_daemon(shared, &entry.incident).await
+        {
+            tracing::warn!("incident {}: {err}", entry.incident);
+        }
+    }
+    next
+}
+
+async fn release_in_daemon(shared: &Arc<Shared>, id: &str) -> Result<(), ReleaseError> {
+    let records = shared.records();
+    let record = records
+        .get(id)
+        .ok_or_else(|| ReleaseError::Unknown(id.to_owned()))?;
+    let held = release::node_held_by(record, records.values());
+    let result = release::release(
+        &shared.config,
+        record,
+        held,
+        shared.api.as_ref(),
+        Some(&shared.block),
+        shared.cgroup_root.as_deref(),
+        "daemon",
+        |kind| {
+            shared.record(id, kind);
+        },
+    )
+    .await;
+    if result.is_ok() && !shared.config.dry_run {
+        shared.guard().closed(&record.subject);
+    }
+    result
+}
+
+/// The hot path, on the caller's thread and without I/O: the guardrails, then the kernel
+/// block (a map update), then the journal entries (queued to the writer). What needs the API
+/// goes to the dispatcher's runtime as the returned command.
+fn admit_and_block(
+    shared: &Arc<Shared>,
+    verdict: &Verdict,
+    event_ktime_ns: u64,
+    cgroup_ids: Vec<u64>,
+) -> Option<Command> {
+    let id = shared.new_id();
+    let admission = shared
+        .guard()
+        .admit(&verdict.subject, None, shared.now_ms(), &id);
+    match admission {
+        Admission::Contain => {}
+        Admission::Duplicate(open) => {
+            tracing::debug!("{}: incident {open} already open", verdict.subject.key);
+            return None;
+        }
+        Admission::Refuse(refusal) => {
+            let why = refusal.to_string();
+            let mut disarmed = None;
+            if matches!(refusal, Refusal::BudgetExhausted { .. }) {
+                tracing::error!(
+                    "containment disarmed: {why}; {} not contained",
+                    verdict.subject.key
+                );
+                disarmed = Some(Command::Disarmed {
+                    id: id.clone(),
+                    message: format!("{why}; {} not contained", verdict.subject.key),
+                });
+            } else {
+                tracing::warn!("{}: not contained: {why}", verdict.subject.key);
+            }
+            shared.record(
+                &id,
+                EntryKind::Refused {
+                    subject: verdict.subject.clone(),
+                    why,
+                },
+            );
+            return disarmed;
+        }
+    }
+    let dry_run = shared.config.dry_run;
+    let incident = Incident {
+        id: id.clone(),
+        subject: verdict.subject.clone(),
+        node: shared.node.clone(),
+        score: verdict.score,
+        reason: verdict.reason.clone(),
+        cgroup_ids,
+        pod: None,
+        node_held_by: Vec::new(),
+    };
+    // The kernel block first: it needs no API round trip and cuts the pod off at once.
+    let kernel = if shared.config.steps.kernel_block {
+        let ctx = shared.ctx(dry_run);
+        // No await inside: a map update, done here and now.
+        let outcome = futures::FutureExt::now_or_never(KernelBlock.run(&ctx, &incident))
+            .unwrap_or_else(|| StepOutcome::Failed {
+                error: "the kernel block did not complete at once".into(),
+            });
+        Some(finish(&ctx, outcome))
+    } else {
+        None
+    };
+    shared.record(
+        &id,
+        EntryKind::Opened {
+            subject: incident.subject.clone(),
+            node: incident.node.clone(),
+            score: incident.score,
+            reason: incident.reason.clone(),
+            cgroup_ids: incident.cgroup_ids.clone(),
+            event_ktime_ns,
+            dry_run,
+        },
+    );
+    if let Some(outcome) = kernel.clone() {
+        let entry = shared.record(
+            &id,
+            EntryKind::Step {
+                step: "kernel_block".into(),
+                outcome,
+            },
+        );
+        tracing::info!(
+            "incident {id}: {} kernel block {:?} after the event",
+            verdict.subject.key,
+            Duration::from_nanos(
+                entry
+                    .boot_ns
+                    .unwrap_or_default()
+                    .saturating_sub(event_ktime_ns)
+            )
+        );
+    }
+    Some(Command::Steps {
+        incident: Box::new(incident),
+        kernel,
+    })
+}
+
+/// Every step after the kernel block, in playbook order, each journaled; then `Completed`.
+async fn api_steps(
+    shared: Arc<Shared>,
+    mut incident: Incident,
+    dry_run: bool,
+    kernel: Option<StepOutcome>,
+) {
+    let id = incident.id.clone();
+    if let (Some(_), Some((ns, name))) = (shared.api.as_ref(), incident.pod_ref()) {
+        let ctx = shared.ctx(dry_run);
+        match read_pod(&ctx, ns, name).await {
+            Ok(Some(pod)) => {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let refusal = shared.guard().protected_by_labels(&labels);
+                if let Some(refusal) = refusal {
+                    roll_back(&shared, &incident, &refusal.to_string()).await;
+                    return;
+                }
+                if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                    incident.node = node;
+                }
+                if incident.subject.pod_uid.is_none() {
+                    incident.subject.pod_uid = pod.metadata.uid.clone();
+                }
+                incident.pod = Some(pod);
+            }
+            Ok(None) => tracing::warn!("incident {id}: pod {ns}/{name} not found"),
+            Err(err) => tracing::warn!("incident {id}: cannot read the pod: {err}"),
+        }
+    }
+    let mut events = Vec::new();
+    if let Some(outcome) = kernel
+        && shared.config.events
+        && !dry_run
+        && outcome.changed()
+    {
+        events.extend(emit_event(
+            &shared,
+            &incident,
+            EventTarget::Pod,
+            KernelBlock.name(),
+            &outcome,
+        ));
+    }
+    for action in playbook() {
+        if action.name() == KernelBlock.name() || !action.enabled(&shared.config) {
+            continue;
+        }
+        let ctx = shared.ctx(dry_run);
+        let outcome = finish(&ctx, action.run(&ctx, &incident).await);
+        if !outcome.ok() {
+            tracing::warn!("incident {id}: {}: {}", action.name(), outcome.summary());
+        }
+        if shared.config.events && !dry_run && outcome.changed() {
+            events.extend(emit_event(
+                &shared,
+                &incident,
+                action.event_target(),
+                action.name(),
+                &outcome,
+            ));
+        }
+        shared.record(
+            &id,
+            EntryKind::Step {
+                step: action.name().into(),
+                outcome,
+            },
+        );
+    }
+    shared.record(&id, EntryKind::Completed);
+    // Events are best effort and off the steps' path; the task ends once they are sent.
+    for event in events {
+        let _ = event.await;
+    }
+}
+
+fn emit_event(
+    shared: &Arc<Shared>,
+    incident: &Incident,
+    target: EventTarget,
+    step: &str,
+    outcome: &StepOutcome,
+) -> Option<tokio::task::JoinHandle<()>> {
+    shared.api.as_ref()?;
+    let shared = shared.clone();
+    let pod: Option<&Pod> = incident.pod.as_ref();
+    let uid = match target {
+        EventTarget::Pod => pod.and_then(|p| p.metadata.uid.clone()),
+        EventTarget::Node => None,
+    };
+    let (kind, name, namespace) = match target {
+        EventTarget::Pod => (
+            "Pod",
+            incident.subject.pod.clone().unwrap_or_default(),
+            incident.subject.namespace.clone(),
+        ),
+        EventTarget::Node => ("Node", incident.node.clone(), None),
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let message = format!("incident {}: {step}: {}", incident.id, outcome.summary());
+    let unique = format!("{}.{}", incident.id, step.replace('_', "-"));
+    Some(tokio::spawn(async move {
+        if let Some(api) = &shared.api {
+            let reporter = shared.node.clone();
+            api.event(
+                EventObject {
+                    kind,
+                    name: &name,
+                    namespace: namespace.as_deref(),
+                    uid: uid.as_deref(),
+                    reporter: &reporter,
+                },
+                "Quarantine",
+                &message,
+                &unique,
+            )
+            .await;
+        }
+    }))
+}
+
+/// A pod found protected only once read from the API: lift the kernel block, journal why.
+async fn roll_back(shared: &Arc<Shared>, incident: &Incident, why: &str) {
+    tracing::warn!("incident {}: {why}: rolling back", incident.id);
+    shared.record(
+        &incident.id,
+        EntryKind::Step {
+            step: "guardrails".into(),
+            outcome: StepOutcome::Failed {
+                error: format!("{why}: rolled back"),
+            },
+        },
+    );
+    let ctx = shared.ctx(shared.config.dry_run);
+    let outcome = finish(
+        &ctx,
+        KernelBlock
+            .undo(&ctx, incident, &StepOutcome::done(""))
+            .await,
+    );
+    shared.record(
+        &incident.id,
+        EntryKind::Undo {
+            step: "kernel_block".into(),
+            outcome,
+        },
+    );
+    shared.record(&incident.id, EntryKind::Released);
+    shared.guard().closed(&incident.subject);
+}

@@ -1,0 +1,395 @@
+//! The incident journal: one append-only JSON-lines file (`journal.jsonl`) in the journal
+//! directory, each entry written with one `write(2)` on an `O_APPEND` descriptor and
+//! `fdatasync`'d before the next, so the daemon and the `detector release` command can both
+//! append and a crash loses at most the entry being written (a torn last line is skipped on
+//! read).
+//!
+//! [`replay`] folds the entries into [`IncidentRecord`]s: a pure function, so the daemon's
+//! resume, `detector incidents` and the tests read the journal the same way.
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use super::StepOutcome;
+use crate::score::Subject;
+
+/// The journal's file name inside the journal directory.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+
+/// Failure of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The directory or file could not be created, opened, written or synced.
+    #[error("journal {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Wall-clock time of the entry (RFC 3339).
+    pub ts: String,
+    /// The incident id.
+    pub incident: String,
+    /// `CLOCK_BOOTTIME` when it was recorded (the kernel's event clock), for latencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_ns: Option<u64>,
+    /// The writing process (the daemon or a `detector release`).
+    #[serde(default)]
+    pub pid: u32,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    /// An entry of this process, now.
+    pub fn new(incident: &str, kind: EntryKind) -> Self {
+        Self {
+            ts: now_rfc3339(),
+            incident: incident.to_owned(),
+            boot_ns: Some(crate::clock::Clock::boot_now_ns()),
+            pid: std::process::id(),
+            kind,
+        }
+    }
+}
+
+/// What a journal line records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A containment started.
+    Opened {
+        /// The pod.
+        subject: Subject,
+        /// The node the pod runs on, as far as known.
+        node: String,
+        /// Score of the verdict.
+        score: f64,
+        /// Reason of the verdict.
+        reason: String,
+        /// cgroup ids to block.
+        cgroup_ids: Vec<u64>,
+        /// Kernel time of the deciding event.
+        event_ktime_ns: u64,
+        /// Whether this incident is a dry run.
+        dry_run: bool,
+    },
+    /// A verdict the guardrails refused (protected, budget, warm-up, disarmed).
+    Refused {
+        /// The pod.
+        subject: Subject,
+        /// Why.
+        why: String,
+    },
+    /// One playbook step ran.
+    Step {
+        /// Step name.
+        step: String,
+        /// Its outcome.
+        outcome: StepOutcome,
+    },
+    /// Every step has been attempted.
+    Completed,
+    /// One step was undone.
+    Undo {
+        /// Step name.
+        step: String,
+        /// Its outcome.
+        outcome: StepOutcome,
+    },
+    /// Release was asked for; what is still pending is done by the daemon.
+    ReleaseRequested {
+        /// Who asked: `daemon` or `cli`.
+        by: String,
+    },
+    /// Every undoable step has been undone.
+    Released,
+}
+
+/// The state of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentState {
+    /// Steps still running (or interrupted: resumed at start).
+    Open,
+    /// Every step attempted; containment in force.
+    Contained,
+    /// Refused by the guardrails; nothing was done.
+    Refused,
+    /// Release asked for; the daemon still has to lift the kernel block.
+    ReleasePending,
+    /// Released.
+    Released,
+}
+
+/// An incident, folded from its journal entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncidentRecord {
+    /// Id.
+    pub id: String,
+    /// When it was opened.
+    pub opened: String,
+    /// The pod.
+    pub subject: Subject,
+    /// The node.
+    pub node: String,
+    /// Score.
+    pub score: f64,
+    /// Reason (or, when refused, why it was refused).
+    pub reason: String,
+    /// cgroup ids.
+    pub cgroup_ids: Vec<u64>,
+    /// Kernel time of the deciding event.
+    pub event_ktime_ns: u64,
+    /// Dry run.
+    pub dry_run: bool,
+    /// State.
+    pub state: IncidentState,
+    /// Each step's latest outcome, in the order first run.
+    pub steps: Vec<(String, StepOutcome)>,
+    /// Each undo's latest outcome.
+    pub undone: Vec<(String, StepOutcome)>,
+    /// Boot time when the kernel block was in place.
+    pub kernel_block_ns: Option<u64>,
+    /// Boot time when every step had been attempted.
+    pub completed_ns: Option<u64>,
+}
+
+impl IncidentRecord {
+    /// The latest outcome of a step.
+    pub fn step(&self, name: &str) -> Option<&StepOutcome> {
+        self.steps.iter().find(|(n, _)| n == name).map(|(_, o)| o)
+    }
+
+    /// Whether the containment is (or may still be) in force: not refused, not released.
+    pub fn active(&self) -> bool {
+        matches!(self.state, IncidentState::Open | IncidentState::Contained)
+    }
+}
+
+fn set(list: &mut Vec<(String, StepOutcome)>, name: String, outcome: StepOutcome) {
+    match list.iter_mut().find(|(n, _)| *n == name) {
+        // A resumed step finding its own earlier work keeps the record of that work (and the
+        // undo data in it).
+        Some((_, StepOutcome::Done { .. }))
+            if matches!(outcome, StepOutcome::AlreadyDone { .. }) => {}
+        Some(slot) => slot.1 = outcome,
+        None => list.push((name, outcome)),
+    }
+}
+
+/// Folds entries into incidents, by id, in journal order.
+pub fn replay<'a>(
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> BTreeMap<String, IncidentRecord> {
+    let mut incidents: BTreeMap<String, IncidentRecord> = BTreeMap::new();
+    for entry in entries {
+        let id = entry.incident.clone();
+        match &entry.kind {
+            EntryKind::Opened {
+                subject,
+                node,
+                score,
+                reason,
+                cgroup_ids,
+                event_ktime_ns,
+                dry_run,
+            } => {
+                incidents.insert(
+                    id.clone(),
+                    IncidentRecord {
+                        id,
+                        opened: entry.ts.clone(),
+                        subject: subject.clone(),
+                        node: node.clone(),
+                        score: *score,
+                        reason: reason.clone(),
+                        cgroup_ids: cgroup_ids.clone(),
+                        event_ktime_ns: *event_ktime_ns,
+                        dry_run: *dry_run,
+                        state: IncidentState::Open,
+                        steps: Vec::new(),
+                        undone: Vec::new(),
+                        kernel_block_ns: None,
+                        completed_ns: None,
+                    },
+                );
+            }
+            EntryKind::Refused { subject, why } => {
+                incidents.insert(
+                    id.clone(),
+                    IncidentRecord {
+                        id,
+                        opened: entry.ts.clone(),
+                        subject: subject.clone(),
+                        node: String::new(),
+                        score: 0.0,
+                        reason: why.clone(),
+                        cgroup_ids: Vec::new(),
+                        event_ktime_ns: 0,
+                        dry_run: false,
+                        state: IncidentState::Refused,
+                        steps: Vec::new(),
+                        undone: Vec::new(),
+                        kernel_block_ns: None,
+                        completed_ns: None,
+                    },
+                );
+            }
+            kind => {
+                let Some(incident) = incidents.get_mut(&id) else {
+                    continue;
+                };
+                match kind {
+                    EntryKind::Step { step, outcome } => {
+                        if step == "kernel_block" && outcome.ok() {
+                            incident.kernel_block_ns = entry.boot_ns;
+                        }
+                        set(&mut incident.steps, step.clone(), outcome.clone());
+                    }
+                    EntryKind::Completed if incident.state == IncidentState::Open => {
+                        incident.state = IncidentState::Contained;
+                        incident.completed_ns = entry.boot_ns;
+                    }
+                    EntryKind::Undo { step, outcome } => {
+                        set(&mut incident.undone, step.clone(), outcome.clone());
+                    }
+                    EntryKind::ReleaseRequested { .. }
+                        if incident.state != IncidentState::Released =>
+                    {
+                        incident.state = IncidentState::ReleasePending;
+                    }
+                    EntryKind::Released => incident.state = IncidentState::Released,
+                    _ => {}
+                }
+            }
+        }
+    }
+    incidents
+}
+
+/// The journal file, open for appending.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// Now, formatted for an entry.
+pub fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Journal {
+    /// Opens (creating the directory and file if needed) the journal of `dir`.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| JournalError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(JOURNAL_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(Self {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry (one write) and syncs it to disk.
+    pub fn append(&self, incident: &str, kind: EntryKind) -> Result<Entry, JournalError> {
+        let entry = Entry::new(incident, kind);
+        self.append_entries(std::slice::from_ref(&entry))?;
+        Ok(entry)
+    }
+
+    /// Appends entries (one write) and syncs them: the group commit of the daemon's writer.
+    pub fn append_entries(&self, entries: &[Entry]) -> Result<(), JournalError> {
+        let mut text = String::new();
+        for entry in entries {
+            // Entries are plain data; serialization cannot fail.
+            text.push_str(&serde_json::to_string(entry).unwrap_or_default());
+            text.push('\n');
+        }
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|source| JournalError::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Every entry from byte `from` on, and the offset after the last complete line.
+    pub fn read_from(&self, from: u64) -> Result<(Vec<Entry>, u64), JournalError> {
+        read_from(&self.path, from)
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> Result<Vec<Entry>, JournalError> {
+        Ok(self.read_from(0)?.0)
+    }
+}
+
+/// Reads the entries of a journal file from byte `from`; a torn (unterminated or unparsable)
+/// line is skipped, with a warning.
+pub fn read_from(path: &Path, from: u64) -> Result<(Vec<Entry>, u64), JournalError> {
+    let io = |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(err) => return Err(io(err)),
+    };
+    file.seek(SeekFrom::Start(from)).map_err(io)?;
+    let mut reader = BufReader::new(file);
+    let mut offset = from;
+    let mut entries = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(io)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        offset += n as u64;
+        match serde_json::from_str(line.trim_end()) {
+            Ok(entry) => entries.push(entry),
+            Err(err) => tracing::warn!("{}: skipping a damaged entry: {err}", path.display()),
+        }
+    }
+    Ok((entries, offset))
+}

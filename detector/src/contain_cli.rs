@@ -1,0 +1,131 @@
+//! `detector incidents` and `detector release`: thin wrappers over [`detector::contain`].
+//!
+//! `release` runs outside the daemon, so it cannot touch the daemon's kernel maps: it undoes
+//! the API steps itself (guarded by the same configuration, dry run included), journals the
+//! kernel block as pending, and the daemon, which follows the journal, lifts it within a
+//! second and journals the incident as released.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use detector::{
+    config::Config,
+    contain::{
+        journal::{self, Journal},
+        kube::KubeApi,
+        release,
+    },
+};
+
+/// Where the journal is.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Configuration file (YAML); its `contain.journal_dir` is used.
+    #[arg(long, short, env = "DETECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// The journal directory (overrides the configuration).
+    #[arg(long)]
+    journal_dir: Option<PathBuf>,
+}
+
+impl JournalArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.journal_dir {
+            config.contain.journal_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Prints the journal's incidents, one line each (or JSON with `json`).
+pub fn incidents(args: &JournalArgs, json: bool) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let path = config.contain.journal_dir.join(journal::JOURNAL_FILE);
+    let (entries, _) = journal::read_from(&path, 0)?;
+    for record in journal::replay(&entries).values() {
+        if json {
+            println!("{}", serde_json::to_string(record)?);
+            continue;
+        }
+        let pod = match (&record.subject.namespace, &record.subject.pod) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            _ => record.subject.key.clone(),
+        };
+        println!(
+            "{}  {:?}{}  {pod}  node={}  score={:.1}  {}",
+            record.id,
+            record.state,
+            if record.dry_run { " (dry run)" } else { "" },
+            record.node,
+            record.score,
+            record.reason
+        );
+        for (step, outcome) in &record.steps {
+            println!("    {step}: {}", outcome.summary());
+        }
+        for (step, outcome) in &record.undone {
+            println!("    undo {step}: {}", outcome.summary());
+        }
+    }
+    Ok(())
+}
+
+/// Releases an incident from outside the daemon.
+pub fn release(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let journal = Journal::open(&config.contain.journal_dir)?;
+    let records = journal::replay(&journal.entries()?);
+    let record = records
+        .get(id)
+        .with_context(|| format!("no incident {id} in {}", journal.path().display()))?;
+    let needs_api = record.steps.iter().any(|(step, outcome)| {
+        outcome.changed() && !matches!(step.as_str(), "kernel_block" | "freeze" | "kill")
+    });
+    let held = release::node_held_by(record, records.values());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let api = if needs_api {
+                let client = kube::Client::try_default().await.context(
+                    "the incident changed cluster objects, and the cluster is unreachable",
+                )?;
+                Some(KubeApi::new(client, config.contain.api.clone()))
+            } else {
+                None
+            };
+            let mut journal_error = None;
+            let result = release::release(
+                &config.contain,
+                record,
+                held,
+                api.as_ref(),
+                None,
+                None,
+                "cli",
+                |kind| {
+                    if let Err(err) = journal.append(id, kind) {
+                        journal_error.get_or_insert(err);
+                    }
+                },
+            )
+            .await;
+            if let Some(err) = journal_error {
+                return Err(err.into());
+            }
+            result.map_err(anyhow::Error::from)
+        })?;
+    let after = journal::replay(&journal.entries()?);
+    if let Some(record) = after.get(id) {
+        for (step, outcome) in &record.undone {
+            println!("undo {step}: {}", outcome.summary());
+        }
+        println!("{id}: {:?}", record.state);
+    }
+    Ok(())
+}
