@@ -62,6 +62,8 @@ pub struct Config {
     pub sensors: SensorsConfig,
     /// Where events go.
     pub output: OutputConfig,
+    /// SIEM export.
+    pub export: crate::export::config::ExportConfig,
 }
 
 /// Which cgroups are reported on.
@@ -225,6 +227,7 @@ impl Config {
                 }
             }
         }
+        problems.extend(self.export.validate());
         problems
     }
 }
@@ -290,7 +293,10 @@ mod tests {
 
     #[test]
     fn the_shipped_node_configuration_is_valid() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.yaml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config.yaml"
+        ));
         let config = Config::load(path).unwrap();
         assert_eq!(config.sensors.watch, Watch::Containers);
     }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod export;
 pub mod output;
 pub mod pipeline;
 pub mod sensors;
