@@ -293,10 +293,7 @@ mod tests {
 
     #[test]
     fn the_shipped_node_configuration_is_valid() {
-        let path = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/config.yaml"
-        ));
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.yaml"));
         let config = Config::load(path).unwrap();
         assert_eq!(config.sensors.watch, Watch::Containers);
     }
