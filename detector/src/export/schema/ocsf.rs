@@ -437,4 +437,59 @@ mod tests {
         assert_eq!(connect["dst_endpoint"]["port"], 443);
         assert_eq!(connect["connection_info"]["protocol_num"], 6);
     }
+
+    /// The vendored schema of a class, with the shared objects as `$defs`.
+    fn class_schema(name: &str) -> Value {
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/ocsf"));
+        let read = |file: &str| -> Value {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let mut schema = read(&format!("{name}.json"));
+        schema["$defs"] = read("objects.json")["$defs"].clone();
+        schema
+    }
+
+    fn class_file(class_uid: u64) -> &'static str {
+        match class_uid {
+            0 => "base_event",
+            1001 => "file_activity",
+            1007 => "process_activity",
+            2004 => "detection_finding",
+            4001 => "network_activity",
+            7001 => "remediation_activity",
+            other => panic!("no schema for class {other}"),
+        }
+    }
+
+    #[test]
+    fn every_record_kind_validates_against_the_ocsf_schema() {
+        let ctx = Context::new("node-1");
+        for envelope in fixtures::all() {
+            let doc = map(&envelope, &ctx);
+            let class = class_file(doc["class_uid"].as_u64().unwrap());
+            let validator = jsonschema::validator_for(&class_schema(class)).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&doc)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{class}: {errors:#?}\n{doc:#}");
+        }
+    }
+
+    #[test]
+    fn the_schema_catches_a_broken_mapping() {
+        let ctx = Context::new("node-1");
+        let mut doc = map(&fixtures::all()[0], &ctx);
+        let validator = jsonschema::validator_for(&class_schema("process_activity")).unwrap();
+        assert!(validator.is_valid(&doc));
+        doc["process"]["pid"] = "100".into();
+        assert!(!validator.is_valid(&doc));
+        doc["process"]["pid"] = 100.into();
+        doc["procss"] = json!({});
+        assert!(!validator.is_valid(&doc));
+        doc.as_object_mut().unwrap().remove("procss");
+        doc.as_object_mut().unwrap().remove("actor");
+        assert!(!validator.is_valid(&doc));
+    }
 }
