@@ -96,6 +96,8 @@ pub struct SinkStats {
     pub name: String,
     /// Records handed to the sink's channel.
     pub accepted: u64,
+    /// Records written to the disk queue since start (durable from then on).
+    pub queued: u64,
     /// Events dropped because the sink's channel was full.
     pub dropped_channel: u64,
     /// Events dropped by the full queue (`drop_oldest`).
@@ -283,15 +285,16 @@ impl ExporterHandle {
         self.sinks
             .iter()
             .map(|s| {
-                let (dropped_queue, queued_bytes) = s
+                let (queued, dropped_queue, queued_bytes) = s
                     .queue
                     .lock()
-                    .map(|q| (q.stats().dropped, q.bytes()))
+                    .map(|q| (q.stats().pushed, q.stats().dropped, q.bytes()))
                     .unwrap_or_default();
                 let c = &s.counters;
                 SinkStats {
                     name: s.name.clone(),
                     accepted: c.accepted.load(Ordering::Relaxed),
+                    queued,
                     dropped_channel: c.dropped_channel.load(Ordering::Relaxed),
                     dropped_queue,
                     delivered: c.delivered.load(Ordering::Relaxed),

@@ -96,7 +96,7 @@ pub struct Batch {
     pub records: Vec<Vec<u8>>,
     /// Total payload bytes.
     pub bytes: usize,
-    end: Option<(Position, u64)>,
+    end: Option<Position>,
 }
 
 impl Batch {
@@ -146,7 +146,9 @@ pub struct DiskQueue {
     reader: Option<Reader>,
     last_sync: Instant,
     unsynced: bool,
-    generation: u64,
+    /// End of the batch being delivered: compaction leaves what is before it alone, so a
+    /// record is never both delivered and counted as dropped.
+    in_flight: Option<Position>,
     stats: QueueStats,
 }
 
@@ -293,7 +295,7 @@ impl DiskQueue {
             reader: None,
             last_sync: Instant::now(),
             unsynced: false,
-            generation: 0,
+            in_flight: None,
             stats: QueueStats::default(),
         };
         Ok(queue)
@@ -450,7 +452,8 @@ impl DiskQueue {
         Ok(())
     }
 
-    /// Rewrites one closed segment keeping only its protected records (from the head on).
+    /// Rewrites one closed segment keeping only its protected records (from the head on), and
+    /// the records of the batch being delivered as they are.
     fn compact(&mut self, index: usize) -> Result<(), QueueError> {
         let segment = self.segments[index];
         let path = segment_path(&self.dir, segment.id);
@@ -459,10 +462,16 @@ impl DiskQueue {
         } else {
             0
         };
+        let keep_until = match self.in_flight {
+            Some(end) if end.segment > segment.id => return Ok(()),
+            Some(end) if end.segment == segment.id => end.offset.max(start),
+            _ => start,
+        };
         let mut file = File::open(&path).map_err(io_err(&path))?;
         file.seek(SeekFrom::Start(start)).map_err(io_err(&path))?;
+        let mut kept = vec![0u8; usize::try_from(keep_until - start).unwrap_or(0)];
+        file.read_exact(&mut kept).map_err(io_err(&path))?;
         let mut reader = BufReader::with_capacity(1 << 16, file);
-        let mut kept = Vec::new();
         while let Some(frame) = read_frame(&mut reader).map_err(io_err(&path))? {
             match frame {
                 Frame::Record(flags, payload) if flags & PROTECTED != 0 => {
@@ -492,7 +501,11 @@ impl DiskQueue {
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         self.segments[index].len = kept.len() as u64;
         self.reader = None;
-        self.generation += 1;
+        if let Some(end) = &mut self.in_flight
+            && end.segment == segment.id
+        {
+            end.offset -= start;
+        }
         Ok(())
     }
 
@@ -554,17 +567,18 @@ impl DiskQueue {
                 }
             }
         }
-        batch.end = Some((pos, self.generation));
+        batch.end = Some(pos);
+        self.in_flight = Some(pos);
         Ok(batch)
     }
 
-    /// Acknowledges a delivered batch: its records are never read again. A batch read before
-    /// a compaction is not acknowledged (its records may be sent twice, never lost).
+    /// Acknowledges the batch last read: its records are never read again.
     pub fn ack(&mut self, batch: &Batch) -> Result<(), QueueError> {
-        let Some((end, generation)) = batch.end else {
+        // The queue tracks the batch's end itself: a compaction may have moved it.
+        let Some(end) = self.in_flight.take().filter(|_| batch.end.is_some()) else {
             return Ok(());
         };
-        if generation != self.generation || end <= self.head {
+        if end <= self.head {
             return Ok(());
         }
         self.head = end;
