@@ -196,6 +196,7 @@ fn is_root() -> bool {
 
 fn test() -> anyhow::Result<()> {
     setup()?;
+    install_rsyslog()?;
     // The eBPF crate builds only for the bpf target; it is linted there, the rest on the host.
     status(cargo().arg("clippy").args(HOST_CRATES).args([
         "--all-targets",
@@ -226,6 +227,36 @@ fn test() -> anyhow::Result<()> {
         eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
     }
     run_tests(cargo().arg("test").args(HOST_CRATES))
+}
+
+/// rsyslog with its TLS driver, the syslog receiver of the export tests (Debian packages;
+/// idempotent: nothing runs when both are there).
+fn install_rsyslog() -> anyhow::Result<()> {
+    let gtls = output(Command::new("sh").args(["-c", "ls /usr/lib/*/rsyslog/lmnsd_gtls.so"]));
+    if Path::new("/usr/sbin/rsyslogd").exists() && gtls.is_ok() {
+        return Ok(());
+    }
+    let install = || {
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "rsyslog",
+                "rsyslog-gnutls",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        status(Command::new("apt-get").arg("update"))?;
+        ensure!(
+            install(),
+            "cannot install rsyslog and rsyslog-gnutls with apt-get"
+        );
+    }
+    Ok(())
 }
 
 /// Runs cargo test, passing its output through, and closes with one line adding up every

@@ -429,6 +429,11 @@ impl Delivery {
     }
 
     async fn run(mut self) {
+        self.deliver_until_stopped().await;
+        self.sink.close().await;
+    }
+
+    async fn deliver_until_stopped(&mut self) {
         let name = self.config.name.clone();
         let mut deadline: Option<Instant> = None;
         loop {

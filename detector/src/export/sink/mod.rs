@@ -114,6 +114,13 @@ impl Sink {
         })
     }
 
+    /// Ends the sink's connections cleanly.
+    pub async fn close(&mut self) {
+        if let Self::Syslog(s) = self {
+            s.close().await;
+        }
+    }
+
     /// Sends one batch; `Ok` means the receiver has every record of it (or refused some for
     /// good, returned as their count).
     pub async fn deliver(&mut self, batch: &[Item]) -> Result<usize, SinkError> {

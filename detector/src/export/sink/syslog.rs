@@ -231,6 +231,22 @@ impl Syslog {
         result
     }
 
+    /// Closes the connection cleanly (TLS `close_notify`, TCP FIN).
+    pub async fn close(&mut self) {
+        let shutdown = async {
+            match self.connection.take() {
+                Some(Connection::Tcp(mut stream)) => {
+                    let _ = stream.shutdown().await;
+                }
+                Some(Connection::Tls(mut stream)) => {
+                    let _ = stream.shutdown().await;
+                }
+                Some(Connection::Udp(_)) | None => {}
+            }
+        };
+        let _ = tokio::time::timeout(self.timeout, shutdown).await;
+    }
+
     fn frames(&self, batch: &[Item]) -> Vec<u8> {
         let mut out = Vec::with_capacity(batch.len() * 600);
         for item in batch {
