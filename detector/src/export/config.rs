@@ -609,6 +609,17 @@ sinks:
     }
 
     #[test]
+    fn the_readme_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```yaml\nexport:").unwrap() + "```yaml\n".len();
+        let end = start + readme[start..].find("```").unwrap();
+        let config =
+            crate::config::Config::parse(&readme[start..end], std::path::Path::new("README.md"))
+                .unwrap();
+        assert_eq!(config.export.sinks.len(), 3);
+    }
+
+    #[test]
     fn secrets_never_show() {
         let secret = Secret("hunter2".into());
         assert!(!format!("{secret:?}").contains("hunter2"));

@@ -64,8 +64,8 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// POSTs a body and classifies the answer: 2xx is `Ok` with the response body; 408, 429 and
-/// 5xx are worth a retry; anything else refuses the `count` records for good.
+/// POSTs a body and classifies the answer: 2xx is `Ok` with the response body, statuses
+/// [`is_retryable`] are retried, anything else refuses the `count` records for good.
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -98,7 +98,7 @@ pub async fn post(
     }
     let text: String = String::from_utf8_lossy(&body).chars().take(512).collect();
     let code = status.as_u16();
-    if code == 408 || code == 429 || status.is_server_error() {
+    if is_retryable(code) {
         Err(SinkError::Retryable {
             status: code,
             body: text,
@@ -109,6 +109,14 @@ pub async fn post(
             message: format!("{code}: {text}"),
         })
     }
+}
+
+/// Whether an error status is worth a retry. Besides overload and server errors (408, 429,
+/// 5xx), authentication and routing failures (401, 403, 404) are retried: they are fixed on the
+/// receiver's side, and dropping records meanwhile would lose them. What remains (400, 413,
+/// 422...) is a refusal of the records themselves.
+pub fn is_retryable(status: u16) -> bool {
+    matches!(status, 401 | 403 | 404 | 408 | 429 | 500..=599)
 }
 
 /// A generic HTTP endpoint.
@@ -178,5 +186,30 @@ impl Webhook {
         )
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        for status in [401, 403, 404, 408, 429, 500, 502, 503, 504] {
+            assert!(is_retryable(status), "{status}");
+        }
+        for status in [400, 413, 415, 422] {
+            assert!(!is_retryable(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read as _;
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&gzip(b"hello")[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "hello");
     }
 }

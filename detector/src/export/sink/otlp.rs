@@ -34,24 +34,45 @@ pub fn severity(severity: Severity) -> (u8, &'static str) {
     }
 }
 
-/// A JSON value as an OTLP `AnyValue`.
+/// A JSON value as an OTLP `AnyValue`. Built by hand: `json!` would serialize each nested
+/// value again at every level.
 pub fn any_value(value: &Value) -> Value {
     match value {
-        Value::Null => json!({}),
-        Value::Bool(b) => json!({"boolValue": b}),
-        Value::Number(n) if n.is_i64() || n.is_u64() => json!({"intValue": n.to_string()}),
-        Value::Number(n) => json!({"doubleValue": n.as_f64()}),
-        Value::String(s) => json!({"stringValue": s}),
-        Value::Array(items) => {
-            json!({"arrayValue": {"values": items.iter().map(any_value).collect::<Vec<_>>()}})
+        Value::Null => Value::Object(Map::new()),
+        Value::Bool(b) => single("boolValue", Value::Bool(*b)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            single("intValue", Value::String(n.to_string()))
         }
-        Value::Object(map) => json!({"kvlistValue": {"values": key_values(map)}}),
+        Value::Number(n) => single("doubleValue", n.as_f64().map_or(Value::Null, Value::from)),
+        Value::String(s) => single("stringValue", Value::String(s.clone())),
+        Value::Array(items) => single(
+            "arrayValue",
+            single(
+                "values",
+                Value::Array(items.iter().map(any_value).collect()),
+            ),
+        ),
+        Value::Object(map) => single(
+            "kvlistValue",
+            single("values", Value::Array(key_values(map))),
+        ),
     }
+}
+
+fn single(key: &str, value: Value) -> Value {
+    let mut map = Map::with_capacity(1);
+    map.insert(key.to_owned(), value);
+    Value::Object(map)
 }
 
 fn key_values(map: &Map<String, Value>) -> Vec<Value> {
     map.iter()
-        .map(|(k, v)| json!({"key": k, "value": any_value(v)}))
+        .map(|(k, v)| {
+            let mut pair = Map::with_capacity(2);
+            pair.insert("key".into(), Value::String(k.clone()));
+            pair.insert("value".into(), any_value(v));
+            Value::Object(pair)
+        })
         .collect()
 }
 
@@ -85,23 +106,41 @@ impl Otlp {
                 let record = &item.envelope.record;
                 let (number, text) = severity(record.severity());
                 let kind = serde_json::to_value(record.kind()).unwrap_or_default();
-                json!({
-                    "timeUnixNano": record.time().unix_timestamp_nanos().to_string(),
-                    "observedTimeUnixNano": observed,
-                    "severityNumber": number,
-                    "severityText": text,
-                    "body": any_value(&item.doc),
-                    "attributes": [
+                let mut log = Map::with_capacity(7);
+                log.insert(
+                    "timeUnixNano".into(),
+                    Value::String(record.time().unix_timestamp_nanos().to_string()),
+                );
+                log.insert(
+                    "observedTimeUnixNano".into(),
+                    Value::String(observed.clone()),
+                );
+                log.insert("severityNumber".into(), Value::from(number));
+                log.insert("severityText".into(), Value::from(text));
+                log.insert("body".into(), any_value(&item.doc));
+                log.insert(
+                    "attributes".into(),
+                    Value::Array(vec![
                         string_attribute("detector.uid", &item.envelope.uid),
                         string_attribute("detector.kind", kind.as_str().unwrap_or_default()),
-                    ],
-                })
+                    ]),
+                );
+                Value::Object(log)
             })
             .collect();
-        json!({"resourceLogs": [{
-            "resource": self.resource,
-            "scopeLogs": [{"scope": self.scope, "logRecords": records}],
-        }]})
+        let mut scope_logs = Map::with_capacity(2);
+        scope_logs.insert("scope".into(), self.scope.clone());
+        scope_logs.insert("logRecords".into(), Value::Array(records));
+        let mut resource_logs = Map::with_capacity(2);
+        resource_logs.insert("resource".into(), self.resource.clone());
+        resource_logs.insert(
+            "scopeLogs".into(),
+            Value::Array(vec![Value::Object(scope_logs)]),
+        );
+        single(
+            "resourceLogs",
+            Value::Array(vec![Value::Object(resource_logs)]),
+        )
     }
 
     /// Sends the batch; returns the count the collector says it rejected.
