@@ -72,6 +72,8 @@ pub struct Config {
     pub evidence: crate::evidence::EvidenceConfig,
     /// Containment: the incident playbook.
     pub contain: crate::contain::ContainConfig,
+    /// SIEM export.
+    pub export: crate::export::config::ExportConfig,
 }
 
 /// Where the rules come from.
@@ -250,6 +252,7 @@ impl Config {
         }));
         problems.extend(self.evidence.validate("evidence"));
         problems.extend(self.contain.validate("contain"));
+        problems.extend(self.export.validate());
         problems
     }
 }

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod decode;
 pub mod event;
 pub mod evidence;
+pub mod export;
 pub mod output;
 pub mod pipeline;
 pub mod quarantine;

@@ -231,8 +231,9 @@ fn test() -> anyhow::Result<()> {
     run_tests(cargo().arg("test").args(HOST_CRATES))
 }
 
-/// What the evidence tests run against: a real dockerd with a busybox image (Debian), and a
-/// real S3-compatible server (moto, from PyPI). Idempotent: skips what is already installed.
+/// What the tests run against, installed when missing (idempotent; root only): a real dockerd
+/// with a busybox image (evidence), rsyslog with its TLS driver (syslog export), from Debian;
+/// a real S3-compatible server (moto, from PyPI).
 fn install_test_packages() -> anyhow::Result<()> {
     let has = |program: &str| {
         Command::new("sh")
@@ -240,26 +241,41 @@ fn install_test_packages() -> anyhow::Result<()> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !(has("dockerd") && has("busybox")) {
-        let install = || {
-            let mut cmd = Command::new("apt-get");
-            cmd.args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "docker.io",
-                "busybox-static",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive");
-            status(&mut cmd)
-        };
-        if install().is_err() {
-            status(Command::new("apt-get").arg("update"))?;
-            install()?;
-        }
+    let gtls = output(Command::new("sh").args(["-c", "ls /usr/lib/*/rsyslog/lmnsd_gtls.so"]));
+    let mut missing = Vec::new();
+    if !has("dockerd") {
+        missing.push("docker.io");
+    }
+    if !has("busybox") {
+        missing.push("busybox-static");
+    }
+    if !Path::new("/usr/sbin/rsyslogd").exists() {
+        missing.push("rsyslog");
+    }
+    if gtls.is_err() {
+        missing.push("rsyslog-gnutls");
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
     }
     if !has("moto_server") {
         status(Command::new("python3").args(["-m", "pip", "install", "--quiet", "moto[server]"]))?;
+    }
+    Ok(())
+}
+
+/// `apt-get install`, refreshing the package lists once if the first try fails.
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let install = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        status(&mut cmd)
+    };
+    if install().is_err() {
+        status(Command::new("apt-get").arg("update"))?;
+        install()?;
     }
     Ok(())
 }
@@ -309,15 +325,13 @@ fn bench(no_peers: bool, args: &[String]) -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !no_peers && !has_bpftrace {
-        let installed = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "bpftrace"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            eprintln!("bench: bpftrace could not be installed; the peer comparison is left out");
-        }
+    if !no_peers
+        && !has_bpftrace
+        && let Err(err) = apt_install(&["bpftrace"])
+    {
+        eprintln!(
+            "bench: bpftrace could not be installed ({err}); the peer comparison is left out"
+        );
     }
     status(cargo().args([
         "build",

@@ -1,0 +1,245 @@
+//! Falco-compatible JSON output, as `falco` writes with `json_output: true`: `time`, `rule`,
+//! `priority`, `output`, `output_fields`, `hostname`, `source`, `tags` (and `uuid`), so that a
+//! Falcosidekick deployment forwards it unchanged.
+//!
+//! Field names in `output_fields` are Falco's (`proc.name`, `container.id`, `k8s.pod.name`,
+//! `fd.name`...); findings keep their own data, flattened into dotted keys.
+
+use serde_json::{Map, Value, json};
+use time::format_description::well_known::Rfc3339;
+
+use super::{Context, command_line, put};
+use crate::{
+    event::{Body, Event},
+    export::record::{Envelope, Record, Severity},
+};
+
+/// Falco's priority name for a severity.
+pub fn priority(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "Informational",
+        Severity::Low => "Notice",
+        Severity::Medium => "Warning",
+        Severity::High => "Error",
+        Severity::Critical => "Critical",
+    }
+}
+
+/// The record as one Falco output line.
+pub fn map(envelope: &Envelope, ctx: &Context) -> Value {
+    let record = &envelope.record;
+    let time = record.time();
+    let priority = priority(record.severity());
+    let mut fields = Map::new();
+    let (rule, text, source, mut tags) = match record {
+        Record::Event(event) => {
+            let (rule, text) = event_fields(event, &mut fields);
+            (
+                rule.to_owned(),
+                text,
+                "syscall",
+                vec!["detector".to_owned()],
+            )
+        }
+        Record::Verdict(f) | Record::Action(f) | Record::Evidence(f) => {
+            flatten("", &f.data, &mut fields);
+            (
+                f.name.clone(),
+                f.summary.clone(),
+                "syscall",
+                vec!["detector".to_owned()],
+            )
+        }
+    };
+    tags.push(format!("{:?}", record.kind()).to_lowercase());
+    put(
+        &mut fields,
+        "evt.time",
+        i64::try_from(time.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+    );
+    put(&mut fields, "detector.uid", envelope.uid.as_str());
+    let clock = format!(
+        "{:02}:{:02}:{:02}.{:09}",
+        time.hour(),
+        time.minute(),
+        time.second(),
+        time.nanosecond()
+    );
+    json!({
+        "uuid": envelope.uid,
+        "time": time.format(&Rfc3339).unwrap_or_default(),
+        "rule": rule,
+        "priority": priority,
+        "output": format!("{clock}: {priority} {text}"),
+        "output_fields": fields,
+        "hostname": ctx.host,
+        "source": source,
+        "tags": tags,
+    })
+}
+
+fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str, String) {
+    let p = &event.process;
+    put(fields, "proc.pid", p.pid);
+    put(fields, "proc.tid", p.tid);
+    put(fields, "proc.ppid", p.ppid);
+    put(fields, "proc.name", p.comm.clone());
+    put(fields, "user.uid", p.uid);
+    put(fields, "group.gid", p.gid);
+    if let Some(first) = event.ancestry.first() {
+        put(fields, "proc.pexepath", first.exe.as_str());
+    }
+    if let Some(c) = &event.container {
+        put(fields, "container.id", c.id.as_str());
+        put(fields, "container.name", c.name.clone());
+        put(fields, "container.image", c.image.clone());
+    }
+    if let Some(pod) = &event.pod {
+        put(fields, "k8s.ns.name", pod.namespace.clone());
+        put(fields, "k8s.pod.name", pod.name.clone());
+        put(fields, "k8s.pod.uid", pod.uid.as_str());
+    }
+    let who = format!(
+        "(proc.name={} proc.pid={} container.id={} k8s.pod.name={})",
+        p.comm.as_deref().unwrap_or("<NA>"),
+        p.pid.map_or("<NA>".to_owned(), |pid| pid.to_string()),
+        event.container.as_ref().map_or("host", |c| c.id.as_str()),
+        event
+            .pod
+            .as_ref()
+            .and_then(|pod| pod.name.as_deref())
+            .unwrap_or("<NA>"),
+    );
+    match &event.body {
+        Body::Exec(exec) => {
+            put(fields, "evt.type", "execve");
+            put(fields, "proc.exepath", exec.filename.as_str());
+            put(fields, "proc.cmdline", command_line(&exec.argv));
+            (
+                "Detector process launched",
+                format!("Process launched {} {who}", exec.filename),
+            )
+        }
+        Body::Exit(exit) => {
+            put(fields, "evt.type", "procexit");
+            put(fields, "evt.arg.status", exit.exit_status);
+            put(fields, "evt.arg.sig", exit.signal);
+            ("Detector process exited", format!("Process exited {who}"))
+        }
+        Body::File(file) => {
+            let op = serde_json::to_value(file.op).unwrap_or_default();
+            let op = op.as_str().unwrap_or("file").to_owned();
+            put(fields, "evt.type", op.clone());
+            put(fields, "fd.name", file.path.as_str());
+            put(fields, "evt.arg.flags", file.flags);
+            put(fields, "evt.arg.newpath", file.target.clone());
+            (
+                "Detector file activity",
+                format!("File {op} {} {who}", file.path),
+            )
+        }
+        Body::Connect(connect) => {
+            put(fields, "evt.type", "connect");
+            put(fields, "fd.rip", connect.daddr.to_string());
+            put(fields, "fd.rport", connect.dport);
+            put(fields, "fd.l4proto", connect.protocol.as_str());
+            put(
+                fields,
+                "fd.name",
+                format!("{}:{}", connect.daddr, connect.dport),
+            );
+            (
+                "Detector outbound connection",
+                format!("Connect to {}:{} {who}", connect.daddr, connect.dport),
+            )
+        }
+        Body::Egress(egress) => {
+            put(fields, "detector.egress.bytes", egress.bytes);
+            put(fields, "detector.egress.packets", egress.packets);
+            put(fields, "detector.egress.interval_ms", egress.interval_ms);
+            put(fields, "detector.cgroup_id", event.cgroup_id);
+            (
+                "Detector egress volume",
+                format!(
+                    "{} bytes sent in {} ms {who}",
+                    egress.bytes, egress.interval_ms
+                ),
+            )
+        }
+        Body::Loss(loss) => {
+            put(fields, "detector.loss.source", loss.source.as_str());
+            put(fields, "detector.loss.kind", loss.lost_kind.as_str());
+            put(fields, "detector.loss.count", loss.count);
+            put(fields, "detector.loss.total", loss.total);
+            (
+                "Detector records lost",
+                format!(
+                    "{} {} records lost ({})",
+                    loss.count, loss.lost_kind, loss.source
+                ),
+            )
+        }
+    }
+}
+
+/// Nested objects become dotted keys; arrays stay whole.
+fn flatten(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&key, value, out);
+            }
+        }
+        other if !prefix.is_empty() => {
+            out.insert(prefix.to_owned(), other.clone());
+        }
+        other => {
+            out.insert("data".into(), other.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::schema::fixtures;
+
+    #[test]
+    fn has_every_field_falcosidekick_reads() {
+        let ctx = Context::new("node-1");
+        for envelope in fixtures::all() {
+            let v = map(&envelope, &ctx);
+            for key in [
+                "rule",
+                "priority",
+                "output",
+                "output_fields",
+                "time",
+                "hostname",
+                "source",
+                "tags",
+            ] {
+                assert!(v.get(key).is_some(), "{key} missing in {v}");
+            }
+        }
+        let exec = map(&fixtures::all()[0], &ctx);
+        assert_eq!(exec["priority"], "Informational");
+        assert_eq!(exec["output_fields"]["proc.cmdline"], "sh -c id");
+        assert_eq!(exec["output_fields"]["k8s.ns.name"], "shop");
+        assert!(
+            exec["output"]
+                .as_str()
+                .unwrap()
+                .starts_with("22:13:20.123456789: Informational Process launched /bin/sh")
+        );
+        let verdict = map(&fixtures::all()[7], &ctx);
+        assert_eq!(verdict["rule"], "shell_in_container");
+        assert_eq!(verdict["priority"], "Error");
+        assert_eq!(verdict["output_fields"]["pod.name"], "web-7d9f");
+    }
+}

@@ -1,0 +1,261 @@
+//! Pure mappers from an [`Envelope`] to each SIEM schema's JSON; chosen per sink.
+//!
+//! No I/O and no clock: the host name and the product version come in a [`Context`], times come
+//! from the record, so every mapping is a unit-tested function of its input.
+
+pub mod ecs;
+pub mod falco;
+pub mod ocsf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::record::Envelope;
+use crate::event::Event;
+
+/// The output schema of a sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schema {
+    /// The detector's own JSON (the event form of `event.rs`, with `uid` and `record`).
+    Native,
+    /// OCSF 1.3: Process Activity, File System Activity, Network Activity, Detection Finding,
+    /// Remediation Activity.
+    #[default]
+    Ocsf,
+    /// Elastic Common Schema 8.
+    Ecs,
+    /// Falco's JSON output (rule, priority, output, output_fields, time, hostname, source,
+    /// tags), for Falcosidekick.
+    Falco,
+}
+
+/// What the mappers need besides the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// This node's host name.
+    pub host: String,
+    /// The detector's version.
+    pub version: String,
+}
+
+impl Context {
+    /// A context for this build on `host`.
+    pub fn new(host: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+impl Schema {
+    /// The record in this schema.
+    pub fn render(self, envelope: &Envelope, ctx: &Context) -> Value {
+        match self {
+            Self::Native => serde_json::to_value(envelope).unwrap_or(Value::Null),
+            Self::Ocsf => ocsf::map(envelope, ctx),
+            Self::Ecs => ecs::map(envelope, ctx),
+            Self::Falco => falco::map(envelope, ctx),
+        }
+    }
+}
+
+/// Last path component, for `name` fields.
+pub(crate) fn basename(path: &str) -> &str {
+    path.rsplit('/').find(|s| !s.is_empty()).unwrap_or(path)
+}
+
+/// Inserts `value` under `key` unless it is null.
+pub(crate) fn put(map: &mut Map<String, Value>, key: &str, value: impl Into<Value>) {
+    let value = value.into();
+    if !value.is_null() {
+        map.insert(key.to_owned(), value);
+    }
+}
+
+/// Milliseconds since the epoch (OCSF `timestamp_t`).
+pub(crate) fn epoch_ms(time: time::OffsetDateTime) -> i64 {
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// The command line from argv, for `cmd_line`/`command_line` fields.
+pub(crate) fn command_line(argv: &[String]) -> String {
+    argv.join(" ")
+}
+
+/// The fields of an event no schema field holds, kept so nothing is lost.
+pub(crate) fn event_extras(event: &Event) -> Value {
+    let mut extras = Map::new();
+    put(&mut extras, "ktime_ns", event.ktime_ns);
+    put(&mut extras, "cgroup_id", event.cgroup_id);
+    if let Some(pod) = &event.pod {
+        put(
+            &mut extras,
+            "pod",
+            serde_json::to_value(pod).unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(extras)
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Events of every kind, for the mapper tests and the schema validation tests.
+
+    use std::{collections::BTreeMap, net::IpAddr};
+
+    use time::OffsetDateTime;
+
+    use crate::{
+        event::{
+            Ancestor, Body, Connect, Container, Egress, Event, Exec, Exit, FileActivity,
+            FileOperation, Loss, Owner, Pod, ProcessFields,
+        },
+        export::record::{Envelope, Finding, Record, Severity},
+    };
+
+    fn event(body: Body, in_pod: bool) -> Event {
+        Event {
+            time: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap(),
+            ktime_ns: 42,
+            process: ProcessFields {
+                pid: Some(100),
+                tid: Some(101),
+                ppid: Some(1),
+                uid: Some(0),
+                gid: Some(0),
+                comm: Some("sh".into()),
+            },
+            cgroup_id: Some(7),
+            container: in_pod.then(|| Container {
+                id: "c0ffee".into(),
+                runtime: "containerd".into(),
+                name: Some("web".into()),
+                image: Some("nginx:1.27".into()),
+            }),
+            pod: in_pod.then(|| Pod {
+                uid: "pod-uid-1".into(),
+                namespace: Some("shop".into()),
+                name: Some("web-7d9f".into()),
+                labels: BTreeMap::from([("app".into(), "web".into())]),
+                owner: Some(Owner {
+                    kind: "Deployment".into(),
+                    name: "web".into(),
+                }),
+                node: Some("node-1".into()),
+                qos: Some("burstable".into()),
+                resolved: true,
+            }),
+            ancestry: vec![Ancestor {
+                pid: 1,
+                exe: "/usr/bin/containerd-shim".into(),
+            }],
+            body,
+        }
+    }
+
+    fn finding(severity: Severity, name: &str) -> Finding {
+        Finding {
+            time: OffsetDateTime::from_unix_timestamp(1_700_000_001).unwrap(),
+            severity,
+            name: name.into(),
+            summary: format!("{name} happened"),
+            data: serde_json::json!({"score": 80, "pod": {"name": "web-7d9f"}}),
+        }
+    }
+
+    /// One envelope of each record kind.
+    pub fn all() -> Vec<Envelope> {
+        let node = |body: Body| Event {
+            process: ProcessFields::default(),
+            ancestry: Vec::new(),
+            ..event(body, false)
+        };
+        let records = vec![
+            Record::Event(event(
+                Body::Exec(Exec {
+                    filename: "/bin/sh".into(),
+                    argv: vec!["sh".into(), "-c".into(), "id".into()],
+                    argv_truncated: false,
+                    filename_truncated: false,
+                }),
+                true,
+            )),
+            Record::Event(event(
+                Body::Exit(Exit {
+                    exit_code: 256,
+                    exit_status: Some(1),
+                    signal: None,
+                }),
+                false,
+            )),
+            Record::Event(event(
+                Body::File(FileActivity {
+                    op: FileOperation::Open,
+                    path: "/etc/shadow".into(),
+                    flags: 0,
+                    write: false,
+                    sensitive: false,
+                    read_sensitive: true,
+                    relative: false,
+                    dirfd: None,
+                    path_truncated: false,
+                    target: None,
+                    suppressed: 0,
+                }),
+                true,
+            )),
+            Record::Event(event(
+                Body::File(FileActivity {
+                    op: FileOperation::Rename,
+                    path: "/etc/a".into(),
+                    flags: 0,
+                    write: true,
+                    sensitive: true,
+                    read_sensitive: false,
+                    relative: false,
+                    dirfd: None,
+                    path_truncated: false,
+                    target: Some("/etc/b".into()),
+                    suppressed: 2,
+                }),
+                false,
+            )),
+            Record::Event(event(
+                Body::Connect(Connect {
+                    family: "ipv4".into(),
+                    protocol: "tcp".into(),
+                    daddr: "10.0.0.9".parse::<IpAddr>().unwrap(),
+                    dport: 443,
+                    blocked: false,
+                }),
+                true,
+            )),
+            Record::Event(node(Body::Egress(Egress {
+                bytes: 1500,
+                packets: 3,
+                interval_ms: 1000,
+                total_bytes: 9000,
+            }))),
+            Record::Event(node(Body::Loss(Loss {
+                source: "ring_buffer".into(),
+                lost_kind: "file".into(),
+                count: 5,
+                total: 9,
+                reason: None,
+            }))),
+            Record::Verdict(finding(Severity::High, "shell_in_container")),
+            Record::Action(finding(Severity::High, "isolate_pod")),
+            Record::Evidence(finding(Severity::Medium, "evidence_manifest")),
+        ];
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| Envelope {
+                uid: format!("test-{i}"),
+                record,
+            })
+            .collect()
+    }
+}

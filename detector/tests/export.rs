@@ -1,0 +1,501 @@
+//! The exporter against loopback receivers: each protocol's documented body format, a receiver
+//! killed mid-stream, a receiver down for ten seconds under 100,000 records, an exporter killed
+//! with a full queue, and the drop policy.
+
+mod support;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use detector::export::{
+    Exporter,
+    config::{
+        BatchConfig, Destination, ElasticSink, ExportConfig, Framing, HecSink, OtlpSink,
+        QueueConfig, RetryConfig, SecretSource, SinkConfig, TlsConfig, WebhookSink,
+    },
+    queue::{Fsync, WhenFull},
+    record::{RecordKind, Severity},
+    schema::Schema,
+};
+use serde_json::{Value, json};
+use support::{HttpReceiver, Responder, event, ok, verdict, wait_for};
+
+fn sink(name: &str, schema: Schema, to: Destination) -> SinkConfig {
+    SinkConfig {
+        name: name.into(),
+        schema,
+        min_severity: Severity::Info,
+        kinds: Vec::new(),
+        queue: QueueConfig {
+            fsync: Fsync::Never,
+            ..QueueConfig::default()
+        },
+        retry: RetryConfig {
+            initial_backoff_ms: 50,
+            max_backoff_ms: 500,
+            timeout_ms: 5000,
+        },
+        batch: BatchConfig::default(),
+        to,
+    }
+}
+
+fn webhook(url: String) -> Destination {
+    Destination::Webhook(WebhookSink {
+        url,
+        headers: BTreeMap::new(),
+        secret_headers: BTreeMap::new(),
+        gzip: false,
+        framing: Framing::Ndjson,
+        tls: TlsConfig::default(),
+    })
+}
+
+fn config(sinks: Vec<SinkConfig>) -> ExportConfig {
+    ExportConfig {
+        hostname: Some("node-1".into()),
+        drain_timeout_ms: 2000,
+        channel_capacity: 200_000,
+        sinks,
+    }
+}
+
+fn secret_file(dir: &Path, value: &str) -> SecretSource {
+    let path = dir.join("secret");
+    std::fs::write(&path, format!("{value}\n")).unwrap();
+    SecretSource {
+        file: Some(path),
+        env: None,
+    }
+}
+
+#[tokio::test]
+async fn webhook_sends_filtered_gzipped_ndjson_with_headers() {
+    let state = tempfile::tempdir().unwrap();
+    let receiver = HttpReceiver::start(ok()).await;
+    let mut sink = sink(
+        "hook",
+        Schema::Ocsf,
+        webhook(format!("{}/ingest", receiver.url())),
+    );
+    sink.kinds = vec![RecordKind::Exec, RecordKind::Verdict];
+    sink.min_severity = Severity::Info;
+    if let Destination::Webhook(w) = &mut sink.to {
+        w.gzip = true;
+        w.headers.insert("X-Team".into(), "sec".into());
+        w.secret_headers.insert(
+            "Authorization".into(),
+            secret_file(state.path(), "Bearer s3cret"),
+        );
+    }
+    let exporter = Exporter::start(&config(vec![sink]), state.path()).unwrap();
+    for i in 0..10 {
+        exporter.send(event(i));
+    }
+    exporter.send(verdict(1));
+    exporter.send(detector::export::record::Record::Action(
+        detector::export::record::Finding {
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            severity: Severity::High,
+            name: "isolate_pod".into(),
+            summary: "filtered out by kind".into(),
+            data: json!({}),
+        },
+    ));
+    wait_for(Duration::from_secs(10), "11 records", || {
+        receiver.accepted_lines().len() >= 11
+    })
+    .await;
+    exporter.shutdown().await;
+    let requests = receiver.requests();
+    let first = &requests[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/ingest");
+    assert_eq!(first.headers["content-encoding"], "gzip");
+    assert_eq!(first.headers["content-type"], "application/x-ndjson");
+    assert_eq!(first.headers["x-team"], "sec");
+    assert_eq!(first.headers["authorization"], "Bearer s3cret");
+    let lines = receiver.accepted_lines();
+    assert_eq!(lines.len(), 11, "the action is filtered out");
+    let classes: BTreeSet<u64> = lines
+        .iter()
+        .map(|l| l["class_uid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(classes, BTreeSet::from([1007, 2004]));
+}
+
+#[tokio::test]
+async fn splunk_hec_body_and_token() {
+    let state = tempfile::tempdir().unwrap();
+    let receiver =
+        HttpReceiver::start(Arc::new(|_| (200, r#"{"text":"Success","code":0}"#.into()))).await;
+    let to = Destination::SplunkHec(HecSink {
+        url: format!("{}/", receiver.url()),
+        token: secret_file(state.path(), "11111111-2222-3333-4444-555555555555"),
+        index: Some("security".into()),
+        sourcetype: None,
+        gzip: false,
+        tls: TlsConfig::default(),
+    });
+    let exporter =
+        Exporter::start(&config(vec![sink("hec", Schema::Ecs, to)]), state.path()).unwrap();
+    for i in 0..5 {
+        exporter.send(event(i));
+    }
+    wait_for(Duration::from_secs(10), "5 events", || {
+        receiver.accepted_lines().len() >= 5
+    })
+    .await;
+    exporter.shutdown().await;
+    let request = &receiver.requests()[0];
+    assert_eq!(request.path, "/services/collector/event");
+    assert_eq!(
+        request.headers["authorization"],
+        "Splunk 11111111-2222-3333-4444-555555555555"
+    );
+    // HEC takes concatenated event objects; one per line here.
+    for (i, line) in receiver.accepted_lines().iter().enumerate() {
+        assert!(line["time"].is_f64(), "{line}");
+        assert_eq!(line["host"], "node-1");
+        assert_eq!(line["source"], "detector");
+        assert_eq!(line["sourcetype"], "detector:ecs");
+        assert_eq!(line["index"], "security");
+        assert_eq!(line["event"]["event"]["category"][0], "process");
+        assert_eq!(line["event"]["process"]["args"][2], format!("echo {i}"));
+    }
+}
+
+#[tokio::test]
+async fn elasticsearch_bulk_items_are_checked() {
+    let state = tempfile::tempdir().unwrap();
+    // Creates each _id once (409 after), refuses verdict documents for good (400) and answers
+    // 429 to the second item of the first request.
+    let created = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+    let calls = Arc::new(Mutex::new(0usize));
+    let responder: Responder = {
+        let created = Arc::clone(&created);
+        Arc::new(move |request| {
+            let mut call = calls.lock().unwrap();
+            *call += 1;
+            let text = String::from_utf8_lossy(&request.body).into_owned();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let mut items = Vec::new();
+            let mut errors = false;
+            for (n, pair) in lines.chunks(2).enumerate() {
+                let id = pair[0]["create"]["_id"].as_str().unwrap().to_owned();
+                let status = if pair[1]["event"]["kind"] == "alert" {
+                    400
+                } else if *call == 1 && n == 1 {
+                    429
+                } else if created.lock().unwrap().insert(id.clone()) {
+                    201
+                } else {
+                    409
+                };
+                errors |= status >= 300;
+                items.push(json!({"create": {"_index": "detector", "_id": id, "status": status}}));
+            }
+            (
+                200,
+                json!({"took": 1, "errors": errors, "items": items}).to_string(),
+            )
+        })
+    };
+    let receiver = HttpReceiver::start(responder).await;
+    let to = Destination::Elasticsearch(ElasticSink {
+        url: receiver.url(),
+        index: "detector".into(),
+        api_key: Some(secret_file(state.path(), "a2V5OnNlY3JldA==")),
+        username: None,
+        password: None,
+        gzip: true,
+        tls: TlsConfig::default(),
+    });
+    let exporter =
+        Exporter::start(&config(vec![sink("es", Schema::Ecs, to)]), state.path()).unwrap();
+    for i in 0..20 {
+        exporter.send(event(i));
+    }
+    exporter.send(verdict(0));
+    wait_for(Duration::from_secs(10), "20 documents", || {
+        created.lock().unwrap().len() >= 20
+    })
+    .await;
+    let stats = exporter.stats().remove(0);
+    exporter.shutdown().await;
+    assert_eq!(stats.rejected, 1, "{stats:?}");
+    assert_eq!(stats.delivered, 20, "{stats:?}");
+    assert!(stats.retries >= 1, "{stats:?}");
+    let request = &receiver.requests()[0];
+    assert_eq!(request.path, "/_bulk");
+    assert_eq!(request.headers["content-type"], "application/x-ndjson");
+    assert_eq!(request.headers["authorization"], "ApiKey a2V5OnNlY3JldA==");
+    assert!(
+        request.body.ends_with(b"\n"),
+        "bulk bodies end with a newline"
+    );
+}
+
+#[tokio::test]
+async fn otlp_logs_follow_the_json_encoding() {
+    let state = tempfile::tempdir().unwrap();
+    let receiver = HttpReceiver::start(ok()).await;
+    let to = Destination::Otlp(OtlpSink {
+        url: receiver.url(),
+        headers: BTreeMap::new(),
+        secret_headers: BTreeMap::new(),
+        gzip: false,
+        tls: TlsConfig::default(),
+    });
+    let exporter =
+        Exporter::start(&config(vec![sink("otlp", Schema::Ocsf, to)]), state.path()).unwrap();
+    exporter.send(event(7));
+    exporter.send(verdict(8));
+    wait_for(Duration::from_secs(10), "a request", || {
+        !receiver.requests().is_empty()
+    })
+    .await;
+    exporter.shutdown().await;
+    let request = &receiver.requests()[0];
+    assert_eq!(request.path, "/v1/logs");
+    assert_eq!(request.headers["content-type"], "application/json");
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    let resource_logs = &body["resourceLogs"][0];
+    let attributes = resource_logs["resource"]["attributes"].as_array().unwrap();
+    assert!(
+        attributes.contains(&json!({"key": "service.name", "value": {"stringValue": "detector"}}))
+    );
+    let records = resource_logs["scopeLogs"][0]["logRecords"]
+        .as_array()
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    let first = &records[0];
+    assert_eq!(first["timeUnixNano"], "1700000000000000007");
+    assert!(
+        first["observedTimeUnixNano"]
+            .as_str()
+            .unwrap()
+            .parse::<u128>()
+            .is_ok()
+    );
+    assert_eq!(first["severityNumber"], 9);
+    assert_eq!(first["severityText"], "INFO");
+    assert_eq!(records[1]["severityNumber"], 17);
+    let fields = first["body"]["kvlistValue"]["values"].as_array().unwrap();
+    assert!(fields.contains(&json!({"key": "class_uid", "value": {"intValue": "1007"}})));
+    assert_eq!(
+        first["attributes"][1],
+        json!({"key": "detector.kind", "value": {"stringValue": "exec"}})
+    );
+}
+
+/// The test's record ids (`ktime_ns`) in the native documents received, with duplicates.
+fn ids(receiver: &HttpReceiver) -> (BTreeSet<u64>, usize) {
+    let lines = receiver.accepted_lines();
+    let all = lines.len();
+    let ids: BTreeSet<u64> = lines
+        .iter()
+        .map(|l| l["data"]["ktime_ns"].as_u64().unwrap())
+        .collect();
+    let duplicates = all - ids.len();
+    (ids, duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_for_ten_seconds_mid_stream_loses_nothing() {
+    const TOTAL: u64 = 100_000;
+    let state = tempfile::tempdir().unwrap();
+    let mut receiver = HttpReceiver::start(ok()).await;
+    let mut sink = sink("hook", Schema::Native, webhook(receiver.url()));
+    sink.batch.max_records = 2000;
+    let exporter = Exporter::start(&config(vec![sink]), state.path()).unwrap();
+    for i in 0..TOTAL / 2 {
+        exporter.send_wait(event(i)).await;
+    }
+    // Killed mid-stream: once part of the first half arrived, with requests in flight.
+    wait_for(Duration::from_secs(60), "the first records", || {
+        receiver.accepted_lines().len() > 5000
+    })
+    .await;
+    receiver.stop();
+    let down = tokio::time::Instant::now();
+    for i in TOTAL / 2..TOTAL {
+        exporter.send_wait(event(i)).await;
+    }
+    tokio::time::sleep_until(down + Duration::from_secs(10)).await;
+    receiver.restart().await;
+    wait_for(Duration::from_secs(120), "every record", || {
+        ids(&receiver).0.len() as u64 == TOTAL
+    })
+    .await;
+    let stats = exporter.stats().remove(0);
+    exporter.shutdown().await;
+    let (received, duplicates) = ids(&receiver);
+    assert_eq!(received, (0..TOTAL).collect::<BTreeSet<_>>());
+    assert_eq!(
+        stats.dropped_channel + stats.dropped_queue + stats.rejected,
+        0,
+        "{stats:?}"
+    );
+    assert!(stats.retries > 0, "the receiver was down: {stats:?}");
+    println!(
+        "{TOTAL} records, receiver down 10 s: 0 lost, {duplicates} duplicates, {} retries",
+        stats.retries
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_drops_events_never_verdicts_and_counts_every_drop() {
+    let state = tempfile::tempdir().unwrap();
+    let mut receiver = HttpReceiver::reserve(ok()).await;
+    let mut sink = sink("hook", Schema::Native, webhook(receiver.url()));
+    sink.queue.max_bytes = 200_000;
+    sink.queue.segment_bytes = 20_000;
+    sink.queue.when_full = WhenFull::DropOldest;
+    let exporter = Exporter::start(&config(vec![sink]), state.path()).unwrap();
+    for i in 0..3000 {
+        exporter.send(event(i));
+        if i % 60 == 0 {
+            exporter.send(verdict(i));
+        }
+    }
+    wait_for(Duration::from_secs(10), "everything queued", || {
+        exporter.stats()[0].queued + exporter.stats()[0].dropped_channel >= 3050
+    })
+    .await;
+    receiver.restart().await;
+    let stats = loop {
+        let stats = exporter.stats().remove(0);
+        if stats.queued_bytes == 0 {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    exporter.shutdown().await;
+    let lines = receiver.accepted_lines();
+    let verdicts: BTreeSet<u64> = lines
+        .iter()
+        .filter(|l| l["record"] == "verdict")
+        .map(|l| l["data"]["data"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(verdicts, (0..3000).step_by(60).collect::<BTreeSet<_>>());
+    let events: BTreeSet<u64> = lines
+        .iter()
+        .filter(|l| l["record"] == "event")
+        .map(|l| l["data"]["ktime_ns"].as_u64().unwrap())
+        .collect();
+    assert!(stats.dropped_queue > 0, "{stats:?}");
+    assert_eq!(
+        events.len() as u64 + stats.dropped_queue + stats.dropped_channel,
+        3000,
+        "every event is delivered or counted as dropped: {stats:?}"
+    );
+    assert!(events.contains(&2999), "the newest events are kept");
+}
+
+/// Set to a state directory, this binary's `child_exporter_fills_its_queue` plays the exporter
+/// that gets killed.
+const CHILD_ENV: &str = "DETECTOR_EXPORT_CHILD_STATE";
+
+fn child_config(url: String) -> ExportConfig {
+    let mut sink = sink("hook", Schema::Native, webhook(url));
+    sink.queue.max_bytes = 1 << 20;
+    sink.queue.segment_bytes = 64 << 10;
+    sink.queue.when_full = WhenFull::Block;
+    config(vec![sink])
+}
+
+#[tokio::test]
+async fn child_exporter_fills_its_queue() {
+    let (Some(state), Ok(url)) = (
+        std::env::var_os(CHILD_ENV),
+        std::env::var("DETECTOR_EXPORT_CHILD_URL"),
+    ) else {
+        println!(
+            "runs only as the child of exporter_killed_with_a_full_queue_delivers_the_backlog"
+        );
+        return;
+    };
+    let exporter = Exporter::start(&child_config(url), Path::new(&state)).unwrap();
+    for i in 0..10_000 {
+        exporter.send(event(i));
+    }
+    // The queue is full when the writer stops taking records.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let queued = exporter.stats()[0].queued;
+        if queued == last {
+            println!("QUEUED {queued}");
+            break;
+        }
+        last = queued;
+    }
+    // Until killed; the parent gives up long before.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_killed_with_a_full_queue_delivers_the_backlog() {
+    let state = tempfile::tempdir().unwrap();
+    let mut receiver = HttpReceiver::reserve(ok()).await;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_exporter_fills_its_queue",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, state.path())
+        .env("DETECTOR_EXPORT_CHILD_URL", receiver.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed whatever happens below.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut child = Kill(child);
+    let queued = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // libtest prints the test's name on the same line.
+            .find_map(|l| {
+                l.split_once("QUEUED ")
+                    .map(|(_, n)| n.trim().parse::<u64>().unwrap())
+            })
+    })
+    .await
+    .unwrap()
+    .expect("the child reports its queue");
+    assert!(queued > 1000, "the queue holds a backlog: {queued}");
+    // SIGKILL: no shutdown, no flush.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    receiver.restart().await;
+    let exporter = Exporter::start(&child_config(receiver.url()), state.path()).unwrap();
+    wait_for(Duration::from_secs(60), "the backlog", || {
+        ids(&receiver).0.len() as u64 >= queued
+    })
+    .await;
+    exporter.shutdown().await;
+    let (received, duplicates) = ids(&receiver);
+    assert_eq!(received, (0..queued).collect::<BTreeSet<_>>());
+    println!("backlog of {queued} records delivered after SIGKILL, {duplicates} duplicates");
+}
