@@ -25,10 +25,13 @@ use crate::{
     attribution::{Enricher, node, pod_watch, pods::PodIndex},
     clock::Clock,
     config::Config,
+    contain::{Containment, dispatcher::ContainError},
     event::Event,
     evidence::RecentEvents,
+    export::{ExportError, Exporter},
     output::{JsonLines, OutputError},
     pipeline::Pipeline,
+    respond::Responders,
     rules::{RuleSet, RulesError},
     score::{Engine, record::Record},
     sensors::{ProgramSet, SensorError, Sensors},
@@ -49,6 +52,15 @@ pub enum DaemonError {
     /// Events could not be written.
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// The containment dispatcher could not start (its journal, mostly).
+    #[error(transparent)]
+    Contain(#[from] ContainError),
+    /// The exporter could not start (its disk queues, mostly).
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// No Kubernetes client in cluster mode.
+    #[error(transparent)]
+    Kube(#[from] pod_watch::PodWatchError),
     /// A signal handler could not be installed.
     #[error("cannot handle {signal}: {source}")]
     Signal {
@@ -66,25 +78,39 @@ pub enum DaemonError {
     AnalysisPanicked,
 }
 
-/// The analysis stage: enrichment, scoring, the recent-event ring and the output.
+/// The analysis stage: enrichment, scoring, the recent-event ring, the output and the
+/// responders (export, containment, evidence).
 pub struct Analysis {
     enricher: Enricher,
     engine: Engine,
     recent: RecentEvents,
     out: JsonLines,
+    responders: Responders,
     records: Vec<Record>,
 }
 
 impl Analysis {
     /// Assembles the stage.
-    pub fn new(enricher: Enricher, engine: Engine, recent: RecentEvents, out: JsonLines) -> Self {
+    pub fn new(
+        enricher: Enricher,
+        engine: Engine,
+        recent: RecentEvents,
+        out: JsonLines,
+        responders: Responders,
+    ) -> Self {
         Self {
             enricher,
             engine,
             recent,
             out,
+            responders,
             records: Vec::new(),
         }
+    }
+
+    /// The responders, to shut down once the stage is done.
+    pub fn into_responders(self) -> Responders {
+        self.responders
     }
 
     /// Takes a batch from the pipeline.
@@ -119,10 +145,27 @@ impl Analysis {
         for event in events {
             self.recent.push(event);
             self.records.extend(self.engine.process(event));
+            self.responders.event(event);
         }
         self.out.write_batch(events)?;
-        if !self.records.is_empty() {
-            self.out.write_batch(&self.records)?;
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        self.out.write_batch(&self.records)?;
+        let now = Instant::now();
+        let Self {
+            enricher,
+            recent,
+            responders,
+            records,
+            ..
+        } = self;
+        for record in records.iter() {
+            responders.record(
+                record,
+                |cgroup_id| enricher.cgroup_path(cgroup_id, now),
+                |cgroups| recent.for_cgroups(cgroups, Clock::boot_now_ns()),
+            );
         }
         Ok(())
     }
@@ -141,8 +184,34 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let engine = Engine::new(rules, config.score.clone());
     let out = JsonLines::open(&config.output.path)?;
     let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
-    // Held for the containment stage; releasing the handle leaves the maps in place.
-    let _quarantine = sensors.take_quarantine()?;
+    let quarantine = sensors.take_quarantine()?;
+    let kube = if config.attribution.kubernetes {
+        Some(pod_watch::default_client().await?)
+    } else {
+        None
+    };
+    let containment = if config.contain.enabled {
+        Some(Containment::start(
+            config.contain.clone(),
+            quarantine,
+            kube,
+            &config.contain.journal_dir,
+        )?)
+    } else {
+        None
+    };
+    let exporter = if config.export.sinks.is_empty() {
+        None
+    } else {
+        Some(Exporter::start(&config.export, &config.export.state_dir)?)
+    };
+    let responders = Responders::new(
+        exporter,
+        containment,
+        config.evidence.on_contain.then(|| config.evidence.clone()),
+        Handle::current(),
+        sensors.cgroup2().to_owned(),
+    );
     let pods = PodIndex::shared(config.attribution.pod_limits());
     let enricher = Enricher::for_node(&config.attribution, sensors.cgroup2(), pods.clone());
     if config.attribution.kubernetes {
@@ -169,6 +238,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         engine,
         RecentEvents::from_config(&config.evidence),
         out,
+        responders,
     );
     let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
     let handle = Handle::current();
@@ -197,16 +267,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         _ = &mut ended => error!("cannot write events: stopping"),
     }
     pipeline.stop().await;
-    thread
-        .join()
-        .map_err(|_| DaemonError::AnalysisPanicked)?
-        .map_err(Into::into)
+    let (responders, result) = thread.join().map_err(|_| DaemonError::AnalysisPanicked)?;
+    responders.shutdown().await;
+    result.map_err(Into::into)
 }
 
 /// The analysis loop: batches as they come, ticks in between, everything held released at
 /// the end.
 fn analyse(
     mut analysis: Analysis,
+    batches: mpsc::Receiver<Vec<Event>>,
+    handle: &Handle,
+) -> (Responders, Result<(), OutputError>) {
+    let result = analyse_until_closed(&mut analysis, batches, handle);
+    (analysis.into_responders(), result)
+}
+
+fn analyse_until_closed(
+    analysis: &mut Analysis,
     mut batches: mpsc::Receiver<Vec<Event>>,
     handle: &Handle,
 ) -> Result<(), OutputError> {

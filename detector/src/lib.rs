@@ -19,6 +19,7 @@ pub mod export;
 pub mod output;
 pub mod pipeline;
 pub mod quarantine;
+pub mod respond;
 pub mod rules;
 pub mod score;
 pub mod sensors;

@@ -14,6 +14,89 @@ use tests::{TestCgroup, privileged};
 const POD_UID: &str = "0c4d1f9e-7a2b-4c3d-9e8f-112233445566";
 const CONTAINER: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
+/// The daemon binary running with `args`, stopped (SIGTERM) on drop.
+struct Daemon {
+    child: std::process::Child,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Starts `detector run` and waits for it to say it is ready.
+    fn start(args: &[&std::ffi::OsStr]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_detector"))
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" ready") {
+                    let _ = ready_tx.send(());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let mut daemon = Self {
+            child,
+            log: Some(log),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let (_, log) = daemon.stop();
+            panic!("daemon not ready:\n{}", log.join("\n"));
+        }
+        daemon
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then its exit status and log.
+    fn stop(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let log = self
+            .log
+            .take()
+            .map(|l| l.join().unwrap())
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.log.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn read_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect()
+}
+
+/// A systemd-driver pod layout below the test's own parent cgroup; the parser takes the pod
+/// uid and container id from the names, whatever comes before the `kubepods.slice` root.
+fn pod_cgroup(pod_uid: &str, container: &str) -> TestCgroup {
+    TestCgroup::create(&format!(
+        "detector-test/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{container}.scope",
+        pod_uid.replace('-', "_")
+    ))
+    .unwrap()
+}
+
 #[test]
 fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     if !privileged("the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell") {
@@ -21,43 +104,21 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     }
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("events.jsonl");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_detector"))
-        .args(["run", "--output"])
-        .arg(&output)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let daemon_pid = daemon.id();
-    let stderr = daemon.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" ready") {
-                let _ = ready_tx.send(());
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    let stop = |daemon: &mut std::process::Child| {
-        // SAFETY: the pid is our own child's.
-        unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-        daemon.wait().unwrap()
-    };
-    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        stop(&mut daemon);
-        panic!("daemon not ready:\n{}", log.join().unwrap().join("\n"));
-    }
-
-    // A systemd-driver pod layout below the test's own parent cgroup; the parser takes the pod
-    // uid and container id from the names, whatever comes before the `kubepods.slice` root.
-    let cgroup = TestCgroup::create(&format!(
-        "detector-test/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CONTAINER}.scope",
-        POD_UID.replace('-', "_")
-    ))
+    // Detection only: another test's daemon contains; this one must not act on its pods.
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "contain:\n  enabled: false\nevidence:\n  on_contain: false\n",
+    )
     .unwrap();
+    let mut daemon = Daemon::start(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ]);
+    let daemon_pid = daemon.pid();
+    let cgroup = pod_cgroup(POD_UID, CONTAINER);
     let pid = cgroup
         .run_shell("cat /etc/shadow > /dev/null; echo done > /dev/null")
         .unwrap();
@@ -71,14 +132,9 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     };
     while Instant::now() < deadline && !found(&lines) {
         std::thread::sleep(Duration::from_millis(200));
-        lines = std::fs::read_to_string(&output)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
-            .collect();
+        lines = read_lines(&output);
     }
-    let status = stop(&mut daemon);
-    let log = log.join().unwrap();
+    let (status, log) = daemon.stop();
     assert!(
         status.success(),
         "daemon exit {status}:\n{}",
@@ -87,11 +143,7 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     let cgroup_id = cgroup.id();
     drop(cgroup);
 
-    let lines: Vec<Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = read_lines(&output);
     let exec = lines
         .iter()
         .find(|l| l["kind"] == "exec" && l["pid"] == pid)
@@ -124,4 +176,124 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
             }
         }
     }
+}
+
+/// The standalone response, end to end: an attack in a pod-style cgroup crosses `contain`, the
+/// daemon cuts the pod off in the kernel at once, journals the API steps as not applicable (no
+/// cluster), and captures evidence from the node side into a bundle that verifies.
+#[test]
+fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
+    if !privileged("a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("events.jsonl");
+    let journal = dir.path().join("incidents");
+    let evidence = dir.path().join("evidence");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  out_dir: {}\n  docker_socket: {}\n",
+            journal.display(),
+            evidence.display(),
+            dir.path().join("no-docker.sock").display()
+        ),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut daemon = Daemon::start(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ]);
+    let pod_uid = "5d3c2b1a-0f9e-4d8c-b7a6-998877665544";
+    let cgroup = pod_cgroup(pod_uid, &"cd".repeat(32));
+    // Before: the pod reaches the listener.
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    let reach = || {
+        cgroup
+            .command("/bin/bash")
+            .unwrap()
+            .args(["-c", &connect])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        reach().status.success(),
+        "the pod connects before the attack"
+    );
+    // The attack: a shell reading /etc/shadow and piping a download into a shell.
+    let _ = cgroup.run_shell(
+        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refused = None;
+    while Instant::now() < deadline {
+        let out = reach();
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = read_lines(&output);
+    let verdict = lines
+        .iter()
+        .find(|l| l["kind"] == "verdict" && l["decision"] == "contain");
+    assert!(
+        verdict.is_some(),
+        "no contain verdict; alerts: {:?}",
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "alert")
+            .map(|l| (l["rule"]["id"].clone(), l["score"].clone()))
+            .collect::<Vec<_>>()
+    );
+    let refused = refused.expect("the pod is cut off after the contain verdict");
+    assert!(refused.contains("Operation not permitted"), "{refused}");
+
+    // The journal: the kernel block done, the API steps not applicable without a cluster.
+    let journal_text = std::fs::read_to_string(journal.join("journal.jsonl")).unwrap();
+    assert!(journal_text.contains(pod_uid), "{journal_text}");
+    assert!(journal_text.contains("not_applicable"), "{journal_text}");
+
+    // Evidence from the node side: a bundle that verifies.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let bundle = loop {
+        let found = std::fs::read_dir(&evidence).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.join("manifest.json.sha256").exists())
+        });
+        if let Some(bundle) = found {
+            break bundle;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no evidence bundle in {}",
+            evidence.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let verify = Command::new(env!("CARGO_BIN_EXE_detector"))
+        .args(["evidence", "verify"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let (status, log) = daemon.stop();
+    assert!(
+        status.success(),
+        "daemon exit {status}:\n{}",
+        log.join("\n")
+    );
+    drop(cgroup);
 }

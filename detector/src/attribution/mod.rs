@@ -237,6 +237,11 @@ impl Enricher {
         }
     }
 
+    /// The path of a cgroup relative to the cgroup2 mount, `None` when it is gone.
+    pub fn cgroup_path(&mut self, cgroup_id: u64, now: Instant) -> Option<Arc<str>> {
+        self.cgroups.path(cgroup_id, now)
+    }
+
     /// The process table.
     pub fn processes(&self) -> &ProcessTable {
         &self.processes

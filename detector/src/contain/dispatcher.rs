@@ -473,15 +473,16 @@ impl ContainmentHandle {
     /// I/O: the guardrails and the kernel block (a map update) run here, in microseconds, the
     /// journal and the API steps run on the dispatcher's own thread.
     /// `event_ktime_ns` is the kernel time of the deciding event; `cgroup_ids` the pod-level
-    /// cgroup (or the container cgroups) to block.
-    pub fn on_verdict(&self, verdict: &Verdict, event_ktime_ns: u64, cgroup_ids: Vec<u64>) {
+    /// cgroup (or the container cgroups) to block. Returns whether the guardrails admitted it
+    /// (a new incident was opened), so that callers act on the same decision.
+    pub fn on_verdict(&self, verdict: &Verdict, event_ktime_ns: u64, cgroup_ids: Vec<u64>) -> bool {
         if verdict.decision != Decision::Contain {
-            return;
+            return false;
         }
-        let Some(tx) = &self.tx else { return };
+        let Some(tx) = &self.tx else { return false };
         let Some(command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids)
         else {
-            return;
+            return false;
         };
         if tx.try_send(command).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -490,6 +491,7 @@ impl ContainmentHandle {
                 verdict.subject.key
             );
         }
+        true
     }
 
     /// Verdicts dropped because the queue was full.

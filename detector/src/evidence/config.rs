@@ -13,6 +13,8 @@ use crate::config::Problem;
 pub struct EvidenceConfig {
     /// Local directory that receives one bundle directory per incident.
     pub out_dir: PathBuf,
+    /// Capture evidence of a pod when the daemon contains it.
+    pub on_contain: bool,
     /// Node name written into every manifest; `NODE_NAME` or the hostname when unset.
     pub node_name: Option<String>,
     /// Docker Engine API socket.
@@ -44,6 +46,7 @@ impl Default for EvidenceConfig {
     fn default() -> Self {
         Self {
             out_dir: PathBuf::from("/var/lib/detector/evidence"),
+            on_contain: true,
             node_name: None,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
             pause: true,

@@ -24,6 +24,8 @@ pub struct ExportConfig {
     pub channel_capacity: usize,
     /// The sinks; none by default.
     pub sinks: Vec<SinkConfig>,
+    /// Where the sinks' disk queues live.
+    pub state_dir: PathBuf,
 }
 
 impl Default for ExportConfig {
@@ -34,6 +36,7 @@ impl Default for ExportConfig {
             // About a second of a busy node's events.
             channel_capacity: 16_384,
             sinks: Vec::new(),
+            state_dir: PathBuf::from("/var/lib/detector/export"),
         }
     }
 }

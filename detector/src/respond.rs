@@ -1,0 +1,248 @@
+//! What the daemon does with its decisions: export every event and record to the configured
+//! SIEM sinks, hand `contain` verdicts to the containment dispatcher, and capture evidence of a
+//! contained pod from the node side.
+//!
+//! Everything here is called from the analysis thread and never waits on I/O: the exporter and
+//! the dispatcher take records through bounded queues of their own, and captures run as tasks on
+//! the daemon's runtime.
+
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use time::OffsetDateTime;
+use tokio::runtime::Handle;
+use tracing::{error, info, warn};
+
+use crate::{
+    attribution::cgroup_path,
+    contain::ContainmentHandle,
+    event::Event,
+    evidence::{
+        EvidenceConfig,
+        capture::{CaptureRequest, Target, capture},
+    },
+    export::{
+        ExporterHandle,
+        record::{Finding, Record as ExportRecord, Severity},
+    },
+    rules::Severity as RuleSeverity,
+    score::record::{Decision, Record, Verdict},
+};
+
+/// Subjects whose evidence was captured, remembered at most (then forgotten all at once, so a
+/// long-running daemon can capture a pod contained again much later).
+const MAX_CAPTURED: usize = 4096;
+
+/// The response stage.
+pub struct Responders {
+    exporter: Option<Arc<ExporterHandle>>,
+    containment: Option<ContainmentHandle>,
+    evidence: Option<EvidenceConfig>,
+    runtime: Handle,
+    cgroup2: PathBuf,
+    captured: HashSet<String>,
+}
+
+impl Responders {
+    /// Assembles the stage; `None` turns a responder off.
+    pub fn new(
+        exporter: Option<ExporterHandle>,
+        containment: Option<ContainmentHandle>,
+        evidence: Option<EvidenceConfig>,
+        runtime: Handle,
+        cgroup2: PathBuf,
+    ) -> Self {
+        Self {
+            exporter: exporter.map(Arc::new),
+            containment,
+            evidence,
+            runtime,
+            cgroup2,
+            captured: HashSet::new(),
+        }
+    }
+
+    /// Exports an event.
+    pub fn event(&self, event: &Event) {
+        if let Some(exporter) = &self.exporter {
+            exporter.send(ExportRecord::Event(event.clone()));
+        }
+    }
+
+    /// Exports a record; contains and captures for `contain` verdicts. `path_of` gives a
+    /// cgroup's path relative to the cgroup2 mount; `recent` the recent events of cgroups.
+    pub fn record(
+        &mut self,
+        record: &Record,
+        path_of: impl FnOnce(u64) -> Option<Arc<str>>,
+        recent: impl FnOnce(&[u64]) -> Vec<Event>,
+    ) {
+        if let Some(exporter) = &self.exporter {
+            exporter.send(ExportRecord::Verdict(finding(record)));
+        }
+        let Record::Verdict(verdict) = record else {
+            return;
+        };
+        if verdict.decision != Decision::Contain {
+            return;
+        }
+        let Some(cgroup_id) = verdict.subject.cgroup_id else {
+            warn!(subject = %verdict.subject.key, "contain verdict without a cgroup: nothing to block");
+            return;
+        };
+        let path = path_of(cgroup_id);
+        let targets = block_targets(&self.cgroup2, cgroup_id, path.as_deref());
+        // Evidence follows the containment's own decision (guardrails, warm-up, one incident
+        // per pod); without containment every contain verdict is captured.
+        let admitted = self
+            .containment
+            .as_ref()
+            .is_none_or(|c| c.on_verdict(verdict, verdict.ktime_ns, targets.clone()));
+        if let (true, Some(config), Some(path)) = (admitted, &self.evidence, path) {
+            let dir = self.cgroup2.join(path.trim_start_matches('/'));
+            self.capture(config.clone(), verdict, dir, recent(&targets));
+        }
+    }
+
+    fn capture(
+        &mut self,
+        config: EvidenceConfig,
+        verdict: &Verdict,
+        dir: PathBuf,
+        recent: Vec<Event>,
+    ) {
+        if self.captured.len() >= MAX_CAPTURED {
+            self.captured.clear();
+        }
+        if !self.captured.insert(verdict.subject.key.clone()) {
+            return;
+        }
+        let incident = format!(
+            "{}-{}",
+            verdict.subject.key.replace([':', '/'], "-"),
+            verdict.time.unix_timestamp()
+        );
+        let request = CaptureRequest {
+            target: Target::Cgroup(dir),
+            incident: Some(incident.clone()),
+            recent_events: Some(recent),
+        };
+        let exporter = self.exporter.clone();
+        self.runtime.spawn(async move {
+            match capture(&config, &config.out_dir, request).await {
+                Ok(outcome) => {
+                    info!(
+                        incident,
+                        bundle = %outcome.dir.display(),
+                        complete = outcome.manifest.complete,
+                        elapsed_ms = outcome.elapsed.as_millis() as u64,
+                        "evidence captured"
+                    );
+                    if let Some(exporter) = exporter {
+                        exporter.send(ExportRecord::Evidence(Finding {
+                            time: OffsetDateTime::now_utc(),
+                            severity: Severity::High,
+                            name: "evidence_bundle".into(),
+                            summary: format!("evidence of {incident} in {}", outcome.dir.display()),
+                            data: serde_json::to_value(&outcome.manifest).unwrap_or_default(),
+                        }));
+                    }
+                }
+                Err(err) => error!(incident, %err, "evidence capture failed"),
+            }
+        });
+    }
+
+    /// Stops the exporter after it delivered what it could within its drain time.
+    pub async fn shutdown(self) {
+        if let Some(containment) = self.containment {
+            // Its drop flushes the journal and joins the dispatcher thread: blocking work.
+            let _ = tokio::task::spawn_blocking(move || drop(containment)).await;
+        }
+        if let Some(exporter) = self.exporter {
+            match Arc::try_unwrap(exporter) {
+                Ok(exporter) => exporter.shutdown().await,
+                Err(_) => {
+                    warn!("a capture still runs: export stops without draining its memory queue")
+                }
+            }
+        }
+    }
+}
+
+/// What to block for a contained container: its pod's cgroup when the container sits in one
+/// (so sibling and restarted containers are cut off too), else the container's own cgroup.
+/// `path` is relative to the cgroup2 mount (a leading `/` is allowed).
+pub fn block_targets(cgroup2: &Path, cgroup_id: u64, path: Option<&str>) -> Vec<u64> {
+    let pod_dir = path.and_then(|path| {
+        let path = path.trim_matches('/');
+        let (parent, _) = path.rsplit_once('/')?;
+        let identity = cgroup_path::parse(parent).ok()?;
+        (identity.pod.is_some() && identity.container.is_none()).then(|| cgroup2.join(parent))
+    });
+    match pod_dir.and_then(|dir| std::fs::metadata(dir).ok()) {
+        Some(meta) => vec![meta.ino()],
+        None => vec![cgroup_id],
+    }
+}
+
+/// An alert or verdict as an export finding.
+fn finding(record: &Record) -> Finding {
+    let data = serde_json::to_value(record).unwrap_or_default();
+    match record {
+        Record::Alert(alert) => Finding {
+            time: alert.time,
+            severity: match alert.rule.severity {
+                RuleSeverity::Low => Severity::Low,
+                RuleSeverity::Medium => Severity::Medium,
+                RuleSeverity::High => Severity::High,
+                RuleSeverity::Critical => Severity::Critical,
+            },
+            name: alert.rule.id.clone(),
+            summary: format!(
+                "{} ({} {}) in {}",
+                alert.rule.description, alert.rule.tactic, alert.rule.technique, alert.subject.key
+            ),
+            data,
+        },
+        Record::Verdict(verdict) => Finding {
+            time: verdict.time,
+            severity: match verdict.decision {
+                Decision::Contain => Severity::Critical,
+                Decision::Alert => Severity::High,
+                Decision::Log => Severity::Info,
+            },
+            name: format!("verdict_{:?}", verdict.decision).to_lowercase(),
+            summary: format!(
+                "{} scored {:.0}: {}",
+                verdict.subject.key, verdict.score, verdict.reason
+            ),
+            data,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_in_a_pod_blocks_the_pod_and_a_bare_container_itself() {
+        let root = tempfile::tempdir().unwrap();
+        let pod = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0c4d1f9e_7a2b_4c3d_9e8f_112233445566.slice";
+        let container = format!("{pod}/cri-containerd-{}.scope", "ab".repeat(32));
+        std::fs::create_dir_all(root.path().join(&container)).unwrap();
+        let pod_ino = std::fs::metadata(root.path().join(pod)).unwrap().ino();
+        assert_eq!(block_targets(root.path(), 77, Some(&container)), [pod_ino]);
+        let absolute = format!("/{container}");
+        assert_eq!(block_targets(root.path(), 77, Some(&absolute)), [pod_ino]);
+        let docker = format!("system.slice/docker-{}.scope", "cd".repeat(32));
+        std::fs::create_dir_all(root.path().join(&docker)).unwrap();
+        assert_eq!(block_targets(root.path(), 78, Some(&docker)), [78]);
+        assert_eq!(block_targets(root.path(), 79, None), [79]);
+    }
+}
