@@ -50,6 +50,7 @@ async fn through(label: &str, to: Destination, records: u64) -> f64 {
         hostname: Some("bench".into()),
         drain_timeout_ms: 1000,
         channel_capacity: 1 << 20,
+        state_dir: std::path::PathBuf::new(),
         sinks: vec![sink(to)],
     };
     let exporter = Exporter::start(&config, state.path()).unwrap();

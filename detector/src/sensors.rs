@@ -576,8 +576,10 @@ mod tests {
 
     #[test]
     fn too_many_read_sensitive_prefixes_disable_the_prefilter() {
-        let mut config = SensorsConfig::default();
-        config.read_sensitive_paths = (0..40).map(|i| format!("/s{i:02}")).collect();
+        let config = SensorsConfig {
+            read_sensitive_paths: (0..40).map(|i| format!("/s{i:02}")).collect(),
+            ..SensorsConfig::default()
+        };
         let filter = read_prefilter(&path_class_entries(&config));
         assert_eq!(filter.len, ReadPrefilter::DISABLED);
     }
