@@ -70,6 +70,8 @@ pub struct Config {
     pub score: crate::score::ScoreConfig,
     /// Evidence capture.
     pub evidence: crate::evidence::EvidenceConfig,
+    /// The metrics and health server.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Where the rules come from.
@@ -247,6 +249,7 @@ impl Config {
             message: p.message,
         }));
         problems.extend(self.evidence.validate("evidence"));
+        problems.extend(self.metrics.validate("metrics"));
         problems
     }
 }

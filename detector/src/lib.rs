@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod decode;
 pub mod event;
 pub mod evidence;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod quarantine;
