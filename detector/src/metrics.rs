@@ -10,6 +10,29 @@
 //! - `/readyz`: 200 once the kernel programs are attached and, in cluster mode, the pod cache
 //!   has synced; 503 with the reason otherwise.
 //!
+//! Wiring it into the daemon:
+//!
+//! ```no_run
+//! # async fn wire(config: detector::config::Config) -> Result<(), detector::metrics::MetricsError> {
+//! use detector::metrics::{self, Metrics, Readiness};
+//!
+//! let metrics = Metrics::new();
+//! let readiness = Readiness::new();
+//! readiness.set_cluster_mode(config.attribution.kubernetes);
+//! let server = metrics::serve(&config.metrics, metrics.clone(), readiness.clone()).await?;
+//! // Once `Sensors::load` has attached the programs:
+//! metrics.set_programs_attached(&["sys_enter", "sched_process_exec"]);
+//! readiness.set_attached(true);
+//! // When the pod watcher's first list has been applied:
+//! readiness.set_pod_cache_synced(true);
+//! // Per batch in the analysis thread: `metrics.record_events(&events)`,
+//! // `metrics.record_records(&records)`, `metrics.observe_analysis_batch(started.elapsed())`;
+//! // per sample in the sampler: `metrics.observe_kernel_stats(&counters.stats())`.
+//! # drop(server);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Every metric is prefixed `detector_`. Label values come from small fixed sets (event kinds,
 //! severities, decisions, containment steps, program names), never from pods or paths, so the
 //! number of series stays bounded.
