@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod env;
+
 /// Failure to load a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -35,6 +37,12 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// Every problem found.
+        problems: Vec<Problem>,
+    },
+    /// `DETECTOR_` environment variables that are unknown or do not fit the schema.
+    #[error("invalid environment overrides:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Environment {
+        /// Every problem found, each located at its variable.
         problems: Vec<Problem>,
     },
 }
@@ -74,6 +82,8 @@ pub struct Config {
     pub contain: crate::contain::ContainConfig,
     /// SIEM export.
     pub export: crate::export::config::ExportConfig,
+    /// The metrics and health server.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// Where the rules come from.
@@ -253,6 +263,7 @@ impl Config {
         problems.extend(self.evidence.validate("evidence"));
         problems.extend(self.contain.validate("contain"));
         problems.extend(self.export.validate());
+        problems.extend(self.metrics.validate("metrics"));
         problems
     }
 }

@@ -47,10 +47,8 @@ pub fn run(command: EvidenceCommand) -> anyhow::Result<()> {
             out,
             config,
         } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
+            let config =
+                Config::load_with_env(config.as_deref(), detector::config::env::process_vars())?;
             let out = out.unwrap_or_else(|| config.evidence.out_dir.clone());
             let target = match (container, cgroup) {
                 (Some(id), _) => Target::Container(id),

@@ -16,6 +16,7 @@ pub mod decode;
 pub mod event;
 pub mod evidence;
 pub mod export;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod quarantine;

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use detector::config::{Config, Watch};
+use detector::config::{Config, Watch, env};
 
 mod contain_cli;
 mod evidence_cli;
@@ -81,10 +81,12 @@ enum RulesCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Validate a configuration file and print every problem with its location.
+    /// Validate a configuration file with the `DETECTOR_` environment overrides applied and
+    /// print every problem with its location (a key or a variable).
     Check {
-        /// The file.
-        file: PathBuf,
+        /// The file; the defaults without one.
+        #[arg(env = env::CONFIG_VAR)]
+        file: Option<PathBuf>,
     },
     /// Print the default configuration as YAML.
     Default,
@@ -100,7 +102,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            // An invalid DETECTOR_LOG is reported by the configuration check.
+            tracing_subscriber::EnvFilter::try_from_env(env::LOG_VAR)
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
@@ -112,10 +116,7 @@ fn main() -> ExitCode {
             watch,
             write_dedup_window_ms,
         } => (|| {
-            let mut config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
-            };
+            let mut config = Config::load_with_env(config.as_deref(), env::process_vars())?;
             if let Some(output) = output {
                 config.output.path = output;
             }
@@ -137,9 +138,11 @@ fn main() -> ExitCode {
                 .map_err(Into::into)
         })(),
         Command::Config { command } => match command {
-            ConfigCommand::Check { file } => Config::load(&file)
-                .map(|_| println!("{}: ok", file.display()))
-                .map_err(Into::into),
+            ConfigCommand::Check { file } => {
+                Config::load_with_env(file.as_deref(), env::process_vars())
+                    .map(|_| config_ok(file.as_deref()))
+                    .map_err(Into::into)
+            }
             ConfigCommand::Default => serde_yaml_ng::to_string(&Config::default())
                 .map(|text| print!("{text}"))
                 .map_err(Into::into),
@@ -162,6 +165,21 @@ fn main() -> ExitCode {
             eprintln!("error: {}", chain(err.as_ref()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints that the configuration is usable, and which variables changed it.
+fn config_ok(file: Option<&std::path::Path>) {
+    let name = file.map_or_else(|| "(defaults)".into(), |f| f.display().to_string());
+    let overrides = env::overrides(env::process_vars()).unwrap_or_default();
+    if overrides.is_empty() {
+        println!("{name}: ok");
+    } else {
+        let set: Vec<_> = overrides
+            .iter()
+            .map(|o| format!("{} ({})", o.variable, o.key()))
+            .collect();
+        println!("{name}: ok (from the environment: {})", set.join(", "));
     }
 }
 

@@ -1,0 +1,751 @@
+//! Observability: Prometheus metrics and health endpoints.
+//!
+//! [`Metrics`] holds every figure the daemon exports; it is cheap to clone (one [`Arc`]) and each
+//! recording method is a few atomic operations, so the pipeline, the analysis thread and the
+//! containment stage each keep a clone. [`Readiness`] is the state behind `/readyz`. [`serve`]
+//! starts the HTTP server:
+//!
+//! - `/metrics`: the OpenMetrics text exposition of every figure;
+//! - `/healthz`: 200 while the process answers;
+//! - `/readyz`: 200 once the kernel programs are attached and, in cluster mode, the pod cache
+//!   has synced; 503 with the reason otherwise.
+//!
+//! Wiring it into the daemon:
+//!
+//! ```no_run
+//! # async fn wire(config: detector::config::Config) -> Result<(), detector::metrics::MetricsError> {
+//! use detector::metrics::{self, Metrics, Readiness};
+//!
+//! let metrics = Metrics::new();
+//! let readiness = Readiness::new();
+//! readiness.set_cluster_mode(config.attribution.kubernetes);
+//! let server = metrics::serve(&config.metrics, metrics.clone(), readiness.clone()).await?;
+//! // Once `Sensors::load` has attached the programs:
+//! metrics.set_programs_attached(&["sys_enter", "sched_process_exec"]);
+//! readiness.set_attached(true);
+//! // When the pod watcher's first list has been applied:
+//! readiness.set_pod_cache_synced(true);
+//! // Per batch in the analysis thread: `metrics.record_events(&events)`,
+//! // `metrics.record_records(&records)`, `metrics.observe_analysis_batch(started.elapsed())`;
+//! // per sample in the sampler: `metrics.observe_kernel_stats(&counters.stats())`.
+//! # drop(server);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every metric is prefixed `detector_`. Label values come from small fixed sets (event kinds,
+//! severities, decisions, containment steps, program names), never from pods or paths, so the
+//! number of series stays bounded.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use detector_common::{STAT_COUNT, Stat};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::info;
+
+use crate::{
+    config::Problem,
+    event::{Body, Event},
+    rules::spec::Severity,
+    score::record::{Decision, Record},
+};
+
+/// The content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `metrics:` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz`.
+    pub enabled: bool,
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            // Every interface: Prometheus and the kubelet's probes reach the pod's own address.
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9090)),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Every problem in this section, located under `at` (the section's own key).
+    pub fn validate(&self, at: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.enabled && self.listen.port() == 0 {
+            problems.push(Problem {
+                at: format!("{at}.listen"),
+                message: "port 0 picks a random port that probes and Prometheus cannot find".into(),
+            });
+        }
+        problems
+    }
+}
+
+/// Failure to start the metrics server.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("the metrics server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OwnedKindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeverityLabel {
+    severity: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    step: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabel {
+    program: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// Every figure the daemon exports. Clones share the same figures.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    events: Family<KindLabel, Counter>,
+    kernel_lost: Family<OwnedKindLabel, Counter>,
+    decode_losses: Family<OwnedKindLabel, Counter>,
+    suppressed_writes: Counter,
+    kernel_read_errors: Counter,
+    quarantine_drops: Counter,
+    quarantine_denies: Counter,
+    queue_depth: Family<QueueLabel, Gauge>,
+    verdicts: Family<DecisionLabel, Counter>,
+    alerts: Family<SeverityLabel, Counter>,
+    containment_actions: Family<ActionLabels, Counter>,
+    containment_kernel_block: Histogram,
+    containment_api: Histogram,
+    analysis_batch: Histogram,
+    pods_tracked: Gauge,
+    programs_attached: Family<ProgramLabel, Gauge>,
+    /// Every program name marked so far, to mark the missing ones detached.
+    programs_known: Mutex<BTreeSet<String>>,
+    /// The kernel's cumulative counters as last seen, to turn them into increments.
+    kernel_stats_seen: Mutex<Vec<u64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of figures, all zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("detector");
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "events",
+            "Events delivered by the kernel sensors and the sampler, by kind",
+            events.clone(),
+        );
+        let kernel_lost = Family::<OwnedKindLabel, Counter>::default();
+        registry.register(
+            "kernel_lost_events",
+            "Records the kernel could not reserve ring-buffer space for, by kind",
+            kernel_lost.clone(),
+        );
+        let decode_losses = Family::<OwnedKindLabel, Counter>::default();
+        registry.register(
+            "decode_losses",
+            "Records user space could not decode, by kind",
+            decode_losses.clone(),
+        );
+        let suppressed_writes = Counter::default();
+        registry.register(
+            "suppressed_writes",
+            "Write-opens counted in the kernel as repeats instead of reported",
+            suppressed_writes.clone(),
+        );
+        let kernel_read_errors = Counter::default();
+        registry.register(
+            "kernel_read_errors",
+            "Kernel reads of user or kernel memory that failed",
+            kernel_read_errors.clone(),
+        );
+        let quarantine_drops = Counter::default();
+        registry.register(
+            "quarantine_dropped_packets",
+            "Packets of quarantined cgroups dropped in the kernel (egress and ingress)",
+            quarantine_drops.clone(),
+        );
+        let quarantine_denies = Counter::default();
+        registry.register(
+            "quarantine_denied_connects",
+            "Connects of quarantined cgroups refused in the kernel",
+            quarantine_denies.clone(),
+        );
+        let queue_depth = Family::<QueueLabel, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Items waiting in an internal queue, by queue",
+            queue_depth.clone(),
+        );
+        let verdicts = Family::<DecisionLabel, Counter>::default();
+        registry.register(
+            "verdicts",
+            "Verdicts (a pod's decision went up), by decision",
+            verdicts.clone(),
+        );
+        let alerts = Family::<SeverityLabel, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts (a rule matched an event), by the rule's severity",
+            alerts.clone(),
+        );
+        let containment_actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "containment_actions",
+            "Containment actions, by step and outcome",
+            containment_actions.clone(),
+        );
+        // 100 µs to about 3.3 s: a kernel block should take milliseconds.
+        let containment_kernel_block = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "containment_kernel_block_seconds",
+            "Time from the event that tipped a pod into containment to its kernel block",
+            containment_kernel_block.clone(),
+        );
+        // 1 ms to about 65 s: API calls, retries and evictions.
+        let containment_api = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "containment_api_seconds",
+            "Time from the event that tipped a pod into containment to the end of all API steps",
+            containment_api.clone(),
+        );
+        // 10 µs to about 1.3 s.
+        let analysis_batch = Histogram::new(exponential_buckets(0.00001, 2.0, 18));
+        registry.register(
+            "analysis_batch_seconds",
+            "Time to enrich, score and write one batch of events",
+            analysis_batch.clone(),
+        );
+        let pods_tracked = Gauge::default();
+        registry.register(
+            "pods_tracked",
+            "Pods in the attribution index",
+            pods_tracked.clone(),
+        );
+        let programs_attached = Family::<ProgramLabel, Gauge>::default();
+        registry.register(
+            "program_attached",
+            "1 when the kernel program is attached, 0 when it is not",
+            programs_attached.clone(),
+        );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The detector's version", build_info);
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                events,
+                kernel_lost,
+                decode_losses,
+                suppressed_writes,
+                kernel_read_errors,
+                quarantine_drops,
+                quarantine_denies,
+                queue_depth,
+                verdicts,
+                alerts,
+                containment_actions,
+                containment_kernel_block,
+                containment_api,
+                analysis_batch,
+                pods_tracked,
+                programs_attached,
+                programs_known: Mutex::default(),
+                kernel_stats_seen: Mutex::new(vec![0; STAT_COUNT as usize]),
+            }),
+        }
+    }
+
+    /// Counts one event by kind. Loss events also add their count to the kernel losses
+    /// (`source: ring_buffer`) or the decode losses (`source: decode`) of their kind.
+    pub fn record_event(&self, event: &Event) {
+        let m = &self.inner;
+        m.events
+            .get_or_create(&KindLabel {
+                kind: event.body.kind(),
+            })
+            .inc();
+        if let Body::Loss(loss) = &event.body {
+            let family = if loss.source == "decode" {
+                &m.decode_losses
+            } else {
+                &m.kernel_lost
+            };
+            family
+                .get_or_create(&OwnedKindLabel {
+                    kind: loss.lost_kind.clone(),
+                })
+                .inc_by(loss.count);
+        }
+    }
+
+    /// Counts every event of a batch; see [`Metrics::record_event`].
+    pub fn record_events(&self, events: &[Event]) {
+        for event in events {
+            self.record_event(event);
+        }
+    }
+
+    /// Takes the kernel's cumulative counters (`Counters::stats`, indexed by [`Stat`]) and adds
+    /// what grew since the previous call to suppressed writes, read errors and quarantine
+    /// drops and denies. Ring-buffer losses are counted from loss events instead (see
+    /// [`Metrics::record_event`]), so they are not counted twice.
+    pub fn observe_kernel_stats(&self, stats: &[u64]) {
+        let m = &self.inner;
+        let mut seen = m
+            .kernel_stats_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut grew = |stat: Stat| -> u64 {
+            let i = stat as usize;
+            let now = stats.get(i).copied().unwrap_or(0);
+            // A counter that went down was reset (the programs were reloaded): count it anew.
+            let delta = now.checked_sub(seen[i]).unwrap_or(now);
+            seen[i] = now;
+            delta
+        };
+        m.suppressed_writes.inc_by(grew(Stat::SuppressedWrites));
+        m.kernel_read_errors.inc_by(grew(Stat::ReadErrors));
+        m.quarantine_drops.inc_by(grew(Stat::QuarantineDrops));
+        m.quarantine_denies.inc_by(grew(Stat::QuarantineDenies));
+    }
+
+    /// Sets the depth of an internal queue (e.g. `batches`, `held_events`, `containment`).
+    pub fn set_queue_depth(&self, queue: &'static str, depth: usize) {
+        self.inner
+            .queue_depth
+            .get_or_create(&QueueLabel { queue })
+            .set(saturating_i64(depth));
+    }
+
+    /// Counts the alerts (by severity) and verdicts (by decision) among the engine's records.
+    pub fn record_records(&self, records: &[Record]) {
+        for record in records {
+            match record {
+                Record::Alert(alert) => self.record_alert(alert.rule.severity),
+                Record::Verdict(verdict) => self.record_verdict(verdict.decision),
+            }
+        }
+    }
+
+    /// Counts one alert of a rule of this severity.
+    pub fn record_alert(&self, severity: Severity) {
+        let severity = match severity {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        };
+        self.inner
+            .alerts
+            .get_or_create(&SeverityLabel { severity })
+            .inc();
+    }
+
+    /// Counts one verdict with this decision.
+    pub fn record_verdict(&self, decision: Decision) {
+        let decision = match decision {
+            Decision::Log => "log",
+            Decision::Alert => "alert",
+            Decision::Contain => "contain",
+        };
+        self.inner
+            .verdicts
+            .get_or_create(&DecisionLabel { decision })
+            .inc();
+    }
+
+    /// Counts one containment action: `step` from the playbook's fixed set (e.g.
+    /// `kernel_block`, `label`, `network_policy`, `cordon`, `evict`, `evidence`), `outcome` e.g.
+    /// `ok`, `failed`, `dry_run`, `refused`.
+    pub fn record_containment_action(&self, step: &str, outcome: &str) {
+        self.inner
+            .containment_actions
+            .get_or_create(&ActionLabels {
+                step: step.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records the time from the event that tipped a pod into containment to its kernel block.
+    pub fn observe_containment_kernel_block(&self, elapsed: Duration) {
+        self.inner
+            .containment_kernel_block
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the time from the event that tipped a pod into containment to the end of all
+    /// its API steps.
+    pub fn observe_containment_api(&self, elapsed: Duration) {
+        self.inner.containment_api.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long the analysis stage took over one batch.
+    pub fn observe_analysis_batch(&self, elapsed: Duration) {
+        self.inner.analysis_batch.observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the number of pods in the attribution index.
+    pub fn set_pods_tracked(&self, pods: usize) {
+        self.inner.pods_tracked.set(saturating_i64(pods));
+    }
+
+    /// Marks one kernel program attached (1) or not (0).
+    pub fn set_program_attached(&self, program: &str, attached: bool) {
+        self.inner
+            .programs_attached
+            .get_or_create(&ProgramLabel {
+                program: program.to_owned(),
+            })
+            .set(i64::from(attached));
+    }
+
+    /// Marks these programs attached (e.g. `Sensors::attached()`) and every program marked
+    /// before but missing here as detached (0).
+    pub fn set_programs_attached(&self, programs: &[&str]) {
+        let mut known = self
+            .inner
+            .programs_known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for program in known.iter() {
+            if !programs.contains(&program.as_str()) {
+                self.set_program_attached(program, false);
+            }
+        }
+        for program in programs {
+            known.insert((*program).to_owned());
+            self.set_program_attached(program, true);
+        }
+    }
+
+    /// The OpenMetrics text exposition of every figure.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a `String` cannot fail.
+        let _ = encode(&mut text, &self.inner.registry);
+        text
+    }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What `/readyz` answers. Clones share the same state.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    inner: Arc<ReadinessInner>,
+}
+
+#[derive(Debug, Default)]
+struct ReadinessInner {
+    attached: AtomicBool,
+    pod_cache_synced: AtomicBool,
+    cluster_mode: AtomicBool,
+}
+
+impl Readiness {
+    /// Not ready: nothing attached yet, standalone mode.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the kernel programs are attached.
+    pub fn set_attached(&self, attached: bool) {
+        self.inner.attached.store(attached, Ordering::Relaxed);
+    }
+
+    /// Whether the pod watcher has listed this node's pods at least once.
+    pub fn set_pod_cache_synced(&self, synced: bool) {
+        self.inner.pod_cache_synced.store(synced, Ordering::Relaxed);
+    }
+
+    /// Whether the daemon watches pods through the API (then readiness waits for the sync).
+    pub fn set_cluster_mode(&self, cluster: bool) {
+        self.inner.cluster_mode.store(cluster, Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else every reason it is not.
+    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+        let mut reasons = Vec::new();
+        if !self.inner.attached.load(Ordering::Relaxed) {
+            reasons.push("kernel programs not attached");
+        }
+        if self.inner.cluster_mode.load(Ordering::Relaxed)
+            && !self.inner.pod_cache_synced.load(Ordering::Relaxed)
+        {
+            reasons.push("pod cache not synced");
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+/// A running metrics server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<Result<(), MetricsError>>,
+}
+
+impl Server {
+    /// The address actually bound (the port is known even when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's task; it runs until aborted or until the listener fails.
+    pub fn into_handle(self) -> JoinHandle<Result<(), MetricsError>> {
+        self.task
+    }
+
+    /// Stops the server.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// The HTTP routes, without a listener (for embedding or tests).
+pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(serve_health))
+        .route("/readyz", get(serve_ready))
+        .with_state(AppState { metrics, readiness })
+}
+
+/// Binds `config.listen` and serves `/metrics`, `/healthz` and `/readyz` on a task of the
+/// current runtime. `Ok(None)` when the server is disabled. Must be called inside a Tokio
+/// runtime.
+pub async fn serve(
+    config: &MetricsConfig,
+    metrics: Metrics,
+    readiness: Readiness,
+) -> Result<Option<Server>, MetricsError> {
+    if !config.enabled {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| MetricsError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| MetricsError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    info!(%addr, "serving /metrics, /healthz and /readyz");
+    let app = router(metrics, readiness);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .await
+            .map_err(MetricsError::Serve)
+    });
+    Ok(Some(Server { addr, task }))
+}
+
+async fn serve_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn serve_health() -> &'static str {
+    "ok\n"
+}
+
+async fn serve_ready(State(state): State<AppState>) -> Response {
+    match state.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+        Err(reasons) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", reasons.join("; ")),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_port_zero_is_not() {
+        assert!(MetricsConfig::default().validate("metrics").is_empty());
+        let config = MetricsConfig {
+            enabled: true,
+            listen: "127.0.0.1:0".parse().unwrap(),
+        };
+        let problems = config.validate("metrics");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].at, "metrics.listen");
+        let disabled = MetricsConfig {
+            enabled: false,
+            ..config
+        };
+        assert!(disabled.validate("metrics").is_empty());
+    }
+
+    #[test]
+    fn kernel_stats_become_increments() {
+        let metrics = Metrics::new();
+        let mut stats = vec![0; STAT_COUNT as usize];
+        stats[Stat::SuppressedWrites as usize] = 5;
+        stats[Stat::QuarantineDenies as usize] = 2;
+        metrics.observe_kernel_stats(&stats);
+        stats[Stat::SuppressedWrites as usize] = 7;
+        metrics.observe_kernel_stats(&stats);
+        let text = metrics.encode();
+        assert!(
+            text.contains("detector_suppressed_writes_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detector_quarantine_denied_connects_total 2\n"),
+            "{text}"
+        );
+        // A reset counter counts anew rather than going backwards.
+        stats[Stat::SuppressedWrites as usize] = 1;
+        metrics.observe_kernel_stats(&stats);
+        assert!(
+            metrics
+                .encode()
+                .contains("detector_suppressed_writes_total 8\n")
+        );
+    }
+
+    #[test]
+    fn readiness_names_every_reason() {
+        let ready = Readiness::new();
+        assert_eq!(ready.check(), Err(vec!["kernel programs not attached"]));
+        ready.set_attached(true);
+        assert_eq!(ready.check(), Ok(()));
+        ready.set_cluster_mode(true);
+        assert_eq!(ready.check(), Err(vec!["pod cache not synced"]));
+        ready.set_pod_cache_synced(true);
+        assert_eq!(ready.check(), Ok(()));
+    }
+
+    #[test]
+    fn programs_attached_replaces_the_set() {
+        let metrics = Metrics::new();
+        metrics.set_programs_attached(&["exec", "file"]);
+        metrics.set_programs_attached(&["exec"]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("detector_program_attached{program=\"exec\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detector_program_attached{program=\"file\"} 0"),
+            "{text}"
+        );
+    }
+}
