@@ -29,6 +29,7 @@ use crate::{
     event::Event,
     evidence::RecentEvents,
     export::{ExportError, Exporter},
+    metrics::{self, Metrics, MetricsError, Readiness},
     output::{JsonLines, OutputError},
     pipeline::Pipeline,
     respond::Responders,
@@ -58,6 +59,9 @@ pub enum DaemonError {
     /// The exporter could not start (its disk queues, mostly).
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// The metrics and health server could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// No Kubernetes client in cluster mode.
     #[error(transparent)]
     Kube(#[from] pod_watch::PodWatchError),
@@ -86,6 +90,7 @@ pub struct Analysis {
     recent: RecentEvents,
     out: JsonLines,
     responders: Responders,
+    metrics: Metrics,
     records: Vec<Record>,
 }
 
@@ -97,6 +102,7 @@ impl Analysis {
         recent: RecentEvents,
         out: JsonLines,
         responders: Responders,
+        metrics: Metrics,
     ) -> Self {
         Self {
             enricher,
@@ -104,6 +110,7 @@ impl Analysis {
             recent,
             out,
             responders,
+            metrics,
             records: Vec::new(),
         }
     }
@@ -141,6 +148,7 @@ impl Analysis {
         if events.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         self.records.clear();
         for event in events {
             self.recent.push(event);
@@ -148,10 +156,14 @@ impl Analysis {
             self.responders.event(event);
         }
         self.out.write_batch(events)?;
+        self.metrics.record_events(events);
+        self.metrics.set_pods_tracked(self.engine.tracked());
         if self.records.is_empty() {
+            self.metrics.observe_analysis_batch(started.elapsed());
             return Ok(());
         }
         self.out.write_batch(&self.records)?;
+        self.metrics.record_records(&self.records);
         let now = Instant::now();
         let Self {
             enricher,
@@ -167,6 +179,7 @@ impl Analysis {
                 |cgroups| recent.for_cgroups(cgroups, Clock::boot_now_ns()),
             );
         }
+        self.metrics.observe_analysis_batch(started.elapsed());
         Ok(())
     }
 }
@@ -180,10 +193,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             None
         }
     };
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    readiness.set_cluster_mode(config.attribution.kubernetes);
+    // Served from the start, so that liveness answers while the programs load.
+    let _server = metrics::serve(&config.metrics, metrics.clone(), readiness.clone()).await?;
     let rules = RuleSet::load(config.rules.dir.as_deref())?;
     let engine = Engine::new(rules, config.score.clone());
     let out = JsonLines::open(&config.output.path)?;
     let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
+    metrics.set_programs_attached(sensors.attached());
+    readiness.set_attached(true);
     let quarantine = sensors.take_quarantine()?;
     let kube = if config.attribution.kubernetes {
         Some(pod_watch::default_client().await?)
@@ -216,8 +236,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let enricher = Enricher::for_node(&config.attribution, sensors.cgroup2(), pods.clone());
     if config.attribution.kubernetes {
         let attribution = config.attribution.clone();
+        let synced = readiness.clone();
         tokio::spawn(async move {
-            if let Err(err) = pod_watch::run(&attribution, pods).await {
+            let on_synced = move || synced.set_pod_cache_synced(true);
+            if let Err(err) = pod_watch::run(&attribution, pods, on_synced).await {
                 error!(%err, "pod watch stopped: events carry cgroup-derived pod ids only");
             }
         });
@@ -229,9 +251,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             config.output.path.display()
         );
     }
-    let (pipeline, batches) = Pipeline::spawn(
+    let (pipeline, batches) = Pipeline::spawn_with_metrics(
         sensors,
         Duration::from_millis(config.sensors.sample_interval_ms),
+        Some(metrics.clone()),
     )?;
     let analysis = Analysis::new(
         enricher,
@@ -239,6 +262,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         RecentEvents::from_config(&config.evidence),
         out,
         responders,
+        metrics,
     );
     let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
     let handle = Handle::current();

@@ -27,6 +27,7 @@ use crate::{
     clock::Clock,
     decode::decode,
     event::{Body, Egress, Event, Loss, ProcessFields},
+    metrics::Metrics,
     sensors::{Counters, SensorError, Sensors},
 };
 
@@ -56,8 +57,17 @@ impl Pipeline {
     /// Starts the tasks; events arrive in batches on the returned receiver, which closes once
     /// the pipeline has stopped and every batch was delivered.
     pub fn spawn(
+        sensors: Sensors,
+        sample_interval: Duration,
+    ) -> Result<(Self, mpsc::Receiver<Vec<Event>>), SensorError> {
+        Self::spawn_with_metrics(sensors, sample_interval, None)
+    }
+
+    /// [`Pipeline::spawn`], also handing every sample of the kernel counters to `metrics`.
+    pub fn spawn_with_metrics(
         mut sensors: Sensors,
         sample_interval: Duration,
+        metrics: Option<Metrics>,
     ) -> Result<(Self, mpsc::Receiver<Vec<Event>>), SensorError> {
         let ring = sensors.take_events()?;
         let counters = sensors.take_counters()?;
@@ -76,6 +86,7 @@ impl Pipeline {
             sample_interval,
             tx,
             stopped,
+            metrics,
         ));
         Ok((
             Self {
@@ -288,6 +299,7 @@ async fn sample(
     interval: Duration,
     tx: mpsc::Sender<Vec<Event>>,
     mut stopped: watch::Receiver<bool>,
+    metrics: Option<Metrics>,
 ) {
     let mut sampler = Sampler {
         counters,
@@ -306,6 +318,9 @@ async fn sample(
                     warn!(%err, "cannot refresh container cgroup roots");
                 }
                 let events = sampler.sample();
+                if let Some(metrics) = &metrics {
+                    metrics.observe_kernel_stats(&sampler.last_stats);
+                }
                 if !events.is_empty() && tx.send(events).await.is_err() {
                     break;
                 }

@@ -108,7 +108,7 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
-        "contain:\n  enabled: false\nevidence:\n  on_contain: false\n",
+        "contain:\n  enabled: false\nevidence:\n  on_contain: false\nmetrics:\n  enabled: false\n",
     )
     .unwrap();
     let mut daemon = Daemon::start(&[
@@ -191,10 +191,14 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     let journal = dir.path().join("incidents");
     let evidence = dir.path().join("evidence");
     let config = dir.path().join("config.yaml");
+    let metrics_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
     std::fs::write(
         &config,
         format!(
-            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  out_dir: {}\n  docker_socket: {}\n",
+            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  out_dir: {}\n  docker_socket: {}\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
             journal.display(),
             evidence.display(),
             dir.path().join("no-docker.sock").display()

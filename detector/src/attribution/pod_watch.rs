@@ -53,11 +53,16 @@ pub enum PodWatchError {
 /// The daemon's entry point for the watch: finds the node name (configuration, `NODE_NAME`,
 /// host name) and a client (in-cluster or `KUBECONFIG`), then runs [`watch_pods`] until the
 /// task is dropped. Only call it when `attribution.kubernetes` is on.
-pub async fn run(config: &AttributionConfig, index: SharedPodIndex) -> Result<(), PodWatchError> {
+/// `on_synced` runs each time a full list of the node's pods has been applied (readiness).
+pub async fn run(
+    config: &AttributionConfig,
+    index: SharedPodIndex,
+    on_synced: impl Fn() + Send,
+) -> Result<(), PodWatchError> {
     let node = node::detect(config.node_name.as_deref())?;
     info!(node = %node.name, source = ?node.source, "node identity");
     let client = default_client().await?;
-    watch_pods(client, &node.name, index).await;
+    watch_pods_with(client, &node.name, index, on_synced).await;
     Ok(())
 }
 
@@ -70,6 +75,16 @@ pub async fn default_client() -> Result<Client, PodWatchError> {
 /// API errors are logged and retried with backoff; while the watcher runs, the index says it
 /// is watching, so events of pods it does not know yet are held briefly.
 pub async fn watch_pods(client: Client, node: &str, index: SharedPodIndex) {
+    watch_pods_with(client, node, index, || {}).await;
+}
+
+/// [`watch_pods`], calling `on_synced` whenever a full list has been applied.
+pub async fn watch_pods_with(
+    client: Client,
+    node: &str,
+    index: SharedPodIndex,
+    on_synced: impl Fn() + Send,
+) {
     let api: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut owners = OwnerResolver::new(client);
@@ -94,6 +109,7 @@ pub async fn watch_pods(client: Client, node: &str, index: SharedPodIndex) {
                 let mut index = write(&index);
                 index.retain_live(&relisted, Instant::now());
                 debug!(pods = index.len(), "pod list synced");
+                on_synced();
             }
             Ok(watcher::Event::Apply(pod)) => {
                 let owner = owners.resolve(&pod).await;
