@@ -62,7 +62,7 @@ fn config(sinks: Vec<SinkConfig>) -> ExportConfig {
         hostname: Some("node-1".into()),
         drain_timeout_ms: 2000,
         channel_capacity: 200_000,
-    state_dir: std::path::PathBuf::new(),
+        state_dir: std::path::PathBuf::new(),
         sinks,
     }
 }

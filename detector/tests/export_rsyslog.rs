@@ -169,7 +169,7 @@ fn config(
         hostname: Some("node-1".into()),
         drain_timeout_ms: 5000,
         channel_capacity: 10_000,
-    state_dir: std::path::PathBuf::new(),
+        state_dir: std::path::PathBuf::new(),
         sinks: vec![SinkConfig {
             name: "rsyslog".into(),
             schema: Schema::Ocsf,
