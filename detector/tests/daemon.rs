@@ -263,6 +263,27 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     let journal_text = std::fs::read_to_string(journal.join("journal.jsonl")).unwrap();
     assert!(journal_text.contains(pod_uid), "{journal_text}");
     assert!(journal_text.contains("not_applicable"), "{journal_text}");
+    let entries: Vec<Value> = journal_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let deciding = entries
+        .iter()
+        .find_map(|e| (e["entry"] == "opened").then(|| e["event_ktime_ns"].as_u64()))
+        .flatten()
+        .expect("opened entry with the deciding event's kernel time");
+    let blocked = entries
+        .iter()
+        .find_map(|e| {
+            (e["entry"] == "step" && e["step"] == "kernel_block").then(|| e["boot_ns"].as_u64())
+        })
+        .flatten()
+        .expect("kernel_block step with its time");
+    // A figure for the record, not a timed assertion: latency targets are benchmarks' business.
+    eprintln!(
+        "kernel block in place {:.3} ms after the deciding event's kernel timestamp",
+        (blocked.saturating_sub(deciding)) as f64 / 1e6
+    );
 
     // Evidence from the node side: a bundle that verifies.
     let deadline = Instant::now() + Duration::from_secs(20);
