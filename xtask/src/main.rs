@@ -228,7 +228,10 @@ fn test() -> anyhow::Result<()> {
     } else {
         eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
     }
-    run_tests(cargo().arg("test").args(HOST_CRATES))
+    // Test tools installed for the project (moto) come first on the tests' PATH.
+    let path = env::var_os("PATH").unwrap_or_default();
+    let path = env::join_paths(std::iter::once(venv_bin()).chain(env::split_paths(&path)))?;
+    run_tests(cargo().arg("test").args(HOST_CRATES).env("PATH", path))
 }
 
 /// What the tests run against, installed when missing (idempotent; root only): a real dockerd
@@ -258,10 +261,40 @@ fn install_test_packages() -> anyhow::Result<()> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    if !has("moto_server") {
-        status(Command::new("python3").args(["-m", "pip", "install", "--quiet", "moto[server]"]))?;
-    }
+    install_moto()?;
     Ok(())
+}
+
+/// The project's own Python environment for test tools from PyPI (`target/xtask/venv`): the
+/// system Python may be externally managed (PEP 668), so nothing is installed into it.
+fn venv_bin() -> PathBuf {
+    target_dir().join("xtask/venv/bin")
+}
+
+/// moto's S3 server, in the project's virtualenv; the tests find it on PATH (see `test`).
+fn install_moto() -> anyhow::Result<()> {
+    let bin = venv_bin();
+    if bin.join("moto_server").exists() {
+        return Ok(());
+    }
+    let venv = bin.parent().context("venv dir")?.to_owned();
+    let make = || {
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !make() {
+        // Debian's python3 needs its venv module from a package of its own.
+        apt_install(&["python3-venv"])?;
+        ensure!(
+            make(),
+            "cannot create a Python virtualenv in {}",
+            venv.display()
+        );
+    }
+    status(Command::new(bin.join("pip")).args(["install", "--quiet", "moto[server]"]))
 }
 
 /// `apt-get install`, refreshing the package lists once if the first try fails.
