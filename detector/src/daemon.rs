@@ -211,12 +211,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         None
     };
     let containment = if config.contain.enabled {
-        Some(Containment::start(
-            config.contain.clone(),
-            quarantine,
-            kube,
-            &config.contain.journal_dir,
-        )?)
+        Some(
+            Containment::start(
+                config.contain.clone(),
+                quarantine,
+                kube,
+                &config.contain.journal_dir,
+            )?
+            .with_metrics(metrics.clone()),
+        )
     } else {
         None
     };

@@ -231,7 +231,12 @@ fn test() -> anyhow::Result<()> {
     // Test tools installed for the project (moto) come first on the tests' PATH.
     let path = env::var_os("PATH").unwrap_or_default();
     let path = env::join_paths(std::iter::once(venv_bin()).chain(env::split_paths(&path)))?;
-    run_tests(cargo().arg("test").args(HOST_CRATES).env("PATH", path))
+    run_tests(
+        cargo()
+            .args(["test", "--no-fail-fast"])
+            .args(HOST_CRATES)
+            .env("PATH", path),
+    )
 }
 
 /// What the tests run against, installed when missing (idempotent; root only): a real dockerd

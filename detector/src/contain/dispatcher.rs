@@ -31,7 +31,10 @@ use super::{
     kube::{EventObject, KubeApi},
     release::{self, ReleaseError},
 };
-use crate::score::{Decision, Subject, Verdict};
+use crate::{
+    metrics::Metrics,
+    score::{Decision, Subject, Verdict},
+};
 
 /// Verdicts waiting for the dispatcher at most; beyond it they are dropped and counted.
 const QUEUE: usize = 1024;
@@ -296,6 +299,7 @@ struct Shared {
     node: String,
     started: Instant,
     counter: AtomicU64,
+    metrics: std::sync::OnceLock<Metrics>,
 }
 
 enum WriterMsg {
@@ -306,6 +310,15 @@ enum WriterMsg {
 impl Shared {
     fn record(&self, incident: &str, kind: EntryKind) -> Entry {
         let entry = Entry::new(incident, kind);
+        if let (Some(metrics), EntryKind::Step { step, outcome }) =
+            (self.metrics.get(), &entry.kind)
+        {
+            let status = serde_json::to_value(outcome)
+                .ok()
+                .and_then(|v| v["status"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            metrics.record_containment_action(step, &status);
+        }
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -426,7 +439,19 @@ impl Containment {
             node,
             started,
             counter: AtomicU64::new(0),
+            metrics: std::sync::OnceLock::new(),
         });
+        // Incidents in force hold their pods before the first verdict can arrive, so a verdict
+        // right after a restart does no duplicate work (the dispatcher resumes them later).
+        for record in shared.records().into_values() {
+            let in_force = matches!(
+                record.state,
+                journal::IncidentState::Open | journal::IncidentState::Contained
+            );
+            if in_force && !record.dry_run {
+                shared.guard().resumed(&record.subject, &record.id);
+            }
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
@@ -492,6 +517,12 @@ impl ContainmentHandle {
             );
         }
         true
+    }
+
+    /// Records every step's outcome and the containment latencies in `metrics` from now on.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        let _ = self.shared.metrics.set(metrics);
+        self
     }
 
     /// Verdicts dropped because the queue was full.
@@ -751,6 +782,7 @@ fn admit_and_block(
         cgroup_ids,
         pod: None,
         node_held_by: Vec::new(),
+        event_ktime_ns,
     };
     // The kernel block first: it needs no API round trip and cuts the pod off at once.
     let kernel = if shared.config.steps.kernel_block {
@@ -784,15 +816,18 @@ fn admit_and_block(
                 outcome,
             },
         );
+        let latency = Duration::from_nanos(
+            entry
+                .boot_ns
+                .unwrap_or_default()
+                .saturating_sub(event_ktime_ns),
+        );
+        if let Some(metrics) = shared.metrics.get() {
+            metrics.observe_containment_kernel_block(latency);
+        }
         tracing::info!(
-            "incident {id}: {} kernel block {:?} after the event",
+            "incident {id}: {} kernel block {latency:?} after the event",
             verdict.subject.key,
-            Duration::from_nanos(
-                entry
-                    .boot_ns
-                    .unwrap_or_default()
-                    .saturating_sub(event_ktime_ns)
-            )
         );
     }
     Some(Command::Steps {
@@ -871,7 +906,14 @@ async fn api_steps(
             },
         );
     }
-    shared.record(&id, EntryKind::Completed);
+    let completed = shared.record(&id, EntryKind::Completed);
+    if let (Some(metrics), Some(boot_ns)) = (shared.metrics.get(), completed.boot_ns)
+        && incident.event_ktime_ns != 0
+    {
+        metrics.observe_containment_api(Duration::from_nanos(
+            boot_ns.saturating_sub(incident.event_ktime_ns),
+        ));
+    }
     // Events are best effort and off the steps' path; the task ends once they are sent.
     for event in events {
         let _ = event.await;

@@ -227,6 +227,8 @@ pub struct Incident {
     pub pod: Option<Pod>,
     /// Other open incidents on the same node (release keeps the node cordoned for them).
     pub node_held_by: Vec<String>,
+    /// `CLOCK_BOOTTIME` of the deciding event (0 when unknown, as for a resumed incident).
+    pub event_ktime_ns: u64,
 }
 
 impl Incident {

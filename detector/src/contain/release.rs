@@ -50,6 +50,7 @@ pub fn incident_of(record: &IncidentRecord, node_held_by: Vec<String>) -> Incide
         cgroup_ids: record.cgroup_ids.clone(),
         pod: None,
         node_held_by,
+        event_ktime_ns: 0,
     }
 }
 
