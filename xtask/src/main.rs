@@ -7,6 +7,8 @@
 //!   as root it first installs what the evidence tests run against (dockerd, busybox, moto).
 //! - `bench`: set-up, bpftrace as a peer when it can be installed, then the benchmark.
 //! - `run`: set-up, build, then `detector run` with the given arguments (as root).
+//! - `demo`: set-up, the test packages, a debug build, then `detector-demo` (as root): a pod's
+//!   container attacked, detected and contained against the test API server.
 
 use std::{
     env,
@@ -49,6 +51,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up and run the end-to-end demo (needs root): attack, detection, containment.
+    Demo,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test(),
         Task::Bench { no_peers, args } => bench(no_peers, &args),
         Task::Run { args } => run(&args),
+        Task::Demo => demo(),
     }
 }
 
@@ -351,4 +356,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
     status(cargo().args(["build", "--release", "-p", "detector"]))?;
     let detector = target_dir().join("release/detector");
     status(Command::new(detector).arg("run").args(args))
+}
+
+fn demo() -> anyhow::Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the demo loads eBPF programs and starts dockerd: run it as root");
+    }
+    install_test_packages()?;
+    status(cargo().args(["build", "-p", "detector", "-p", "tests", "--bins"]))?;
+    status(Command::new(target_dir().join("debug/detector-demo")).current_dir(workspace()))
 }
