@@ -4,7 +4,8 @@
 //!   bpf-linker built against that nightly's own libLLVM. Idempotent; a second run takes
 //!   seconds.
 //! - `test`: set-up, then lints and every test, the privileged ones included (run as root);
-//!   as root it first installs what the evidence tests run against (dockerd, busybox, moto).
+//!   as root it first installs what the evidence tests run against (dockerd, busybox, moto),
+//!   and ends with the demo.
 //! - `bench`: set-up, bpftrace as a peer when it can be installed, then the benchmark.
 //! - `run`: set-up, build, then `detector run` with the given arguments (as root).
 //! - `demo`: set-up, the test packages, a debug build, then `detector-demo` (as root): a pod's
@@ -233,7 +234,13 @@ fn test() -> anyhow::Result<()> {
     } else {
         eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
     }
-    run_tests(cargo().arg("test").args(HOST_CRATES))
+    run_tests(cargo().arg("test").args(HOST_CRATES))?;
+    if is_root() {
+        // The end-to-end demo (about 5 s once built): attack, detection, containment.
+        status(cargo().args(["build", "-p", "detector", "-p", "tests", "--bins"]))?;
+        status(Command::new(target_dir().join("debug/detector-demo")).current_dir(workspace()))?;
+    }
+    Ok(())
 }
 
 /// What the tests run against, installed when missing (idempotent; root only): a real dockerd
