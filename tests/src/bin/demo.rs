@@ -518,22 +518,22 @@ fn demo() -> anyhow::Result<()> {
     println!("\n== alerts");
     for a in lines.iter().filter(|l| l["kind"] == "alert") {
         println!(
-            "  {:>12}  {:<26} {:<6} {:<20} score {:>5}  {}",
+            "  {:>12}  {:<26} {:<6} {:<20} score {:>5.1}  {}",
             ms_after(a["ktime_ns"].as_u64().unwrap_or(0), origin),
             str_of(&a["rule"]["id"]),
             str_of(&a["rule"]["technique"]),
             str_of(&a["rule"]["tactic"]),
-            a["score"],
+            a["score"].as_f64().unwrap_or(0.0),
             str_of(&a["decision"])
         );
     }
     println!("\n== verdict");
     match &verdict {
         Some(v) => println!(
-            "  {}  decision {} score {} on {}/{}: {}",
+            "  {}  decision {} score {:.1} on {}/{}: {}",
             str_of(&v["ts"]),
             str_of(&v["decision"]),
-            v["score"],
+            v["score"].as_f64().unwrap_or(0.0),
             str_of(&v["subject"]["namespace"]),
             str_of(&v["subject"]["pod"]),
             str_of(&v["reason"])
