@@ -1,7 +1,8 @@
-//! File activity at syscall entry (`raw_tracepoint/sys_enter`).
+//! File activity at syscall entry (`tp_btf/sys_enter`).
 //!
-//! A raw tracepoint needs no tracefs and costs the least of the hooks that load on this kernel
-//! (no LSM, fentry or kprobes here). It fires for every syscall of every task, so the program
+//! A BTF-enabled raw tracepoint needs no tracefs and costs the least of the hooks that load on
+//! this kernel (no LSM, fentry or kprobes here); its `pt_regs` argument is typed, so the
+//! argument registers are read with plain loads the verifier checks, not with a helper call. It fires for every syscall of every task, so the program
 //! leaves at once for syscalls it does not handle, then for the daemon's own tgid and unwatched
 //! cgroups. A read-only open costs one bounded user read of the first path bytes and one LPM
 //! trie lookup; nothing is copied to the ring buffer unless the open has write intent or its
@@ -9,12 +10,12 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_user,
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    programs::RawTracePointContext,
+    programs::BtfTracePointContext,
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
@@ -100,16 +101,9 @@ const ARG_OFFSETS: [usize; 5] = [112, 104, 96, 56, 72]; // di, si, dx, r10, r8
 #[cfg(bpf_target_arch = "aarch64")]
 const ARG_OFFSETS: [usize; 5] = [0, 8, 16, 24, 32]; // x0..x4
 
-/// The first three argument registers sit side by side in `pt_regs` (x86_64: dx, si, di at
-/// 96..120; arm64: x0, x1, x2 at 0..24), so one probe read fetches them.
-#[cfg(bpf_target_arch = "x86_64")]
-const FIRST3: (usize, [usize; 3]) = (96, [2, 1, 0]);
-#[cfg(bpf_target_arch = "aarch64")]
-const FIRST3: (usize, [usize; 3]) = (0, [0, 1, 2]);
-
-/// `raw_tracepoint/sys_enter(struct pt_regs *regs, long id)`.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+/// `tp_btf/sys_enter(struct pt_regs *regs, long id)`.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     match try_sys_enter(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
@@ -118,25 +112,22 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 struct Regs(*const u8);
 
 impl Regs {
-    /// Arguments 0, 1 and 2 in one probe read; zeros when it fails.
+    /// Arguments 0, 1 and 2.
     #[inline(always)]
     fn first3(&self) -> [u64; 3] {
-        let (offset, order) = FIRST3;
-        // SAFETY: `pt_regs` is kernel memory read through a probe read.
-        let words = unsafe { bpf_probe_read_kernel::<[u64; 3]>(self.0.add(offset).cast()) }
-            .unwrap_or([0; 3]);
-        [words[order[0]], words[order[1]], words[order[2]]]
+        [self.arg(0), self.arg(1), self.arg(2)]
     }
 
     #[inline(always)]
     fn arg(&self, n: usize) -> u64 {
-        // SAFETY: `pt_regs` is kernel memory read through a probe read; a failure reads as 0.
-        unsafe { bpf_probe_read_kernel::<u64>(self.0.add(ARG_OFFSETS[n]).cast()) }.unwrap_or(0)
+        // SAFETY: `regs` is the tracepoint's typed `struct pt_regs *`: the verifier checks
+        // each load against its BTF and turns it into a fault-safe kernel load.
+        unsafe { core::ptr::read(self.0.add(ARG_OFFSETS[n]).cast::<u64>()) }
     }
 }
 
 #[inline(always)]
-fn try_sys_enter(ctx: &RawTracePointContext) -> Result<i32, i32> {
+fn try_sys_enter(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let id: i64 = ctx.arg(1);
     let regs = Regs(ctx.arg::<*const u8>(0));
     match id {

@@ -1,10 +1,13 @@
 //! Do-nothing programs on the tracepoints the sensors use: the cost floor the benchmark compares
 //! the sensors against. The daemon never attaches them.
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn noop_sys_enter(_ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn noop_sys_enter(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

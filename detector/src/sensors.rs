@@ -13,11 +13,11 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
-        RawTracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        ProgramError, RawTracePoint,
     },
 };
 use detector_common::{
@@ -57,6 +57,9 @@ pub enum SensorError {
         "kernel BTF not found at {0}: the kernel needs CONFIG_DEBUG_INFO_BTF (or set sensors.btf_path)"
     )]
     MissingBtf(PathBuf),
+    /// The kernel's BTF could not be parsed for a BTF tracepoint.
+    #[error("cannot read the kernel's BTF for BTF tracepoints: {0}")]
+    KernelBtf(#[source] aya::BtfError),
     /// Offsets could not be read from BTF.
     #[error(transparent)]
     Btf(#[from] BtfError),
@@ -127,14 +130,16 @@ pub struct Sensors {
     generation: u32,
 }
 
+/// BTF tracepoints: (program, tracepoint). `sys_enter` reads its typed `pt_regs` with plain
+/// loads; a raw tracepoint would need a helper call per argument.
+const SENSOR_BTF_TRACEPOINTS: [(&str, &str); 1] = [("sys_enter", "sys_enter")];
 /// Raw tracepoints: (program, tracepoint).
-const SENSOR_TRACEPOINTS: [(&str, &str); 3] = [
-    ("sys_enter", "sys_enter"),
+const SENSOR_TRACEPOINTS: [(&str, &str); 2] = [
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_exit", "sched_process_exit"),
 ];
-const NOOP_TRACEPOINTS: [(&str, &str); 3] = [
-    ("noop_sys_enter", "sys_enter"),
+const NOOP_BTF_TRACEPOINTS: [(&str, &str); 1] = [("noop_sys_enter", "sys_enter")];
+const NOOP_TRACEPOINTS: [(&str, &str); 2] = [
     ("noop_sched_process_exec", "sched_process_exec"),
     ("noop_sched_process_exit", "sched_process_exit"),
 ];
@@ -181,7 +186,10 @@ impl Sensors {
         sensors.refresh_watch_roots()?;
         match set {
             ProgramSet::Sensors => sensors.attach_sensors()?,
-            ProgramSet::Noop => sensors.attach_tracepoints(&NOOP_TRACEPOINTS)?,
+            ProgramSet::Noop => {
+                sensors.attach_btf_tracepoints(&NOOP_BTF_TRACEPOINTS)?;
+                sensors.attach_tracepoints(&NOOP_TRACEPOINTS)?;
+            }
         }
         info!(
             programs = ?sensors.attached,
@@ -203,6 +211,7 @@ impl Sensors {
     }
 
     fn attach_sensors(&mut self) -> Result<(), SensorError> {
+        self.attach_btf_tracepoints(&SENSOR_BTF_TRACEPOINTS)?;
         self.attach_tracepoints(&SENSOR_TRACEPOINTS)?;
         let root = File::open(&self.cgroup2).map_err(|source| SensorError::OpenCgroup {
             path: self.cgroup2.clone(),
@@ -225,6 +234,19 @@ impl Sensors {
             program
                 .attach(&root, direction, CgroupAttachMode::Single)
                 .map_err(program_error(name, "attach"))?;
+            self.attached.push(name);
+        }
+        Ok(())
+    }
+
+    fn attach_btf_tracepoints(&mut self, list: &[(&'static str, &str)]) -> Result<(), SensorError> {
+        let btf = Btf::from_sys_fs().map_err(SensorError::KernelBtf)?;
+        for &(name, tracepoint) in list {
+            let program: &mut BtfTracePoint = self.program(name)?;
+            program
+                .load(tracepoint, &btf)
+                .map_err(program_error(name, "load"))?;
+            program.attach().map_err(program_error(name, "attach"))?;
             self.attached.push(name);
         }
         Ok(())
