@@ -1,6 +1,6 @@
 //! The detector's kernel programs.
 //!
-//! - `file`: `raw_tracepoint/sys_enter`, file opens with write intent, opens of read-sensitive
+//! - `file`: `tp_btf/sys_enter`, file opens with write intent, opens of read-sensitive
 //!   paths, unlink/rename/chmod of sensitive paths.
 //! - `process`: `raw_tracepoint/sched_process_exec` and `sched_process_exit`.
 //! - `net`: `cgroup/connect4`, `cgroup/connect6` (outbound connects) and `cgroup_skb/egress`

@@ -195,7 +195,7 @@ impl Sensors {
             programs = ?sensors.attached,
             cgroup2 = %sensors.cgroup2.display(),
             watch = ?config.watch,
-            "eBPF programs attached (raw tracepoints and cgroup hooks; tracefs not needed)"
+            "eBPF programs attached (BTF and raw tracepoints, cgroup hooks; tracefs not needed)"
         );
         Ok(sensors)
     }
