@@ -268,6 +268,15 @@ fn playbook_isolates_the_one_pod_and_release_restores_it() {
     handle.flush();
 
     assert_eq!(env.block.blocked(), BTreeSet::from([4242]));
+    // Each step ran once: the node is patched by the label step and the cordon, no more (an
+    // incident opened right at start must not also be picked up as one to resume).
+    let node_patches = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-1")
+        .count();
+    assert_eq!(node_patches, 2);
     let web1 = env.pod("shop", "web-1").expect("the suspect pod stays");
     assert_eq!(labels(&web1), json!({"team": "shop", "quarantine": "true"}));
     let annotations = &web1["metadata"]["annotations"];
@@ -487,6 +496,9 @@ fn api_faults_are_retried_re_read_or_recorded_and_never_skip_the_rest() {
     let handle = env.start(config, true);
     let v = verdict("shop", "web-1");
     handle.on_verdict(&v, v.ktime_ns, vec![1]);
+    // Incidents run concurrently; the 422 queued for the node patch is meant for web-1's, so the
+    // second incident (on the same node) starts only once the first is done.
+    handle.flush();
     // A pod that does not exist: pod steps are not applicable, the node steps still run.
     let v = verdict("shop", "ghost");
     handle.on_verdict(&v, v.ktime_ns, vec![2]);

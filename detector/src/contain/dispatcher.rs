@@ -441,9 +441,11 @@ impl Containment {
             counter: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
         });
-        // Incidents in force hold their pods before the first verdict can arrive, so a verdict
-        // right after a restart does no duplicate work (the dispatcher resumes them later).
-        for record in shared.records().into_values() {
+        // What the journal held at start, taken before the first verdict can add to it: only
+        // these are resumed. Incidents in force hold their pods at once, so a verdict right after
+        // a restart does no duplicate work (the dispatcher resumes them later).
+        let at_start: Vec<IncidentRecord> = shared.records().into_values().collect();
+        for record in &at_start {
             let in_force = matches!(
                 record.state,
                 journal::IncidentState::Open | journal::IncidentState::Contained
@@ -458,7 +460,7 @@ impl Containment {
             .name("contain-dispatch".into())
             .spawn({
                 let shared = shared.clone();
-                move || runtime.block_on(dispatch(shared, rx, offset))
+                move || runtime.block_on(dispatch(shared, rx, offset, at_start))
             })
             .map_err(ContainError::Start)?;
         Ok(ContainmentHandle {
@@ -569,9 +571,16 @@ impl Drop for ContainmentHandle {
     }
 }
 
-async fn dispatch(shared: Arc<Shared>, mut rx: mpsc::Receiver<Command>, mut offset: u64) {
+async fn dispatch(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Command>,
+    mut offset: u64,
+    at_start: Vec<IncidentRecord>,
+) {
     let mut tasks = tokio::task::JoinSet::new();
-    resume(&shared, &mut tasks);
+    // Only what the journal held at start: an incident opened since by a verdict is already
+    // running, and resuming it too would run its steps twice.
+    resume(&shared, &mut tasks, at_start);
     let mut tail = tokio::time::interval(Duration::from_millis(500));
     tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -624,8 +633,12 @@ async fn sync_journal(shared: &Shared) {
 
 /// Re-applies the kernel block of every incident in force and re-runs the steps of those that
 /// were interrupted (every step is idempotent); finishes releases asked for while stopped.
-fn resume(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
-    for record in shared.records().into_values() {
+fn resume(
+    shared: &Arc<Shared>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    records: Vec<IncidentRecord>,
+) {
+    for record in records {
         if record.dry_run {
             continue;
         }
