@@ -19,7 +19,10 @@ use tracing::{error, info, warn};
 
 use crate::{
     attribution::cgroup_path,
-    contain::ContainmentHandle,
+    contain::{
+        ContainmentHandle, StepOutcome,
+        journal::{Entry, EntryKind},
+    },
     event::Event,
     evidence::{
         EvidenceConfig,
@@ -30,7 +33,10 @@ use crate::{
         record::{Finding, Record as ExportRecord, Severity},
     },
     rules::Severity as RuleSeverity,
-    score::record::{Decision, Record, Verdict},
+    score::{
+        Subject,
+        record::{Decision, Record, Verdict},
+    },
 };
 
 /// Subjects whose evidence was captured, remembered at most (then forgotten all at once, so a
@@ -56,8 +62,17 @@ impl Responders {
         runtime: Handle,
         cgroup2: PathBuf,
     ) -> Self {
+        let exporter = exporter.map(Arc::new);
+        // Every containment action (each step, its undo, a refusal) is exported as it is
+        // journaled, the resumed incidents' included.
+        if let (Some(exporter), Some(containment)) = (&exporter, &containment) {
+            let exporter = exporter.clone();
+            containment.set_entry_sink(Box::new(move |entry, subject| {
+                exporter.send(ExportRecord::Action(action_finding(entry, subject)));
+            }));
+        }
         Self {
-            exporter: exporter.map(Arc::new),
+            exporter,
             containment,
             evidence,
             runtime,
@@ -187,6 +202,71 @@ pub fn block_targets(cgroup2: &Path, cgroup_id: u64, path: Option<&str>) -> Vec<
     match pod_dir.and_then(|dir| std::fs::metadata(dir).ok()) {
         Some(meta) => vec![meta.ino()],
         None => vec![cgroup_id],
+    }
+}
+
+/// A containment journal entry as an export finding: the action's name (the step, `undo_` and
+/// the step, or the incident's transition), its outcome, and the incident and pod it concerns.
+pub fn action_finding(entry: &Entry, subject: Option<&Subject>) -> Finding {
+    let (name, severity, what) = match &entry.kind {
+        EntryKind::Opened { score, reason, .. } => (
+            "incident_opened".to_owned(),
+            Severity::High,
+            format!("opened (score {score:.0}: {reason})"),
+        ),
+        EntryKind::Refused { why, .. } => (
+            "containment_refused".to_owned(),
+            Severity::High,
+            format!("not contained: {why}"),
+        ),
+        EntryKind::Step { step, outcome } => (
+            step.clone(),
+            outcome_severity(outcome),
+            format!("{step} {}", outcome.summary()),
+        ),
+        EntryKind::Completed => (
+            "incident_contained".to_owned(),
+            Severity::Medium,
+            "every step attempted".to_owned(),
+        ),
+        EntryKind::Undo { step, outcome } => (
+            format!("undo_{step}"),
+            outcome_severity(outcome),
+            format!("undo {step} {}", outcome.summary()),
+        ),
+        EntryKind::ReleaseRequested { by } => (
+            "release_requested".to_owned(),
+            Severity::Medium,
+            format!("release asked for by {by}"),
+        ),
+        EntryKind::Released => (
+            "incident_released".to_owned(),
+            Severity::Medium,
+            "released".to_owned(),
+        ),
+    };
+    let time = OffsetDateTime::parse(&entry.ts, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+    let on = subject.map_or("an unknown pod", |s| s.key.as_str());
+    let mut data = serde_json::to_value(entry).unwrap_or_default();
+    if let (Some(map), Some(subject)) = (data.as_object_mut(), subject) {
+        map.entry("subject")
+            .or_insert_with(|| serde_json::to_value(subject).unwrap_or_default());
+    }
+    Finding {
+        time,
+        severity,
+        name,
+        summary: format!("incident {} on {on}: {what}", entry.incident),
+        data,
+    }
+}
+
+fn outcome_severity(outcome: &StepOutcome) -> Severity {
+    if outcome.ok() {
+        Severity::Medium
+    } else {
+        Severity::High
     }
 }
 

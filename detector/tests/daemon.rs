@@ -190,6 +190,7 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     let output = dir.path().join("events.jsonl");
     let journal = dir.path().join("incidents");
     let evidence = dir.path().join("evidence");
+    let siem = dir.path().join("siem.jsonl");
     let config = dir.path().join("config.yaml");
     let metrics_port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -198,10 +199,12 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     std::fs::write(
         &config,
         format!(
-            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  out_dir: {}\n  docker_socket: {}\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  out_dir: {}\n  docker_socket: {}\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\nexport:\n  state_dir: {}\n  sinks:\n    - name: siem\n      schema: ocsf\n      kinds: [verdict, action, evidence]\n      to:\n        file: {{ path: {} }}\n",
             journal.display(),
             evidence.display(),
-            dir.path().join("no-docker.sock").display()
+            dir.path().join("no-docker.sock").display(),
+            dir.path().join("export-state").display(),
+            siem.display(),
         ),
     )
     .unwrap();
@@ -319,6 +322,43 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
         status.success(),
         "daemon exit {status}:\n{}",
         log.join("\n")
+    );
+
+    // The SIEM got the verdict, every journaled action and the evidence, in OCSF.
+    let exported = read_lines(&siem);
+    let classes: Vec<u64> = exported
+        .iter()
+        .filter_map(|r| r["class_uid"].as_u64())
+        .collect();
+    assert!(classes.contains(&2004), "no detection finding: {classes:?}");
+    let actions: Vec<&Value> = exported.iter().filter(|r| r["class_uid"] == 7001).collect();
+    let block = actions
+        .iter()
+        .find(|r| r["unmapped"]["step"] == "kernel_block")
+        .unwrap_or_else(|| panic!("no kernel_block action exported: {actions:#?}"));
+    assert_eq!(block["activity_name"], "Isolate");
+    assert_eq!(block["status"], "Success");
+    assert_eq!(block["unmapped"]["subject"]["pod_uid"], pod_uid);
+    let incident = block["command_uid"].as_str().unwrap();
+    let journal_text = std::fs::read_to_string(journal.join("journal.jsonl")).unwrap();
+    assert!(journal_text.contains(incident));
+    let journaled_steps = journal_text
+        .lines()
+        .filter(|l| l.contains(r#""entry":"step""#))
+        .count();
+    let exported_steps = actions
+        .iter()
+        .filter(|r| r["unmapped"]["entry"] == "step")
+        .count();
+    assert_eq!(
+        exported_steps, journaled_steps,
+        "every journaled step is exported once"
+    );
+    assert!(
+        exported
+            .iter()
+            .any(|r| r["class_uid"] == 2004 && r["activity_name"] == "Update"),
+        "the evidence manifest is exported"
     );
     drop(cgroup);
 }

@@ -234,7 +234,9 @@ fn test() -> anyhow::Result<()> {
     } else {
         eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
     }
-    // Test tools installed for the project (moto) come first on the tests' PATH.
+    install_python_tools()?;
+    // Test tools installed for the project (moto, the OCSF schemas) come first on the tests'
+    // PATH: the venv's `python3` and `moto_server`.
     let path = env::var_os("PATH").unwrap_or_default();
     let path = env::join_paths(std::iter::once(venv_bin()).chain(env::split_paths(&path)))?;
     let mut counts = run_tests(
@@ -267,8 +269,7 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// What the tests run against, installed when missing (idempotent; root only): a real dockerd
-/// with a busybox image (evidence), rsyslog with its TLS driver (syslog export), from Debian;
-/// a real S3-compatible server (moto, from PyPI).
+/// with a busybox image (evidence), rsyslog with its TLS driver (syslog export), from Debian.
 fn install_test_packages() -> anyhow::Result<()> {
     let has = |program: &str| {
         Command::new("sh")
@@ -293,7 +294,6 @@ fn install_test_packages() -> anyhow::Result<()> {
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
-    install_moto()?;
     Ok(())
 }
 
@@ -303,13 +303,20 @@ fn venv_bin() -> PathBuf {
     target_dir().join("xtask/venv/bin")
 }
 
-/// moto's S3 server, in the project's virtualenv; the tests find it on PATH (see `test`).
-fn install_moto() -> anyhow::Result<()> {
+/// Test tools from PyPI, pinned: moto's S3 server (evidence upload) and `ocsf-json-schema`,
+/// which ships the official OCSF schema exports the OCSF mapping is validated against.
+const PYTHON_TOOLS: &[&str] = &["moto[server]==5.2.5", "ocsf-json-schema==1.2.0"];
+
+/// [`PYTHON_TOOLS`] in the project's virtualenv; the tests find them on PATH (see `test`).
+/// A marker holding the list makes a second run instant and a changed list reinstall.
+fn install_python_tools() -> anyhow::Result<()> {
     let bin = venv_bin();
-    if bin.join("moto_server").exists() {
+    let venv = bin.parent().context("venv dir")?.to_owned();
+    let marker = venv.join("detector-tools.txt");
+    let wanted = PYTHON_TOOLS.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|have| have == wanted) {
         return Ok(());
     }
-    let venv = bin.parent().context("venv dir")?.to_owned();
     let make = || {
         Command::new("python3")
             .args(["-m", "venv"])
@@ -317,8 +324,13 @@ fn install_moto() -> anyhow::Result<()> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !make() {
+    if !bin.join("pip").exists() && !make() {
         // Debian's python3 needs its venv module from a package of its own.
+        ensure!(
+            is_root(),
+            "cannot create a Python virtualenv in {}: install python3-venv (as root)",
+            venv.display()
+        );
         apt_install(&["python3-venv"])?;
         ensure!(
             make(),
@@ -326,7 +338,12 @@ fn install_moto() -> anyhow::Result<()> {
             venv.display()
         );
     }
-    status(Command::new(bin.join("pip")).args(["install", "--quiet", "moto[server]"]))
+    status(
+        Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_TOOLS),
+    )?;
+    std::fs::write(&marker, wanted).with_context(|| format!("write {}", marker.display()))
 }
 
 /// `apt-get install`, refreshing the package lists once if the first try fails.

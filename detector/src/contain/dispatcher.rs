@@ -278,6 +278,11 @@ enum Command {
 /// Entry point.
 pub struct Containment;
 
+/// Receives every journal entry the daemon records, or picks up from a `detector release`, with
+/// the subject of its incident: how containment actions reach the SIEM exporter. Called on the
+/// dispatcher's threads and the caller's (the kernel block): it must not block.
+pub type EntrySink = Box<dyn Fn(&Entry, Option<&Subject>) + Send + Sync>;
+
 /// The handle the daemon keeps: non-blocking verdict intake, release, and shutdown on drop.
 pub struct ContainmentHandle {
     shared: Arc<Shared>,
@@ -300,6 +305,11 @@ struct Shared {
     started: Instant,
     counter: AtomicU64,
     metrics: std::sync::OnceLock<Metrics>,
+    sink: std::sync::OnceLock<EntrySink>,
+    /// Entries the journal held at start (not announced again).
+    entries_at_start: usize,
+    /// Incident id to its subject, for what the sink receives.
+    subjects: Mutex<HashMap<String, Subject>>,
 }
 
 enum WriterMsg {
@@ -324,7 +334,21 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .push(entry.clone());
         let _ = self.writer.send(WriterMsg::Entry(Box::new(entry.clone())));
+        self.announce(&entry);
         entry
+    }
+
+    /// Hands an entry to the sink, with its incident's subject. The subjects' lock also orders
+    /// this against [`ContainmentHandle::set_entry_sink`]'s replay.
+    fn announce(&self, entry: &Entry) {
+        let mut subjects = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        if let EntryKind::Opened { subject, .. } | EntryKind::Refused { subject, .. } = &entry.kind
+        {
+            subjects.insert(entry.incident.clone(), subject.clone());
+        }
+        if let Some(sink) = self.sink.get() {
+            sink(entry, subjects.get(&entry.incident));
+        }
     }
 
     fn records(&self) -> BTreeMap<String, IncidentRecord> {
@@ -409,6 +433,7 @@ impl Containment {
     ) -> Result<ContainmentHandle, ContainError> {
         let journal = Journal::open(journal_dir)?;
         let (entries, offset) = journal.read_from(0)?;
+        let entries_at_start = entries.len();
         let started = Instant::now();
         let guard = Guard::new(&config, own, 0);
         config.protected_namespaces = guard.protected_namespaces().iter().cloned().collect();
@@ -440,11 +465,23 @@ impl Containment {
             started,
             counter: AtomicU64::new(0),
             metrics: std::sync::OnceLock::new(),
+            sink: std::sync::OnceLock::new(),
+            entries_at_start,
+            subjects: Mutex::new(HashMap::new()),
         });
         // What the journal held at start, taken before the first verdict can add to it: only
         // these are resumed. Incidents in force hold their pods at once, so a verdict right after
         // a restart does no duplicate work (the dispatcher resumes them later).
         let at_start: Vec<IncidentRecord> = shared.records().into_values().collect();
+        shared
+            .subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(
+                at_start
+                    .iter()
+                    .map(|record| (record.id.clone(), record.subject.clone())),
+            );
         for record in &at_start {
             let in_force = matches!(
                 record.state,
@@ -525,6 +562,32 @@ impl ContainmentHandle {
     pub fn with_metrics(self, metrics: Metrics) -> Self {
         let _ = self.shared.metrics.set(metrics);
         self
+    }
+
+    /// Sends every journal entry to `sink` as well: first those recorded since start (the
+    /// resumed incidents'), then each new one. The first sink set stays. An entry recorded
+    /// while this runs may reach the sink twice, never not at all.
+    pub fn set_entry_sink(&self, sink: EntrySink) {
+        let shared = &self.shared;
+        let subjects = shared
+            .subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shared.sink.set(sink).is_err() {
+            return;
+        }
+        let backlog: Vec<Entry> = shared
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(shared.entries_at_start..)
+            .unwrap_or_default()
+            .to_vec();
+        if let Some(sink) = shared.sink.get() {
+            for entry in &backlog {
+                sink(entry, subjects.get(&entry.incident));
+            }
+        }
     }
 
     /// Verdicts dropped because the queue was full.
@@ -706,6 +769,9 @@ async fn follow_journal(shared: &Arc<Shared>, offset: u64) -> u64 {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .extend(foreign.iter().cloned());
+    for entry in &foreign {
+        shared.announce(entry);
+    }
     for entry in foreign {
         if matches!(entry.kind, EntryKind::ReleaseRequested { .. })
             && let Err(err) = release_in_daemon(shared, &entry.incident).await

@@ -108,11 +108,16 @@ pub(crate) mod fixtures {
     use time::OffsetDateTime;
 
     use crate::{
+        contain::{
+            StepOutcome,
+            journal::{Entry, EntryKind},
+        },
         event::{
             Ancestor, Body, Connect, Container, Egress, Event, Exec, Exit, FileActivity,
             FileOperation, Loss, Owner, Pod, ProcessFields,
         },
         export::record::{Envelope, Finding, Record, Severity},
+        score::Subject,
     };
 
     fn event(body: Body, in_pod: bool) -> Event {
@@ -135,7 +140,7 @@ pub(crate) mod fixtures {
                 image: Some("nginx:1.27".into()),
             }),
             pod: in_pod.then(|| Pod {
-                uid: "pod-uid-1".into(),
+                uid: "4f1c8a2e-7b3d-4e9a-9c51-2d6e8f0a1b3c".into(),
                 namespace: Some("shop".into()),
                 name: Some("web-7d9f".into()),
                 labels: BTreeMap::from([("app".into(), "web".into())]),
@@ -163,6 +168,23 @@ pub(crate) mod fixtures {
             summary: format!("{name} happened"),
             data: serde_json::json!({"score": 80, "pod": {"name": "web-7d9f"}}),
         }
+    }
+
+    fn subject() -> Subject {
+        Subject {
+            key: "pod:4f1c8a2e-7b3d-4e9a-9c51-2d6e8f0a1b3c".into(),
+            namespace: Some("shop".into()),
+            pod: Some("web-7d9f".into()),
+            pod_uid: Some("4f1c8a2e-7b3d-4e9a-9c51-2d6e8f0a1b3c".into()),
+            ..Subject::default()
+        }
+    }
+
+    /// A containment journal entry, as the daemon exports it.
+    fn action(kind: EntryKind) -> Finding {
+        let mut entry = Entry::new("inc-20231114t221320-1-0", kind);
+        entry.ts = "2023-11-14T22:13:21Z".into();
+        crate::respond::action_finding(&entry, Some(&subject()))
     }
 
     /// One envelope of each record kind.
@@ -246,7 +268,20 @@ pub(crate) mod fixtures {
                 reason: None,
             }))),
             Record::Verdict(finding(Severity::High, "shell_in_container")),
-            Record::Action(finding(Severity::High, "isolate_pod")),
+            Record::Action(action(EntryKind::Step {
+                step: "kernel_block".into(),
+                outcome: StepOutcome::done("cgroups [4242] cut off the network"),
+            })),
+            Record::Action(action(EntryKind::Refused {
+                subject: subject(),
+                why: "protected namespace kube-system".into(),
+            })),
+            Record::Action(action(EntryKind::Undo {
+                step: "network_policy".into(),
+                outcome: StepOutcome::Failed {
+                    error: "patch: 422 invalid".into(),
+                },
+            })),
             Record::Evidence(finding(Severity::Medium, "evidence_manifest")),
         ];
         records

@@ -103,8 +103,19 @@ pub fn map(envelope: &Envelope, ctx: &Context) -> Value {
         "product".into(),
         json!({"name": "detector", "vendor_name": "detector", "version": ctx.version}),
     );
-    if fields.contains_key("container") {
-        metadata.insert("profiles".into(), json!(["container"]));
+    // Host: the node as `device` and the acting process as `actor` (a node agent); container:
+    // the container on the process that runs in it. Base Event has neither: its node goes to
+    // `unmapped.node`.
+    let host = class.uid != BASE_EVENT.uid;
+    let profiles: Vec<&str> = [
+        host.then_some("host"),
+        record_has_container(record).then_some("container"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !profiles.is_empty() {
+        metadata.insert("profiles".into(), json!(profiles));
     }
     put(&mut fields, "activity_id", activity_id);
     put(&mut fields, "activity_name", activity_name);
@@ -126,8 +137,17 @@ pub fn map(envelope: &Envelope, ctx: &Context) -> Value {
     put(&mut fields, "severity", severity.caption());
     put(&mut fields, "time", epoch_ms(record.time()));
     put(&mut fields, "metadata", Value::Object(metadata));
-    fields.entry("device").or_insert_with(|| device(&ctx.host));
+    if host {
+        fields.entry("device").or_insert_with(|| device(&ctx.host));
+    } else if let Some(Value::Object(unmapped)) = fields.get_mut("unmapped") {
+        put(unmapped, "node", ctx.host.as_str());
+    }
     Value::Object(fields)
+}
+
+/// Whether the mapping carries a container (on the event's process): the container profile.
+fn record_has_container(record: &Record) -> bool {
+    matches!(record, Record::Event(event) if event.container.is_some())
 }
 
 fn device(host: &str) -> Value {
@@ -140,9 +160,6 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
     let mut fields = Map::new();
     let mut unmapped = event_extras(event);
     let process = process(event);
-    if let Some(container) = container(event) {
-        fields.insert("container".into(), container);
-    }
     let (class, activity_id, activity_name) = match &event.body {
         Body::Exec(exec) => {
             let mut process = process.unwrap_or_default();
@@ -226,7 +243,7 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
                 "dst_endpoint".into(),
                 json!({"ip": connect.daddr.to_string(), "port": connect.dport}),
             );
-            fields.insert("src_endpoint".into(), json!({"hostname": ctx.host}));
+            fields.insert("src_endpoint".into(), source_endpoint(event, ctx));
             fields.insert(
                 "actor".into(),
                 json!({"process": Value::Object(process.unwrap_or_default())}),
@@ -234,7 +251,12 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
             (&NETWORK_ACTIVITY, 1, "Open")
         }
         Body::Egress(egress) => {
-            fields.insert("src_endpoint".into(), json!({"hostname": ctx.host}));
+            fields.insert("src_endpoint".into(), source_endpoint(event, ctx));
+            // Bytes are counted per cgroup, whatever the destination.
+            fields.insert(
+                "dst_endpoint".into(),
+                json!({"name": "any", "type_id": 0, "type": "Unknown"}),
+            );
             fields.insert(
                 "traffic".into(),
                 json!({"bytes_out": egress.bytes, "packets_out": egress.packets}),
@@ -268,6 +290,16 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
     (class, activity_id, activity_name, fields)
 }
 
+/// The sending side: the node, and the container when there is one.
+fn source_endpoint(event: &Event, ctx: &Context) -> Value {
+    let mut endpoint = Map::new();
+    put(&mut endpoint, "hostname", ctx.host.as_str());
+    if let Some(container) = container(event) {
+        endpoint.insert("container".into(), container);
+    }
+    Value::Object(endpoint)
+}
+
 fn process(event: &Event) -> Option<Map<String, Value>> {
     let p = &event.process;
     p.pid?;
@@ -282,6 +314,10 @@ fn process(event: &Event) -> Option<Map<String, Value>> {
             user.insert("groups".into(), json!([{"uid": gid.to_string()}]));
         }
         process.insert("user".into(), Value::Object(user));
+    }
+    // The container profile puts the container on the process that runs in it.
+    if let Some(container) = container(event) {
+        process.insert("container".into(), container);
     }
     let parent = parent(event);
     if !parent.as_object().is_some_and(Map::is_empty) {
@@ -321,9 +357,23 @@ fn container(event: &Event) -> Option<Value> {
     }
     if let Some(pod) = &event.pod {
         put(&mut container, "orchestrator", "kubernetes");
-        put(&mut container, "pod_uuid", pod.uid.as_str());
+        // OCSF types `pod_uuid` as a UUID; static pods' UIDs are config hashes, so those stay
+        // in `unmapped.pod` only.
+        if is_uuid(&pod.uid) {
+            put(&mut container, "pod_uuid", pod.uid.as_str());
+        }
     }
     Some(Value::Object(container))
+}
+
+/// The 8-4-4-4-12 hex form OCSF's `uuid_t` requires.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn finding_fields(finding: &Finding, uid: &str, evidence: bool) -> Fields {
@@ -334,7 +384,6 @@ fn finding_fields(finding: &Finding, uid: &str, evidence: bool) -> Fields {
                "created_time": epoch_ms(finding.time)}),
     );
     put(&mut fields, "message", finding.summary.as_str());
-    put(&mut fields, "is_alert", !evidence);
     put(&mut fields, "status_id", 1);
     put(&mut fields, "status", "New");
     if evidence {
@@ -345,35 +394,76 @@ fn finding_fields(finding: &Finding, uid: &str, evidence: bool) -> Fields {
     fields
 }
 
+/// Remediation activity of a containment action: the kernel block, the NetworkPolicy, taking
+/// the pod out of its Service, freezing it and cordoning its node isolate; killing evicts; an
+/// undo or a release restores; the rest (labels, evicting the other pods, the incident's own
+/// transitions) is other.
 fn remediation_activity(name: &str) -> (u32, &'static str) {
-    if name.contains("isolate") {
-        (1, "Isolate")
-    } else if name.contains("evict") || name.contains("kill") || name.contains("delete") {
-        (2, "Evict")
-    } else {
-        (99, "Other")
+    match name {
+        "kernel_block" | "network_policy" | "remove_from_service" | "freeze" | "cordon_node" => {
+            (1, "Isolate")
+        }
+        "kill" => (2, "Evict"),
+        "incident_released" => (3, "Restore"),
+        undo if undo.starts_with("undo_") => (3, "Restore"),
+        _ => (99, "Other"),
     }
+}
+
+/// D3FEND countermeasure of an action, where one fits.
+fn countermeasure(name: &str) -> Option<Value> {
+    let (tactic, technique) = match name.strip_prefix("undo_").unwrap_or(name) {
+        "kernel_block" | "network_policy" | "remove_from_service" => {
+            ("Isolate", Some(("Network Isolation", "D3-NI")))
+        }
+        "freeze" => ("Isolate", Some(("Process Suspension", "D3-PS"))),
+        "kill" => ("Evict", Some(("Process Termination", "D3-PT"))),
+        "cordon_node" => ("Isolate", None),
+        _ => return None,
+    };
+    let tactic = if name.starts_with("undo_") {
+        "Restore"
+    } else {
+        tactic
+    };
+    let mut d3fend = json!({"d3f_tactic": {"name": tactic}});
+    if let Some((name, uid)) = technique {
+        d3fend["d3f_technique"] = json!({"name": name, "uid": uid});
+    }
+    Some(d3fend)
 }
 
 fn action_fields(finding: &Finding, uid: &str) -> Fields {
     let mut fields = Map::new();
-    put(&mut fields, "command_uid", uid);
+    // One remediation command: the incident, whose steps share its id.
+    let command = finding.data["incident"].as_str().unwrap_or(uid);
+    put(&mut fields, "command_uid", command);
     put(&mut fields, "message", finding.summary.as_str());
-    let (status_id, status) = match finding.data.get("status").and_then(Value::as_str) {
-        Some("success" | "succeeded" | "done") => (1, "Success"),
-        Some("failure" | "failed" | "error") => (2, "Failure"),
-        Some(_) => (99, "Other"),
-        None => (0, "Unknown"),
+    let outcome = finding.data["outcome"]["status"].as_str();
+    let (status_id, status) = match (finding.data["entry"].as_str(), outcome) {
+        (_, Some("done" | "already_done")) => (1, "Success"),
+        (_, Some("failed")) => (2, "Failure"),
+        (_, Some("not_applicable")) => (5, "Unsupported"),
+        (_, Some(_)) | (Some("refused"), None) => (99, "Other"),
+        (Some(_), None) => (1, "Success"),
+        (None, None) => (0, "Unknown"),
     };
     put(&mut fields, "status_id", status_id);
     put(&mut fields, "status", status);
-    fields.insert("countermeasures".into(), json!([{"name": finding.name}]));
+    if let Some(outcome) = outcome {
+        put(&mut fields, "status_detail", outcome);
+    }
+    if let Some(countermeasure) = countermeasure(&finding.name) {
+        fields.insert("countermeasures".into(), json!([countermeasure]));
+    }
     fields.insert("unmapped".into(), finding.data.clone());
     fields
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
     use crate::export::schema::fixtures;
 
@@ -402,6 +492,8 @@ mod tests {
                 (0, 99),
                 (2004, 200_401),
                 (7001, 700_101),
+                (7001, 700_199),
+                (7001, 700_103),
                 (2004, 200_402),
             ]
         );
@@ -417,8 +509,12 @@ mod tests {
         assert_eq!(v["process"]["file"]["path"], "/bin/sh");
         assert_eq!(v["process"]["user"]["uid"], "0");
         assert_eq!(v["actor"]["process"]["pid"], 1);
-        assert_eq!(v["container"]["uid"], "c0ffee");
-        assert_eq!(v["metadata"]["profiles"][0], "container");
+        assert_eq!(v["process"]["container"]["uid"], "c0ffee");
+        assert_eq!(
+            v["process"]["container"]["pod_uuid"],
+            "4f1c8a2e-7b3d-4e9a-9c51-2d6e8f0a1b3c"
+        );
+        assert_eq!(v["metadata"]["profiles"], json!(["host", "container"]));
         assert_eq!(v["metadata"]["uid"], "test-0");
         assert_eq!(v["device"]["hostname"], "node-1");
         assert_eq!(v["unmapped"]["pod"]["namespace"], "shop");
@@ -438,50 +534,109 @@ mod tests {
         assert_eq!(connect["connection_info"]["protocol_num"], 6);
     }
 
-    /// The vendored schema of a class, with the shared objects as `$defs`.
-    fn class_schema(name: &str) -> Value {
-        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/ocsf"));
-        let read = |file: &str| -> Value {
-            let text = std::fs::read_to_string(dir.join(file)).unwrap();
-            serde_json::from_str(&text).unwrap()
-        };
-        let mut schema = read(&format!("{name}.json"));
-        schema["$defs"] = read("objects.json")["$defs"].clone();
-        schema
+    #[test]
+    fn containment_actions_are_remediation_activities_of_their_incident() {
+        let docs = mapped_fixtures();
+        let block = &docs[8];
+        assert_eq!(block["activity_name"], "Isolate");
+        assert_eq!(block["command_uid"], "inc-20231114t221320-1-0");
+        assert_eq!(block["status"], "Success");
+        assert_eq!(block["countermeasures"][0]["d3f_technique"]["uid"], "D3-NI");
+        assert_eq!(block["unmapped"]["subject"]["pod"], "web-7d9f");
+        assert_eq!(block["time"], 1_700_000_001_000_i64);
+        let refused = &docs[9];
+        assert_eq!(refused["activity_name"], "Other");
+        assert_eq!(refused["status"], "Other");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("protected namespace kube-system")
+        );
+        let undo = &docs[10];
+        assert_eq!(undo["activity_name"], "Restore");
+        assert_eq!(undo["status"], "Failure");
+        assert_eq!(undo["countermeasures"][0]["d3f_tactic"]["name"], "Restore");
     }
 
-    fn class_file(class_uid: u64) -> &'static str {
-        match class_uid {
-            0 => "base_event",
-            1001 => "file_activity",
-            1007 => "process_activity",
-            2004 => "detection_finding",
-            4001 => "network_activity",
-            7001 => "remediation_activity",
-            other => panic!("no schema for class {other}"),
-        }
+    /// Generates JSON Schemas from the official OCSF export that the `ocsf-json-schema` package
+    /// (PyPI) ships, one per class uid and profile set, embedding the objects they use.
+    const GENERATE: &str = r#"
+import json, sys
+from ocsf_json_schema import get_ocsf_schema, OcsfJsonSchemaEmbedded
+ocsf = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=sys.argv[1]))
+out = {}
+for uid, profiles in json.loads(sys.argv[2]):
+    name = ocsf.lookup_class_name_from_uid(class_uid=uid)
+    out[f"{uid}:{','.join(profiles)}"] = ocsf.get_class_schema(class_name=name, profiles=profiles)
+json.dump(out, sys.stdout)
+"#;
+
+    fn schema_key(doc: &Value) -> (u64, Vec<String>) {
+        let profiles = doc["metadata"]["profiles"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (doc["class_uid"].as_u64().unwrap(), profiles)
+    }
+
+    /// The official schemas for these docs' classes and profiles, by [`schema_key`].
+    ///
+    /// `cargo xtask test` installs the package into the project's virtualenv, whose `python3`
+    /// comes first on the tests' PATH; without it this fails, naming the package.
+    fn official_schemas(docs: &[Value]) -> BTreeMap<(u64, Vec<String>), Value> {
+        let wanted: BTreeSet<(u64, Vec<String>)> = docs.iter().map(schema_key).collect();
+        let output = std::process::Command::new("python3")
+            .args(["-c", GENERATE, VERSION])
+            .arg(serde_json::to_string(&wanted).unwrap())
+            .output()
+            .expect("run python3");
+        assert!(
+            output.status.success(),
+            "generating the OCSF {VERSION} schemas needs the ocsf-json-schema package from PyPI \
+             (`cargo xtask test` installs it): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let by_name: BTreeMap<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
+        wanted
+            .into_iter()
+            .map(|(uid, profiles)| {
+                let schema = by_name[&format!("{uid}:{}", profiles.join(","))].clone();
+                ((uid, profiles), schema)
+            })
+            .collect()
+    }
+
+    fn mapped_fixtures() -> Vec<Value> {
+        let ctx = Context::new("node-1");
+        fixtures::all().iter().map(|e| map(e, &ctx)).collect()
     }
 
     #[test]
-    fn every_record_kind_validates_against_the_ocsf_schema() {
-        let ctx = Context::new("node-1");
-        for envelope in fixtures::all() {
-            let doc = map(&envelope, &ctx);
-            let class = class_file(doc["class_uid"].as_u64().unwrap());
-            let validator = jsonschema::validator_for(&class_schema(class)).unwrap();
+    fn every_record_kind_validates_against_the_official_ocsf_schema() {
+        let docs = mapped_fixtures();
+        let schemas = official_schemas(&docs);
+        for doc in &docs {
+            let key = schema_key(doc);
+            let validator = jsonschema::validator_for(&schemas[&key]).unwrap();
             let errors: Vec<String> = validator
-                .iter_errors(&doc)
+                .iter_errors(doc)
                 .map(|e| format!("{} at {}", e, e.instance_path()))
                 .collect();
-            assert!(errors.is_empty(), "{class}: {errors:#?}\n{doc:#}");
+            assert!(errors.is_empty(), "{key:?}: {errors:#?}\n{doc:#}");
         }
     }
 
     #[test]
     fn the_schema_catches_a_broken_mapping() {
-        let ctx = Context::new("node-1");
-        let mut doc = map(&fixtures::all()[0], &ctx);
-        let validator = jsonschema::validator_for(&class_schema("process_activity")).unwrap();
+        let docs = mapped_fixtures();
+        let mut doc = docs[0].clone();
+        let schemas = official_schemas(&docs[..1]);
+        let validator = jsonschema::validator_for(&schemas[&schema_key(&doc)]).unwrap();
         assert!(validator.is_valid(&doc));
         doc["process"]["pid"] = "100".into();
         assert!(!validator.is_valid(&doc));
