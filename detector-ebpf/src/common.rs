@@ -107,10 +107,16 @@ pub fn is_daemon(tgid: u32) -> bool {
     tgid == global(&DAEMON_TGID)
 }
 
+/// Whether every cgroup is watched (`watch: all`).
+#[inline(always)]
+pub fn watching_all() -> bool {
+    global(&WATCH_MODE) == WatchMode::All as u32
+}
+
 /// Whether the current task's cgroup is watched.
 #[inline(always)]
 pub fn current_cgroup_watched() -> bool {
-    if global(&WATCH_MODE) == WatchMode::All as u32 {
+    if watching_all() {
         return true;
     }
     // SAFETY: a helper without arguments.

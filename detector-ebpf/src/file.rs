@@ -4,9 +4,10 @@
 //! this kernel (no LSM, fentry or kprobes here); its `pt_regs` argument is typed, so the
 //! argument registers are read with plain loads the verifier checks, not with a helper call. It fires for every syscall of every task, so the program
 //! leaves at once for syscalls it does not handle, then for the daemon's own tgid and unwatched
-//! cgroups. A read-only open costs one bounded user read of the first path bytes and one LPM
-//! trie lookup; nothing is copied to the ring buffer unless the open has write intent or its
-//! path is read-sensitive.
+//! cgroups. A read-only open by a watched task costs one 8-byte user read of the path (the
+//! prefilter); only a path whose first bytes could start a read-sensitive prefix goes on to the
+//! LPM trie lookup. Nothing is copied to the ring buffer unless the open has write intent or
+//! its path is read-sensitive.
 
 use aya_ebpf::{
     helpers::{
@@ -25,6 +26,7 @@ use detector_common::{
 
 use crate::common::{
     EVENTS, count, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon,
+    watching_all,
 };
 
 /// Path prefix classes, filled by user space from the configuration.
@@ -211,6 +213,10 @@ fn may_be_read_sensitive(user_path: u64) -> bool {
     if len == ReadPrefilter::DISABLED {
         return true;
     }
+    if len == 0 {
+        // No read-sensitive prefix configured: no user read at all.
+        return false;
+    }
     let mut bytes = [0u8; 16];
     // SAFETY: the helper writes at most 9 bytes (8 and the NUL) into `bytes`.
     let read =
@@ -238,8 +244,16 @@ fn may_be_read_sensitive(user_path: u64) -> bool {
 #[inline(always)]
 fn open(dirfd: i32, user_path: u64, flags: u32) -> Result<i32, i32> {
     let write = write_intent(flags);
-    if !write && !may_be_read_sensitive(user_path) {
-        return Ok(0);
+    if !write {
+        // The user read below is the dearest step of a read-only open (a user-access window per
+        // call); outside `watch: all`, an unwatched task leaves before it. Under `all` every
+        // task is watched and the check would be pure cost.
+        if !watching_all() && !current_cgroup_watched() {
+            return Ok(0);
+        }
+        if !may_be_read_sensitive(user_path) {
+            return Ok(0);
+        }
     }
     if skip_current() {
         return Ok(0);

@@ -120,6 +120,17 @@ pub enum ProgramSet {
     Noop,
 }
 
+/// How often a program ran and for how long in total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// The program.
+    pub name: &'static str,
+    /// Times it ran.
+    pub runs: u64,
+    /// Time it ran, in total.
+    pub run_time: std::time::Duration,
+}
+
 /// The loaded and attached programs.
 pub struct Sensors {
     ebpf: Ebpf,
@@ -208,6 +219,23 @@ impl Sensors {
     /// The cgroup2 mount the cgroup programs are attached to.
     pub fn cgroup2(&self) -> &Path {
         &self.cgroup2
+    }
+
+    /// Runs and total run time of each attached program, as the kernel counts them while
+    /// run-time statistics are enabled (`aya::sys::enable_stats`, or the
+    /// `kernel.bpf_stats_enabled` sysctl); zero otherwise.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.attached
+            .iter()
+            .filter_map(|&name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    name,
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                })
+            })
+            .collect()
     }
 
     fn attach_sensors(&mut self) -> Result<(), SensorError> {

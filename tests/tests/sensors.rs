@@ -11,7 +11,7 @@ use std::{
 };
 
 use detector::{
-    config::SensorsConfig,
+    config::{SensorsConfig, Watch},
     event::{Body, Event},
 };
 use tests::{Collector, TestCgroup, dump, privileged};
@@ -332,5 +332,59 @@ fn repeated_write_opens_are_suppressed_and_counted() {
         suppressed,
         [0, 9],
         "the first append is reported, nine are counted, the one after the window carries the count"
+    );
+}
+
+#[test]
+fn with_watch_containers_only_container_cgroups_are_reported() {
+    if !privileged("with_watch_containers_only_container_cgroups_are_reported") {
+        return;
+    }
+    let id = std::process::id();
+    // A Docker-style container scope (a container root of its own) and a plain cgroup, both
+    // made before the sensors load so the first scan of container roots finds the scope.
+    let container = TestCgroup::create(&format!("system.slice/docker-{:0>64x}.scope", id)).unwrap();
+    let host = TestCgroup::for_test("host").unwrap();
+    let mut config = SensorsConfig::default();
+    config.watch = Watch::Containers;
+    let mut collector = collector(&config);
+    let run = |cgroup: &TestCgroup, name: &str| {
+        let file = format!("/dev/shm/detector-test-{name}-{id}");
+        let pid = cgroup
+            .run_shell(&format!(
+                "cat /etc/shadow > /dev/null; echo x > {file}; rm -f {file}"
+            ))
+            .unwrap();
+        (pid, file)
+    };
+    let (in_container, container_file) = run(&container, "container");
+    let (on_host, _) = run(&host, "host");
+    let done = collector.wait_until(WAIT, |seen| {
+        seen.iter().any(|e| is_exit_of(e, in_container))
+    });
+    // What the host process would have produced had it been watched arrives as fast.
+    collector.collect_for(Duration::from_millis(500));
+    let watched = collector.from_cgroup(container.id());
+    let unwatched = collector.from_cgroup(host.id());
+    if !done {
+        dump(&watched);
+    }
+    assert!(
+        done,
+        "no exit event for pid {in_container} in the container"
+    );
+    let file = |path: &str, read_sensitive: bool| {
+        watched.iter().any(|e| {
+            matches!(&e.body, Body::File(f) if f.path == path && f.read_sensitive == read_sensitive)
+        })
+    };
+    assert!(
+        file("/etc/shadow", true),
+        "a read-sensitive read in a container"
+    );
+    assert!(file(&container_file, false), "a write-open in a container");
+    assert!(
+        unwatched.is_empty(),
+        "nothing from a process outside containers (pid {on_host}): {unwatched:?}"
     );
 }

@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use detector::{
-    config::SensorsConfig,
+    config::{SensorsConfig, Watch},
     pipeline::Pipeline,
     sensors::{ProgramSet, Sensors},
 };
@@ -33,6 +33,9 @@ enum Mode {
     Nothing,
     Floor,
     Sensors,
+    /// The sensors with `watch: containers` (the DaemonSet's setting), the loop outside any
+    /// container: what a node's own processes (kubelet, the runtime) pay.
+    SensorsHost,
     Bpftrace,
 }
 
@@ -42,6 +45,7 @@ impl Mode {
             Self::Nothing => "nothing attached",
             Self::Floor => "do-nothing programs (floor)",
             Self::Sensors => "detector sensors",
+            Self::SensorsHost => "detector sensors, watch: containers, host process",
             Self::Bpftrace => "bpftrace filter (peer)",
         }
     }
@@ -94,7 +98,10 @@ enum Attached {
 
 impl Attached {
     fn start(mode: Mode, work: &Path) -> anyhow::Result<Self> {
-        let config = SensorsConfig::default();
+        let mut config = SensorsConfig::default();
+        if mode == Mode::SensorsHost {
+            config.watch = Watch::Containers;
+        }
         match mode {
             Mode::Nothing => Ok(Self::Nothing),
             Mode::Floor => Ok(Self::Programs {
@@ -102,7 +109,7 @@ impl Attached {
                 pipeline: None,
                 _floor: Some(Box::new(Sensors::load(&config, ProgramSet::Noop)?)),
             }),
-            Mode::Sensors => {
+            Mode::Sensors | Mode::SensorsHost => {
                 let runtime = runtime()?;
                 let sensors = Sensors::load(&config, ProgramSet::Sensors)?;
                 let pipeline = {
@@ -372,7 +379,7 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let mut modes = vec![Mode::Nothing, Mode::Floor, Mode::Sensors];
+    let mut modes = vec![Mode::Nothing, Mode::Floor, Mode::Sensors, Mode::SensorsHost];
     if has_bpftrace {
         ensure_tracefs()?;
         modes.push(Mode::Bpftrace);
@@ -403,6 +410,8 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         &cgroup,
         &["exec-loop", &execs],
     )?;
+    eprintln!("in-kernel run time per call of sys_enter (kernel run-time statistics)");
+    let in_kernel = in_kernel_cost(&cgroup, &["open-loop", &ordinary, &opens])?;
     eprintln!("write-open flood: 2 processes x {}", args.flood);
     let flood = write_flood(work, &cgroup, args.flood)?;
 
@@ -426,6 +435,21 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         sensors - base,
         floor - base
     );
+    let host = med(&open_samples, Mode::SensorsHost).context("no host-process sensors")?;
+    let host_added_ratio = (host - base) / (floor - base);
+    println!(
+        "with watch: containers, a host process: {:.1} ns = {host_added_ratio:.2}x the floor's",
+        host - base
+    );
+
+    println!(
+        "\n## sys_enter's own run time per call during the open loop (kernel run-time statistics; they add their own clock reads to each)"
+    );
+    println!("| program | runs | ns per run |");
+    println!("|---|---|---|");
+    for (name, (runs, ns)) in &in_kernel {
+        println!("| {name} | {runs} | {ns:.1} |");
+    }
 
     let exec_base = med(&exec_samples, Mode::Nothing).context("no exec baseline")?;
     println!(
@@ -478,7 +502,13 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
             "sensors_ratio": sensors / base,
             "floor_ratio": floor / base,
             "sensors_added_over_floor_added": added_ratio,
+            "host_process_ratio": host / base,
+            "host_process_added_over_floor_added": host_added_ratio,
         },
+        "sys_enter_ns_per_run": in_kernel
+            .iter()
+            .map(|(name, (_, ns))| (*name, *ns))
+            .collect::<BTreeMap<_, _>>(),
         "exec_loop": {
             "spawns": args.execs,
             "median_ns": exec_medians,
@@ -497,6 +527,38 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     fs::write(&args.report, serde_json::to_string_pretty(&report)?)?;
     println!("\nreport: {}", args.report.display());
     Ok(())
+}
+
+/// Where the kernel's BPF run-time statistics are switched on and off.
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// The `sys_enter` programs' own run time per call (floor, then sensors) over one run of
+/// `workload`, from the kernel's run-time statistics, switched on for the measurement only:
+/// (runs, ns per run) by program. Runs count every syscall on the machine meanwhile.
+fn in_kernel_cost(
+    cgroup: &TestCgroup,
+    workload: &[&str],
+) -> anyhow::Result<BTreeMap<&'static str, (u64, f64)>> {
+    let before = fs::read_to_string(BPF_STATS).with_context(|| format!("read {BPF_STATS}"))?;
+    fs::write(BPF_STATS, "1").with_context(|| format!("enable {BPF_STATS}"))?;
+    let measure = || -> anyhow::Result<BTreeMap<&'static str, (u64, f64)>> {
+        let config = SensorsConfig::default();
+        let mut costs = BTreeMap::new();
+        for set in [ProgramSet::Noop, ProgramSet::Sensors] {
+            let sensors = Sensors::load(&config, set)?;
+            run_workload(cgroup, workload)?;
+            for stats in sensors.program_stats() {
+                if stats.name.ends_with("sys_enter") && stats.runs > 0 {
+                    let ns = stats.run_time.as_nanos() as f64 / stats.runs as f64;
+                    costs.insert(stats.name, (stats.runs, ns));
+                }
+            }
+        }
+        Ok(costs)
+    };
+    let result = measure();
+    fs::write(BPF_STATS, before.trim()).with_context(|| format!("restore {BPF_STATS}"))?;
+    result
 }
 
 /// bpftrace's tracepoints need tracefs; a fresh machine does not mount it.
