@@ -345,8 +345,10 @@ fn with_watch_containers_only_container_cgroups_are_reported() {
     // made before the sensors load so the first scan of container roots finds the scope.
     let container = TestCgroup::create(&format!("system.slice/docker-{:0>64x}.scope", id)).unwrap();
     let host = TestCgroup::for_test("host").unwrap();
-    let mut config = SensorsConfig::default();
-    config.watch = Watch::Containers;
+    let config = SensorsConfig {
+        watch: Watch::Containers,
+        ..SensorsConfig::default()
+    };
     let mut collector = collector(&config);
     let run = |cgroup: &TestCgroup, name: &str| {
         let file = format!("/dev/shm/detector-test-{name}-{id}");
