@@ -633,4 +633,14 @@ mod tests {
         let filter = read_prefilter(&path_class_entries(&config));
         assert_eq!(filter.len, ReadPrefilter::DISABLED);
     }
+
+    #[test]
+    fn no_read_sensitive_prefix_means_no_read_at_all() {
+        let config = SensorsConfig {
+            read_sensitive_paths: Vec::new(),
+            ..SensorsConfig::default()
+        };
+        // The kernel skips the user read of read-only opens when `len` is 0.
+        assert_eq!(read_prefilter(&path_class_entries(&config)).len, 0);
+    }
 }
