@@ -1,7 +1,8 @@
 //! The containment playbook through `kube::Client` over real HTTP against the project's test API
 //! server, asserting the resulting object state: the playbook and its release, dry run, the
 //! budget, API faults (500, 409, 422, 429, timeouts, 404), standalone mode, resume after a
-//! restart, a CLI-style release finished by the daemon, and the latency over 100 incidents.
+//! restart, a CLI-style release finished by the daemon, and 100 incidents on 100 pods (their
+//! latency is measured by `cargo bench -p tests --bench containment`).
 
 use std::{
     collections::BTreeSet,
@@ -712,13 +713,10 @@ fn a_cli_release_is_finished_by_the_daemon() {
     assert_eq!(env.records()[&record.id].state, IncidentState::Released);
 }
 
-fn percentile(sorted: &[u64], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    Duration::from_nanos(sorted[i])
-}
-
 #[test]
-fn latency_over_100_incidents_on_100_pods() {
+fn a_hundred_incidents_on_a_hundred_pods_are_each_contained_once() {
+    // Latency is the containment benchmark's business (`cargo bench -p tests --bench
+    // containment`); this checks that every one of them completes, in order and in full.
     let env = Env::new();
     let n = 100;
     for i in 0..n {
@@ -743,21 +741,11 @@ fn latency_over_100_incidents_on_100_pods() {
     drop(handle);
     let records = env.records();
     assert_eq!(records.len(), n as usize);
-    let mut block: Vec<u64> = Vec::new();
-    let mut api: Vec<u64> = Vec::new();
     for r in records.values() {
         assert_eq!(r.state, IncidentState::Contained);
         assert!(r.steps.iter().all(|(_, o)| o.ok()), "{r:#?}");
-        block.push(r.kernel_block_ns.unwrap() - r.event_ktime_ns);
-        api.push(r.completed_ns.unwrap() - r.event_ktime_ns);
+        assert!(r.kernel_block_ns.unwrap() >= r.event_ktime_ns);
+        assert!(r.completed_ns.unwrap() >= r.kernel_block_ns.unwrap());
     }
-    block.sort_unstable();
-    api.sort_unstable();
-    let (b50, b99) = (percentile(&block, 0.5), percentile(&block, 0.99));
-    let (a50, a99) = (percentile(&api, 0.5), percentile(&api, 0.99));
-    eprintln!(
-        "containment latency over {n} incidents: kernel block p50 {b50:?} p99 {b99:?}; all API steps p50 {a50:?} p99 {a99:?}"
-    );
-    assert!(b99 < Duration::from_millis(10), "kernel block p99 {b99:?}");
-    assert!(a99 < Duration::from_millis(500), "API steps p99 {a99:?}");
+    assert_eq!(env.block.blocked(), (1000..1000 + n).collect());
 }

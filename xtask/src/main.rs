@@ -436,7 +436,15 @@ fn bench(no_peers: bool, args: &[String]) -> anyhow::Result<()> {
         "--bins",
     ]))?;
     let bench = target_dir().join("release/detector-bench");
-    status(Command::new(bench).current_dir(workspace()).args(args))
+    status(Command::new(bench).current_dir(workspace()).args(args))?;
+    // Containment latency through the dispatcher, the test API server and the kernel map.
+    status(cargo().current_dir(workspace()).args([
+        "bench",
+        "-p",
+        "tests",
+        "--bench",
+        "containment",
+    ]))
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
