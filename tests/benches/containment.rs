@@ -11,39 +11,20 @@
 //! cargo bench -p tests --bench containment [-- --incidents N --interval-ms MS --report PATH]
 //! ```
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use detector::{
     clock::Clock,
     config::SensorsConfig,
     contain::{ContainConfig, Containment, NetworkBlock, dispatcher::OwnPod, journal},
-    quarantine::QuarantineError,
-    score::{Decision, Subject, Verdict},
     sensors::{ProgramSet, Sensors},
 };
 use serde_json::json;
-use tests::apiserver::ApiServer;
-
-/// Stands in for the kernel map without root.
-#[derive(Clone, Default)]
-struct StandIn(Arc<Mutex<BTreeSet<u64>>>);
-
-impl NetworkBlock for StandIn {
-    fn block(&mut self, cgroup_id: u64) -> Result<(), QuarantineError> {
-        self.0.lock().unwrap().insert(cgroup_id);
-        Ok(())
-    }
-    fn release(&mut self, cgroup_id: u64) -> Result<(), QuarantineError> {
-        self.0.lock().unwrap().remove(&cgroup_id);
-        Ok(())
-    }
-}
+use tests::{
+    apiserver::ApiServer,
+    contain::{RecordingBlock, contain_verdict},
+};
 
 /// Cgroup ids are inode numbers of cgroupfs directories: far below this.
 const FIRST_FAKE_CGROUP: u64 = 1 << 62;
@@ -73,26 +54,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn verdict(pod: &str) -> Verdict {
-    Verdict {
-        time: time::OffsetDateTime::now_utc(),
-        ktime_ns: Clock::boot_now_ns(),
-        subject: Subject {
-            key: format!("pod:{pod}-uid"),
-            namespace: Some("shop".into()),
-            pod: Some(pod.into()),
-            pod_uid: Some(format!("{pod}-uid")),
-            ..Subject::default()
-        },
-        score: 42.0,
-        decision: Decision::Contain,
-        reason: "reverse shell then credential read".into(),
-        mitre: Vec::new(),
-        rules: Vec::new(),
-        omitted_rules: 0,
-    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -141,7 +102,7 @@ fn main() -> anyhow::Result<()> {
     };
     let block: Box<dyn NetworkBlock> = match sensors.as_mut() {
         Some(sensors) => Box::new(sensors.take_quarantine()?),
-        None => Box::new(StandIn::default()),
+        None => Box::new(RecordingBlock::default()),
     };
     let dir = tempfile::tempdir()?;
     let mut config = ContainConfig {
@@ -176,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         }
     );
     for i in 0..args.incidents {
-        let v = verdict(&format!("p{i}"));
+        let v = contain_verdict("shop", &format!("p{i}"));
         handle.on_verdict(&v, Clock::boot_now_ns(), vec![FIRST_FAKE_CGROUP + i]);
         std::thread::sleep(args.interval);
     }

@@ -31,6 +31,7 @@ use detector::{
 use tokio::sync::mpsc;
 
 pub mod apiserver;
+pub mod contain;
 pub mod docker;
 pub mod s3;
 

@@ -4,54 +4,31 @@
 //! restart, a CLI-style release finished by the daemon, and 100 incidents on 100 pods (their
 //! latency is measured by `cargo bench -p tests --bench containment`).
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use detector::{
     clock::Clock,
     contain::{
-        ContainConfig, Containment, ContainmentHandle, NetworkBlock, StepOutcome,
+        ContainConfig, Containment, ContainmentHandle, StepOutcome,
         dispatcher::OwnPod,
         journal::{self, Entry, EntryKind, IncidentRecord, IncidentState, Journal},
         release,
     },
-    quarantine::QuarantineError,
-    score::{Decision, Subject, Verdict},
+    score::Subject,
 };
 use kube::Client;
 use serde_json::{Value, json};
-use tests::apiserver::ApiServer;
-
-/// Stands in for the kernel maps (the privileged test uses the real ones).
-#[derive(Clone, Default)]
-struct FakeBlock(Arc<Mutex<BTreeSet<u64>>>);
-
-impl NetworkBlock for FakeBlock {
-    fn block(&mut self, cgroup_id: u64) -> Result<(), QuarantineError> {
-        self.0.lock().unwrap().insert(cgroup_id);
-        Ok(())
-    }
-    fn release(&mut self, cgroup_id: u64) -> Result<(), QuarantineError> {
-        self.0.lock().unwrap().remove(&cgroup_id);
-        Ok(())
-    }
-}
-
-impl FakeBlock {
-    fn blocked(&self) -> BTreeSet<u64> {
-        self.0.lock().unwrap().clone()
-    }
-}
+use tests::{
+    apiserver::ApiServer,
+    contain::{RecordingBlock, contain_verdict},
+};
 
 struct Env {
     rt: tokio::runtime::Runtime,
     server: ApiServer,
     client: Client,
     dir: tempfile::TempDir,
-    block: FakeBlock,
+    block: RecordingBlock,
 }
 
 impl Env {
@@ -71,7 +48,7 @@ impl Env {
             server,
             client,
             dir: tempfile::tempdir().unwrap(),
-            block: FakeBlock::default(),
+            block: RecordingBlock::default(),
         }
     }
 
@@ -213,26 +190,6 @@ impl Env {
     }
 }
 
-fn verdict(ns: &str, pod: &str) -> Verdict {
-    Verdict {
-        time: time::OffsetDateTime::now_utc(),
-        ktime_ns: Clock::boot_now_ns(),
-        subject: Subject {
-            key: format!("pod:{pod}-uid"),
-            namespace: Some(ns.into()),
-            pod: Some(pod.into()),
-            pod_uid: Some(format!("{pod}-uid")),
-            ..Subject::default()
-        },
-        score: 42.0,
-        decision: Decision::Contain,
-        reason: "reverse shell then credential read".into(),
-        mitre: Vec::new(),
-        rules: Vec::new(),
-        omitted_rules: 0,
-    }
-}
-
 fn labels(object: &Value) -> Value {
     object["metadata"]["labels"].clone()
 }
@@ -254,7 +211,7 @@ fn playbook_isolates_the_one_pod_and_release_restores_it() {
             "spec": {"selector": {"matchLabels": {"app": "db"}}}, "status": {"disruptionsAllowed": 0}}),
     );
     let handle = env.start(env.config(), true);
-    let v = verdict("shop", "web-1");
+    let v = contain_verdict("shop", "web-1");
     handle.on_verdict(&v, v.ktime_ns, vec![4242]);
     handle.on_verdict(&v, v.ktime_ns, vec![4242]); // a repeat: no duplicate work
     std::thread::sleep(Duration::from_millis(300));
@@ -384,7 +341,7 @@ fn dry_run_changes_nothing_and_journals_the_exact_calls() {
         },
         true,
     );
-    let v = verdict("shop", "web-1");
+    let v = contain_verdict("shop", "web-1");
     handle.on_verdict(&v, v.ktime_ns, vec![7]);
     handle.flush();
     drop(handle);
@@ -438,11 +395,11 @@ fn the_budget_stops_the_sixth_containment_in_a_window_of_five() {
     config.steps.evict_other_pods = false;
     let handle = env.start(config, true);
     for i in 0..6 {
-        let v = verdict("shop", &format!("p{i}"));
+        let v = contain_verdict("shop", &format!("p{i}"));
         handle.on_verdict(&v, v.ktime_ns, vec![100 + i]);
     }
     // Protected: never contained, never counted.
-    let v = verdict("kube-system", "coredns");
+    let v = contain_verdict("kube-system", "coredns");
     handle.on_verdict(&v, v.ktime_ns, vec![99]);
     handle.flush();
     drop(handle);
@@ -495,13 +452,13 @@ fn api_faults_are_retried_re_read_or_recorded_and_never_skip_the_rest() {
     let mut config = env.config();
     config.steps.evict_other_pods = false;
     let handle = env.start(config, true);
-    let v = verdict("shop", "web-1");
+    let v = contain_verdict("shop", "web-1");
     handle.on_verdict(&v, v.ktime_ns, vec![1]);
     // Incidents run concurrently; the 422 queued for the node patch is meant for web-1's, so the
     // second incident (on the same node) starts only once the first is done.
     handle.flush();
     // A pod that does not exist: pod steps are not applicable, the node steps still run.
-    let v = verdict("shop", "ghost");
+    let v = contain_verdict("shop", "ghost");
     handle.on_verdict(&v, v.ktime_ns, vec![2]);
     handle.flush();
     drop(handle);
@@ -554,7 +511,7 @@ fn a_conflicting_change_is_re_read_and_re_applied() {
     let mut config = env.config();
     config.steps.evict_other_pods = false;
     let handle = env.start(config, true);
-    let v = verdict("shop", "web-1");
+    let v = contain_verdict("shop", "web-1");
     handle.on_verdict(&v, v.ktime_ns, vec![1]);
     handle.flush();
     drop(handle);
@@ -576,7 +533,7 @@ fn a_conflicting_change_is_re_read_and_re_applied() {
 fn standalone_applies_the_kernel_block_and_records_api_steps_as_not_applicable() {
     let env = Env::new();
     let handle = env.start(env.config(), false);
-    let mut v = verdict("shop", "web-1");
+    let mut v = contain_verdict("shop", "web-1");
     v.subject = Subject {
         key: "cgroup:77".into(),
         cgroup_id: Some(77),
@@ -614,7 +571,7 @@ fn an_interrupted_incident_is_resumed_after_a_restart() {
     env.shop();
     // A daemon died right after the kernel block.
     let journal = Journal::open(env.dir.path()).unwrap();
-    let v = verdict("shop", "web-1");
+    let v = contain_verdict("shop", "web-1");
     journal
         .append(
             "inc-old",
@@ -665,7 +622,7 @@ fn a_cli_release_is_finished_by_the_daemon() {
     let mut config = env.config();
     config.steps.evict_other_pods = false;
     let handle = env.start(config.clone(), true);
-    let v = verdict("shop", "web-1");
+    let v = contain_verdict("shop", "web-1");
     handle.on_verdict(&v, v.ktime_ns, vec![9]);
     handle.flush();
     let records = env.records();
@@ -733,7 +690,7 @@ fn a_hundred_incidents_on_a_hundred_pods_are_each_contained_once() {
     config.budget.max = 1000;
     let handle = env.start(config, true);
     for i in 0..n {
-        let v = verdict("shop", &format!("p{i}"));
+        let v = contain_verdict("shop", &format!("p{i}"));
         handle.on_verdict(&v, Clock::boot_now_ns(), vec![1000 + i]);
         std::thread::sleep(Duration::from_millis(10));
     }
