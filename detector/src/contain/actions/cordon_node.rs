@@ -2,14 +2,10 @@
 //! uncordons only a node the detector cordoned and no other open incident holds.
 
 use futures::{FutureExt as _, future::BoxFuture};
-use k8s_openapi::api::core::v1::Node;
-use kube::Api;
 use serde_json::json;
 
-use super::{PatchKind, label_node::NODE_RBAC, patch};
-use crate::contain::{
-    Action, ContainConfig, EventTarget, Incident, Rule, StepCtx, StepOutcome, kube::ApiError,
-};
+use super::{PatchKind, label_node::NODE_RBAC, patch, read_node};
+use crate::contain::{Action, ContainConfig, EventTarget, Incident, Rule, StepCtx, StepOutcome};
 
 /// Sets `spec.unschedulable` and the `<prefix>cordoned-by` annotation.
 pub struct CordonNode;
@@ -43,17 +39,9 @@ impl Action for CordonNode {
             if incident.node.is_empty() {
                 return StepOutcome::not_applicable("node unknown");
             }
-            let nodes: Api<Node> = Api::all(api.client().clone());
-            let node = match api.call("get node", || nodes.get(&incident.node)).await {
-                Ok(node) => node,
-                Err(ApiError::NotFound { .. }) => {
-                    return StepOutcome::not_applicable("no such node");
-                }
-                Err(err) => {
-                    return StepOutcome::Failed {
-                        error: err.to_string(),
-                    };
-                }
+            let (nodes, node) = match read_node(api, &incident.node).await {
+                Ok(read) => read,
+                Err(outcome) => return outcome,
             };
             if node.spec.and_then(|s| s.unschedulable) == Some(true) {
                 return StepOutcome::AlreadyDone {
@@ -90,17 +78,9 @@ impl Action for CordonNode {
                     "incident {other} still holds the node"
                 ));
             }
-            let nodes: Api<Node> = Api::all(api.client().clone());
-            let node = match api.call("get node", || nodes.get(&incident.node)).await {
-                Ok(node) => node,
-                Err(ApiError::NotFound { .. }) => {
-                    return StepOutcome::not_applicable("no such node");
-                }
-                Err(err) => {
-                    return StepOutcome::Failed {
-                        error: err.to_string(),
-                    };
-                }
+            let (nodes, node) = match read_node(api, &incident.node).await {
+                Ok(read) => read,
+                Err(outcome) => return outcome,
             };
             let marker = format!("{}cordoned-by", ctx.config.annotation_prefix);
             let ours = node

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use serde_json::json;
 
-use super::{PatchKind, patch};
+use super::{PatchKind, patch, read_node};
 use crate::contain::{
     Action, ContainConfig, EventTarget, Incident, Rule, StepCtx, StepOutcome, kube::ApiError,
 };
@@ -50,17 +50,9 @@ impl Action for LabelNode {
                 return StepOutcome::not_applicable("node unknown");
             }
             let label = &ctx.config.node_label;
-            let nodes: Api<Node> = Api::all(api.client().clone());
-            let node = match api.call("get node", || nodes.get(&incident.node)).await {
-                Ok(node) => node,
-                Err(ApiError::NotFound { .. }) => {
-                    return StepOutcome::not_applicable("no such node");
-                }
-                Err(err) => {
-                    return StepOutcome::Failed {
-                        error: err.to_string(),
-                    };
-                }
+            let (nodes, node) = match read_node(api, &incident.node).await {
+                Ok(read) => read,
+                Err(outcome) => return outcome,
             };
             if node.metadata.labels.unwrap_or_default().get(&label.key) == Some(&label.value) {
                 return StepOutcome::AlreadyDone {

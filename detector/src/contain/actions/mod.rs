@@ -13,14 +13,17 @@ pub mod remove_from_service;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api,
     api::{Patch, PatchParams},
 };
 use serde_json::Value;
 
-use super::{Action, StepCtx, kube::ApiError};
+use super::{
+    Action, StepCtx, StepOutcome,
+    kube::{ApiError, KubeApi},
+};
 
 /// Every step, in the order the playbook runs them.
 pub fn playbook() -> Vec<Box<dyn Action>> {
@@ -56,6 +59,19 @@ pub(crate) async fn read_pod(
         Ok(pod) => Ok(Some(pod)),
         Err(ApiError::NotFound { .. }) => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+/// Reads the node a node step acts on; `Err` is the step's outcome when it cannot: the node is
+/// gone (not applicable) or unreadable (failed).
+pub(crate) async fn read_node(api: &KubeApi, name: &str) -> Result<(Api<Node>, Node), StepOutcome> {
+    let nodes: Api<Node> = Api::all(api.client().clone());
+    match api.call("get node", || nodes.get(name)).await {
+        Ok(node) => Ok((nodes, node)),
+        Err(ApiError::NotFound { .. }) => Err(StepOutcome::not_applicable("no such node")),
+        Err(err) => Err(StepOutcome::Failed {
+            error: err.to_string(),
+        }),
     }
 }
 
