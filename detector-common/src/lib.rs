@@ -55,6 +55,11 @@ pub const ARGS_MAX_BYTES: usize = 2048;
 pub const PATH_CLASS_KEY_BYTES: usize = 64;
 /// Length of a task's `comm`.
 pub const COMM_LEN: usize = 16;
+/// Maximum number of components of a path resolved in the kernel (mount crossings count as
+/// one); deeper paths are counted in [`Stat::UnresolvedPaths`].
+pub const PATH_MAX_COMPONENTS: usize = 64;
+/// Maximum number of mounts crossed while resolving a path.
+pub const PATH_MAX_MOUNTS: usize = 8;
 /// Maximum number of cgroup levels walked when deciding whether a cgroup is watched.
 pub const WATCH_MAX_DEPTH: u32 = 8;
 
@@ -121,10 +126,14 @@ pub enum Stat {
     QuarantineDrops = 7,
     /// Connects of quarantined cgroups refused.
     QuarantineDenies = 8,
+    /// Opened files whose path could not be resolved in the kernel (deeper than
+    /// [`PATH_MAX_COMPONENTS`] components or mounts, or unreadable): read-only opens among them
+    /// were not checked against the read-sensitive prefixes.
+    UnresolvedPaths = 9,
 }
 
 /// Number of entries in [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 10;
 
 impl Stat {
     /// The loss counter for records of `kind`.
@@ -264,10 +273,17 @@ pub mod file_flags {
     pub const RELATIVE: u32 = 1 << 1;
     /// The path was longer than [`super::PATH_MAX_BYTES`].
     pub const PATH_TRUNCATED: u32 = 1 << 2;
+    /// The path was resolved in the kernel from the opened file's own dentries and mounts (as
+    /// the process sees it from its root), not copied from the syscall argument.
+    pub const RESOLVED: u32 = 1 << 3;
+    /// The resolved file lies outside the process's root (another mount namespace, reached
+    /// through `/proc/<pid>/root`, or above a chroot); the path is absolute in the file's own
+    /// mount namespace.
+    pub const OTHER_ROOT: u32 = 1 << 4;
 }
 
 /// An open with write intent, an open of a read-sensitive path, or an unlink/chmod of a
-/// sensitive path, taken at syscall entry.
+/// sensitive path, taken at syscall exit.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileEvent {
@@ -287,9 +303,9 @@ pub struct FileEvent {
     pub path_len: u32,
     /// Identical write-opens suppressed in the kernel since the previous reported one.
     pub suppressed: u32,
-    /// Explicit padding.
-    pub _pad: u32,
-    /// Path as passed to the syscall.
+    /// What the syscall returned: a descriptor (opens) or 0 on success, `-errno` on failure.
+    pub result: i32,
+    /// The resolved path ([`file_flags::RESOLVED`]), or the path as passed to the syscall.
     pub path: [u8; PATH_MAX_BYTES],
 }
 const _: () = assert!(size_of::<FileEvent>() == 64 + 32 + PATH_MAX_BYTES);
@@ -332,38 +348,76 @@ const _: () = assert!(size_of::<ConnectEvent>() == 64 + 16 + 16);
 /// every path starting with it; an entry whose bytes end with the NUL matches one path exactly.
 pub type PathClassData = [u8; PATH_CLASS_KEY_BYTES];
 
-/// The first eight bytes of a read-sensitive prefix, as a masked native-endian word.
+/// The first eight bytes of a path component, as a masked native-endian word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PrefixWord {
-    /// The prefix bytes, zero past its length.
+pub struct NameWord {
+    /// The name's bytes, zero past its length.
     pub value: u64,
-    /// `0xff` for each byte of the prefix that counts.
+    /// `0xff` for each byte that counts; 0 matches any name, and a missing component.
     pub mask: u64,
+    /// The name's exact length; 0 when the name is a prefix (an entry ending in `*`) or any.
+    pub len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<PrefixWord>() == 16);
+const _: () = assert!(size_of::<NameWord>() == 24);
+
+/// The first two components of a read-sensitive entry: `/var/run/secrets` gives `var` and
+/// `run` (exact), `/etc/ssh/ssh_host_*` gives `etc` and `ssh`, `/etc/shad*` gives `etc` and the
+/// prefix `shad`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopComponents {
+    /// The first component below `/`.
+    pub first: NameWord,
+    /// The second.
+    pub second: NameWord,
+}
+const _: () = assert!(size_of::<TopComponents>() == 48);
 
 /// Slots of [`ReadPrefilter`].
 pub const READ_PREFILTER_SLOTS: usize = 16;
 
-/// Lets a read-only open skip the path classification when its first eight bytes cannot start
-/// any read-sensitive prefix (most opens on a node). User space computes it from the same
-/// entries as [`MAP_PATH_CLASS`].
+/// Lets a read-only open skip building its path when the file's first two path components
+/// cannot start any read-sensitive entry (most opens on a node): the kernel compares them as
+/// it climbs from the file to the root, with plain loads. User space computes it from the
+/// same entries as [`MAP_PATH_CLASS`], which decides exactly for the opens that pass.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadPrefilter {
-    /// Words in use; [`ReadPrefilter::DISABLED`] sends every read-only open to classification.
+    /// Entries in use; 0 means no read-sensitive entry (read-only opens are never looked at),
+    /// [`ReadPrefilter::DISABLED`] sends every read-only open to classification.
     pub len: u32,
     /// Explicit padding.
     pub _pad: u32,
-    /// The words.
-    pub words: [PrefixWord; READ_PREFILTER_SLOTS],
+    /// One bit per first component of an entry that names it whole, at
+    /// [`ReadPrefilter::exact_bit`]: most paths are turned away by one bit test.
+    pub first_exact: u64,
+    /// One bit per first byte of an entry whose first component is a prefix (`/sec*`), at
+    /// [`ReadPrefilter::prefix_bit`]; all ones when one matches any first component (`/*`).
+    pub first_prefix: u64,
+    /// The entries.
+    pub entries: [TopComponents; READ_PREFILTER_SLOTS],
 }
-const _: () = assert!(size_of::<ReadPrefilter>() == 8 + 16 * READ_PREFILTER_SLOTS);
+const _: () = assert!(size_of::<ReadPrefilter>() == 24 + 48 * READ_PREFILTER_SLOTS);
 
 impl ReadPrefilter {
     /// `len` value that disables the prefilter.
     pub const DISABLED: u32 = u32::MAX;
+
+    /// The bit of [`ReadPrefilter::first_exact`] for a first component of `len` bytes starting
+    /// with `byte`.
+    #[inline(always)]
+    pub const fn exact_bit(byte: u8, len: u32) -> u32 {
+        (byte as u32 ^ (len << 3)) & 63
+    }
+
+    /// The bit of [`ReadPrefilter::first_prefix`] for a first component starting with `byte`.
+    #[inline(always)]
+    pub const fn prefix_bit(byte: u8) -> u32 {
+        byte as u32 & 63
+    }
 }
 
 /// Key of [`MAP_WRITE_DEDUP`].
@@ -414,6 +468,10 @@ const _: () = assert!(size_of::<TrafficCounters>() == 16);
 
 /// Kernel structure member offsets, read from `/sys/kernel/btf/vmlinux` by user space and
 /// handed to the programs as a global (Rust eBPF has no CO-RE relocations for these).
+///
+/// The programs read them one field at a time from the frozen read-only section, so the verifier
+/// sees each as a constant and checks typed (BTF) loads at that offset against the kernel's own
+/// structure layout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -431,10 +489,82 @@ pub struct KernelOffsets {
     pub mm_arg_end: u32,
     /// `linux_binprm::filename`.
     pub bprm_filename: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// `task_struct::files`.
+    pub task_files: u32,
+    /// `task_struct::fs`.
+    pub task_fs: u32,
+    /// `task_struct::cgroups`.
+    pub task_cgroups: u32,
+    /// `css_set::dfl_cgrp`.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup::kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node::id`.
+    pub kernfs_node_id: u32,
+    /// `files_struct::fdt`.
+    pub files_fdt: u32,
+    /// `fdtable::max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `fdtable::fd`.
+    pub fdtable_fd: u32,
+    /// `file::f_path`.
+    pub file_path: u32,
+    /// `fs_struct::root`.
+    pub fs_root: u32,
+    /// `path::mnt`.
+    pub path_mnt: u32,
+    /// `path::dentry`.
+    pub path_dentry: u32,
+    /// `dentry::d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry::d_name` (a `struct qstr`).
+    pub dentry_name: u32,
+    /// `dentry::d_shortname` (`d_iname` before Linux 6.14): where short names live.
+    pub dentry_inline_name: u32,
+    /// `qstr::len`.
+    pub qstr_len: u32,
+    /// `qstr::name`.
+    pub qstr_name: u32,
+    /// `vfsmount::mnt_root`.
+    pub vfsmount_root: u32,
+    /// `vfsmount::mnt_flags`.
+    pub vfsmount_flags: u32,
+    /// `mount::mnt`: where the `vfsmount` sits in its `struct mount`.
+    pub mount_mnt: u32,
+    /// `mount::mnt_parent`.
+    pub mount_parent: u32,
+    /// `mount::mnt_mountpoint`.
+    pub mount_mountpoint: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 32);
+const _: () = assert!(size_of::<KernelOffsets>() == 120);
+
+/// BTF type ids of the kernel structures the programs cast addresses to with
+/// `bpf_rdonly_cast`, read from `/sys/kernel/btf/vmlinux` by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelTypes {
+    /// A structure whose first member is a `struct file *` (`struct kiocb` on every kernel so
+    /// far): a descriptor-table slot cast to it reads as a typed file pointer.
+    pub file_slot: u32,
+    /// `struct mount`.
+    pub mount: u32,
+    /// `struct vfsmount`.
+    pub vfsmount: u32,
+    /// `struct dentry`.
+    pub dentry: u32,
+}
+const _: () = assert!(size_of::<KernelTypes>() == 16);
+
+/// Global: [`KernelTypes`].
+pub const GLOBAL_KERNEL_TYPES: &str = "KERNEL_TYPES";
+
+/// The helper number of the placeholder call the programs emit for `bpf_rdonly_cast`; user
+/// space rewrites each such instruction into the kernel-function call before loading.
+pub const KFUNC_RDONLY_CAST_MARKER: u32 = 0x7fff_f001;
+
+/// `MNT_INTERNAL` in `vfsmount::mnt_flags`: a kernel-internal mount (pipes, sockets, anonymous
+/// inodes, memfd), whose files have no path in any mount namespace.
+pub const MNT_INTERNAL: u32 = 0x4000;
 
 /// FNV-1a 64-bit offset basis, shared so that both sides hash paths the same way.
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -456,6 +586,8 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelTypes {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ReadPrefilter {}
     // SAFETY: as above.
