@@ -53,9 +53,9 @@ static DAEMON_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static WATCH_MODE: u32 = 0;
 
-/// Kernel structure offsets from BTF.
+/// Kernel structure offsets from BTF; read them with [`offset!`].
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
+pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_real_parent: 0,
     task_tgid: 0,
     task_mm: 0,
@@ -63,8 +63,52 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     mm_arg_start: 0,
     mm_arg_end: 0,
     bprm_filename: 0,
-    _pad: 0,
+    task_files: 0,
+    task_fs: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_path: 0,
+    fs_root: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
+    dentry_inline_name: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    vfsmount_root: 0,
+    vfsmount_flags: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
 };
+
+/// One member of [`OFFSETS`]. Read alone (volatile, so the placeholder is not folded in), it
+/// is a constant to the verifier, which then checks typed loads at that offset against BTF.
+macro_rules! offset {
+    ($member:ident) => {
+        // SAFETY: a member of a global set at load time.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::common::OFFSETS.$member)) }
+    };
+}
+pub(crate) use offset;
+
+/// The last watch decision taken on this CPU: tasks of one cgroup tend to run back to back,
+/// and an array slot is read without a helper call.
+#[map(name = "LAST_WATCH")]
+static LAST_WATCH: PerCpuArray<LastWatch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct LastWatch {
+    cgroup_id: u64,
+    generation: u32,
+    watched: u32,
+}
 
 /// Reads a global set by user space at load time. The volatile read keeps the compiler from
 /// folding the placeholder value in; the verifier then sees the real value as a constant.
@@ -72,12 +116,6 @@ static OFFSETS: KernelOffsets = KernelOffsets {
 fn global<T: Copy>(value: &'static T) -> T {
     // SAFETY: `value` is a valid, aligned static.
     unsafe { core::ptr::read_volatile(value) }
-}
-
-/// Kernel structure offsets.
-#[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    global(&OFFSETS)
 }
 
 /// Adds one to a counter.
@@ -116,12 +154,39 @@ pub fn watching_all() -> bool {
 /// Whether the current task's cgroup is watched.
 #[inline(always)]
 pub fn current_cgroup_watched() -> bool {
+    // SAFETY: a helper without arguments.
+    watching_all() || cgroup_watched(unsafe { bpf_get_current_cgroup_id() })
+}
+
+/// Whether `cgroup_id`, the current task's cgroup, is watched.
+#[inline(always)]
+pub fn cgroup_watched(cgroup_id: u64) -> bool {
     if watching_all() {
         return true;
     }
-    // SAFETY: a helper without arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let generation = WATCH_GENERATION.get(0).copied().unwrap_or(0);
+    let last = LAST_WATCH.get_ptr_mut(0);
+    if let Some(last) = last {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        let last = unsafe { &*last };
+        if last.cgroup_id == cgroup_id && last.generation == generation {
+            return last.watched != 0;
+        }
+    }
+    let watched = decide_watched(cgroup_id, generation);
+    if let Some(last) = last {
+        // SAFETY: as above.
+        let last = unsafe { &mut *last };
+        last.cgroup_id = cgroup_id;
+        last.generation = generation;
+        last.watched = watched as u32;
+    }
+    watched
+}
+
+/// The watch decision from the LRU cache, or from the current task's ancestor cgroups.
+#[inline(always)]
+fn decide_watched(cgroup_id: u64, generation: u32) -> bool {
     // SAFETY: the value is copied out at once; a concurrent update only changes the decision.
     if let Some(decision) = unsafe { WATCH_CACHE.get(cgroup_id) }
         && decision.generation == generation
@@ -219,16 +284,16 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
 /// `current->real_parent->tgid`, through the offsets read from BTF.
 #[inline(always)]
 fn parent_tgid() -> Option<u32> {
-    let offsets = offsets();
-    if offsets.task_real_parent == 0 {
+    let real_parent = offset!(task_real_parent);
+    if real_parent == 0 {
         return None;
     }
     // SAFETY: a helper without arguments; the task pointer is only read through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads tolerate any address; a bad one returns an error.
     let parent: *const u8 =
-        unsafe { bpf_probe_read_kernel(task.add(offsets.task_real_parent as usize).cast()) }
-            .ok()?;
+        unsafe { bpf_probe_read_kernel(task.add(real_parent as usize).cast()) }.ok()?;
+    let tgid_at = offset!(task_tgid) as usize;
     // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel::<u32>(parent.add(offsets.task_tgid as usize).cast()) }.ok()
+    unsafe { bpf_probe_read_kernel::<u32>(parent.add(tgid_at).cast()) }.ok()
 }

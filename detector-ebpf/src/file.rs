@@ -1,13 +1,21 @@
-//! File activity at syscall entry (`tp_btf/sys_enter`).
+//! File activity at syscall exit (`tp_btf/sys_exit`).
 //!
 //! A BTF-enabled raw tracepoint needs no tracefs and costs the least of the hooks that load on
-//! this kernel (no LSM, fentry or kprobes here); its `pt_regs` argument is typed, so the
-//! argument registers are read with plain loads the verifier checks, not with a helper call. It fires for every syscall of every task, so the program
-//! leaves at once for syscalls it does not handle, then for the daemon's own tgid and unwatched
-//! cgroups. A read-only open by a watched task costs one 8-byte user read of the path (the
-//! prefilter); only a path whose first bytes could start a read-sensitive prefix goes on to the
-//! LPM trie lookup. Nothing is copied to the ring buffer unless the open has write intent or
-//! its path is read-sensitive.
+//! this kernel (no LSM, fentry or kprobes here). It fires for every syscall of every task, so
+//! the program leaves at once for syscalls it does not handle. Its `pt_regs` argument is typed:
+//! the syscall number and arguments are read with plain loads, not a helper call per argument.
+//!
+//! Taking opens at exit means the kernel has done the lookup: a successful open has a
+//! `struct file`, and [`crate::path`] resolves its path from the file's own dentries and mounts
+//! (relative paths, `..`, symlinks and bind mounts included), as the process sees it, with no
+//! user-memory read and no race with the argument. So:
+//! - a read-only open of an ordinary file costs one helper call (the current task) and a typed
+//!   load per path component, compared on the way with the read-sensitive prefilter; only a
+//!   file whose first components could start a read-sensitive entry has its path built and
+//!   classified, and only a read-sensitive one is reported;
+//! - an open with write intent is reported with its resolved path (or, when it failed, the
+//!   path as passed), its class, and what it returned;
+//! - unlink, rename and chmod are reported when a path involved, as passed, is sensitive.
 
 use aya_ebpf::{
     helpers::{
@@ -20,13 +28,14 @@ use aya_ebpf::{
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
-    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PathClassData, PrefixWord, READ_PREFILTER_SLOTS,
-    ReadPrefilter, RenameEvent, Stat, file_flags, path_class,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PathClassData, RenameEvent, Stat,
+    file_flags, path_class,
 };
 
-use crate::common::{
-    EVENTS, count, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon,
-    watching_all,
+use crate::{
+    common::{EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, watching_all},
+    kernel::Task,
+    path::{self, BUILT_LEN, BUILT_TRUNCATED, Reached, Resolution, Resolved},
 };
 
 /// Path prefix classes, filled by user space from the configuration.
@@ -37,21 +46,21 @@ static PATH_CLASS: LpmTrie<PathClassData, u32> = LpmTrie::with_max_entries(256, 
 #[map(name = "WRITE_DEDUP")]
 static WRITE_DEDUP: LruHashMap<DedupKey, DedupValue> = LruHashMap::with_max_entries(65536, 0);
 
+/// A file record with room behind its path, so that a path can be built in place (a name is
+/// read at any offset below `PATH_MAX_BYTES`, up to `PATH_MAX_BYTES` bytes long).
+#[repr(C)]
+struct FileScratch {
+    event: FileEvent,
+    spill: [u8; PATH_MAX_BYTES],
+}
+
 /// Scratch record, too large for the 512-byte stack.
 #[map(name = "FILE_SCRATCH")]
-static FILE_SCRATCH: PerCpuArray<FileEvent> = PerCpuArray::with_max_entries(1, 0);
+static FILE_SCRATCH: PerCpuArray<FileScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Scratch record for renames.
 #[map(name = "RENAME_SCRATCH")]
 static RENAME_SCRATCH: PerCpuArray<RenameEvent> = PerCpuArray::with_max_entries(1, 0);
-
-/// First-bytes prefilter for read-only opens, set by user space at load.
-#[unsafe(no_mangle)]
-static READ_PREFILTER: ReadPrefilter = ReadPrefilter {
-    len: ReadPrefilter::DISABLED,
-    _pad: 0,
-    words: [PrefixWord { value: 0, mask: 0 }; READ_PREFILTER_SLOTS],
-};
 
 /// Repeat-suppression window for write-opens in nanoseconds; 0 disables it.
 #[unsafe(no_mangle)]
@@ -97,16 +106,17 @@ mod nr {
     pub const FCHMODAT2: i64 = 452;
 }
 
-/// Byte offsets of the syscall argument registers in `struct pt_regs`.
+/// Byte offsets in `struct pt_regs` of the syscall arguments, as they stand at syscall exit.
 #[cfg(bpf_target_arch = "x86_64")]
 const ARG_OFFSETS: [usize; 5] = [112, 104, 96, 56, 72]; // di, si, dx, r10, r8
+/// arm64 returns the result in x0; the first argument survives in `orig_x0`.
 #[cfg(bpf_target_arch = "aarch64")]
-const ARG_OFFSETS: [usize; 5] = [0, 8, 16, 24, 32]; // x0..x4
+const ARG_OFFSETS: [usize; 5] = [272, 8, 16, 24, 32]; // orig_x0, x1..x4
 
-/// `tp_btf/sys_enter(struct pt_regs *regs, long id)`.
-#[btf_tracepoint(function = "sys_enter")]
-pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
-    match try_sys_enter(&ctx) {
+/// `tp_btf/sys_exit(struct pt_regs *regs, long ret)`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    match try_sys_exit(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
@@ -126,77 +136,95 @@ impl Regs {
         // each load against its BTF and turns it into a fault-safe kernel load.
         unsafe { core::ptr::read(self.0.add(ARG_OFFSETS[n]).cast::<u64>()) }
     }
+
+    /// The syscall number, as `syscall_get_nr` reads it.
+    #[cfg(bpf_target_arch = "x86_64")]
+    #[inline(always)]
+    fn nr(&self) -> i64 {
+        // SAFETY: as above; `orig_ax`.
+        unsafe { core::ptr::read(self.0.add(120).cast::<i64>()) }
+    }
+
+    /// The syscall number, as `syscall_get_nr` reads it.
+    #[cfg(bpf_target_arch = "aarch64")]
+    #[inline(always)]
+    fn nr(&self) -> i64 {
+        // SAFETY: as above; `syscallno`.
+        i64::from(unsafe { core::ptr::read(self.0.add(280).cast::<i32>()) })
+    }
 }
 
 #[inline(always)]
-fn try_sys_enter(ctx: &BtfTracePointContext) -> Result<i32, i32> {
-    let id: i64 = ctx.arg(1);
+fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let regs = Regs(ctx.arg::<*const u8>(0));
-    match id {
+    let ret: i64 = ctx.arg(1);
+    let nr = regs.nr();
+    if nr == nr::OPENAT {
+        // The hot path: most opens are read-only, most of those are of ordinary files.
+        let flags = regs.arg(2) as u32;
+        if !write_intent(flags) {
+            return read_only_open(regs.arg(0) as i32, flags, ret);
+        }
+    }
+    // The four opens share one call, so that it is verified once.
+    let (dirfd, path, flags) = match nr {
         nr::OPENAT => {
             let [dirfd, path, flags] = regs.first3();
-            open(dirfd as i32, path, flags as u32)
+            (dirfd as i32, path, flags as u32)
         }
-        nr::OPEN => open(AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
-        nr::CREAT => open(AT_FDCWD, regs.arg(0), O_CREAT | O_WRONLY | O_TRUNC),
+        nr::OPEN => (AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
+        nr::CREAT => (AT_FDCWD, regs.arg(0), O_CREAT | O_WRONLY | O_TRUNC),
         nr::OPENAT2 => {
             // `struct open_how` starts with `__u64 flags`.
             // SAFETY: a probe read of user memory; failure means no flags.
             let how = regs.arg(2) as *const u64;
             let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
-            open(regs.arg(0) as i32, regs.arg(1), flags as u32)
+            (regs.arg(0) as i32, regs.arg(1), flags as u32)
         }
-        nr::UNLINK => path_op(FileOp::Unlink, AT_FDCWD, regs.arg(0), 0),
-        nr::UNLINKAT => path_op(FileOp::Unlink, regs.arg(0) as i32, regs.arg(1), 0),
-        nr::CHMOD => path_op(FileOp::Chmod, AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
+        _ => return other(&regs, ret),
+    };
+    if !write_intent(flags) {
+        return read_only_open(dirfd, flags, ret);
+    }
+    open(dirfd, path, flags, ret)
+}
+
+/// Unlink, rename and chmod.
+#[inline(always)]
+fn other(regs: &Regs, ret: i64) -> Result<i32, i32> {
+    match regs.nr() {
+        nr::UNLINK => path_op(FileOp::Unlink, AT_FDCWD, regs.arg(0), 0, ret),
+        nr::UNLINKAT => path_op(FileOp::Unlink, regs.arg(0) as i32, regs.arg(1), 0, ret),
+        nr::CHMOD => path_op(
+            FileOp::Chmod,
+            AT_FDCWD,
+            regs.arg(0),
+            regs.arg(1) as u32,
+            ret,
+        ),
         nr::FCHMODAT | nr::FCHMODAT2 => path_op(
             FileOp::Chmod,
             regs.arg(0) as i32,
             regs.arg(1),
             regs.arg(2) as u32,
+            ret,
         ),
-        nr::RENAME => rename(AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1)),
+        nr::RENAME => rename(AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1), ret),
         nr::RENAMEAT | nr::RENAMEAT2 => rename(
             regs.arg(0) as i32,
             regs.arg(1),
             regs.arg(2) as i32,
             regs.arg(3),
+            ret,
         ),
         _ => Ok(0),
     }
 }
 
-/// Leaves early for the daemon itself and for unwatched cgroups.
+/// The daemon itself and unwatched cgroups are left at once.
 #[inline(always)]
-fn skip_current() -> bool {
-    is_daemon(current_tgid()) || !current_cgroup_watched()
-}
-
-/// Classifies the path at `user_path` by its first bytes: one bounded read onto the stack and
-/// one LPM lookup.
-#[inline(always)]
-fn classify(user_path: u64) -> u32 {
-    let mut key = Key::<PathClassData>::new(0, [0; PATH_CLASS_KEY_BYTES]);
-    // SAFETY: the helper writes at most `PATH_CLASS_KEY_BYTES` bytes into `key.data`.
-    let read = unsafe {
-        bpf_probe_read_user_str(
-            key.data.as_mut_ptr().cast(),
-            PATH_CLASS_KEY_BYTES as u32,
-            user_path as *const _,
-        )
-    };
-    if read <= 0 {
-        return 0;
-    }
-    // `read` counts the NUL; a path longer than the key loses its last byte to the NUL, so the
-    // key then covers only the bytes that are really the path's.
-    let bytes = if read as usize >= PATH_CLASS_KEY_BYTES {
-        PATH_CLASS_KEY_BYTES - 1
-    } else {
-        read as usize
-    };
-    key.prefix_len = (bytes * 8) as u32;
-    PATH_CLASS.get(&key).copied().unwrap_or(0)
+fn skip(task: Task) -> bool {
+    is_daemon(task.tgid()) || (!watching_all() && !cgroup_watched(task.cgroup_id()))
 }
 
 #[inline(always)]
@@ -204,108 +232,145 @@ fn write_intent(flags: u32) -> bool {
     flags & O_ACCMODE != 0 || flags & (O_CREAT | O_TRUNC) != 0
 }
 
-/// Whether the path's first eight bytes could start a read-sensitive prefix: one short user
-/// read and a few compares, no map lookup.
+/// A read-only open: reported only when the file it opened is read-sensitive.
+///
+/// The common case, a read-only open of an ordinary file, ends here, inline in the program:
+/// one helper call (the current task), a few typed loads per path component, and the
+/// prefilter. No function call: with return-thunk mitigations each return costs about as much
+/// as a helper call.
 #[inline(always)]
-fn may_be_read_sensitive(user_path: u64) -> bool {
-    // SAFETY: reading a global set at load time.
-    let len = unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) };
-    if len == ReadPrefilter::DISABLED {
-        return true;
-    }
-    if len == 0 {
-        // No read-sensitive prefix configured: no user read at all.
-        return false;
-    }
-    let mut bytes = [0u8; 16];
-    // SAFETY: the helper writes at most 9 bytes (8 and the NUL) into `bytes`.
-    let read =
-        unsafe { bpf_probe_read_user_str(bytes.as_mut_ptr().cast(), 9, user_path as *const _) };
-    if read <= 0 {
-        // The kernel cannot read it either: the open fails with EFAULT.
-        return false;
-    }
-    let word = u64::from_ne_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ]);
-    for i in 0..READ_PREFILTER_SLOTS {
-        if i as u32 >= len {
-            break;
-        }
-        // SAFETY: reading a global set at load time; `i` is in bounds.
-        let prefix = unsafe { core::ptr::read_volatile(&READ_PREFILTER.words[i]) };
-        if word & prefix.mask == prefix.value {
-            return true;
-        }
-    }
-    false
-}
-
-#[inline(always)]
-fn open(dirfd: i32, user_path: u64, flags: u32) -> Result<i32, i32> {
-    let write = write_intent(flags);
-    if !write {
-        // The user read below is the dearest step of a read-only open (a user-access window per
-        // call); outside `watch: all`, an unwatched task leaves before it. Under `all` every
-        // task is watched and the check would be pure cost.
-        if !watching_all() && !current_cgroup_watched() {
-            return Ok(0);
-        }
-        if !may_be_read_sensitive(user_path) {
-            return Ok(0);
-        }
-    }
-    if skip_current() {
+fn read_only_open(dirfd: i32, flags: u32, ret: i64) -> Result<i32, i32> {
+    // A failed read-only open read nothing; without read-sensitive entries no read-only open
+    // is of interest.
+    if ret < 0 || !path::read_sensitive_configured() {
         return Ok(0);
     }
-    let class = classify(user_path);
+    let task = Task::current();
+    if skip(task) || !path::may_be_read_sensitive(task, ret) {
+        return Ok(0);
+    }
+    open(dirfd, 0, flags, ret)
+}
+
+/// An open that may be reported: one with write intent, with the resolved path of the file it
+/// opened (or the path as passed when it failed), unless excluded or a repeat; a read-only one
+/// that passed the prefilter, when the file it opened is read-sensitive. One function for
+/// both, so that the climb and the path building are verified once.
+#[inline(never)]
+fn open(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, i32> {
+    let write = write_intent(flags);
+    let task = Task::current();
+    if skip(task) {
+        return Ok(0);
+    }
+    let resolved = if ret >= 0 {
+        path::resolve(task, ret);
+        Resolved::read()
+    } else {
+        None
+    };
+    let scratch = scratch(&FILE_SCRATCH)?;
+    let has_path = match &resolved {
+        Some((top, record)) if resolvable(top) => build_path(top, record, scratch),
+        _ => false,
+    };
+    let event = &mut scratch.event;
+    if !has_path {
+        if !write {
+            return Ok(0);
+        }
+        read_user_path(user_path, event);
+    }
+    let class = classify(&event.path, event.path_len);
     if class & path_class::EXCLUDED != 0 || (!write && class & path_class::READ_SENSITIVE == 0) {
         return Ok(0);
     }
-    let event = scratch(&FILE_SCRATCH)?;
-    fill_file(event, FileOp::Open, dirfd, user_path, class, flags);
+    fill_file(event, FileOp::Open, dirfd, class, flags, ret);
     if write {
         event.flags |= file_flags::WRITE_INTENT;
         if suppress_repeat(event) {
             return Ok(0);
         }
     }
-    output(event, EventKind::File);
+    output(event);
+    Ok(0)
+}
+
+/// Whether a climb ended somewhere a path means something; counts those it could not finish.
+#[inline(always)]
+fn resolvable(top: &Resolved) -> bool {
+    match top.reached {
+        Reached::Root | Reached::OtherRoot => true,
+        Reached::Internal | Reached::NoFile => false,
+        Reached::Unresolved => {
+            count(Stat::UnresolvedPaths);
+            false
+        }
+    }
+}
+
+/// Writes a resolved path into the scratch record (`path`, `path_len`, and the `RESOLVED`,
+/// `OTHER_ROOT` and `PATH_TRUNCATED` flags); false when it could not be built.
+#[inline(always)]
+fn build_path(top: &Resolved, record: &Resolution, scratch: &mut FileScratch) -> bool {
+    if top.depth as usize > PATH_MAX_COMPONENTS {
+        count(Stat::UnresolvedPaths);
+        return false;
+    }
+    let event = &mut scratch.event;
+    let built = path::build(record, top.depth, event.path.as_mut_ptr());
+    let len = (built & BUILT_LEN) as u32;
+    if len == 0 {
+        count(Stat::ReadErrors);
+        return false;
+    }
+    event.path_len = len;
+    event.flags = file_flags::RESOLVED;
+    if top.reached == Reached::OtherRoot {
+        event.flags |= file_flags::OTHER_ROOT;
+    }
+    if built & BUILT_TRUNCATED != 0 {
+        event.flags |= file_flags::PATH_TRUNCATED;
+    }
+    true
+}
+
+#[inline(always)]
+fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32, ret: i64) -> Result<i32, i32> {
+    let task = Task::current();
+    if skip(task) {
+        return Ok(0);
+    }
+    let event = &mut scratch(&FILE_SCRATCH)?.event;
+    read_user_path(user_path, event);
+    let class = classify(&event.path, event.path_len);
+    if !is_sensitive(class) {
+        return Ok(0);
+    }
+    fill_file(event, op, dirfd, class, mode, ret);
+    output(event);
     Ok(0)
 }
 
 #[inline(always)]
-fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32) -> Result<i32, i32> {
-    if skip_current() {
-        return Ok(0);
-    }
-    let class = classify(user_path);
-    if !is_sensitive(class) {
-        return Ok(0);
-    }
-    let event = scratch(&FILE_SCRATCH)?;
-    fill_file(event, op, dirfd, user_path, class, mode);
-    output(event, EventKind::File);
-    Ok(0)
-}
-
-#[inline(always)]
-fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64) -> Result<i32, i32> {
-    if skip_current() {
-        return Ok(0);
-    }
-    let class = classify(old) | classify(new);
-    if !is_sensitive(class) {
+fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Result<i32, i32> {
+    let task = Task::current();
+    if skip(task) {
         return Ok(0);
     }
     let event = scratch(&RENAME_SCRATCH)?;
-    fill_file(&mut event.file, FileOp::Rename, old_dirfd, old, class, 0);
-    event.target_dirfd = new_dirfd;
+    read_user_path(old, &mut event.file);
     let (len, truncated) = read_path(new, &mut event.target);
     event.target_len = len;
+    let class = classify(&event.file.path, event.file.path_len) | classify(&event.target, len);
+    if !is_sensitive(class) {
+        return Ok(0);
+    }
+    fill_file(&mut event.file, FileOp::Rename, old_dirfd, class, 0, ret);
     if truncated {
         event.file.flags |= file_flags::PATH_TRUNCATED;
     }
+    event.target_dirfd = new_dirfd;
     event.file.header.kind = EventKind::Rename as u32;
     if EVENTS.output::<RenameEvent>(event, 0).is_err() {
         count_lost(EventKind::Rename);
@@ -333,25 +398,39 @@ fn scratch<T>(array: &'static PerCpuArray<T>) -> Result<&'static mut T, i32> {
         .ok_or(0)
 }
 
+/// The class bits of the longest configured prefix of `path`: one LPM lookup on its first
+/// bytes, the NUL included when it fits (exact entries end in NUL).
 #[inline(always)]
-fn fill_file(
-    event: &mut FileEvent,
-    op: FileOp,
-    dirfd: i32,
-    user_path: u64,
-    class: u32,
-    flags: u32,
-) {
+fn classify(path: &[u8; PATH_MAX_BYTES], len: u32) -> u32 {
+    let mut key = Key::<PathClassData>::new(0, [0; PATH_CLASS_KEY_BYTES]);
+    key.data.copy_from_slice(&path[..PATH_CLASS_KEY_BYTES]);
+    let bytes = if len as usize >= PATH_CLASS_KEY_BYTES - 1 {
+        PATH_CLASS_KEY_BYTES - 1
+    } else {
+        len as usize + 1
+    };
+    key.prefix_len = (bytes * 8) as u32;
+    PATH_CLASS.get(&key).copied().unwrap_or(0)
+}
+
+/// Fills everything but the path (already in place) and its flags.
+#[inline(always)]
+fn fill_file(event: &mut FileEvent, op: FileOp, dirfd: i32, class: u32, flags: u32, ret: i64) {
     fill_header(&mut event.header, EventKind::File);
     event.op = op as u32;
-    event.flags = 0;
     event.class = class;
     event.open_flags = flags;
     event.dirfd = dirfd;
     event.suppressed = 0;
-    event._pad = 0;
+    event.result = ret as i32;
+}
+
+/// The path as the process passed it, for failed opens and for unlink, rename and chmod.
+#[inline(always)]
+fn read_user_path(user_path: u64, event: &mut FileEvent) {
     let (len, truncated) = read_path(user_path, &mut event.path);
     event.path_len = len;
+    event.flags = 0;
     if truncated {
         event.flags |= file_flags::PATH_TRUNCATED;
     }
@@ -418,21 +497,23 @@ fn suppress_repeat(event: &mut FileEvent) -> bool {
     false
 }
 
+/// FNV-1a over the first `len` bytes. The loop runs over the whole buffer and leaves no
+/// earlier, so the verifier walks it as one path instead of following every way out of it.
 #[inline(always)]
 fn fnv1a(bytes: &[u8; PATH_MAX_BYTES], len: u32) -> u64 {
     let mut hash = FNV_OFFSET;
     for (i, byte) in bytes.iter().enumerate() {
-        if i as u32 >= len {
-            break;
-        }
-        hash = (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME);
+        let next = (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME);
+        // Branch-free select: all ones while `i < len`.
+        let keep = ((i as u64).wrapping_sub(u64::from(len)) >> 63).wrapping_neg();
+        hash = (next & keep) | (hash & !keep);
     }
     hash
 }
 
 #[inline(always)]
-fn output(event: &FileEvent, kind: EventKind) {
+fn output(event: &FileEvent) {
     if EVENTS.output::<FileEvent>(event, 0).is_err() {
-        count_lost(kind);
+        count_lost(EventKind::File);
     }
 }

@@ -1,7 +1,8 @@
 //! The detector's kernel programs.
 //!
-//! - `file`: `tp_btf/sys_enter`, file opens with write intent, opens of read-sensitive
-//!   paths, unlink/rename/chmod of sensitive paths.
+//! - `file`: `tp_btf/sys_exit`, file opens with write intent, opens of read-sensitive
+//!   files, unlink/rename/chmod of sensitive paths; `path` resolves an opened file's path in
+//!   the kernel, and `kernel` reads kernel memory (typed loads or probe reads).
 //! - `process`: `raw_tracepoint/sched_process_exec` and `sched_process_exit`.
 //! - `net`: `cgroup/connect4`, `cgroup/connect6` (outbound connects) and `cgroup_skb/egress`
 //!   (bytes and packets per cgroup, counted in the kernel).
@@ -11,11 +12,15 @@
 //! straight into the ring buffer, and counts every record it could not deliver in `STATS`.
 #![no_std]
 #![no_main]
+// Inline assembly on the BPF target, for the one kernel-function call (`kernel::rdonly_cast`).
+#![feature(asm_experimental_arch)]
 
 mod common;
 mod file;
+mod kernel;
 mod net;
 mod noop;
+mod path;
 mod process;
 
 #[cfg(not(test))]

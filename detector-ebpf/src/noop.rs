@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-#[btf_tracepoint(function = "sys_enter")]
-pub fn noop_sys_enter(_ctx: BtfTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn noop_sys_exit(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

@@ -16,8 +16,7 @@ use detector_common::{
 };
 
 use crate::common::{
-    EVENTS, count, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon,
-    offsets,
+    EVENTS, count, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon, offset,
 };
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
@@ -53,12 +52,11 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     event.flags = 0;
     event._pad = 0;
 
-    let offsets = offsets();
     let bprm: *const u8 = ctx.arg(2);
+    let filename_at = offset!(bprm_filename) as usize;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     let filename: *const u8 =
-        unsafe { bpf_probe_read_kernel(bprm.add(offsets.bprm_filename as usize).cast()) }
-            .unwrap_or(core::ptr::null());
+        unsafe { bpf_probe_read_kernel(bprm.add(filename_at).cast()) }.unwrap_or(core::ptr::null());
     // SAFETY: the helper writes at most `FILENAME_MAX_BYTES` into `event.filename`.
     let read = unsafe {
         bpf_probe_read_kernel_str(
@@ -110,19 +108,18 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
 /// `current->mm->arg_start` and `arg_end`.
 #[inline(always)]
 fn args_range() -> Option<(u64, u64)> {
-    let offsets = offsets();
-    if offsets.task_mm == 0 {
+    let task_mm = offset!(task_mm);
+    if task_mm == 0 {
         return None;
     }
+    let (start_at, end_at) = (offset!(mm_arg_start) as usize, offset!(mm_arg_end) as usize);
     // SAFETY: a helper without arguments; the pointer is only used through probe reads.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     unsafe {
-        let mm: *const u8 =
-            bpf_probe_read_kernel(task.add(offsets.task_mm as usize).cast()).ok()?;
-        let start: u64 =
-            bpf_probe_read_kernel(mm.add(offsets.mm_arg_start as usize).cast()).ok()?;
-        let end: u64 = bpf_probe_read_kernel(mm.add(offsets.mm_arg_end as usize).cast()).ok()?;
+        let mm: *const u8 = bpf_probe_read_kernel(task.add(task_mm as usize).cast()).ok()?;
+        let start: u64 = bpf_probe_read_kernel(mm.add(start_at).cast()).ok()?;
+        let end: u64 = bpf_probe_read_kernel(mm.add(end_at).cast()).ok()?;
         Some((start, end))
     }
 }
@@ -138,11 +135,10 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let task: *const u8 = ctx.arg(0);
-    let offsets = offsets();
+    let exit_code_at = offset!(task_exit_code) as usize;
     // SAFETY: a probe read of kernel memory; a bad address returns an error.
     let exit_code: u32 =
-        unsafe { bpf_probe_read_kernel(task.add(offsets.task_exit_code as usize).cast()) }
-            .unwrap_or(0);
+        unsafe { bpf_probe_read_kernel(task.add(exit_code_at).cast()) }.unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
         count_lost(EventKind::Exit);
         return Ok(0);

@@ -1,0 +1,513 @@
+//! Paths of opened files, resolved in the kernel from the file's own dentries and mounts.
+//!
+//! At syscall exit an open has produced a `struct file`; its `f_path` names the file the kernel
+//! really opened, after relative paths, `..`, symlinks and bind mounts. Climbing from that
+//! dentry to the process's root gives the path as the process sees it, without reading user
+//! memory: no race with the syscall argument, and no user-access window (on the machines
+//! measured a user read cost about 180 ns, a kernel probe read 40, a typed load about one).
+//!
+//! Every step is a typed load ([`crate::kernel`]): descriptor to file, file to dentry and
+//! mount, dentry to parent, mount to the mount it hangs from. A read-only open first climbs
+//! keeping only the last two dentries ([`may_be_read_sensitive`]) and compares the path's top
+//! two components with the [`ReadPrefilter`]; only a file that passes, and every open with
+//! write intent, is climbed again recording each component ([`resolve`]), has its path built
+//! (a probe read per component) and classified.
+
+use aya_ebpf::{helpers::generated::bpf_probe_read_kernel_str, macros::map, maps::PerCpuArray};
+use detector_common::{
+    MNT_INTERNAL, NameWord, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_MAX_MOUNTS,
+    READ_PREFILTER_SLOTS, ReadPrefilter, TopComponents,
+};
+
+use crate::{
+    common::offset,
+    kernel::{Btf, Task, dentry_at, file_at, mount_at, vfsmount_at},
+};
+
+/// First-components prefilter for read-only opens, set by user space at load.
+#[unsafe(no_mangle)]
+static READ_PREFILTER: ReadPrefilter = ReadPrefilter {
+    len: ReadPrefilter::DISABLED,
+    _pad: 0,
+    first_exact: 0,
+    first_prefix: 0,
+    entries: [TopComponents {
+        first: NameWord {
+            value: 0,
+            mask: 0,
+            len: 0,
+            _pad: 0,
+        },
+        second: NameWord {
+            value: 0,
+            mask: 0,
+            len: 0,
+            _pad: 0,
+        },
+    }; READ_PREFILTER_SLOTS],
+};
+
+/// What [`resolve`] found: name pointers and lengths of the path's components, leaf first (for
+/// building its string), where the climb ended and how deep it went.
+///
+/// It lives in per-CPU map memory, written and read back with volatile accesses. The verifier
+/// does not track values through map memory, so the climb's many ways out all meet the caller
+/// in one state, and the rest of the program is verified once, not once per way out.
+#[repr(C)]
+pub struct Resolution {
+    reached: u32,
+    depth: u32,
+    fd: i64,
+    /// The top two dentries found by [`may_be_read_sensitive`].
+    first: u64,
+    second: u64,
+    name: [u64; PATH_MAX_COMPONENTS],
+    len: [u32; PATH_MAX_COMPONENTS],
+}
+
+/// Volatile access to a [`Resolution`] member: the verifier sees what is read back as any
+/// value, so states that differ only in it are one.
+macro_rules! get {
+    ($place:expr) => {
+        // SAFETY: this CPU's slot, used by one program run at a time.
+        unsafe { core::ptr::read_volatile(&$place) }
+    };
+}
+macro_rules! put {
+    ($place:expr, $value:expr) => {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut $place, $value) }
+    };
+}
+
+#[map(name = "PATH_RESOLUTION")]
+static RESOLUTION: PerCpuArray<Resolution> = PerCpuArray::with_max_entries(1, 0);
+
+/// The first bytes and length of a path component, as the prefilter compares them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Name {
+    word: u64,
+    len: u32,
+    /// Non-zero when the bytes are not known: the prefilter lets the file through.
+    unknown: u32,
+}
+
+impl Name {
+    const NONE: Self = Self {
+        word: 0,
+        len: 0,
+        unknown: 0,
+    };
+
+    /// The name of the dentry at `addr` (none for 0). Its first bytes are read from the
+    /// dentry's inline store, where names shorter than 40 bytes live; a longer one is
+    /// `unknown` (a typed load cannot follow the name pointer), which only costs the exact
+    /// check.
+    #[inline(always)]
+    fn of(addr: u64) -> Self {
+        if addr == 0 {
+            return Self::NONE;
+        }
+        if addr == UNKNOWN {
+            return Self {
+                word: 0,
+                len: 0,
+                unknown: 1,
+            };
+        }
+        let dentry = dentry_at(addr);
+        let qstr = offset!(dentry_name);
+        let len = dentry.u32_at(qstr + offset!(qstr_len));
+        let name = dentry.u64_at(qstr + offset!(qstr_name));
+        let inline = offset!(dentry_inline_name);
+        if name != dentry.addr() + inline as u64 {
+            return Self {
+                word: 0,
+                len,
+                unknown: 1,
+            };
+        }
+        let mut word = dentry.u64_at(inline);
+        if len < 8 {
+            // Bytes past the name's end are left over from earlier names.
+            word &= (1u64 << (len * 8)) - 1;
+        }
+        Self {
+            word,
+            len,
+            unknown: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn matches(self, want: &NameWord) -> bool {
+        self.unknown != 0
+            || (self.word & want.mask == want.value && (want.len == 0 || want.len == self.len))
+    }
+}
+
+/// Where a climb from a file to the root ended.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// The process's root: the path is the one the process sees.
+    Root = 0,
+    /// The root of a mount namespace that is not the process's (or of the whole tree above a
+    /// chroot): the path is absolute in the file's own namespace.
+    OtherRoot = 1,
+    /// A kernel-internal mount (pipe, socket, memfd): the file has no path.
+    Internal = 2,
+    /// More components or mounts than the bounds, or a broken chain.
+    Unresolved = 3,
+    /// No file behind the descriptor.
+    NoFile = 4,
+}
+
+impl Reached {
+    #[inline(always)]
+    fn from_u32(value: u32) -> Self {
+        match value {
+            0 => Self::Root,
+            1 => Self::OtherRoot,
+            2 => Self::Internal,
+            3 => Self::Unresolved,
+            _ => Self::NoFile,
+        }
+    }
+}
+
+/// The file behind descriptor `fd` of `task` (`task->files->fdt->fd[fd]`), typed.
+#[inline(always)]
+fn open_file(task: Task, fd: i64) -> Option<Btf> {
+    let fdt = task.0.ptr(offset!(task_files)).ptr(offset!(files_fdt));
+    if fd < 0 || fd as u64 >= fdt.u32_at(offset!(fdtable_max_fds)) as u64 {
+        return None;
+    }
+    let table = fdt.u64_at(offset!(fdtable_fd));
+    let file = file_at(table + fd as u64 * 8);
+    (file.addr() != 0).then_some(file)
+}
+
+/// Resolves the file behind descriptor `fd` of `task`: climbs from it to the process's root,
+/// recording every component and the outcome in this CPU's [`Resolution`], read back with
+/// [`Resolved::read`]. Not inlined, so that it is verified once and joins its caller in one state.
+#[inline(never)]
+pub fn resolve(task: Task, fd: i64) {
+    let Some(record) = RESOLUTION.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU slot is used by one program run at a time on its CPU.
+    let record = unsafe { &mut *record };
+    // The descriptor goes through map memory, so that the bound checks below narrow a copy of
+    // its own, not the caller's `ret`, which would split the caller's state.
+    put!(record.fd, fd);
+    let fd = get!(record.fd);
+    put!(record.depth, 0);
+    let reached = match open_file(task, fd) {
+        Some(file) => climb(task, file, record),
+        None => Reached::NoFile,
+    };
+    put!(record.reached, reached as u32);
+}
+
+/// Climbs from `file` to the process's root, recording each component; the number of them
+/// is left in `record.depth`.
+///
+/// The depth lives in `record` (read back as any value to the verifier), so that climbs that
+/// went different ways meet in the same state.
+#[inline(always)]
+fn climb(task: Task, file: Btf, record: &mut Resolution) -> Reached {
+    // Offsets used in the loop, read once (each `offset!` is a load).
+    let (parent_at, name_at) = (offset!(dentry_parent), offset!(dentry_name));
+    let (qstr_name, qstr_len) = (offset!(qstr_name), offset!(qstr_len));
+    let root = task.0.ptr(offset!(task_fs)).at(offset!(fs_root));
+    let (root_mnt, root_dentry) = (
+        root.ptr(offset!(path_mnt)).addr(),
+        root.ptr(offset!(path_dentry)).addr(),
+    );
+    let path = file.at(offset!(file_path));
+    let mut mnt = path.ptr(offset!(path_mnt));
+    let mut dentry = path.ptr(offset!(path_dentry));
+    if mnt.addr() == 0 || dentry.addr() == 0 {
+        return Reached::Unresolved;
+    }
+    if mnt.u32_at(offset!(vfsmount_flags)) & MNT_INTERNAL != 0 {
+        return Reached::Internal;
+    }
+    let mut mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
+    // A loop over mounts around a loop over the components of one: each way out of the inner
+    // loop meets the outer one in the same state. What changes from step to step and is not
+    // a pointer being followed (the depth) lives in `record`, and a crossing recasts the
+    // parent's `vfsmount`: every step then has one verifier state.
+    for _ in 0..=PATH_MAX_MOUNTS {
+        let mut at_mount_root = false;
+        for _ in 0..PATH_MAX_COMPONENTS {
+            let here = dentry.addr();
+            if here == root_dentry && mnt.addr() == root_mnt {
+                return Reached::Root;
+            }
+            if here == mnt_root {
+                at_mount_root = true;
+                break;
+            }
+            let parent = dentry.ptr(parent_at);
+            if parent.addr() == here || parent.addr() == 0 {
+                // A filesystem root that is not its mount's root: a dentry cut off from its
+                // tree.
+                return Reached::Unresolved;
+            }
+            let depth = get!(record.depth) as usize;
+            if depth >= PATH_MAX_COMPONENTS {
+                return Reached::Unresolved;
+            }
+            let qstr = dentry.at(name_at);
+            record.name[depth] = qstr.u64_at(qstr_name);
+            record.len[depth] = qstr.u32_at(qstr_len);
+            put!(record.depth, depth as u32 + 1);
+            dentry = parent;
+        }
+        if !at_mount_root {
+            break;
+        }
+        // The root of this mount: go on from its mountpoint in the mount it hangs from.
+        let mount = mount_at(mnt.addr() - offset!(mount_mnt) as u64);
+        let parent = mount.ptr(offset!(mount_parent));
+        if parent.addr() == mount.addr() {
+            // The root mount of a namespace, and not the process's root.
+            return Reached::OtherRoot;
+        }
+        if parent.addr() == 0 {
+            break;
+        }
+        dentry = mount.ptr(offset!(mount_mountpoint));
+        mnt = vfsmount_at(parent.addr() + offset!(mount_mnt) as u64);
+        mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
+    }
+    Reached::Unresolved
+}
+
+/// Whether the file behind descriptor `fd` of `task` may be read-sensitive: a climb to the
+/// process's root that records nothing but the last two dentries (a few instructions a step,
+/// all in registers), then the [`ReadPrefilter`] on their names. A file that could not be
+/// resolved within the bounds passes, so that [`resolve`] counts it; one without a path
+/// (a pipe, a socket) does not.
+///
+/// Most read-only opens end here, so it is inlined: no call and return on the hot path.
+#[inline(always)]
+pub fn may_be_read_sensitive(task: Task, fd: i64) -> bool {
+    let Some(file) = open_file(task, fd) else {
+        return false;
+    };
+    let Some([first, second]) = top_two(task, file) else {
+        return false;
+    };
+    let Some(record) = RESOLUTION.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the per-CPU slot is used by one program run at a time on its CPU.
+    let record = unsafe { &mut *record };
+    // Through map memory, the verifier sees the dentries' addresses as plain numbers: the
+    // prefilter casts them again, and the compiler may not reuse a pointer as a zero.
+    put!(record.first, first);
+    put!(record.second, second);
+    prefilter(get!(record.first), get!(record.second))
+}
+
+/// The dentries of the top two components of `file`'s path as `task` sees it (nearest the
+/// root first, 0 for none), or `[UNKNOWN; 2]` when the climb did not end within the bounds
+/// (which the prefilter passes); none for a file without a path.
+#[inline(always)]
+fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
+    let parent_at = offset!(dentry_parent);
+    let root = task.0.ptr(offset!(task_fs)).at(offset!(fs_root));
+    let (root_mnt, root_dentry) = (
+        root.ptr(offset!(path_mnt)).addr(),
+        root.ptr(offset!(path_dentry)).addr(),
+    );
+    let path = file.at(offset!(file_path));
+    let mut mnt = path.ptr(offset!(path_mnt));
+    let mut dentry = path.ptr(offset!(path_dentry));
+    if mnt.addr() == 0 || dentry.addr() == 0 {
+        return Some([UNKNOWN; 2]);
+    }
+    if mnt.u32_at(offset!(vfsmount_flags)) & MNT_INTERNAL != 0 {
+        return None;
+    }
+    let mut mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
+    let (mut first, mut second) = (0, 0);
+    for _ in 0..=PATH_MAX_MOUNTS {
+        let mut at_mount_root = false;
+        for _ in 0..PATH_MAX_COMPONENTS {
+            let here = dentry.addr();
+            if here == root_dentry && mnt.addr() == root_mnt {
+                return Some([first, second]);
+            }
+            if here == mnt_root {
+                at_mount_root = true;
+                break;
+            }
+            let parent = dentry.ptr(parent_at);
+            if parent.addr() == here || parent.addr() == 0 {
+                return Some([UNKNOWN; 2]);
+            }
+            second = first;
+            first = here;
+            dentry = parent;
+        }
+        if !at_mount_root {
+            break;
+        }
+        let mount = mount_at(mnt.addr() - offset!(mount_mnt) as u64);
+        let parent = mount.ptr(offset!(mount_parent));
+        if parent.addr() == mount.addr() {
+            // The root of another namespace: the path is absolute there.
+            return Some([first, second]);
+        }
+        if parent.addr() == 0 {
+            break;
+        }
+        dentry = mount.ptr(offset!(mount_mountpoint));
+        mnt = vfsmount_at(parent.addr() + offset!(mount_mnt) as u64);
+        mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
+    }
+    Some([UNKNOWN; 2])
+}
+
+/// Stands for a component whose dentry is not known: the prefilter lets it through.
+const UNKNOWN: u64 = u64::MAX;
+
+/// Where the climb ended and the number of components kept.
+pub struct Resolved {
+    pub reached: Reached,
+    pub depth: u32,
+}
+
+impl Resolved {
+    /// What the last [`resolve`] on this CPU found.
+    #[inline(always)]
+    pub fn read() -> Option<(Self, &'static Resolution)> {
+        let record = RESOLUTION.get_ptr(0)?;
+        // SAFETY: this CPU's slot, written by `resolve` in this program run; volatile reads.
+        let record = unsafe { &*record };
+        Some((
+            Self {
+                reached: Reached::from_u32(get!(record.reached)),
+                depth: get!(record.depth),
+            },
+            record,
+        ))
+    }
+}
+
+/// Whether a path whose top two components are the dentries `first` and `second` may start
+/// with a read-sensitive entry.
+#[inline(always)]
+fn prefilter(first: u64, second: u64) -> bool {
+    // SAFETY: reading a global set at load time.
+    let len = unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) };
+    if len == ReadPrefilter::DISABLED {
+        return true;
+    }
+    let first = Name::of(first);
+    if first.unknown == 0 {
+        let byte = first.word as u8;
+        // SAFETY: globals set at load time.
+        let (exact, prefix) = unsafe {
+            (
+                core::ptr::read_volatile(&READ_PREFILTER.first_exact),
+                core::ptr::read_volatile(&READ_PREFILTER.first_prefix),
+            )
+        };
+        let exact = exact >> ReadPrefilter::exact_bit(byte, first.len) & 1;
+        let prefix = prefix >> ReadPrefilter::prefix_bit(byte) & 1;
+        if exact | prefix == 0 {
+            return false;
+        }
+    }
+    let (first_name, second_name) = (first, Name::of(second));
+    for i in 0..READ_PREFILTER_SLOTS {
+        if i as u32 >= len {
+            break;
+        }
+        // SAFETY: reading a global set at load time; `i` is in bounds.
+        let entry = unsafe { &*core::ptr::addr_of!(READ_PREFILTER.entries[i]) };
+        let first = read_word(&entry.first);
+        let second = read_word(&entry.second);
+        if first_name.matches(&first) && second_name.matches(&second) {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn read_word(word: &NameWord) -> NameWord {
+    // SAFETY: a global set at load time; volatile so the placeholder is not folded in.
+    unsafe { core::ptr::read_volatile(word) }
+}
+
+/// Whether any read-sensitive entry is configured (read-only opens are left at once otherwise).
+#[inline(always)]
+pub fn read_sensitive_configured() -> bool {
+    // SAFETY: reading a global set at load time.
+    unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) != 0 }
+}
+
+/// The path's length without the NUL, in a [`build`] result.
+pub const BUILT_LEN: u64 = 0xffff_ffff;
+/// Set in a [`build`] result when the path was cut at `PATH_MAX_BYTES - 1` bytes.
+pub const BUILT_TRUNCATED: u64 = 1 << 32;
+
+/// Writes the path of the first `depth` recorded components into `dst` (at least
+/// `2 * PATH_MAX_BYTES` bytes, so that a name read at any offset below `PATH_MAX_BYTES` stays
+/// inside it). Returns the length without the NUL ([`BUILT_LEN`], 0 when a name could not be
+/// read) and [`BUILT_TRUNCATED`]. Not inlined: verified once, whatever its caller.
+#[inline(never)]
+pub fn build(record: &Resolution, depth: u32, dst: *mut u8) -> u64 {
+    let mut pos: usize = 0;
+    let mut truncated = false;
+    if depth == 0 {
+        // SAFETY: `dst` holds at least two bytes.
+        unsafe {
+            *dst = b'/';
+            *dst.add(1) = 0;
+        }
+        return 1;
+    }
+    for step in 0..PATH_MAX_COMPONENTS {
+        if step as u32 >= depth {
+            break;
+        }
+        // Top-down: the last recorded component is the one just below the root.
+        let i = (depth as usize - 1 - step) & (PATH_MAX_COMPONENTS - 1);
+        if pos >= PATH_MAX_BYTES - 1 {
+            truncated = true;
+            break;
+        }
+        // SAFETY: `pos < PATH_MAX_BYTES`, inside `dst`.
+        unsafe { *dst.add(pos & (PATH_MAX_BYTES - 1)) = b'/' };
+        pos += 1;
+        let len = record.len[i] as usize & (PATH_MAX_BYTES - 1);
+        // SAFETY: the helper writes at most `len + 1 <= PATH_MAX_BYTES` bytes at an offset
+        // below `PATH_MAX_BYTES`, inside the `2 * PATH_MAX_BYTES` bytes of `dst`.
+        let read = unsafe {
+            bpf_probe_read_kernel_str(
+                dst.add(pos & (PATH_MAX_BYTES - 1)).cast(),
+                (len + 1) as u32,
+                record.name[i] as *const _,
+            )
+        };
+        if read <= 0 {
+            return 0;
+        }
+        pos += read as usize - 1;
+    }
+    if pos >= PATH_MAX_BYTES {
+        truncated = true;
+        pos = PATH_MAX_BYTES - 1;
+    }
+    // SAFETY: `pos < PATH_MAX_BYTES`.
+    unsafe { *dst.add(pos & (PATH_MAX_BYTES - 1)) = 0 };
+    pos as u64 | if truncated { BUILT_TRUNCATED } else { 0 }
+}
