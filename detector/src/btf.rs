@@ -1,13 +1,15 @@
-//! Kernel structure offsets read from the kernel's BTF.
+//! Kernel structure layouts read from the kernel's BTF.
 //!
 //! Rust eBPF programs have no CO-RE relocations for `task_struct` and friends, so user space
 //! reads the member offsets of the running kernel from `/sys/kernel/btf/vmlinux` and passes them
-//! to the programs as the `OFFSETS` global.
+//! to the programs as the `OFFSETS` global; likewise the BTF ids of the structures they cast
+//! addresses to (`KERNEL_TYPES`) and of the kernel function that casts (`bpf_rdonly_cast`),
+//! which [`crate::sensors`] writes into the programs' calls.
 
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, BtfType, Type};
-use detector_common::KernelOffsets;
+use detector_common::{KernelOffsets, KernelTypes};
 
 /// Failure to read offsets from BTF.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +34,102 @@ pub enum BtfError {
         /// The member.
         member: &'static str,
     },
+    /// A kernel function the programs call is absent.
+    #[error(
+        "kernel BTF has no function {0}: the file sensor needs Linux 6.2 or later (kernel functions for tracing programs)"
+    )]
+    NoFunction(&'static str),
+    /// No structure starts with a `struct file *` member.
+    #[error("kernel BTF has none of {0:?} starting with a struct file pointer")]
+    NoFileSlot(&'static [&'static str]),
+}
+
+/// What the programs need of the kernel's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// Member offsets.
+    pub offsets: KernelOffsets,
+    /// Ids of the structures cast to.
+    pub types: KernelTypes,
+    /// Id of the kernel function `bpf_rdonly_cast`.
+    pub rdonly_cast: u32,
+}
+
+/// Structures whose first member has long been a `struct file *`: a descriptor-table slot cast
+/// to one of them reads as a typed file pointer.
+const FILE_SLOT_CANDIDATES: &[&str] = &["kiocb", "fown_struct", "epoll_filefd", "poll_table_entry"];
+
+/// Reads offsets, cast targets and the cast function from the BTF file at `path`.
+pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
+    let btf = read(path)?;
+    Ok(KernelLayout {
+        offsets: offsets(&btf)?,
+        types: KernelTypes {
+            file_slot: file_slot(&btf)?,
+            mount: struct_id(&btf, "mount")?,
+            vfsmount: struct_id(&btf, "vfsmount")?,
+            dentry: struct_id(&btf, "dentry")?,
+        },
+        rdonly_cast: function_id(&btf, "bpf_rdonly_cast")?,
+    })
+}
+
+fn read(path: &Path) -> Result<Btf, BtfError> {
+    Btf::from_file(path).map_err(|source| BtfError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The id of the structure definition (not a forward declaration) named `name`.
+fn struct_id(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
+    btf.resolve_ids_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Struct(s)) if !s.members.is_empty()))
+        .ok_or(BtfError::NoStruct(name))
+}
+
+fn function_id(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
+    btf.resolve_ids_by_name(name)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Func(_))))
+        .ok_or(BtfError::NoFunction(name))
+}
+
+/// The first of [`FILE_SLOT_CANDIDATES`] whose member at offset 0 is a `struct file *`.
+fn file_slot(btf: &Btf) -> Result<u32, BtfError> {
+    for &name in FILE_SLOT_CANDIDATES {
+        let Ok(id) = struct_id(btf, name) else {
+            continue;
+        };
+        let Ok(Type::Struct(st)) = btf.resolve_type_by_id(id) else {
+            continue;
+        };
+        let Some(first) = st.members.first() else {
+            continue;
+        };
+        if first.bit_offset() != 0 {
+            continue;
+        }
+        if let Ok(Type::Ptr(ptr)) = resolve(btf, first)
+            && let Ok(Type::Struct(pointee)) = btf.resolve_chained_type(&ptr)
+            && btf.resolve_name(&pointee).is_ok_and(|n| n == "file")
+        {
+            return Ok(id);
+        }
+    }
+    Err(BtfError::NoFileSlot(FILE_SLOT_CANDIDATES))
 }
 
 /// Reads every offset the programs need from the BTF file at `path`.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let offset = |structure, member| member_offset(&btf, structure, member);
+    offsets(&read(path)?)
+}
+
+fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let offset = |structure, member| member_offset(btf, structure, member);
     Ok(KernelOffsets {
         task_real_parent: offset("task_struct", "real_parent")?,
         task_tgid: offset("task_struct", "tgid")?,
@@ -49,7 +138,31 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         mm_arg_start: offset("mm_struct", "arg_start")?,
         mm_arg_end: offset("mm_struct", "arg_end")?,
         bprm_filename: offset("linux_binprm", "filename")?,
-        _pad: 0,
+        task_files: offset("task_struct", "files")?,
+        task_fs: offset("task_struct", "fs")?,
+        task_cgroups: offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: offset("css_set", "dfl_cgrp")?,
+        cgroup_kn: offset("cgroup", "kn")?,
+        kernfs_node_id: offset("kernfs_node", "id")?,
+        files_fdt: offset("files_struct", "fdt")?,
+        fdtable_max_fds: offset("fdtable", "max_fds")?,
+        fdtable_fd: offset("fdtable", "fd")?,
+        file_path: offset("file", "f_path")?,
+        fs_root: offset("fs_struct", "root")?,
+        path_mnt: offset("path", "mnt")?,
+        path_dentry: offset("path", "dentry")?,
+        dentry_parent: offset("dentry", "d_parent")?,
+        dentry_name: offset("dentry", "d_name")?,
+        // Renamed from `d_iname` in Linux 6.14.
+        dentry_inline_name: offset("dentry", "d_shortname")
+            .or_else(|_| offset("dentry", "d_iname"))?,
+        qstr_len: offset("qstr", "len")?,
+        qstr_name: offset("qstr", "name")?,
+        vfsmount_root: offset("vfsmount", "mnt_root")?,
+        vfsmount_flags: offset("vfsmount", "mnt_flags")?,
+        mount_mnt: offset("mount", "mnt")?,
+        mount_parent: offset("mount", "mnt_parent")?,
+        mount_mountpoint: offset("mount", "mnt_mountpoint")?,
     })
 }
 
@@ -121,9 +234,19 @@ mod tests {
             eprintln!("skipped: no /sys/kernel/btf/vmlinux on this machine");
             return;
         }
-        let offsets = kernel_offsets(path).expect("offsets");
+        let layout = kernel_layout(path).expect("layout");
+        let offsets = layout.offsets;
+        assert_eq!(offsets, kernel_offsets(path).unwrap());
+        assert!(layout.rdonly_cast > 0 && layout.types.mount > 0 && layout.types.file_slot > 0);
         assert!(offsets.task_real_parent > 0 && offsets.task_tgid > 0);
         assert!(offsets.mm_arg_end == offsets.mm_arg_start + 8);
         assert_ne!(offsets.task_mm, offsets.task_tgid);
+        // Layouts the kernel side leans on: a path is two pointers, a qstr's length sits in
+        // its first word, `vfsmount` starts with its root.
+        assert_eq!(offsets.path_dentry, offsets.path_mnt + 8);
+        assert_eq!((offsets.qstr_len, offsets.qstr_name), (4, 8));
+        assert_eq!(offsets.vfsmount_root, 0);
+        assert!(offsets.mount_mnt > offsets.mount_mountpoint);
+        assert!(offsets.dentry_inline_name > offsets.dentry_name);
     }
 }

@@ -164,6 +164,9 @@ fn file(event: &FileEvent, target: Option<String>) -> Result<Body, DecodeError> 
         path_truncated: event.flags & file_flags::PATH_TRUNCATED != 0,
         target,
         suppressed: event.suppressed,
+        result: Some(event.result),
+        resolved: event.flags & file_flags::RESOLVED != 0,
+        outside_root: event.flags & file_flags::OTHER_ROOT != 0,
     }))
 }
 
@@ -309,7 +312,7 @@ mod tests {
             dirfd: -100,
             path_len: 0,
             suppressed: 0,
-            _pad: 0,
+            result: 0,
             path: [0; PATH_MAX_BYTES],
         };
         assert_eq!(
@@ -331,7 +334,7 @@ mod tests {
             dirfd: 3,
             path_len: 6,
             suppressed: 12,
-            _pad: 0,
+            result: -13,
             path: [0; PATH_MAX_BYTES],
         };
         event.path[..6].copy_from_slice(b"ab\xffcd\0");
@@ -343,6 +346,30 @@ mod tests {
         assert_eq!(file.dirfd, Some(3));
         assert_eq!(file.path, "ab\u{fffd}cd\0");
         assert_eq!(file.suppressed, 12);
+        assert_eq!(file.result, Some(-13));
+        assert!(!file.resolved && !file.outside_root);
+    }
+
+    #[test]
+    fn resolved_path_of_a_file_in_another_namespace() {
+        let mut event = FileEvent {
+            header: header(EventKind::File),
+            op: FileOp::Open as u32,
+            flags: file_flags::RESOLVED | file_flags::OTHER_ROOT,
+            class: path_class::READ_SENSITIVE,
+            open_flags: 0,
+            dirfd: -100,
+            path_len: 11,
+            suppressed: 0,
+            result: 3,
+            path: [0; PATH_MAX_BYTES],
+        };
+        event.path[..11].copy_from_slice(b"/etc/shadow");
+        let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
+            panic!("not file")
+        };
+        assert!(file.resolved && file.outside_root && file.read_sensitive && !file.write);
+        assert_eq!((file.path.as_str(), file.result), ("/etc/shadow", Some(3)));
     }
 
     #[test]
@@ -357,7 +384,7 @@ mod tests {
                 dirfd: -100,
                 path_len: 4,
                 suppressed: 0,
-                _pad: 0,
+                result: 0,
                 path: [0; PATH_MAX_BYTES],
             },
             target_len: 8,

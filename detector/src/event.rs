@@ -192,7 +192,8 @@ pub enum FileOperation {
 pub struct FileActivity {
     /// The operation.
     pub op: FileOperation,
-    /// Path as passed to the syscall.
+    /// The path: resolved in the kernel from the opened file when `resolved`, as passed to the
+    /// syscall otherwise.
     pub path: String,
     /// `open` flags (`O_*`), or the mode for chmod.
     pub flags: u32,
@@ -214,6 +215,17 @@ pub struct FileActivity {
     pub target: Option<String>,
     /// Identical write-opens suppressed in the kernel since the previous reported one.
     pub suppressed: u32,
+    /// What the syscall returned: a descriptor (opens) or 0, `-errno` on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<i32>,
+    /// `path` is the kernel's resolution of the opened file (symlinks, `..`, relative paths and
+    /// mounts followed), as the process sees it from its root.
+    #[serde(default)]
+    pub resolved: bool,
+    /// The opened file lies outside the process's root (another mount namespace, or above a
+    /// chroot); `path` is absolute in the file's own mount namespace.
+    #[serde(default)]
+    pub outside_root: bool,
 }
 
 /// An outbound connect.

@@ -21,7 +21,7 @@
 //! readiness.set_cluster_mode(config.attribution.kubernetes);
 //! let server = metrics::serve(&config.metrics, metrics.clone(), readiness.clone()).await?;
 //! // Once `Sensors::load` has attached the programs:
-//! metrics.set_programs_attached(&["sys_enter", "sched_process_exec"]);
+//! metrics.set_programs_attached(&["sys_exit", "sched_process_exec"]);
 //! readiness.set_attached(true);
 //! // When the pod watcher's first list has been applied:
 //! readiness.set_pod_cache_synced(true);
@@ -185,6 +185,7 @@ struct Inner {
     decode_losses: Family<OwnedKindLabel, Counter>,
     suppressed_writes: Counter,
     kernel_read_errors: Counter,
+    kernel_unresolved_paths: Counter,
     quarantine_drops: Counter,
     quarantine_denies: Counter,
     queue_depth: Family<QueueLabel, Gauge>,
@@ -247,6 +248,12 @@ impl Metrics {
             "kernel_read_errors",
             "Kernel reads of user or kernel memory that failed",
             kernel_read_errors.clone(),
+        );
+        let kernel_unresolved_paths = Counter::default();
+        registry.register(
+            "kernel_unresolved_paths",
+            "Opened files whose path the kernel could not resolve (too deep, too many mounts, unreadable); read-only opens among them were not checked for read-sensitive paths",
+            kernel_unresolved_paths.clone(),
         );
         let quarantine_drops = Counter::default();
         registry.register(
@@ -332,6 +339,7 @@ impl Metrics {
                 decode_losses,
                 suppressed_writes,
                 kernel_read_errors,
+                kernel_unresolved_paths,
                 quarantine_drops,
                 quarantine_denies,
                 queue_depth,
@@ -399,6 +407,8 @@ impl Metrics {
         };
         m.suppressed_writes.inc_by(grew(Stat::SuppressedWrites));
         m.kernel_read_errors.inc_by(grew(Stat::ReadErrors));
+        m.kernel_unresolved_paths
+            .inc_by(grew(Stat::UnresolvedPaths));
         m.quarantine_drops.inc_by(grew(Stat::QuarantineDrops));
         m.quarantine_denies.inc_by(grew(Stat::QuarantineDenies));
     }

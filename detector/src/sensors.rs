@@ -21,16 +21,16 @@ use aya::{
     },
 };
 use detector_common::{
-    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_OFFSETS, GLOBAL_READ_PREFILTER,
-    GLOBAL_WATCH_MODE, MAP_EGRESS, MAP_EVENTS, MAP_PATH_CLASS, MAP_QUARANTINE,
-    MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES,
-    PathClassData, PrefixWord, READ_PREFILTER_SLOTS, ReadPrefilter, TrafficCounters, WatchMode,
-    path_class,
+    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
+    GLOBAL_READ_PREFILTER, GLOBAL_WATCH_MODE, KFUNC_RDONLY_CAST_MARKER, MAP_EGRESS, MAP_EVENTS,
+    MAP_PATH_CLASS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_WATCH_GENERATION,
+    MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PathClassData, READ_PREFILTER_SLOTS,
+    ReadPrefilter, TopComponents, TrafficCounters, WatchMode, path_class,
 };
 use tracing::{debug, info};
 
 use crate::{
-    btf::{BtfError, kernel_offsets},
+    btf::{BtfError, kernel_layout},
     cgroup,
     config::{SensorsConfig, Watch},
     quarantine::KernelQuarantine,
@@ -83,6 +83,9 @@ pub enum SensorError {
     /// The embedded object could not be loaded.
     #[error("cannot load the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
+    /// The embedded object could not be read as ELF to place its kernel-function calls.
+    #[error("cannot read the eBPF object to place its kernel-function calls: {0}")]
+    ObjectFormat(#[source] object::Error),
     /// A program is missing from the object (a build mismatch).
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
@@ -141,15 +144,16 @@ pub struct Sensors {
     generation: u32,
 }
 
-/// BTF tracepoints: (program, tracepoint). `sys_enter` reads its typed `pt_regs` with plain
-/// loads; a raw tracepoint would need a helper call per argument.
-const SENSOR_BTF_TRACEPOINTS: [(&str, &str); 1] = [("sys_enter", "sys_enter")];
+/// BTF tracepoints: (program, tracepoint). `sys_exit` reads its typed `pt_regs` and the
+/// kernel structures behind the current task with plain loads; a raw tracepoint would need a
+/// helper call for each.
+const SENSOR_BTF_TRACEPOINTS: [(&str, &str); 1] = [("sys_exit", "sys_exit")];
 /// Raw tracepoints: (program, tracepoint).
 const SENSOR_TRACEPOINTS: [(&str, &str); 2] = [
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_exit", "sched_process_exit"),
 ];
-const NOOP_BTF_TRACEPOINTS: [(&str, &str); 1] = [("noop_sys_enter", "sys_enter")];
+const NOOP_BTF_TRACEPOINTS: [(&str, &str); 1] = [("noop_sys_exit", "sys_exit")];
 const NOOP_TRACEPOINTS: [(&str, &str); 2] = [
     ("noop_sched_process_exec", "sched_process_exec"),
     ("noop_sched_process_exit", "sched_process_exit"),
@@ -166,8 +170,9 @@ impl Sensors {
             Some(path) => path.clone(),
             None => cgroup::cgroup2_mount().ok_or(SensorError::MissingCgroup2)?,
         };
-        let offsets = kernel_offsets(&config.btf_path)?;
-        debug!(?offsets, "kernel offsets from BTF");
+        let layout = kernel_layout(&config.btf_path)?;
+        debug!(?layout, "kernel layout from BTF");
+        let object = with_kfunc_calls(EBPF_OBJECT, layout.rdonly_cast)?;
 
         let tgid = std::process::id();
         let watch_mode = match config.watch {
@@ -175,15 +180,16 @@ impl Sensors {
             Watch::Containers => WatchMode::Containers,
         } as u32;
         let dedup_ns = config.write_dedup_window_ms.saturating_mul(1_000_000);
-        let prefilter = read_prefilter(&path_class_entries(config));
+        let prefilter = read_prefilter(&config.read_sensitive_paths);
         let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DAEMON_TGID, &tgid, true)
             .override_global(GLOBAL_WATCH_MODE, &watch_mode, true)
             .override_global(GLOBAL_DEDUP_WINDOW_NS, &dedup_ns, true)
-            .override_global(GLOBAL_OFFSETS, &offsets, true)
+            .override_global(GLOBAL_OFFSETS, &layout.offsets, true)
+            .override_global(GLOBAL_KERNEL_TYPES, &layout.types, true)
             .override_global(GLOBAL_READ_PREFILTER, &prefilter, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .map_err(SensorError::Object)?;
         let mut sensors = Self {
             ebpf,
@@ -478,37 +484,119 @@ pub fn path_class_entries(config: &SensorsConfig) -> Vec<(Vec<u8>, u32)> {
         .collect()
 }
 
-/// The prefilter for read-only opens: the first eight bytes of every read-sensitive entry.
-/// Too many distinct words disable it (every read-only open is then classified).
-pub fn read_prefilter(entries: &[(Vec<u8>, u32)]) -> ReadPrefilter {
-    let mut words: Vec<PrefixWord> = Vec::new();
-    for (prefix, class) in entries {
-        if class & path_class::READ_SENSITIVE == 0 {
-            continue;
-        }
-        let n = prefix.len().min(8);
-        let mut value = [0u8; 8];
-        let mut mask = [0u8; 8];
-        value[..n].copy_from_slice(&prefix[..n]);
-        mask[..n].fill(0xff);
-        let word = PrefixWord {
-            value: u64::from_ne_bytes(value),
-            mask: u64::from_ne_bytes(mask),
+/// The prefilter for read-only opens: the first two components of every read-sensitive entry
+/// (`/var/run/secrets`: `var` then `run`). Too many distinct entries disable it (every
+/// read-only open is then classified).
+pub fn read_prefilter(read_sensitive: &[String]) -> ReadPrefilter {
+    let mut entries: Vec<TopComponents> = Vec::new();
+    for entry in read_sensitive {
+        let (bare, prefix) = match entry.strip_suffix('*') {
+            Some(bare) => (bare, true),
+            None => (entry.trim_end_matches('/'), false),
         };
-        if !words.contains(&word) {
-            words.push(word);
+        let components: Vec<&str> = bare.split('/').skip(1).collect();
+        let word = |i: usize| match components.get(i) {
+            // The last component of a `*` entry is a prefix of the name, not the name.
+            Some(name) => name_word(name, !(prefix && i + 1 == components.len())),
+            None => NameWord::default(),
+        };
+        let top = TopComponents {
+            first: word(0),
+            second: word(1),
+        };
+        if !entries.contains(&top) {
+            entries.push(top);
         }
     }
     let mut filter = ReadPrefilter {
         len: ReadPrefilter::DISABLED,
         _pad: 0,
-        words: [PrefixWord::default(); READ_PREFILTER_SLOTS],
+        first_exact: 0,
+        first_prefix: 0,
+        entries: [TopComponents::default(); READ_PREFILTER_SLOTS],
     };
-    if words.len() <= READ_PREFILTER_SLOTS {
-        filter.len = words.len() as u32;
-        filter.words[..words.len()].copy_from_slice(&words);
+    if entries.len() <= READ_PREFILTER_SLOTS {
+        filter.len = entries.len() as u32;
+        filter.entries[..entries.len()].copy_from_slice(&entries);
+    }
+    for entry in &entries {
+        let first = &entry.first;
+        let byte = first.value as u8;
+        if first.mask == 0 {
+            // Any first component.
+            filter.first_prefix = u64::MAX;
+        } else if first.len == 0 {
+            filter.first_prefix |= 1 << ReadPrefilter::prefix_bit(byte);
+        } else {
+            filter.first_exact |= 1 << ReadPrefilter::exact_bit(byte, first.len);
+        }
     }
     filter
+}
+
+/// A component's first eight bytes; an `exact` one also fixes the length.
+fn name_word(name: &str, exact: bool) -> NameWord {
+    let n = name.len().min(8);
+    let mut value = [0u8; 8];
+    let mut mask = [0u8; 8];
+    value[..n].copy_from_slice(&name.as_bytes()[..n]);
+    mask[..n].fill(0xff);
+    NameWord {
+        value: u64::from_ne_bytes(value),
+        mask: u64::from_ne_bytes(mask),
+        len: if exact { name.len() as u32 } else { 0 },
+        _pad: 0,
+    }
+}
+
+/// The eBPF object with its kernel-function calls in place, 8-byte aligned for the ELF parser.
+struct PatchedObject {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl PatchedObject {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns at least `len` initialized bytes; `u8` has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// A copy of `object` where every placeholder helper call to [`KFUNC_RDONLY_CAST_MARKER`] in a
+/// code section is a call of the kernel function with BTF id `rdonly_cast` (source register
+/// `BPF_PSEUDO_KFUNC_CALL`, in the kernel's own BTF). Rust has no syntax for such a call; the
+/// programs emit the placeholder with inline assembly (`detector-ebpf/src/kernel.rs`).
+fn with_kfunc_calls(object: &[u8], rdonly_cast: u32) -> Result<PatchedObject, SensorError> {
+    use object::read::{Object as _, ObjectSection as _, SectionKind};
+
+    const BPF_JMP_CALL: u8 = 0x85;
+    const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+    let marker = {
+        let mut insn = [BPF_JMP_CALL, 0, 0, 0, 0, 0, 0, 0];
+        insn[4..].copy_from_slice(&KFUNC_RDONLY_CAST_MARKER.to_le_bytes());
+        insn
+    };
+    let elf = object::File::parse(object).map_err(SensorError::ObjectFormat)?;
+    let mut words = vec![0u64; object.len().div_ceil(8)];
+    // SAFETY: the buffer holds `words.len() * 8 >= object.len()` bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), object.len()) };
+    bytes.copy_from_slice(object);
+    for section in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
+        let Some((start, size)) = section.file_range() else {
+            continue;
+        };
+        let code = &mut bytes[start as usize..(start + size) as usize];
+        for insn in code.chunks_exact_mut(8).filter(|insn| **insn == marker) {
+            // Destination register 0 in the low nibble, source register in the high one.
+            insn[1] = BPF_PSEUDO_KFUNC_CALL << 4;
+            insn[4..].copy_from_slice(&rdonly_cast.to_le_bytes());
+        }
+    }
+    Ok(PatchedObject {
+        words,
+        len: object.len(),
+    })
 }
 
 fn program_error(
@@ -563,6 +651,38 @@ mod tests {
     }
 
     #[test]
+    fn kernel_function_calls_are_placed_in_code_and_nowhere_else() {
+        let marker = {
+            let mut insn = [0x85u8, 0, 0, 0, 0, 0, 0, 0];
+            insn[4..].copy_from_slice(&KFUNC_RDONLY_CAST_MARKER.to_le_bytes());
+            insn
+        };
+        let count =
+            |bytes: &[u8], pattern: &[u8]| bytes.windows(8).filter(|w| *w == pattern).count();
+        assert!(
+            count(EBPF_OBJECT, &marker) > 0,
+            "the programs emit the placeholder"
+        );
+        let patched = with_kfunc_calls(EBPF_OBJECT, 0x0102_0304).unwrap();
+        let bytes = patched.bytes();
+        assert_eq!(bytes.len(), EBPF_OBJECT.len());
+        assert_eq!(bytes.as_ptr() as usize % 8, 0);
+        assert_eq!(count(bytes, &marker), 0);
+        let call = [0x85u8, 0x20, 0, 0, 4, 3, 2, 1];
+        assert_eq!(count(bytes, &call), count(EBPF_OBJECT, &marker));
+        let changed = bytes
+            .iter()
+            .zip(EBPF_OBJECT)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(changed <= 5 * count(EBPF_OBJECT, &marker));
+        assert!(matches!(
+            with_kfunc_calls(b"not an object", 1),
+            Err(SensorError::ObjectFormat(_))
+        ));
+    }
+
+    #[test]
     fn default_path_classes() {
         let entries = path_class_entries(&SensorsConfig::default());
         use path_class::*;
@@ -586,27 +706,42 @@ mod tests {
         assert!(entries.iter().all(|(k, _)| k.len() < PATH_CLASS_KEY_BYTES));
     }
 
-    /// The kernel's prefilter test over a path's first eight bytes (as the NUL-terminated
-    /// string read leaves them).
+    /// The kernel's prefilter test (`Name::matches` in `detector-ebpf/src/path.rs`) over an
+    /// absolute path's first two components.
     fn passes(filter: &ReadPrefilter, path: &str) -> bool {
-        let mut bytes = [0u8; 8];
-        let n = path.len().min(8);
-        bytes[..n].copy_from_slice(&path.as_bytes()[..n]);
-        let word = u64::from_ne_bytes(bytes);
-        filter.words[..filter.len as usize]
+        let mut components = path.split('/').skip(1).filter(|c| !c.is_empty());
+        let name = |c: Option<&str>| {
+            let c = c.unwrap_or("");
+            let mut bytes = [0u8; 8];
+            let n = c.len().min(8);
+            bytes[..n].copy_from_slice(&c.as_bytes()[..n]);
+            (u64::from_ne_bytes(bytes), c.len() as u32)
+        };
+        let (first, second) = (name(components.next()), name(components.next()));
+        let exact = filter.first_exact >> ReadPrefilter::exact_bit(first.0 as u8, first.1) & 1;
+        let prefix = filter.first_prefix >> ReadPrefilter::prefix_bit(first.0 as u8) & 1;
+        if exact | prefix == 0 {
+            return false;
+        }
+        let matches = |(word, len): (u64, u32), want: &NameWord| {
+            word & want.mask == want.value && (want.len == 0 || want.len == len)
+        };
+        filter.entries[..filter.len as usize]
             .iter()
-            .any(|w| word & w.mask == w.value)
+            .any(|e| matches(first, &e.first) && matches(second, &e.second))
     }
 
     #[test]
     fn read_prefilter_lets_every_read_sensitive_path_through_and_little_else() {
-        let entries = path_class_entries(&SensorsConfig::default());
-        let filter = read_prefilter(&entries);
+        let config = SensorsConfig::default();
+        let entries = path_class_entries(&config);
+        let filter = read_prefilter(&config.read_sensitive_paths);
         assert!(filter.len as usize <= READ_PREFILTER_SLOTS);
         for path in [
             "/var/run/secrets/kubernetes.io/serviceaccount/token",
             "/run/secrets/x",
             "/root/.ssh/id_rsa",
+            "/root/.ssh",
             "/etc/shadow",
             "/etc/sudoers",
             "/etc/kubernetes/admin.conf",
@@ -619,28 +754,66 @@ mod tests {
                 "{path}"
             );
         }
-        for path in ["/tmp/file", "/usr/lib/libc.so.6", "/home/a", "relative"] {
+        for path in [
+            "/tmp/file",
+            "/usr/lib/libc.so.6",
+            "/home/a",
+            "/etc/ld.so.cache",
+            "/etc/passwd",
+            "/etc/shadowy",
+            "/var/log/syslog",
+            "/root/.bashrc",
+            "/proc/self/stat",
+            "/",
+        ] {
             assert!(!passes(&filter, path), "{path}");
         }
     }
 
     #[test]
-    fn too_many_read_sensitive_prefixes_disable_the_prefilter() {
-        let config = SensorsConfig {
-            read_sensitive_paths: (0..40).map(|i| format!("/s{i:02}")).collect(),
-            ..SensorsConfig::default()
-        };
-        let filter = read_prefilter(&path_class_entries(&config));
-        assert_eq!(filter.len, ReadPrefilter::DISABLED);
+    fn read_prefilter_entries_with_a_star_match_prefixes_of_names() {
+        let entries = [
+            "/etc/shad*".to_owned(),
+            "/opt/*".to_owned(),
+            "/sec*".to_owned(),
+        ];
+        let filter = read_prefilter(&entries);
+        assert_eq!(filter.len, 3);
+        for path in ["/etc/shadow", "/etc/shad", "/opt/x/y", "/secrets", "/sec"] {
+            assert!(passes(&filter, path), "{path}");
+        }
+        for path in ["/etc/sha", "/se", "/etc/passwd", "/op"] {
+            assert!(!passes(&filter, path), "{path}");
+        }
     }
 
     #[test]
-    fn no_read_sensitive_prefix_means_no_read_at_all() {
-        let config = SensorsConfig {
-            read_sensitive_paths: Vec::new(),
-            ..SensorsConfig::default()
-        };
-        // The kernel skips the user read of read-only opens when `len` is 0.
-        assert_eq!(read_prefilter(&path_class_entries(&config)).len, 0);
+    fn long_components_are_compared_by_their_first_bytes_and_length() {
+        let filter = read_prefilter(&["/etc/kubernetes".to_owned()]);
+        assert!(passes(&filter, "/etc/kubernetes/pki"));
+        assert!(!passes(&filter, "/etc/kubernetesX"));
+        // Same first eight bytes and length: let through, the exact lookup decides.
+        assert!(passes(&filter, "/etc/kubernetez"));
+    }
+
+    #[test]
+    fn an_entry_for_everything_lets_every_path_through() {
+        let filter = read_prefilter(&["/*".to_owned()]);
+        for path in ["/tmp/x", "/", "/etc/passwd"] {
+            assert!(passes(&filter, path), "{path}");
+        }
+    }
+
+    #[test]
+    fn too_many_read_sensitive_prefixes_disable_the_prefilter() {
+        let paths: Vec<String> = (0..40).map(|i| format!("/s{i:02}")).collect();
+        assert_eq!(read_prefilter(&paths).len, ReadPrefilter::DISABLED);
+    }
+
+    #[test]
+    fn no_read_sensitive_prefix_means_no_look_at_read_only_opens() {
+        // The kernel leaves read-only opens before the current task is even looked up when
+        // `len` is 0.
+        assert_eq!(read_prefilter(&[]).len, 0);
     }
 }

@@ -72,6 +72,9 @@ fn open(path: &str) -> Body {
         path_truncated: false,
         target: None,
         suppressed: 0,
+        result: None,
+        resolved: false,
+        outside_root: false,
     })
 }
 

@@ -60,6 +60,9 @@ fn open_write(path: &str) -> Event {
         path_truncated: false,
         target: None,
         suppressed: 0,
+        result: None,
+        resolved: false,
+        outside_root: false,
     }))
 }
 

@@ -54,6 +54,9 @@ fn write(seconds: i64, pod: &str, path: &str) -> Event {
             path_truncated: false,
             target: None,
             suppressed: 0,
+            result: None,
+            resolved: false,
+            outside_root: false,
         }),
     )
 }
