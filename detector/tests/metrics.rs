@@ -175,7 +175,7 @@ async fn metrics_are_served_in_the_openmetrics_text_format() {
     metrics.observe_analysis_batch(Duration::from_micros(40));
     metrics.set_queue_depth("batches", 3);
     metrics.set_pods_tracked(12);
-    metrics.set_programs_attached(&["sys_enter", "sched_process_exec"]);
+    metrics.set_programs_attached(&["sys_exit", "sched_process_exec"]);
 
     let response = get(server.local_addr(), "/metrics").await;
     assert_eq!(response.status, 200);
@@ -199,7 +199,7 @@ async fn metrics_are_served_in_the_openmetrics_text_format() {
         "detector_analysis_batch_seconds_count 1\n",
         "detector_queue_depth{queue=\"batches\"} 3\n",
         "detector_pods_tracked 12\n",
-        "detector_program_attached{program=\"sys_enter\"} 1\n",
+        "detector_program_attached{program=\"sys_exit\"} 1\n",
         "detector_suppressed_writes_total 0\n",
         "detector_quarantine_dropped_packets_total 0\n",
         "detector_quarantine_denied_connects_total 0\n",

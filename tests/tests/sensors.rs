@@ -35,7 +35,7 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
     assert_eq!(
         collector.attached(),
         [
-            "sys_enter",
+            "sys_exit",
             "sched_process_exec",
             "sched_process_exit",
             "connect4",
@@ -122,6 +122,60 @@ fn write_opens_are_reported_and_harmless_or_read_only_opens_are_not() {
         files.iter().all(|f| f.path != ordinary),
         "a read-only open of an ordinary file is not reported"
     );
+}
+
+#[test]
+fn write_opens_carry_the_path_the_kernel_opened() {
+    if !privileged("write_opens_carry_the_path_the_kernel_opened") {
+        return;
+    }
+    let mut collector = collector(&SensorsConfig::default());
+    let cgroup = TestCgroup::for_test("resolve").unwrap();
+    // Under /dev/shm, a mount of its own: the climb crosses from it into the root mount.
+    let dir = format!("/dev/shm/detector-resolve-{}", std::process::id());
+    std::fs::create_dir_all(format!("{dir}/sub")).unwrap();
+    std::os::unix::fs::symlink(format!("{dir}/target"), format!("{dir}/link")).unwrap();
+    // A relative path, a symlink, `..`, and an open that fails.
+    let script = format!(
+        "cd {dir} && echo a > relative; echo b > link; echo c > sub/../dotdot; \
+         (echo d > {dir}/missing/file) 2>/dev/null; true"
+    );
+    let pid = cgroup.run_shell(&script).unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    collector.collect_for(Duration::from_millis(300));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(done, "no exit event for pid {pid}");
+    let events = collector.from_cgroup(cgroup.id());
+    let files: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::File(f) if f.write => Some(f),
+            _ => None,
+        })
+        .collect();
+    let find = |path: String| {
+        let found = files.iter().find(|f| f.path == path).copied();
+        if found.is_none() {
+            dump(&events);
+        }
+        found.unwrap_or_else(|| panic!("no write-open of {path}"))
+    };
+    for path in [
+        format!("{dir}/relative"),
+        format!("{dir}/target"),
+        format!("{dir}/dotdot"),
+    ] {
+        let open = find(path);
+        assert!(
+            open.resolved && !open.relative && !open.outside_root,
+            "{open:?}"
+        );
+        assert!(matches!(open.result, Some(fd) if fd >= 0), "{open:?}");
+    }
+    // A failed open has no file: the path as passed, and the error.
+    let failed = find(format!("{dir}/missing/file"));
+    assert!(!failed.resolved, "{failed:?}");
+    assert_eq!(failed.result, Some(-2), "ENOENT");
 }
 
 #[test]

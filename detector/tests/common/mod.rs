@@ -183,6 +183,9 @@ impl Workload {
                 path_truncated: false,
                 target: target.map(Into::into),
                 suppressed: 0,
+                result: None,
+                resolved: false,
+                outside_root: false,
             }),
         )
     }

@@ -410,7 +410,7 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         &cgroup,
         &["exec-loop", &execs],
     )?;
-    eprintln!("in-kernel run time per call of sys_enter (kernel run-time statistics)");
+    eprintln!("in-kernel run time per call of sys_exit (kernel run-time statistics)");
     let in_kernel = in_kernel_cost(&cgroup, &["open-loop", &ordinary, &opens])?;
     eprintln!("write-open flood: 2 processes x {}", args.flood);
     let flood = write_flood(work, &cgroup, args.flood)?;
@@ -443,7 +443,7 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     );
 
     println!(
-        "\n## sys_enter's own run time per call during the open loop (kernel run-time statistics; they add their own clock reads to each)"
+        "\n## sys_exit's own run time per call during the open loop (kernel run-time statistics; they add their own clock reads to each)"
     );
     println!("| program | runs | ns per run |");
     println!("|---|---|---|");
@@ -505,7 +505,7 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
             "host_process_ratio": host / base,
             "host_process_added_over_floor_added": host_added_ratio,
         },
-        "sys_enter_ns_per_run": in_kernel
+        "sys_exit_ns_per_run": in_kernel
             .iter()
             .map(|(name, (_, ns))| (*name, *ns))
             .collect::<BTreeMap<_, _>>(),
@@ -532,7 +532,7 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
 /// Where the kernel's BPF run-time statistics are switched on and off.
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// The `sys_enter` programs' own run time per call (floor, then sensors) over one run of
+/// The `sys_exit` programs' own run time per call (floor, then sensors) over one run of
 /// `workload`, from the kernel's run-time statistics, switched on for the measurement only:
 /// (runs, ns per run) by program. Runs count every syscall on the machine meanwhile.
 fn in_kernel_cost(
@@ -548,7 +548,7 @@ fn in_kernel_cost(
             let sensors = Sensors::load(&config, set)?;
             run_workload(cgroup, workload)?;
             for stats in sensors.program_stats() {
-                if stats.name.ends_with("sys_enter") && stats.runs > 0 {
+                if stats.name.ends_with("sys_exit") && stats.runs > 0 {
                     let ns = stats.run_time.as_nanos() as f64 / stats.runs as f64;
                     costs.insert(stats.name, (stats.runs, ns));
                 }
