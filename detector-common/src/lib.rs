@@ -310,6 +310,19 @@ pub struct FileEvent {
 }
 const _: () = assert!(size_of::<FileEvent>() == 64 + 32 + PATH_MAX_BYTES);
 
+impl FileEvent {
+    /// Bytes before `path`. A file record is sent cut after its path's NUL, rounded up to 8
+    /// bytes: most paths are far shorter than `PATH_MAX_BYTES`, and a write-open flood fits
+    /// about twice as many records in the ring buffer.
+    pub const FIXED_BYTES: usize = 64 + 32;
+
+    /// Bytes of a record carrying a path of `path_len` bytes (without the NUL).
+    pub const fn record_bytes(path_len: u32) -> usize {
+        let used = Self::FIXED_BYTES + (path_len as usize & (PATH_MAX_BYTES - 1)) + 1;
+        (used + 7) & !7
+    }
+}
+
 /// A rename where either side is a sensitive path.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -513,7 +513,12 @@ fn fnv1a(bytes: &[u8; PATH_MAX_BYTES], len: u32) -> u64 {
 
 #[inline(always)]
 fn output(event: &FileEvent) {
-    if EVENTS.output::<FileEvent>(event, 0).is_err() {
+    // Sent cut after the path (see `FileEvent::record_bytes`).
+    let len = FileEvent::record_bytes(event.path_len).min(size_of::<FileEvent>());
+    // SAFETY: `len` is at most the record's size; the bytes are the record's own.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((event as *const FileEvent).cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count_lost(EventKind::File);
     }
 }

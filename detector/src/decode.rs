@@ -11,8 +11,8 @@ use std::{
 
 use aya::Pod;
 use detector_common::{
-    ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, RenameEvent,
-    exec_flags, file_flags, header_flags, path_class,
+    ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, PATH_MAX_BYTES,
+    RenameEvent, exec_flags, file_flags, header_flags, path_class,
 };
 
 use crate::{
@@ -59,7 +59,7 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
     let body = match kind {
         EventKind::Exec => exec(&read::<ExecEvent>(record, "exec")?),
         EventKind::Exit => exit(&read::<ExitEvent>(record, "exit")?),
-        EventKind::File => file(&read::<FileEvent>(record, "file")?, None)?,
+        EventKind::File => file(&read_file(record)?, None)?,
         EventKind::Rename => {
             let rename: RenameEvent = read(record, "rename")?;
             let target = text(&rename.target, rename.target_len);
@@ -90,6 +90,28 @@ fn read<T: Pod>(record: &[u8], kind: &'static str) -> Result<T, DecodeError> {
     // SAFETY: the length was checked, `read_unaligned` has no alignment requirement, and `T`
     // is `Pod`: every bit pattern is a valid value.
     Ok(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<T>()) })
+}
+
+/// A file record, sent cut after its path (`FileEvent::record_bytes`): the fixed part and the
+/// path's bytes must be there; what is missing after them reads as zeros.
+fn read_file(record: &[u8]) -> Result<FileEvent, DecodeError> {
+    let truncated = |need: usize| DecodeError::Truncated {
+        kind: "file",
+        need,
+        got: record.len(),
+    };
+    if record.len() < FileEvent::FIXED_BYTES {
+        return Err(truncated(FileEvent::FIXED_BYTES));
+    }
+    let mut bytes = [0u8; size_of::<FileEvent>()];
+    let len = record.len().min(bytes.len());
+    bytes[..len].copy_from_slice(&record[..len]);
+    let event: FileEvent = read(&bytes, "file")?;
+    let need = FileEvent::FIXED_BYTES + (event.path_len as usize).min(PATH_MAX_BYTES);
+    if record.len() < need {
+        return Err(truncated(need));
+    }
+    Ok(event)
 }
 
 fn process(header: &EventHeader) -> ProcessFields {
@@ -291,6 +313,42 @@ mod tests {
             assert!(
                 matches!(err, DecodeError::Truncated { got, .. } if got == len),
                 "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_records_are_sent_cut_after_their_path() {
+        let mut event = FileEvent {
+            header: header(EventKind::File),
+            op: FileOp::Open as u32,
+            flags: file_flags::WRITE_INTENT | file_flags::RESOLVED,
+            class: 0,
+            open_flags: 0o1101,
+            dirfd: -100,
+            path_len: 10,
+            suppressed: 0,
+            result: 3,
+            path: [0; PATH_MAX_BYTES],
+        };
+        event.path[..11].copy_from_slice(b"/dev/shm/x\0");
+        let full = bytes(&event);
+        let sent = FileEvent::record_bytes(event.path_len);
+        assert_eq!(sent, 112);
+        let Body::File(file) = decode(&full[..sent], &clock()).unwrap().body else {
+            panic!("not file")
+        };
+        assert_eq!(file.path, "/dev/shm/x");
+        assert_eq!(file.result, Some(3));
+        // Cut inside the path, or inside the fixed part: truncated, naming what was needed.
+        for (len, need) in [(100, 106), (95, FileEvent::FIXED_BYTES)] {
+            assert_eq!(
+                decode(&full[..len], &clock()),
+                Err(DecodeError::Truncated {
+                    kind: "file",
+                    need,
+                    got: len
+                })
             );
         }
     }
