@@ -262,8 +262,18 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     let refused = refused.expect("the pod is cut off after the contain verdict");
     assert!(refused.contains("Operation not permitted"), "{refused}");
 
-    // The journal: the kernel block done, the API steps not applicable without a cluster.
-    let journal_text = std::fs::read_to_string(journal.join("journal.jsonl")).unwrap();
+    // The journal: the kernel block done, the API steps not applicable without a cluster. The
+    // steps after the kernel block are journaled on their own time: wait for the incident's
+    // `completed` entry rather than read the journal the moment the pod is cut off.
+    let journal_path = journal.join("journal.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let journal_text = loop {
+        let text = std::fs::read_to_string(&journal_path).unwrap_or_default();
+        if text.contains(r#""entry":"completed""#) || Instant::now() >= deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(journal_text.contains(pod_uid), "{journal_text}");
     assert!(journal_text.contains("not_applicable"), "{journal_text}");
     let entries: Vec<Value> = journal_text
