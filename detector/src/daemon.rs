@@ -202,7 +202,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let engine = Engine::new(rules, config.score.clone());
     let out = JsonLines::open(&config.output.path)?;
     let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
-    metrics.set_programs_attached(sensors.attached());
+    metrics.set_programs_attached(&sensors.attached());
     readiness.set_attached(true);
     let quarantine = sensors.take_quarantine()?;
     let kube = if config.attribution.kubernetes {

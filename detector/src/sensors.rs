@@ -2,8 +2,9 @@
 //!
 //! [`Sensors::load`] checks the node first (privileges, BTF, cgroup2), reads kernel offsets from
 //! BTF, loads the embedded object with its globals set, fills the configuration maps and attaches
-//! every program. Dropping [`Sensors`] detaches them all: the links are owned by the loaded
-//! object.
+//! every program. [`Sensors::detach`] and [`Sensors::attach`] take the programs off their hooks
+//! and put them back without loading them again. Dropping [`Sensors`] detaches them all: the
+//! links are owned by the loaded object.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +18,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        ProgramError, RawTracePoint,
+        ProgramError, RawTracePoint, cgroup_skb::CgroupSkbLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId,
     },
 };
 use detector_common::{
@@ -138,10 +141,42 @@ pub struct ProgramStats {
 pub struct Sensors {
     ebpf: Ebpf,
     cgroup2: PathBuf,
-    attached: Vec<&'static str>,
+    set: ProgramSet,
+    /// The set's programs and their hooks, loaded.
+    hooks: Vec<Hook>,
+    /// The programs attached; empty when detached.
+    links: Vec<Link>,
     watch: Watch,
     watch_roots: Vec<u64>,
     generation: u32,
+}
+
+/// A loaded program and the hook it attaches to.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    BtfTracePoint(&'static str),
+    RawTracePoint(&'static str, &'static str),
+    CgroupSockAddr(&'static str),
+    CgroupSkb(&'static str, CgroupSkbAttachType),
+}
+
+impl Hook {
+    fn program(&self) -> &'static str {
+        match *self {
+            Self::BtfTracePoint(name)
+            | Self::RawTracePoint(name, _)
+            | Self::CgroupSockAddr(name)
+            | Self::CgroupSkb(name, _) => name,
+        }
+    }
+}
+
+/// An attached program, by the link its program keeps.
+enum Link {
+    BtfTracePoint(&'static str, BtfTracePointLinkId),
+    RawTracePoint(&'static str, RawTracePointLinkId),
+    CgroupSockAddr(&'static str, CgroupSockAddrLinkId),
+    CgroupSkb(&'static str, CgroupSkbLinkId),
 }
 
 /// BTF tracepoints: (program, tracepoint). `sys_exit` reads its typed `pt_regs` and the
@@ -194,22 +229,19 @@ impl Sensors {
         let mut sensors = Self {
             ebpf,
             cgroup2,
-            attached: Vec::new(),
+            set,
+            hooks: Vec::new(),
+            links: Vec::new(),
             watch: config.watch,
             watch_roots: Vec::new(),
             generation: 0,
         };
         sensors.fill_path_classes(config)?;
         sensors.refresh_watch_roots()?;
-        match set {
-            ProgramSet::Sensors => sensors.attach_sensors()?,
-            ProgramSet::Noop => {
-                sensors.attach_btf_tracepoints(&NOOP_BTF_TRACEPOINTS)?;
-                sensors.attach_tracepoints(&NOOP_TRACEPOINTS)?;
-            }
-        }
+        sensors.load_programs()?;
+        sensors.attach()?;
         info!(
-            programs = ?sensors.attached,
+            programs = ?sensors.attached(),
             cgroup2 = %sensors.cgroup2.display(),
             watch = ?config.watch,
             "eBPF programs attached (BTF and raw tracepoints, cgroup hooks; tracefs not needed)"
@@ -217,9 +249,9 @@ impl Sensors {
         Ok(sensors)
     }
 
-    /// Names of the attached programs.
-    pub fn attached(&self) -> &[&'static str] {
-        &self.attached
+    /// Names of the loaded programs, attached unless [`Sensors::detach`]ed.
+    pub fn attached(&self) -> Vec<&'static str> {
+        self.hooks.iter().map(Hook::program).collect()
     }
 
     /// The cgroup2 mount the cgroup programs are attached to.
@@ -231,9 +263,9 @@ impl Sensors {
     /// run-time statistics are enabled (`aya::sys::enable_stats`, or the
     /// `kernel.bpf_stats_enabled` sysctl); zero otherwise.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
-        self.attached
-            .iter()
-            .filter_map(|&name| {
+        self.attached()
+            .into_iter()
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats {
                     name,
@@ -244,56 +276,119 @@ impl Sensors {
             .collect()
     }
 
-    fn attach_sensors(&mut self) -> Result<(), SensorError> {
-        self.attach_btf_tracepoints(&SENSOR_BTF_TRACEPOINTS)?;
-        self.attach_tracepoints(&SENSOR_TRACEPOINTS)?;
-        let root = File::open(&self.cgroup2).map_err(|source| SensorError::OpenCgroup {
-            path: self.cgroup2.clone(),
-            source,
-        })?;
-        for name in ["connect4", "connect6"] {
-            let program: &mut CgroupSockAddr = self.program(name)?;
-            program.load().map_err(program_error(name, "load"))?;
-            program
-                .attach(&root, CgroupAttachMode::Single)
-                .map_err(program_error(name, "attach"))?;
-            self.attached.push(name);
-        }
-        for (name, direction) in [
-            ("egress", CgroupSkbAttachType::Egress),
-            ("ingress", CgroupSkbAttachType::Ingress),
-        ] {
-            let program: &mut CgroupSkb = self.program(name)?;
-            program.load().map_err(program_error(name, "load"))?;
-            program
-                .attach(&root, direction, CgroupAttachMode::Single)
-                .map_err(program_error(name, "attach"))?;
-            self.attached.push(name);
-        }
-        Ok(())
-    }
-
-    fn attach_btf_tracepoints(&mut self, list: &[(&'static str, &str)]) -> Result<(), SensorError> {
+    /// Loads the programs of the set, verifier included; attaches nothing.
+    fn load_programs(&mut self) -> Result<(), SensorError> {
         let btf = Btf::from_sys_fs().map_err(SensorError::KernelBtf)?;
-        for &(name, tracepoint) in list {
+        let (btf_tracepoints, tracepoints): (&[_], &[_]) = match self.set {
+            ProgramSet::Sensors => (&SENSOR_BTF_TRACEPOINTS, &SENSOR_TRACEPOINTS),
+            ProgramSet::Noop => (&NOOP_BTF_TRACEPOINTS, &NOOP_TRACEPOINTS),
+        };
+        for &(name, tracepoint) in btf_tracepoints {
             let program: &mut BtfTracePoint = self.program(name)?;
             program
                 .load(tracepoint, &btf)
                 .map_err(program_error(name, "load"))?;
-            program.attach().map_err(program_error(name, "attach"))?;
-            self.attached.push(name);
+            self.hooks.push(Hook::BtfTracePoint(name));
+        }
+        for &(name, tracepoint) in tracepoints {
+            let program: &mut RawTracePoint = self.program(name)?;
+            program.load().map_err(program_error(name, "load"))?;
+            self.hooks.push(Hook::RawTracePoint(name, tracepoint));
+        }
+        if self.set == ProgramSet::Sensors {
+            for name in ["connect4", "connect6"] {
+                let program: &mut CgroupSockAddr = self.program(name)?;
+                program.load().map_err(program_error(name, "load"))?;
+                self.hooks.push(Hook::CgroupSockAddr(name));
+            }
+            for (name, direction) in [
+                ("egress", CgroupSkbAttachType::Egress),
+                ("ingress", CgroupSkbAttachType::Ingress),
+            ] {
+                let program: &mut CgroupSkb = self.program(name)?;
+                program.load().map_err(program_error(name, "load"))?;
+                self.hooks.push(Hook::CgroupSkb(name, direction));
+            }
         }
         Ok(())
     }
 
-    fn attach_tracepoints(&mut self, list: &[(&'static str, &str)]) -> Result<(), SensorError> {
-        for &(name, tracepoint) in list {
-            let program: &mut RawTracePoint = self.program(name)?;
-            program.load().map_err(program_error(name, "load"))?;
-            program
-                .attach(tracepoint)
-                .map_err(program_error(name, "attach"))?;
-            self.attached.push(name);
+    /// Attaches every loaded program to its hook; a no-op when they are attached. On an error
+    /// the programs attached so far stay attached (and are detached with [`Sensors::detach`]
+    /// or on drop).
+    pub fn attach(&mut self) -> Result<(), SensorError> {
+        if !self.links.is_empty() {
+            return Ok(());
+        }
+        let root = File::open(&self.cgroup2).map_err(|source| SensorError::OpenCgroup {
+            path: self.cgroup2.clone(),
+            source,
+        })?;
+        for hook in self.hooks.clone() {
+            let link = match hook {
+                Hook::BtfTracePoint(name) => {
+                    let program: &mut BtfTracePoint = self.program(name)?;
+                    Link::BtfTracePoint(
+                        name,
+                        program.attach().map_err(program_error(name, "attach"))?,
+                    )
+                }
+                Hook::RawTracePoint(name, tracepoint) => {
+                    let program: &mut RawTracePoint = self.program(name)?;
+                    Link::RawTracePoint(
+                        name,
+                        program
+                            .attach(tracepoint)
+                            .map_err(program_error(name, "attach"))?,
+                    )
+                }
+                Hook::CgroupSockAddr(name) => {
+                    let program: &mut CgroupSockAddr = self.program(name)?;
+                    Link::CgroupSockAddr(
+                        name,
+                        program
+                            .attach(&root, CgroupAttachMode::Single)
+                            .map_err(program_error(name, "attach"))?,
+                    )
+                }
+                Hook::CgroupSkb(name, direction) => {
+                    let program: &mut CgroupSkb = self.program(name)?;
+                    Link::CgroupSkb(
+                        name,
+                        program
+                            .attach(&root, direction, CgroupAttachMode::Single)
+                            .map_err(program_error(name, "attach"))?,
+                    )
+                }
+            };
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Detaches every program, keeping them loaded with their maps and configuration, so that
+    /// [`Sensors::attach`] puts them back at once (no verifier run). The benchmark uses it to
+    /// switch the sensors on and off between short stretches of a workload.
+    pub fn detach(&mut self) -> Result<(), SensorError> {
+        while let Some(link) = self.links.pop() {
+            match link {
+                Link::BtfTracePoint(name, id) => {
+                    let program: &mut BtfTracePoint = self.program(name)?;
+                    program.detach(id).map_err(program_error(name, "detach"))?;
+                }
+                Link::RawTracePoint(name, id) => {
+                    let program: &mut RawTracePoint = self.program(name)?;
+                    program.detach(id).map_err(program_error(name, "detach"))?;
+                }
+                Link::CgroupSockAddr(name, id) => {
+                    let program: &mut CgroupSockAddr = self.program(name)?;
+                    program.detach(id).map_err(program_error(name, "detach"))?;
+                }
+                Link::CgroupSkb(name, id) => {
+                    let program: &mut CgroupSkb = self.program(name)?;
+                    program.detach(id).map_err(program_error(name, "detach"))?;
+                }
+            }
         }
         Ok(())
     }

@@ -162,12 +162,17 @@ pub struct Collector {
 impl Collector {
     /// Loads and attaches the sensors with `config` and starts the pipeline.
     pub fn start(config: &SensorsConfig, sample_interval: Duration) -> anyhow::Result<Self> {
+        Self::with_sensors(Sensors::load(config, ProgramSet::Sensors)?, sample_interval)
+    }
+
+    /// Starts the pipeline on sensors loaded by the caller; what they recorded before is
+    /// delivered first.
+    pub fn with_sensors(mut sensors: Sensors, sample_interval: Duration) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let mut sensors = Sensors::load(config, ProgramSet::Sensors)?;
-        let attached = sensors.attached().to_vec();
+        let attached = sensors.attached();
         let quarantine = sensors.take_quarantine()?;
         let (pipeline, batches) = {
             let _guard = runtime.enter();

@@ -13,6 +13,7 @@ use std::{
 use detector::{
     config::{SensorsConfig, Watch},
     event::{Body, Event},
+    sensors::{ProgramSet, Sensors},
 };
 use tests::{Collector, TestCgroup, dump, privileged};
 
@@ -76,6 +77,47 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
         unreachable!()
     };
     assert_eq!(exit.exit_status, Some(3));
+}
+
+#[test]
+fn detached_sensors_see_nothing_and_see_again_once_attached() {
+    if !privileged("detached_sensors_see_nothing_and_see_again_once_attached") {
+        return;
+    }
+    let mut sensors = Sensors::load(&SensorsConfig::default(), ProgramSet::Sensors).unwrap();
+    let cgroup = TestCgroup::for_test("detach").unwrap();
+    let exit_with = |code: i32| {
+        let mut child = cgroup
+            .command("/bin/sh")
+            .unwrap()
+            .args(["-c", &format!("exit {code}")])
+            .spawn()
+            .unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(code));
+        child.id()
+    };
+    sensors.detach().unwrap();
+    let unseen = exit_with(4);
+    sensors.attach().unwrap();
+    // Attaching twice keeps one link per program.
+    sensors.attach().unwrap();
+    let seen = exit_with(5);
+
+    let mut collector = Collector::with_sensors(sensors, Duration::from_millis(200)).unwrap();
+    let found = collector.wait_until(WAIT, |seen_so_far| {
+        seen_so_far.iter().any(|e| is_exit_of(e, seen))
+    });
+    // Whatever else was on its way is in by now.
+    collector.collect_for(Duration::from_millis(300));
+    let events = collector.from_cgroup(cgroup.id());
+    if !found {
+        dump(&events);
+    }
+    assert!(found, "no exit event for pid {seen} after attaching again");
+    let of = |pid: u32| events.iter().filter(|e| e.process.pid == Some(pid)).count();
+    assert_eq!(of(unseen), 0, "events of pid {unseen}, run while detached");
+    // Its exec and exit, once each: no second link.
+    assert_eq!(of(seen), 2, "exec and exit of pid {seen}");
 }
 
 #[test]
