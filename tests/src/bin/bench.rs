@@ -1,9 +1,14 @@
 //! The sensors' overhead and throughput benchmark (`cargo xtask bench` runs it as root).
 //!
-//! 1. Read-only `openat` + `close` loop, in interleaved rounds (each timed in chunks of 1,000
-//!    iterations, its median chunk kept), medians of the rounds: nothing attached; the
-//!    do-nothing programs on the sensors' tracepoints (the floor); the sensors; and, when
-//!    bpftrace is installed, an equivalent bpftrace filter as a peer.
+//! 1. Read-only `openat` + `close` loop: nothing attached; the do-nothing programs on the
+//!    sensors' tracepoints (the floor); the sensors; the sensors with `watch: containers` seen
+//!    from a host process. All are loaded once and switched on and off (attach/detach, no new
+//!    load) between stretches of 10,000 iterations of one long-running loop process, in blocks
+//!    that visit every mode in a rotating order: each stretch is compared with its neighbours
+//!    in the same block, a few hundred milliseconds apart, so the VM's drift between speed
+//!    states over seconds cancels out. Medians over the blocks of each mode's time and of its
+//!    difference to nothing in the same block. When bpftrace is installed, an equivalent
+//!    bpftrace filter as a peer, in rounds of its own (it takes seconds to start).
 //! 2. Exec loop (spawns of `/bin/true`): nothing, the floor, the sensors.
 //! 3. Write-open flood with repeat suppression off: two processes at once, every open an event,
 //!    through the real daemon binary writing JSON lines; events delivered, events lost (by the
@@ -54,6 +59,7 @@ impl Mode {
 
 struct Args {
     rounds: usize,
+    peer_rounds: usize,
     opens: u64,
     execs: u64,
     flood: u64,
@@ -63,6 +69,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         rounds: 11,
+        peer_rounds: 5,
         opens: 1_000_000,
         execs: 3_000,
         flood: 200_000,
@@ -73,16 +80,22 @@ fn parse_args() -> anyhow::Result<Args> {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--rounds" => args.rounds = value()?.parse()?,
+            "--peer-rounds" => args.peer_rounds = value()?.parse()?,
             "--opens" => args.opens = value()?.parse()?,
             "--execs" => args.execs = value()?.parse()?,
             "--flood" => args.flood = value()?.parse()?,
             "--report" => args.report = value()?.into(),
             other => {
-                bail!("unknown argument {other}; known: --rounds --opens --execs --flood --report")
+                bail!(
+                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --report"
+                )
             }
         }
     }
-    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        args.rounds > 0 && args.peer_rounds > 0,
+        "--rounds and --peer-rounds must be at least 1"
+    );
     Ok(args)
 }
 
@@ -274,6 +287,228 @@ fn interleaved(
     Ok(samples)
 }
 
+/// The three program sets of the open loop, loaded once, at most one attached at a time.
+struct Switchable {
+    floor: Sensors,
+    sensors: Sensors,
+    host: Sensors,
+    attached: Mode,
+    stop_drain: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    drain: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Switchable {
+    fn load() -> anyhow::Result<Self> {
+        let config = SensorsConfig::default();
+        let host_config = SensorsConfig {
+            watch: Watch::Containers,
+            ..SensorsConfig::default()
+        };
+        let mut floor = Sensors::load(&config, ProgramSet::Noop)?;
+        floor.detach()?;
+        let mut sensors = Sensors::load(&config, ProgramSet::Sensors)?;
+        sensors.detach()?;
+        let mut host = Sensors::load(&host_config, ProgramSet::Sensors)?;
+        host.detach()?;
+        // Events of the rest of the machine are drained, as the daemon would; the loop itself
+        // produces none.
+        let mut rings = vec![sensors.take_events()?, host.take_events()?];
+        let stop_drain = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stop_drain.clone();
+        let drain = std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for ring in &mut rings {
+                    while ring.next().is_some() {}
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Ok(Self {
+            floor,
+            sensors,
+            host,
+            attached: Mode::Nothing,
+            stop_drain,
+            drain: Some(drain),
+        })
+    }
+
+    fn programs(&mut self, mode: Mode) -> Option<&mut Sensors> {
+        match mode {
+            Mode::Floor => Some(&mut self.floor),
+            Mode::Sensors => Some(&mut self.sensors),
+            Mode::SensorsHost => Some(&mut self.host),
+            Mode::Nothing | Mode::Bpftrace => None,
+        }
+    }
+
+    fn switch(&mut self, mode: Mode) -> anyhow::Result<()> {
+        if mode == self.attached {
+            return Ok(());
+        }
+        if let Some(programs) = self.programs(self.attached) {
+            programs.detach()?;
+        }
+        self.attached = Mode::Nothing;
+        if let Some(programs) = self.programs(mode) {
+            programs.attach()?;
+        }
+        self.attached = mode;
+        Ok(())
+    }
+}
+
+impl Drop for Switchable {
+    fn drop(&mut self) {
+        self.stop_drain
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
+    }
+}
+
+/// A long-running `open-server` helper: each request runs a stretch of the loop.
+struct OpenServer {
+    child: Child,
+    requests: std::process::ChildStdin,
+    answers: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl OpenServer {
+    fn start(cgroup: &TestCgroup, path: &str) -> anyhow::Result<Self> {
+        let mut child = cgroup
+            .command(helper()?)?
+            .args(["open-server", path])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let requests = child.stdin.take().context("open-server stdin")?;
+        let answers = BufReader::new(child.stdout.take().context("open-server stdout")?).lines();
+        Ok(Self {
+            child,
+            requests,
+            answers,
+        })
+    }
+
+    /// Runs `n` iterations; ns per iteration.
+    fn run(&mut self, n: u64) -> anyhow::Result<f64> {
+        use std::io::Write as _;
+        writeln!(self.requests, "{n}")?;
+        let line = self
+            .answers
+            .next()
+            .context("open-server ended")?
+            .context("read open-server")?;
+        Ok(line.trim().parse::<f64>()? / n as f64)
+    }
+}
+
+impl Drop for OpenServer {
+    fn drop(&mut self) {
+        // SAFETY: the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Iterations per stretch of the switched open loop: ~40 ms here.
+const STRETCH: u64 = 10_000;
+
+/// One mode's stretches and their differences to the stretch without anything in the same
+/// block (ns per iteration).
+#[derive(Default)]
+struct Stretches {
+    ns: Vec<f64>,
+    added: Vec<f64>,
+    ratio: Vec<f64>,
+}
+
+/// The open loop over `modes` (the first is `Nothing`), programs switched between stretches.
+fn switched_open_loop(
+    modes: &[Mode],
+    iterations: u64,
+    server: &mut OpenServer,
+) -> anyhow::Result<BTreeMap<Mode, Stretches>> {
+    let mut programs = Switchable::load()?;
+    let blocks = iterations.div_ceil(STRETCH) as usize;
+    // Warm-up: the first stretches of a new process and of each newly attached set are slower.
+    for &mode in modes {
+        programs.switch(mode)?;
+        server.run(STRETCH)?;
+    }
+    let mut stretches: BTreeMap<Mode, Stretches> = BTreeMap::new();
+    for block in 0..blocks {
+        let mut ns = BTreeMap::new();
+        for i in 0..modes.len() {
+            let mode = modes[(i + block) % modes.len()];
+            programs.switch(mode)?;
+            ns.insert(mode, server.run(STRETCH)?);
+        }
+        let nothing = ns[&Mode::Nothing];
+        for (mode, ns) in ns {
+            let entry = stretches.entry(mode).or_default();
+            entry.ns.push(ns);
+            entry.added.push(ns - nothing);
+            entry.ratio.push(ns / nothing);
+        }
+        if block % 20 == 19 {
+            let summary: Vec<String> = modes
+                .iter()
+                .map(|m| format!("{} {:.1}", m.name(), median(&stretches[m].ns)))
+                .collect();
+            eprintln!("  {} blocks: {}", block + 1, summary.join(", "));
+        }
+    }
+    programs.switch(Mode::Nothing)?;
+    Ok(stretches)
+}
+
+/// The bpftrace peer: rounds of stretches without, then with bpftrace (it takes seconds to
+/// start, so it cannot be switched per stretch).
+fn bpftrace_open_loop(
+    rounds: usize,
+    iterations: u64,
+    work: &Path,
+    server: &mut OpenServer,
+) -> anyhow::Result<BTreeMap<Mode, Stretches>> {
+    let per_round = (iterations.div_ceil(STRETCH) as usize).div_ceil(rounds);
+    let mut stretches: BTreeMap<Mode, Stretches> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut without = Vec::new();
+        for _ in 0..per_round {
+            without.push(server.run(STRETCH)?);
+        }
+        let peer = Attached::start(Mode::Bpftrace, work)?;
+        let with: anyhow::Result<Vec<f64>> = (0..per_round).map(|_| server.run(STRETCH)).collect();
+        peer.stop();
+        let with = with?;
+        let base = median(&without);
+        for (mode, values) in [(Mode::Nothing, &without), (Mode::Bpftrace, &with)] {
+            let entry = stretches.entry(mode).or_default();
+            for &ns in values {
+                entry.ns.push(ns);
+                entry.added.push(ns - base);
+                entry.ratio.push(ns / base);
+            }
+        }
+        eprintln!(
+            "  round {round}: nothing {base:.1}, bpftrace {:.1}",
+            median(&with)
+        );
+    }
+    Ok(stretches)
+}
+
+/// The 25th and 75th percentiles.
+fn quartiles(values: &[f64]) -> (f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.75))
+}
+
 struct Flood {
     expected: u64,
     delivered: u64,
@@ -380,29 +615,25 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let mut modes = vec![Mode::Nothing, Mode::Floor, Mode::Sensors, Mode::SensorsHost];
+    let modes = [Mode::Nothing, Mode::Floor, Mode::Sensors, Mode::SensorsHost];
+    eprintln!(
+        "read-only openat+close x {} per mode, switched every {STRETCH}",
+        args.opens
+    );
+    let mut server = OpenServer::start(&cgroup, &ordinary)?;
+    let mut open_samples = switched_open_loop(&modes, args.opens, &mut server)?;
     if has_bpftrace {
         ensure_tracefs()?;
-        modes.push(Mode::Bpftrace);
+        eprintln!(
+            "read-only openat+close, bpftrace peer, {} rounds",
+            args.peer_rounds
+        );
+        let peer = bpftrace_open_loop(args.peer_rounds, args.opens, work, &mut server)?;
+        open_samples.extend(peer.into_iter().filter(|(mode, _)| *mode == Mode::Bpftrace));
     } else {
         eprintln!("bpftrace not installed: peer comparison left out");
     }
-
-    eprintln!(
-        "read-only openat+close x {} ({} rounds)",
-        args.opens, args.rounds
-    );
-    let opens = args.opens.to_string();
-    let open_samples = interleaved(
-        &modes,
-        args.rounds,
-        args.opens,
-        work,
-        &cgroup,
-        // Timed in chunks, the median chunk per round: a whole loop's time varies by 10% from
-        // run to run on a shared VM, more than the hooks add.
-        &["open-chunks", &ordinary, &opens],
-    )?;
+    drop(server);
     eprintln!("exec loop x {} ({} rounds)", args.execs, args.rounds);
     let execs = args.execs.to_string();
     let exec_samples = interleaved(
@@ -414,35 +645,51 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         &["exec-loop", &execs],
     )?;
     eprintln!("in-kernel run time per call of sys_exit (kernel run-time statistics)");
-    let in_kernel = in_kernel_cost(&cgroup, &["open-loop", &ordinary, &opens])?;
+    let in_kernel = in_kernel_cost(&cgroup, &["open-loop", &ordinary, &args.opens.to_string()])?;
     eprintln!("write-open flood: 2 processes x {}", args.flood);
     let flood = write_flood(work, &cgroup, args.flood)?;
 
     let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode| samples.get(&mode).map(|v| median(v));
-    let base = med(&open_samples, Mode::Nothing).context("no baseline")?;
-    let floor = med(&open_samples, Mode::Floor).context("no floor")?;
-    let sensors = med(&open_samples, Mode::Sensors).context("no sensors")?;
-    let added_ratio = (sensors - base) / (floor - base);
+    let open = |mode: Mode| open_samples.get(&mode).context("mode not measured");
+    let floor_added = median(&open(Mode::Floor)?.added);
+    let sensors_added = median(&open(Mode::Sensors)?.added);
+    let host_added = median(&open(Mode::SensorsHost)?.added);
+    let added_ratio = sensors_added / floor_added;
+    let host_added_ratio = host_added / floor_added;
+    let sensors_ratio = median(&open(Mode::Sensors)?.ratio);
+    let floor_ratio = median(&open(Mode::Floor)?.ratio);
+    let host_ratio = median(&open(Mode::SensorsHost)?.ratio);
     println!(
-        "\n## read-only openat+close, {} per round, {} rounds, medians",
-        args.opens, args.rounds
+        "\n## read-only openat+close, {} per mode in stretches of {STRETCH}, medians over the stretches",
+        args.opens
     );
-    println!("| attached | ns per iteration | ratio to nothing |");
-    println!("|---|---|---|");
-    for mode in &modes {
-        let m = med(&open_samples, *mode).unwrap_or(f64::NAN);
-        println!("| {} | {m:.1} | {:.3} |", mode.name(), m / base);
+    println!(
+        "| attached | ns per iteration | ratio to nothing (same block) | added ns (same block) | added ns, quartiles |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut all_modes = modes.to_vec();
+    if has_bpftrace {
+        all_modes.push(Mode::Bpftrace);
+    }
+    for mode in &all_modes {
+        let stretches = open(*mode)?;
+        let (q1, q3) = quartiles(&stretches.added);
+        println!(
+            "| {} | {:.1} | {:.3} | {:.1} | {q1:.1} .. {q3:.1} |",
+            mode.name(),
+            median(&stretches.ns),
+            median(&stretches.ratio),
+            median(&stretches.added),
+        );
+    }
+    if has_bpftrace {
+        println!("(bpftrace: compared with the stretches without it in its own rounds)");
     }
     println!(
-        "sensors' added cost per call: {:.1} ns = {added_ratio:.2}x the floor's {:.1} ns",
-        sensors - base,
-        floor - base
+        "sensors' added cost per call: {sensors_added:.1} ns = {added_ratio:.2}x the floor's {floor_added:.1} ns"
     );
-    let host = med(&open_samples, Mode::SensorsHost).context("no host-process sensors")?;
-    let host_added_ratio = (host - base) / (floor - base);
     println!(
-        "with watch: containers, a host process: {:.1} ns = {host_added_ratio:.2}x the floor's",
-        host - base
+        "with watch: containers, a host process: {host_added:.1} ns = {host_added_ratio:.2}x the floor's"
     );
 
     println!(
@@ -493,19 +740,24 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|m| (m.name(), med(&exec_samples, *m)))
         .collect();
-    let open_medians: BTreeMap<_, _> = modes
+    let open_medians: BTreeMap<_, _> = all_modes
         .iter()
-        .map(|m| (m.name(), med(&open_samples, *m)))
+        .filter_map(|m| Some((m.name(), median(&open_samples.get(m)?.ns))))
+        .collect();
+    let open_added: BTreeMap<_, _> = all_modes
+        .iter()
+        .filter_map(|m| Some((m.name(), median(&open_samples.get(m)?.added))))
         .collect();
     let report = serde_json::json!({
         "open_loop": {
-            "iterations": args.opens,
-            "rounds": args.rounds,
+            "iterations_per_mode": args.opens,
+            "stretch": STRETCH,
             "median_ns": open_medians,
-            "sensors_ratio": sensors / base,
-            "floor_ratio": floor / base,
+            "median_added_ns": open_added,
+            "sensors_ratio": sensors_ratio,
+            "floor_ratio": floor_ratio,
             "sensors_added_over_floor_added": added_ratio,
-            "host_process_ratio": host / base,
+            "host_process_ratio": host_ratio,
             "host_process_added_over_floor_added": host_added_ratio,
         },
         "sys_exit_ns_per_run": in_kernel

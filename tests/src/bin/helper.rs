@@ -4,6 +4,7 @@
 //! ```text
 //! detector-test-helper open-loop PATH N    # N x (openat(O_RDONLY) + close)
 //! detector-test-helper open-chunks PATH N  # the same, timed in chunks of 1,000 (see below)
+//! detector-test-helper open-server PATH     # open-chunks PATH N for each N read from stdin
 //! detector-test-helper write-loop PATH N   # N x (openat(O_WRONLY|O_CREAT) + close)
 //! detector-test-helper exec-loop N         # N x (spawn /bin/true and wait)
 //! ```
@@ -15,10 +16,12 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["open-loop", path, n] => open_loop(path, n, libc::O_RDONLY),
         ["open-chunks", path, n] => open_chunks(path, n),
+        ["open-server", path] => return open_server(path),
         ["write-loop", path, n] => open_loop(path, n, libc::O_WRONLY | libc::O_CREAT),
         ["exec-loop", n] => exec_loop(n),
         _ => Err(
-            "usage: detector-test-helper open-loop|open-chunks|write-loop PATH N | exec-loop N"
+            "usage: detector-test-helper open-loop|open-chunks|write-loop PATH N | \
+             open-server PATH | exec-loop N"
                 .into(),
         ),
     };
@@ -69,6 +72,35 @@ fn open_chunks(path: &str, n: &str) -> Result<u128, String> {
     per_iteration.sort_by(f64::total_cmp);
     let median = per_iteration[per_iteration.len() / 2];
     Ok((median * n as f64) as u128)
+}
+
+/// Runs `open-chunks PATH N` for each line `N` of standard input, printing each one's
+/// nanoseconds on a line of its own, until standard input ends: the benchmark switches what is
+/// attached between two requests, so that each stretch of the loop is compared with its
+/// neighbours rather than with a run seconds away.
+fn open_server(path: &str) -> ExitCode {
+    use std::io::{BufRead as _, Write as _};
+    let mut stdout = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let result = line
+            .map_err(|err| format!("read a request: {err}"))
+            .and_then(|n| open_chunks(path, n.trim()));
+        match result {
+            Ok(elapsed_ns) => {
+                if writeln!(stdout, "{elapsed_ns}")
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    return ExitCode::FAILURE;
+                }
+            }
+            Err(err) => {
+                eprintln!("detector-test-helper: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn open_close(path: &CString, n: u64, flags: libc::c_int) -> Result<(), String> {
