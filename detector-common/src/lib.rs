@@ -40,6 +40,11 @@ pub const GLOBAL_DEDUP_WINDOW_NS: &str = "DEDUP_WINDOW_NS";
 /// One-entry array holding the watch generation; user space bumps it when [`MAP_WATCH_ROOTS`]
 /// changes, which invalidates every [`MAP_WATCH_CACHE`] entry decided before.
 pub const MAP_WATCH_GENERATION: &str = "WATCH_GENERATION";
+/// Per-CPU: the last task seen at syscall exit on this CPU (see [`TaskCacheEntry`]).
+pub const MAP_TASK_CACHE: &str = "TASK_CACHE";
+/// Thread exits counted since load; an entry of [`MAP_TASK_CACHE`] filled before the latest
+/// exit is not used.
+pub const MAP_TASK_EXITS: &str = "TASK_EXITS";
 /// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
 pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
 /// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
@@ -565,8 +570,25 @@ pub struct KernelTypes {
     pub vfsmount: u32,
     /// `struct dentry`.
     pub dentry: u32,
+    /// `struct task_struct`.
+    pub task: u32,
 }
-const _: () = assert!(size_of::<KernelTypes>() == 16);
+const _: () = assert!(size_of::<KernelTypes>() == 20);
+
+/// An entry of [`MAP_TASK_CACHE`]: the task whose syscall registers are at `regs` (its kernel
+/// stack's top, unique among live tasks), valid while no thread has exited since (`exits` is
+/// [`MAP_TASK_EXITS`] when it was filled). Zero: empty.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskCacheEntry {
+    /// Address of the task's syscall `struct pt_regs`.
+    pub regs: u64,
+    /// Address of its `struct task_struct`.
+    pub task: u64,
+    /// Thread exits counted when the entry was filled.
+    pub exits: u64,
+}
+const _: () = assert!(size_of::<TaskCacheEntry>() == 24);
 
 /// Global: [`KernelTypes`].
 pub const GLOBAL_KERNEL_TYPES: &str = "KERNEL_TYPES";
@@ -601,6 +623,8 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelTypes {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TaskCacheEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ReadPrefilter {}
     // SAFETY: as above.

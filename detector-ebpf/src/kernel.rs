@@ -6,8 +6,12 @@
 //! descriptor slot, a `struct mount` around its `vfsmount`) becomes typed through the kernel
 //! function `bpf_rdonly_cast`, which the verifier replaces by a plain move.
 
-use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
-use detector_common::{KFUNC_RDONLY_CAST_MARKER, KernelTypes};
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task, bpf_get_current_task_btf},
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+use detector_common::{KFUNC_RDONLY_CAST_MARKER, KernelTypes, TaskCacheEntry};
 
 use crate::common::offset;
 
@@ -18,7 +22,33 @@ static KERNEL_TYPES: KernelTypes = KernelTypes {
     mount: 0,
     vfsmount: 0,
     dentry: 0,
+    task: 0,
 };
+
+/// This CPU's last task seen at syscall exit (see [`Task::at_syscall_exit`]).
+#[map(name = "TASK_CACHE")]
+static TASK_CACHE: PerCpuArray<TaskCacheEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// Thread exits since load, every thread of every cgroup: counted by the exit program, which
+/// user space attaches before `sys_exit` and detaches after it.
+#[map(name = "TASK_EXITS")]
+static TASK_EXITS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Counts a thread exit: from here on, no cached entry filled before names a live task for sure.
+#[inline(always)]
+pub fn count_thread_exit() {
+    if let Some(exits) = TASK_EXITS.get_ptr_mut(0) {
+        // SAFETY: the array slot is valid, aligned map memory shared by all CPUs. An atomic
+        // add (the BPF target has no `AtomicU64::fetch_add`).
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({exits} + 0) += {one}",
+                exits = in(reg) exits,
+                one = in(reg) 1u64,
+            );
+        }
+    }
+}
 
 /// A pointer the verifier knows by its BTF type (possibly null).
 #[derive(Clone, Copy)]
@@ -127,7 +157,55 @@ pub fn dentry_at(addr: u64) -> Btf {
 pub struct Task(pub Btf);
 
 impl Task {
-    /// `current`: the one helper call of the hot path.
+    /// The current task at syscall exit, `regs` being the tracepoint's `struct pt_regs *` (the
+    /// syscall's registers, at the top of the current task's kernel stack), without a helper
+    /// call when this CPU saw the same task last: tasks run syscalls back to back, and with
+    /// return-thunk mitigations a helper's call and return cost about a third of a read-only
+    /// open's whole check.
+    ///
+    /// The entry is trusted when its `regs` is this syscall's and no thread exited since it was
+    /// filled. Two live tasks never share a kernel stack, so the same `regs` means the same
+    /// task; a stack is only reused after its task exited, and every exit is counted before
+    /// that (the exit program runs in `do_exit`, long before the stack is freed). The task is
+    /// read-only (`bpf_rdonly_cast`) either way, so that both ways verify as one.
+    #[inline(always)]
+    pub fn at_syscall_exit(regs: u64) -> Self {
+        let exits = match TASK_EXITS.get_ptr(0) {
+            // SAFETY: valid map memory; a plain read of a counter others add to.
+            Some(exits) => unsafe { core::ptr::read_volatile(exits) },
+            None => u64::MAX,
+        };
+        let task = match TASK_CACHE.get_ptr_mut(0) {
+            Some(entry) => {
+                // SAFETY: this CPU's slot; one run of a program at a time uses it on a CPU.
+                let entry = unsafe { &mut *entry };
+                // SAFETY: volatile accesses to the slot, so the compiler keeps their order.
+                unsafe {
+                    if core::ptr::read_volatile(&entry.regs) == regs
+                        && core::ptr::read_volatile(&entry.exits) == exits
+                    {
+                        core::ptr::read_volatile(&entry.task)
+                    } else {
+                        let task = bpf_get_current_task();
+                        // Emptied first: a half-written entry never matches.
+                        core::ptr::write_volatile(&mut entry.regs, 0);
+                        core::ptr::write_volatile(&mut entry.task, task);
+                        core::ptr::write_volatile(&mut entry.exits, exits);
+                        core::ptr::write_volatile(&mut entry.regs, regs);
+                        task
+                    }
+                }
+            }
+            // SAFETY: a helper without arguments.
+            None => unsafe { bpf_get_current_task() },
+        };
+        // SAFETY: a global set at load time.
+        Self(rdonly_cast(task, unsafe {
+            core::ptr::read_volatile(&KERNEL_TYPES.task)
+        }))
+    }
+
+    /// `current`, from the helper.
     #[inline(always)]
     pub fn current() -> Self {
         // SAFETY: a helper without arguments; it returns the task as a typed pointer.

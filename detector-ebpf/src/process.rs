@@ -126,6 +126,8 @@ fn args_range() -> Option<(u64, u64)> {
 
 #[inline(always)]
 fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
+    // Every thread's exit, before any filter: `sys_exit`'s task cache relies on it.
+    crate::kernel::count_thread_exit();
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     // Only the thread-group leader's exit is a process exit.
     if pid_tgid as u32 != (pid_tgid >> 32) as u32 {

@@ -69,6 +69,7 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
             mount: struct_id(&btf, "mount")?,
             vfsmount: struct_id(&btf, "vfsmount")?,
             dentry: struct_id(&btf, "dentry")?,
+            task: struct_id(&btf, "task_struct")?,
         },
         rdonly_cast: function_id(&btf, "bpf_rdonly_cast")?,
     })

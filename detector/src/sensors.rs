@@ -15,7 +15,10 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
         ProgramError, RawTracePoint, cgroup_skb::CgroupSkbLinkId,
@@ -26,9 +29,10 @@ use aya::{
 use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
     GLOBAL_READ_PREFILTER, GLOBAL_WATCH_MODE, KFUNC_RDONLY_CAST_MARKER, MAP_EGRESS, MAP_EVENTS,
-    MAP_PATH_CLASS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_WATCH_GENERATION,
-    MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PathClassData, READ_PREFILTER_SLOTS,
-    ReadPrefilter, TopComponents, TrafficCounters, WatchMode, path_class,
+    MAP_PATH_CLASS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
+    MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PathClassData,
+    READ_PREFILTER_SLOTS, ReadPrefilter, TaskCacheEntry, TopComponents, TrafficCounters, WatchMode,
+    path_class,
 };
 use tracing::{debug, info};
 
@@ -92,6 +96,9 @@ pub enum SensorError {
     /// A program is missing from the object (a build mismatch).
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
+    /// The number of possible CPUs could not be read (for a per-CPU map's values).
+    #[error("cannot count the possible CPUs: {0}")]
+    Cpus(#[source] io::Error),
     /// A map is missing from the object (a build mismatch).
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
@@ -283,17 +290,19 @@ impl Sensors {
             ProgramSet::Sensors => (&SENSOR_BTF_TRACEPOINTS, &SENSOR_TRACEPOINTS),
             ProgramSet::Noop => (&NOOP_BTF_TRACEPOINTS, &NOOP_TRACEPOINTS),
         };
+        // In attach order. The exit program counts every thread exit, which `sys_exit`'s
+        // cache of the current task relies on: it is attached first and detached last.
+        for &(name, tracepoint) in tracepoints {
+            let program: &mut RawTracePoint = self.program(name)?;
+            program.load().map_err(program_error(name, "load"))?;
+            self.hooks.push(Hook::RawTracePoint(name, tracepoint));
+        }
         for &(name, tracepoint) in btf_tracepoints {
             let program: &mut BtfTracePoint = self.program(name)?;
             program
                 .load(tracepoint, &btf)
                 .map_err(program_error(name, "load"))?;
             self.hooks.push(Hook::BtfTracePoint(name));
-        }
-        for &(name, tracepoint) in tracepoints {
-            let program: &mut RawTracePoint = self.program(name)?;
-            program.load().map_err(program_error(name, "load"))?;
-            self.hooks.push(Hook::RawTracePoint(name, tracepoint));
         }
         if self.set == ProgramSet::Sensors {
             for name in ["connect4", "connect6"] {
@@ -319,6 +328,9 @@ impl Sensors {
     pub fn attach(&mut self) -> Result<(), SensorError> {
         if !self.links.is_empty() {
             return Ok(());
+        }
+        if self.set == ProgramSet::Sensors {
+            self.clear_task_cache()?;
         }
         let root = File::open(&self.cgroup2).map_err(|source| SensorError::OpenCgroup {
             path: self.cgroup2.clone(),
@@ -364,6 +376,18 @@ impl Sensors {
             self.links.push(link);
         }
         Ok(())
+    }
+
+    /// Empties `sys_exit`'s per-CPU cache of the current task. While detached, exits are not
+    /// counted, so an entry from before could name a task that has exited since.
+    fn clear_task_cache(&mut self) -> Result<(), SensorError> {
+        let mut cache: PerCpuArray<_, TaskCacheEntry> =
+            PerCpuArray::try_from(self.map_mut(MAP_TASK_CACHE)?)
+                .map_err(map_error(MAP_TASK_CACHE))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| SensorError::Cpus(source))?;
+        let empty = PerCpuValues::try_from(vec![TaskCacheEntry::default(); cpus])
+            .map_err(SensorError::Cpus)?;
+        cache.set(0, empty, 0).map_err(map_error(MAP_TASK_CACHE))
     }
 
     /// Detaches every program, keeping them loaded with their maps and configuration, so that

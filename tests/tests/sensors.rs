@@ -36,9 +36,9 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
     assert_eq!(
         collector.attached(),
         [
-            "sys_exit",
             "sched_process_exec",
             "sched_process_exit",
+            "sys_exit",
             "connect4",
             "connect6",
             "egress",
@@ -484,5 +484,185 @@ fn with_watch_containers_only_container_cgroups_are_reported() {
     assert!(
         unwatched.is_empty(),
         "nothing from a process outside containers (pid {on_host}): {unwatched:?}"
+    );
+}
+
+/// Pins the calling thread (and the children it starts) to one CPU until dropped.
+struct PinnedToOneCpu(libc::cpu_set_t);
+
+impl PinnedToOneCpu {
+    fn new(cpu: usize) -> Self {
+        // SAFETY: plain calls on a zeroed `cpu_set_t` owned here; pid 0 is this thread.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(
+                libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut before),
+                0
+            );
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            assert_eq!(
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one),
+                0,
+                "pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+            Self(before)
+        }
+    }
+}
+
+impl Drop for PinnedToOneCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask read in `new`.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
+#[test]
+fn reads_right_after_another_process_exits_on_the_same_cpu_are_seen() {
+    if !privileged("reads_right_after_another_process_exits_on_the_same_cpu_are_seen") {
+        return;
+    }
+    // `sys_exit` keeps the last task seen on each CPU, known by its kernel stack. A process
+    // that exits frees its stack, and the next one started on that CPU tends to get it: the
+    // cache must not take the new process for the old one. Here the old one is outside any
+    // container (not watched) and the new one is in a container reading a secret, one after
+    // the other on one CPU, many times.
+    let id = std::process::id();
+    let container =
+        TestCgroup::create(&format!("system.slice/docker-{:0>63x}1.scope", id)).unwrap();
+    let host = TestCgroup::for_test("host-cpu").unwrap();
+    let config = SensorsConfig {
+        watch: Watch::Containers,
+        ..SensorsConfig::default()
+    };
+    let mut collector = collector(&config);
+    let cat = |cgroup: &TestCgroup, file: &str| {
+        let mut child = cgroup
+            .command("/bin/cat")
+            .unwrap()
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "cat {file}");
+        child.id()
+    };
+    const ROUNDS: usize = 40;
+    let readers: Vec<u32> = {
+        let _pinned = PinnedToOneCpu::new(0);
+        (0..ROUNDS)
+            .map(|_| {
+                cat(&host, "/etc/hostname");
+                cat(&container, "/etc/shadow")
+            })
+            .collect()
+    };
+    let last = *readers.last().unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, last)));
+    collector.collect_for(Duration::from_millis(300));
+    assert!(done, "no exit event for pid {last}");
+    let watched = collector.from_cgroup(container.id());
+    let missed: Vec<u32> = readers
+        .iter()
+        .copied()
+        .filter(|&pid| {
+            !watched.iter().any(|e| {
+                e.process.pid == Some(pid)
+                    && matches!(&e.body, Body::File(f) if f.path == "/etc/shadow" && f.read_sensitive)
+            })
+        })
+        .collect();
+    if !missed.is_empty() {
+        dump(&watched);
+    }
+    assert!(
+        missed.is_empty(),
+        "reads of /etc/shadow not reported for {} of {ROUNDS} processes: {missed:?}",
+        missed.len()
+    );
+    assert!(
+        collector.from_cgroup(host.id()).is_empty(),
+        "nothing from the processes outside containers"
+    );
+}
+
+#[test]
+fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
+    if !privileged("no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached") {
+        return;
+    }
+    // While detached, exits are not counted: attaching again must forget the tasks cached
+    // before. A process outside containers opens a file (cached), the sensors are detached, it
+    // exits, they are attached again, and a process in a container on the same CPU (likely on
+    // the freed stack) reads a secret.
+    use std::io::{BufRead as _, BufReader};
+    let id = std::process::id();
+    let container =
+        TestCgroup::create(&format!("system.slice/docker-{:0>63x}2.scope", id)).unwrap();
+    let host = TestCgroup::for_test("host-detach").unwrap();
+    let config = SensorsConfig {
+        watch: Watch::Containers,
+        ..SensorsConfig::default()
+    };
+    let mut sensors = Sensors::load(&config, ProgramSet::Sensors).unwrap();
+    const ROUNDS: usize = 20;
+    let readers: Vec<u32> = {
+        let _pinned = PinnedToOneCpu::new(0);
+        (0..ROUNDS)
+            .map(|_| {
+                let mut opener = host
+                    .command("/bin/sh")
+                    .unwrap()
+                    .args(["-c", "read x < /etc/hostname; echo opened; read y"])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut line = String::new();
+                BufReader::new(opener.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                assert_eq!(line.trim(), "opened");
+                sensors.detach().unwrap();
+                drop(opener.stdin.take());
+                opener.wait().unwrap();
+                sensors.attach().unwrap();
+                let mut reader = container
+                    .command("/bin/cat")
+                    .unwrap()
+                    .arg("/etc/shadow")
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                assert!(reader.wait().unwrap().success());
+                reader.id()
+            })
+            .collect()
+    };
+    let mut collector = Collector::with_sensors(sensors, Duration::from_millis(200)).unwrap();
+    let last = *readers.last().unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, last)));
+    collector.collect_for(Duration::from_millis(300));
+    assert!(done, "no exit event for pid {last}");
+    let watched = collector.from_cgroup(container.id());
+    let missed: Vec<u32> = readers
+        .iter()
+        .copied()
+        .filter(|&pid| {
+            !watched.iter().any(|e| {
+                e.process.pid == Some(pid)
+                    && matches!(&e.body, Body::File(f) if f.path == "/etc/shadow" && f.read_sensitive)
+            })
+        })
+        .collect();
+    if !missed.is_empty() {
+        dump(&watched);
+    }
+    assert!(
+        missed.is_empty(),
+        "reads of /etc/shadow not reported for {} of {ROUNDS} processes: {missed:?}",
+        missed.len()
     );
 }
