@@ -9,10 +9,11 @@
 //! `struct file`, and [`crate::path`] resolves its path from the file's own dentries and mounts
 //! (relative paths, `..`, symlinks and bind mounts included), as the process sees it, with no
 //! user-memory read and no race with the argument. So:
-//! - a read-only open of an ordinary file costs no helper call (the current task comes from
-//!   a per-CPU cache, see [`Task::at_syscall_exit`]) and a typed load per path component, compared on the way with the read-sensitive prefilter; only a
-//!   file whose first components could start a read-sensitive entry has its path built and
-//!   classified, and only a read-sensitive one is reported;
+//! - a read-only open of an ordinary file costs no helper call (the current task comes from a
+//!   per-CPU cache, see [`Task::at_syscall_exit`]) and a typed load per path component,
+//!   compared on the way with the read-sensitive prefilter; only a file whose first components
+//!   could start a read-sensitive entry has its path built and classified, and only a
+//!   read-sensitive one is reported;
 //! - an open with write intent is reported with its resolved path (or, when it failed, the
 //!   path as passed), its class, and what it returned;
 //! - unlink, rename and chmod are reported when a path involved, as passed, is sensitive.

@@ -3,8 +3,8 @@
 //! [`Sensors::load`] checks the node first (privileges, BTF, cgroup2), reads kernel offsets from
 //! BTF, loads the embedded object with its globals set, fills the configuration maps and attaches
 //! every program. [`Sensors::detach`] and [`Sensors::attach`] take the programs off their hooks
-//! and put them back without loading them again. Dropping [`Sensors`] detaches them all: the
-//! links are owned by the loaded object.
+//! and put them back without loading them again. Dropping [`Sensors`] detaches them all, in
+//! the reverse order of attaching (`sys_exit` before the exit program its task cache relies on).
 
 use std::{
     collections::BTreeMap,
@@ -156,6 +156,15 @@ pub struct Sensors {
     watch: Watch,
     watch_roots: Vec<u64>,
     generation: u32,
+}
+
+impl Drop for Sensors {
+    fn drop(&mut self) {
+        // In order; the loaded object would drop the rest of its links in any order.
+        if let Err(err) = self.detach() {
+            tracing::warn!(%err, "detaching the eBPF programs");
+        }
+    }
 }
 
 /// A loaded program and the hook it attaches to.
