@@ -666,3 +666,53 @@ fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
         missed.len()
     );
 }
+
+#[test]
+fn a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace() {
+    if !privileged("a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace") {
+        return;
+    }
+    // A chrooted process writes through a directory fd opened before the chroot (outside its
+    // root: the path as the namespace sees it, flagged) and to a path in its new root (the path
+    // as the process sees it).
+    let base = std::env::temp_dir().join(format!("detector-chroot-{}", std::process::id()));
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let outside = base.join("outside");
+    let mut collector = collector(&SensorsConfig::default());
+    let cgroup = TestCgroup::for_test("chroot").unwrap();
+    let mut child = cgroup
+        .command(env!("CARGO_BIN_EXE_detector-test-helper"))
+        .unwrap()
+        .args(["chroot-writes"])
+        .arg(&root)
+        .arg(&outside)
+        .arg("/inside")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    collector.collect_for(Duration::from_millis(300));
+    let on_disk = (outside.exists(), root.join("inside").exists());
+    std::fs::remove_dir_all(&base).unwrap();
+    assert!(status.success(), "chroot-writes: {status}");
+    assert_eq!(on_disk, (true, true), "both files written");
+    assert!(done, "no exit event for pid {pid}");
+    let events = collector.from_cgroup(cgroup.id());
+    let written = |path: &str| {
+        events.iter().find_map(|e| match &e.body {
+            Body::File(f) if e.process.pid == Some(pid) && f.write && f.path == path => Some(f),
+            _ => None,
+        })
+    };
+    let outside = outside.display().to_string();
+    if written(&outside).is_none() || written("/inside").is_none() {
+        dump(&events);
+    }
+    let out = written(&outside).expect("the write outside the root, with its full path");
+    assert!(out.resolved && out.outside_root, "{out:?}");
+    let inside = written("/inside").expect("the write in the new root, as the process sees it");
+    assert!(inside.resolved && !inside.outside_root, "{inside:?}");
+}

@@ -7,6 +7,9 @@
 //! detector-test-helper open-server PATH     # open-chunks PATH N for each N read from stdin
 //! detector-test-helper write-loop PATH N   # N x (openat(O_WRONLY|O_CREAT) + close)
 //! detector-test-helper exec-loop N         # N x (spawn /bin/true and wait)
+//! detector-test-helper chroot-writes ROOT OUTSIDE INSIDE
+//!     # chroot to ROOT, then write-open OUTSIDE (through a directory fd opened before, so
+//!     # outside the new root) and INSIDE (a path in the new root); needs root
 //! ```
 
 use std::{ffi::CString, process::ExitCode, time::Instant};
@@ -19,9 +22,10 @@ fn main() -> ExitCode {
         ["open-server", path] => return open_server(path),
         ["write-loop", path, n] => open_loop(path, n, libc::O_WRONLY | libc::O_CREAT),
         ["exec-loop", n] => exec_loop(n),
+        ["chroot-writes", root, outside, inside] => chroot_writes(root, outside, inside),
         _ => Err(
             "usage: detector-test-helper open-loop|open-chunks|write-loop PATH N | \
-             open-server PATH | exec-loop N"
+             open-server PATH | exec-loop N | chroot-writes ROOT OUTSIDE INSIDE"
                 .into(),
         ),
     };
@@ -121,6 +125,51 @@ fn open_close(path: &CString, n: u64, flags: libc::c_int) -> Result<(), String> 
         unsafe { libc::close(fd) };
     }
     Ok(())
+}
+
+fn chroot_writes(root: &str, outside: &str, inside: &str) -> Result<u128, String> {
+    let start = Instant::now();
+    let outside = std::path::Path::new(outside);
+    let (Some(dir), Some(name)) = (outside.parent(), outside.file_name()) else {
+        return Err(format!("{} has no parent directory", outside.display()));
+    };
+    let c = |s: &std::ffi::OsStr| {
+        CString::new(s.as_encoded_bytes()).map_err(|_| "path contains NUL".to_owned())
+    };
+    let (dir, name, root, inside) = (
+        c(dir.as_os_str())?,
+        c(name)?,
+        c(root.as_ref())?,
+        c(inside.as_ref())?,
+    );
+    let os_error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain syscalls on NUL-terminated strings; every fd is closed here.
+    unsafe {
+        let dirfd = libc::open(
+            dir.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dirfd < 0 {
+            return Err(os_error("open the outside directory"));
+        }
+        if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(os_error("chroot"));
+        }
+        for (at, path) in [(dirfd, &name), (libc::AT_FDCWD, &inside)] {
+            let fd = libc::openat(
+                at,
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                0o644,
+            );
+            if fd < 0 {
+                return Err(os_error("write-open"));
+            }
+            libc::close(fd);
+        }
+        libc::close(dirfd);
+    }
+    Ok(start.elapsed().as_nanos())
 }
 
 fn exec_loop(n: &str) -> Result<u128, String> {
