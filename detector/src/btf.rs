@@ -124,11 +124,7 @@ fn file_slot(btf: &Btf) -> Result<u32, BtfError> {
     Err(BtfError::NoFileSlot(FILE_SLOT_CANDIDATES))
 }
 
-/// Reads every offset the programs need from the BTF file at `path`.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
-    offsets(&read(path)?)
-}
-
+/// Every offset the programs need.
 fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let offset = |structure, member| member_offset(btf, structure, member);
     Ok(KernelOffsets {
@@ -237,8 +233,8 @@ mod tests {
         }
         let layout = kernel_layout(path).expect("layout");
         let offsets = layout.offsets;
-        assert_eq!(offsets, kernel_offsets(path).unwrap());
         assert!(layout.rdonly_cast > 0 && layout.types.mount > 0 && layout.types.file_slot > 0);
+        assert!(layout.types.task > 0 && layout.types.task != layout.types.mount);
         assert!(offsets.task_real_parent > 0 && offsets.task_tgid > 0);
         assert!(offsets.mm_arg_end == offsets.mm_arg_start + 8);
         assert_ne!(offsets.task_mm, offsets.task_tgid);
