@@ -441,10 +441,7 @@ fn with_watch_containers_only_container_cgroups_are_reported() {
     // made before the sensors load so the first scan of container roots finds the scope.
     let container = TestCgroup::create(&format!("system.slice/docker-{:0>64x}.scope", id)).unwrap();
     let host = TestCgroup::for_test("host").unwrap();
-    let config = SensorsConfig {
-        watch: Watch::Containers,
-        ..SensorsConfig::default()
-    };
+    let config = watch_containers();
     let mut collector = collector(&config);
     let run = |cgroup: &TestCgroup, name: &str| {
         let file = format!("/dev/shm/detector-test-{name}-{id}");
@@ -485,6 +482,47 @@ fn with_watch_containers_only_container_cgroups_are_reported() {
         unwatched.is_empty(),
         "nothing from a process outside containers (pid {on_host}): {unwatched:?}"
     );
+}
+
+/// Waits for the last reader's exit, then asserts that every one of `readers` (pids in
+/// `cgroup`) had its read of `/etc/shadow` reported as read-sensitive.
+fn assert_each_read_of_shadow_reported(
+    collector: &mut Collector,
+    cgroup: &TestCgroup,
+    readers: &[u32],
+) {
+    let last = *readers.last().unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, last)));
+    collector.collect_for(Duration::from_millis(300));
+    assert!(done, "no exit event for pid {last}");
+    let watched = collector.from_cgroup(cgroup.id());
+    let missed: Vec<u32> = readers
+        .iter()
+        .copied()
+        .filter(|&pid| {
+            !watched.iter().any(|e| {
+                e.process.pid == Some(pid)
+                    && matches!(&e.body, Body::File(f) if f.path == "/etc/shadow" && f.read_sensitive)
+            })
+        })
+        .collect();
+    if !missed.is_empty() {
+        dump(&watched);
+    }
+    assert!(
+        missed.is_empty(),
+        "reads of /etc/shadow not reported for {} of {} processes: {missed:?}",
+        missed.len(),
+        readers.len()
+    );
+}
+
+/// `watch: containers`, the DaemonSet's setting.
+fn watch_containers() -> SensorsConfig {
+    SensorsConfig {
+        watch: Watch::Containers,
+        ..SensorsConfig::default()
+    }
 }
 
 /// Pins the calling thread (and the children it starts) to one CPU until dropped.
@@ -533,10 +571,7 @@ fn reads_right_after_another_process_exits_on_the_same_cpu_are_seen() {
     let container =
         TestCgroup::create(&format!("system.slice/docker-{:0>63x}1.scope", id)).unwrap();
     let host = TestCgroup::for_test("host-cpu").unwrap();
-    let config = SensorsConfig {
-        watch: Watch::Containers,
-        ..SensorsConfig::default()
-    };
+    let config = watch_containers();
     let mut collector = collector(&config);
     let cat = |cgroup: &TestCgroup, file: &str| {
         let mut child = cgroup
@@ -559,29 +594,7 @@ fn reads_right_after_another_process_exits_on_the_same_cpu_are_seen() {
             })
             .collect()
     };
-    let last = *readers.last().unwrap();
-    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, last)));
-    collector.collect_for(Duration::from_millis(300));
-    assert!(done, "no exit event for pid {last}");
-    let watched = collector.from_cgroup(container.id());
-    let missed: Vec<u32> = readers
-        .iter()
-        .copied()
-        .filter(|&pid| {
-            !watched.iter().any(|e| {
-                e.process.pid == Some(pid)
-                    && matches!(&e.body, Body::File(f) if f.path == "/etc/shadow" && f.read_sensitive)
-            })
-        })
-        .collect();
-    if !missed.is_empty() {
-        dump(&watched);
-    }
-    assert!(
-        missed.is_empty(),
-        "reads of /etc/shadow not reported for {} of {ROUNDS} processes: {missed:?}",
-        missed.len()
-    );
+    assert_each_read_of_shadow_reported(&mut collector, &container, &readers);
     assert!(
         collector.from_cgroup(host.id()).is_empty(),
         "nothing from the processes outside containers"
@@ -602,10 +615,7 @@ fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
     let container =
         TestCgroup::create(&format!("system.slice/docker-{:0>63x}2.scope", id)).unwrap();
     let host = TestCgroup::for_test("host-detach").unwrap();
-    let config = SensorsConfig {
-        watch: Watch::Containers,
-        ..SensorsConfig::default()
-    };
+    let config = watch_containers();
     let mut sensors = Sensors::load(&config, ProgramSet::Sensors).unwrap();
     const ROUNDS: usize = 20;
     let readers: Vec<u32> = {
@@ -642,29 +652,7 @@ fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
             .collect()
     };
     let mut collector = Collector::with_sensors(sensors, Duration::from_millis(200)).unwrap();
-    let last = *readers.last().unwrap();
-    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, last)));
-    collector.collect_for(Duration::from_millis(300));
-    assert!(done, "no exit event for pid {last}");
-    let watched = collector.from_cgroup(container.id());
-    let missed: Vec<u32> = readers
-        .iter()
-        .copied()
-        .filter(|&pid| {
-            !watched.iter().any(|e| {
-                e.process.pid == Some(pid)
-                    && matches!(&e.body, Body::File(f) if f.path == "/etc/shadow" && f.read_sensitive)
-            })
-        })
-        .collect();
-    if !missed.is_empty() {
-        dump(&watched);
-    }
-    assert!(
-        missed.is_empty(),
-        "reads of /etc/shadow not reported for {} of {ROUNDS} processes: {missed:?}",
-        missed.len()
-    );
+    assert_each_read_of_shadow_reported(&mut collector, &container, &readers);
 }
 
 #[test]

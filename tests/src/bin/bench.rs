@@ -55,6 +55,15 @@ impl Mode {
             Self::Bpftrace => "bpftrace filter (peer)",
         }
     }
+
+    /// The sensors' configuration in this mode.
+    fn config(self) -> SensorsConfig {
+        let mut config = SensorsConfig::default();
+        if self == Self::SensorsHost {
+            config.watch = Watch::Containers;
+        }
+        config
+    }
 }
 
 struct Args {
@@ -112,10 +121,7 @@ enum Attached {
 
 impl Attached {
     fn start(mode: Mode, work: &Path) -> anyhow::Result<Self> {
-        let mut config = SensorsConfig::default();
-        if mode == Mode::SensorsHost {
-            config.watch = Watch::Containers;
-        }
+        let config = mode.config();
         match mode {
             Mode::Nothing => Ok(Self::Nothing),
             Mode::Floor => Ok(Self::Programs {
@@ -299,16 +305,11 @@ struct Switchable {
 
 impl Switchable {
     fn load() -> anyhow::Result<Self> {
-        let config = SensorsConfig::default();
-        let host_config = SensorsConfig {
-            watch: Watch::Containers,
-            ..SensorsConfig::default()
-        };
-        let mut floor = Sensors::load(&config, ProgramSet::Noop)?;
+        let mut floor = Sensors::load(&Mode::Floor.config(), ProgramSet::Noop)?;
         floor.detach()?;
-        let mut sensors = Sensors::load(&config, ProgramSet::Sensors)?;
+        let mut sensors = Sensors::load(&Mode::Sensors.config(), ProgramSet::Sensors)?;
         sensors.detach()?;
-        let mut host = Sensors::load(&host_config, ProgramSet::Sensors)?;
+        let mut host = Sensors::load(&Mode::SensorsHost.config(), ProgramSet::Sensors)?;
         host.detach()?;
         // Events of the rest of the machine are drained, as the daemon would; the loop itself
         // produces none.

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! detector-test-helper open-loop PATH N    # N x (openat(O_RDONLY) + close)
-//! detector-test-helper open-chunks PATH N  # the same, timed in chunks of 1,000 (see below)
-//! detector-test-helper open-server PATH     # open-chunks PATH N for each N read from stdin
+//! detector-test-helper open-server PATH     # for each N read from stdin, N read-only
+//!                                           # open+close timed in chunks (see below)
 //! detector-test-helper write-loop PATH N   # N x (openat(O_WRONLY|O_CREAT) + close)
 //! detector-test-helper exec-loop N         # N x (spawn /bin/true and wait)
 //! detector-test-helper chroot-writes ROOT OUTSIDE INSIDE
@@ -18,16 +18,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["open-loop", path, n] => open_loop(path, n, libc::O_RDONLY),
-        ["open-chunks", path, n] => open_chunks(path, n),
         ["open-server", path] => return open_server(path),
         ["write-loop", path, n] => open_loop(path, n, libc::O_WRONLY | libc::O_CREAT),
         ["exec-loop", n] => exec_loop(n),
         ["chroot-writes", root, outside, inside] => chroot_writes(root, outside, inside),
-        _ => Err(
-            "usage: detector-test-helper open-loop|open-chunks|write-loop PATH N | \
+        _ => Err("usage: detector-test-helper open-loop|write-loop PATH N | \
              open-server PATH | exec-loop N | chroot-writes ROOT OUTSIDE INSIDE"
-                .into(),
-        ),
+            .into()),
     };
     match result {
         Ok(elapsed_ns) => {
@@ -53,11 +50,11 @@ fn open_loop(path: &str, n: &str, flags: libc::c_int) -> Result<u128, String> {
     Ok(start.elapsed().as_nanos())
 }
 
-/// Iterations per timed chunk of `open-chunks`: about 3 ms here, short enough that most chunks
+/// Iterations per timed chunk of [`open_chunks`]: about 3 ms here, short enough that most chunks
 /// see no interrupt, no preemption and no hypervisor steal.
 const CHUNK: u64 = 1000;
 
-/// N read-only open+close iterations timed chunk by chunk; prints N times the median chunk's
+/// N read-only open+close iterations timed chunk by chunk; returns N times the median chunk's
 /// time per iteration. On a shared VM a whole loop's time varies by 10% from run to run with
 /// what else the host runs; the median chunk leaves those bursts out and keeps what every
 /// iteration pays, which is what a hook adds.
@@ -78,7 +75,7 @@ fn open_chunks(path: &str, n: &str) -> Result<u128, String> {
     Ok((median * n as f64) as u128)
 }
 
-/// Runs `open-chunks PATH N` for each line `N` of standard input, printing each one's
+/// Runs [`open_chunks`] with `N` for each line `N` of standard input, printing each one's
 /// nanoseconds on a line of its own, until standard input ends: the benchmark switches what is
 /// attached between two requests, so that each stretch of the loop is compared with its
 /// neighbours rather than with a run seconds away.
