@@ -47,6 +47,15 @@ pub const MAP_TASK_CACHE: &str = "TASK_CACHE";
 pub const MAP_TASK_EXITS: &str = "TASK_EXITS";
 /// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
 pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
+/// Program array `sys_exit` tail-calls for unlink, chmod and rename, indexed by position in
+/// [`PATH_OP_PROGRAMS`].
+pub const MAP_PATH_OPS: &str = "PATH_OPS";
+/// Slot of [`MAP_PATH_OPS`] for unlink and chmod.
+pub const PATH_OP_UNLINK_CHMOD: u32 = 0;
+/// Slot of [`MAP_PATH_OPS`] for rename.
+pub const PATH_OP_RENAME: u32 = 1;
+/// The programs of [`MAP_PATH_OPS`], by slot: loaded on `sys_exit`, never attached.
+pub const PATH_OP_PROGRAMS: [&str; 2] = ["sys_exit_path_op", "sys_exit_rename"];
 /// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
@@ -285,6 +294,14 @@ pub mod file_flags {
     /// through `/proc/<pid>/root`, or above a chroot); the path is absolute in the file's own
     /// mount namespace.
     pub const OTHER_ROOT: u32 = 1 << 4;
+    /// A relative path of the record (`path`, or a rename's target) was joined in the kernel
+    /// to the directory it is relative to (the directory fd's file, or the working
+    /// directory, resolved as an opened file's path is): `<directory>/<argument>`, with the
+    /// argument as passed (`.`, `..` and symlinks in it not followed).
+    pub const JOINED: u32 = 1 << 5;
+    /// The path (or a rename's target) holds a `.` or `..` component: an unlink, chmod or
+    /// rename reported whatever its class, for user space to normalize and classify.
+    pub const DOT_COMPONENTS: u32 = 1 << 6;
 }
 
 /// An open with write intent, an open of a read-sensitive path, or an unlink/chmod of a
@@ -529,6 +546,8 @@ pub struct KernelOffsets {
     pub file_path: u32,
     /// `fs_struct::root`.
     pub fs_root: u32,
+    /// `fs_struct::pwd`.
+    pub fs_pwd: u32,
     /// `path::mnt`.
     pub path_mnt: u32,
     /// `path::dentry`.
@@ -554,7 +573,7 @@ pub struct KernelOffsets {
     /// `mount::mnt_mountpoint`.
     pub mount_mountpoint: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 120);
+const _: () = assert!(size_of::<KernelOffsets>() == 124);
 
 /// BTF type ids of the kernel structures the programs cast addresses to with
 /// `bpf_rdonly_cast`, read from `/sys/kernel/btf/vmlinux` by user space.

@@ -74,6 +74,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     fdtable_fd: 0,
     file_path: 0,
     fs_root: 0,
+    fs_pwd: 0,
     path_mnt: 0,
     path_dentry: 0,
     dentry_parent: 0,

@@ -16,7 +16,10 @@
 //!   read-sensitive one is reported;
 //! - an open with write intent is reported with its resolved path (or, when it failed, the
 //!   path as passed), its class, and what it returned;
-//! - unlink, rename and chmod are reported when a path involved, as passed, is sensitive.
+//! - unlink, rename and chmod, in programs of their own reached by tail call, are reported
+//!   when a path involved is sensitive: a relative one joined first to its directory, resolved
+//!   as an opened file's path is; one with `.` or `..` components whatever its class, for user
+//!   space to resolve and classify.
 
 use aya_ebpf::{
     helpers::{
@@ -24,19 +27,19 @@ use aya_ebpf::{
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, map},
-    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::BtfTracePointContext,
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
-    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PathClassData, RenameEvent, Stat,
-    file_flags, path_class,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_PROGRAMS, PATH_OP_RENAME,
+    PATH_OP_UNLINK_CHMOD, PathClassData, RenameEvent, Stat, file_flags, path_class,
 };
 
 use crate::{
     common::{EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, watching_all},
     kernel::Task,
-    path::{self, BUILT_LEN, BUILT_TRUNCATED, Reached, Resolution, Resolved},
+    path::{self, AT_FDCWD, BUILT_LEN, BUILT_TRUNCATED, Reached, Resolution, Resolved},
 };
 
 /// Path prefix classes, filled by user space from the configuration.
@@ -59,15 +62,26 @@ struct FileScratch {
 #[map(name = "FILE_SCRATCH")]
 static FILE_SCRATCH: PerCpuArray<FileScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// A rename record with room behind its target, so that both paths can be joined in place
+/// (see [`join_relative`]).
+#[repr(C)]
+struct RenameScratch {
+    event: RenameEvent,
+    spill: [u8; PATH_MAX_BYTES],
+}
+
+/// The programs [`other`] tail-calls, by index; filled by user space at load.
+#[map(name = "PATH_OPS")]
+static PATH_OPS: ProgramArray = ProgramArray::with_max_entries(PATH_OP_PROGRAMS.len() as u32, 0);
+
 /// Scratch record for renames.
 #[map(name = "RENAME_SCRATCH")]
-static RENAME_SCRATCH: PerCpuArray<RenameEvent> = PerCpuArray::with_max_entries(1, 0);
+static RENAME_SCRATCH: PerCpuArray<RenameScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Repeat-suppression window for write-opens in nanoseconds; 0 disables it.
 #[unsafe(no_mangle)]
 static DEDUP_WINDOW_NS: u64 = 0;
 
-const AT_FDCWD: i32 = -100;
 const O_ACCMODE: u32 = 0o3;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
@@ -182,7 +196,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
             let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
             (regs.arg(0) as i32, regs.arg(1), flags as u32)
         }
-        _ => return other(&regs, ret),
+        _ => return other(ctx, nr),
     };
     if !write_intent(flags) {
         return read_only_open(&regs, dirfd, flags, ret);
@@ -190,35 +204,64 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     open(dirfd, path, flags, ret)
 }
 
-/// Unlink, rename and chmod.
+/// Unlink, chmod and rename: tail calls into programs of their own ([`sys_exit_path_op`],
+/// [`sys_exit_rename`]), so that joining a relative path to its directory, a climb and a path
+/// build, is verified with their own budget, not in `sys_exit`'s.
 #[inline(always)]
-fn other(regs: &Regs, ret: i64) -> Result<i32, i32> {
-    match regs.nr() {
-        nr::UNLINK => path_op(FileOp::Unlink, AT_FDCWD, regs.arg(0), 0, ret),
-        nr::UNLINKAT => path_op(FileOp::Unlink, regs.arg(0) as i32, regs.arg(1), 0, ret),
-        nr::CHMOD => path_op(
-            FileOp::Chmod,
-            AT_FDCWD,
-            regs.arg(0),
-            regs.arg(1) as u32,
-            ret,
-        ),
-        nr::FCHMODAT | nr::FCHMODAT2 => path_op(
+fn other(ctx: &BtfTracePointContext, nr: i64) -> Result<i32, i32> {
+    let index = match nr {
+        nr::UNLINK | nr::UNLINKAT | nr::CHMOD | nr::FCHMODAT | nr::FCHMODAT2 => {
+            PATH_OP_UNLINK_CHMOD
+        }
+        nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => PATH_OP_RENAME,
+        _ => return Ok(0),
+    };
+    // SAFETY: jumps to a program of the same type on the same hook, with the same context;
+    // nothing here needs to run after it. It returns only when the slot is empty, which user
+    // space never leaves it while the programs are attached.
+    unsafe { PATH_OPS.tail_call(ctx, index) };
+    Ok(0)
+}
+
+/// `tp_btf/sys_exit`, reached by a tail call from [`sys_exit`]: unlink and chmod.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_path_op(ctx: BtfTracePointContext) -> i32 {
+    let regs = Regs(ctx.arg::<*const u8>(0));
+    let ret: i64 = ctx.arg(1);
+    let (op, dirfd, path, mode) = match regs.nr() {
+        nr::UNLINK => (FileOp::Unlink, AT_FDCWD, regs.arg(0), 0),
+        nr::UNLINKAT => (FileOp::Unlink, regs.arg(0) as i32, regs.arg(1), 0),
+        nr::CHMOD => (FileOp::Chmod, AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
+        nr::FCHMODAT | nr::FCHMODAT2 => (
             FileOp::Chmod,
             regs.arg(0) as i32,
             regs.arg(1),
             regs.arg(2) as u32,
-            ret,
         ),
-        nr::RENAME => rename(AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1), ret),
-        nr::RENAMEAT | nr::RENAMEAT2 => rename(
+        _ => return 0,
+    };
+    match path_op(op, dirfd, path, mode, ret) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// `tp_btf/sys_exit`, reached by a tail call from [`sys_exit`]: rename.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_rename(ctx: BtfTracePointContext) -> i32 {
+    let regs = Regs(ctx.arg::<*const u8>(0));
+    let ret: i64 = ctx.arg(1);
+    let (old_dirfd, old, new_dirfd, new) = match regs.nr() {
+        nr::RENAME => (AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1)),
+        nr::RENAMEAT | nr::RENAMEAT2 => (
             regs.arg(0) as i32,
             regs.arg(1),
             regs.arg(2) as i32,
             regs.arg(3),
-            ret,
         ),
-        _ => Ok(0),
+        _ => return 0,
+    };
+    match rename(old_dirfd, old, new_dirfd, new, ret) {
+        Ok(ret) | Err(ret) => ret,
     }
 }
 
@@ -336,40 +379,99 @@ fn build_path(top: &Resolved, record: &Resolution, scratch: &mut FileScratch) ->
     true
 }
 
+/// Unlink or chmod of `user_path` (relative to `dirfd`), reported when the path is sensitive.
+/// A relative path is joined to its directory, resolved in the kernel, first.
 #[inline(always)]
 fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32, ret: i64) -> Result<i32, i32> {
     let task = Task::current();
     if skip(task) {
         return Ok(0);
     }
-    let event = &mut scratch(&FILE_SCRATCH)?.event;
+    let scratch = scratch(&FILE_SCRATCH)?;
+    // SAFETY: the path and its spill, `2 * PATH_MAX_BYTES` bytes, 8-aligned.
+    unsafe { zero(scratch.event.path.as_mut_ptr(), PATH_MAX_BYTES / 4) };
+    let event = &mut scratch.event;
     read_user_path(user_path, event);
+    if event.flags & file_flags::RELATIVE != 0 {
+        // SAFETY: `path` is followed by `PATH_MAX_BYTES` bytes of spill in `FileScratch`.
+        let joined = unsafe { join_relative(task, dirfd, user_path, event.path.as_mut_ptr()) };
+        if joined & JOINED != 0 {
+            event.path_len = (joined & BUILT_LEN) as u32;
+            event.flags |= joined_flags(joined);
+            if joined & BUILT_TRUNCATED != 0 {
+                event.flags |= file_flags::PATH_TRUNCATED;
+            }
+        }
+    }
     let class = classify(&event.path, event.path_len);
-    if !is_sensitive(class) {
+    // SAFETY: `path` is followed by its spill.
+    let dots = unsafe { has_dot_components(event.path.as_ptr()) };
+    if !is_sensitive(class) && !dots {
         return Ok(0);
     }
     fill_file(event, op, dirfd, class, mode, ret);
+    if dots {
+        event.flags |= file_flags::DOT_COMPONENTS;
+    }
     output(event);
     Ok(0)
 }
 
+/// A rename, reported when either path is sensitive; relative ones are joined to their
+/// directories first.
 #[inline(always)]
 fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Result<i32, i32> {
     let task = Task::current();
     if skip(task) {
         return Ok(0);
     }
-    let event = scratch(&RENAME_SCRATCH)?;
+    let scratch = scratch(&RENAME_SCRATCH)?;
+    // SAFETY: from the source path to the end of the spill, 8-aligned.
+    unsafe {
+        zero(
+            scratch.event.file.path.as_mut_ptr(),
+            (3 * PATH_MAX_BYTES + 8) / 8,
+        )
+    };
+    let event = &mut scratch.event;
+    // The source first: joining it may spill over the target's fields, written after.
     read_user_path(old, &mut event.file);
-    let (len, truncated) = read_path(new, &mut event.target);
+    if event.file.flags & file_flags::RELATIVE != 0 {
+        // SAFETY: `file.path` is followed by more than `PATH_MAX_BYTES` bytes of the record.
+        let joined = unsafe { join_relative(task, old_dirfd, old, event.file.path.as_mut_ptr()) };
+        if joined & JOINED != 0 {
+            event.file.path_len = (joined & BUILT_LEN) as u32;
+            event.file.flags |= joined_flags(joined);
+            if joined & BUILT_TRUNCATED != 0 {
+                event.file.flags |= file_flags::PATH_TRUNCATED;
+            }
+        }
+    }
+    let (mut len, mut truncated) = read_path(new, &mut event.target);
+    if event.target[0] != b'/' && len > 0 {
+        // SAFETY: `target` is followed by `PATH_MAX_BYTES` bytes of spill in `RenameScratch`.
+        let joined = unsafe { join_relative(task, new_dirfd, new, event.target.as_mut_ptr()) };
+        if joined & JOINED != 0 {
+            len = (joined & BUILT_LEN) as u32;
+            truncated |= joined & BUILT_TRUNCATED != 0;
+            event.file.flags |= joined_flags(joined);
+        }
+    }
     event.target_len = len;
     let class = classify(&event.file.path, event.file.path_len) | classify(&event.target, len);
-    if !is_sensitive(class) {
+    // SAFETY: `file.path` is followed by the target, the target by the spill.
+    let dots = unsafe {
+        has_dot_components(event.file.path.as_ptr()) || has_dot_components(event.target.as_ptr())
+    };
+    if !is_sensitive(class) && !dots {
         return Ok(0);
     }
     fill_file(&mut event.file, FileOp::Rename, old_dirfd, class, 0, ret);
     if truncated {
         event.file.flags |= file_flags::PATH_TRUNCATED;
+    }
+    if dots {
+        event.file.flags |= file_flags::DOT_COMPONENTS;
     }
     event.target_dirfd = new_dirfd;
     event.file.header.kind = EventKind::Rename as u32;
@@ -397,6 +499,52 @@ fn scratch<T>(array: &'static PerCpuArray<T>) -> Result<&'static mut T, i32> {
         .get_ptr_mut(0)
         .map(|ptr| unsafe { &mut *ptr })
         .ok_or(0)
+}
+
+/// Whether the path at `path` holds a `.` or `..` component, which the prefix classes cannot
+/// see through (`/tmp/../etc/shadow` is under `/tmp` by its bytes). Such a path operation is
+/// reported whatever its class; user space normalizes the path and classifies it again.
+///
+/// Eight positions at a time with word arithmetic (a byte-wise loop turns into a branch per
+/// byte, and the verifier follows each). Bytes past the path's NUL are zero ([`zero`]).
+///
+/// # Safety
+/// `path` must have `PATH_MAX_BYTES + 8` readable bytes.
+#[inline(always)]
+unsafe fn has_dot_components(path: *const u8) -> bool {
+    // SAFETY: `at + 8 <= PATH_MAX_BYTES + 8` for every `at` below.
+    let word = |at: usize| unsafe { core::ptr::read_unaligned(path.add(at).cast::<u64>()) };
+    let ends = |w: u64| byte_eq(w, b'/') | byte_eq(w, 0);
+    let dots =
+        |w1: u64, w2: u64, w3: u64| byte_eq(w1, b'.') & (ends(w2) | (byte_eq(w2, b'.') & ends(w3)));
+    // A relative path's first component, as if behind a separator: byte 0 only.
+    let mut found = dots(word(0), word(1), word(2)) & 0x80;
+    for at in (0..PATH_MAX_BYTES).step_by(8) {
+        let (w0, w1, w2, w3) = (word(at), word(at + 1), word(at + 2), word(at + 3));
+        found |= byte_eq(w0, b'/') & dots(w1, w2, w3);
+    }
+    found != 0
+}
+
+/// The high bit of each byte of `w` that is `b`, without a comparison (no carry crosses bytes:
+/// each byte's sum is at most 0xfe).
+#[inline(always)]
+fn byte_eq(w: u64, b: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let x = w ^ (0x0101_0101_0101_0101 * u64::from(b));
+    !(((x & LOW7) + LOW7) | x | LOW7)
+}
+
+/// Zeroes `words` words at `at`, so that nothing of an earlier path lies behind the next one.
+///
+/// # Safety
+/// `at` must have `8 * words` writable bytes, 8-aligned.
+#[inline(always)]
+unsafe fn zero(at: *mut u8, words: usize) {
+    for i in 0..words {
+        // SAFETY: inside the region, per the contract.
+        unsafe { core::ptr::write_volatile(at.cast::<u64>().add(i), 0) };
+    }
 }
 
 /// The class bits of the longest configured prefix of `path`: one LPM lookup on its first
@@ -437,6 +585,87 @@ fn read_user_path(user_path: u64, event: &mut FileEvent) {
     }
     if event.path[0] != b'/' {
         event.flags |= file_flags::RELATIVE;
+    }
+}
+
+/// Set in [`join_relative`]'s result when it joined.
+const JOINED: u64 = 1 << 62;
+/// Set in [`join_relative`]'s result when the directory lies outside the process's root.
+const JOINED_OTHER_ROOT: u64 = 1 << 61;
+
+/// A relative path argument joined to the directory it is relative to (the file behind
+/// `dirfd`, or the current directory for `AT_FDCWD`), resolved in the kernel as an opened
+/// file's path is: `<directory>/<argument>`, written at `dst` over the argument read before.
+/// Returns the length ([`BUILT_LEN`]), [`BUILT_TRUNCATED`], [`JOINED`] and
+/// [`JOINED_OTHER_ROOT`]; without `JOINED`
+/// (the directory could not be resolved) `dst` still holds the argument as passed. `..` in the
+/// argument is kept as is.
+///
+/// Not inlined: one copy of its code for its callers.
+///
+/// # Safety
+/// `dst` must have `2 * PATH_MAX_BYTES` writable bytes.
+#[inline(never)]
+unsafe fn join_relative(task: Task, dirfd: i32, user_path: u64, dst: *mut u8) -> u64 {
+    path::resolve(task, i64::from(dirfd));
+    let Some((top, record)) = Resolved::read() else {
+        return 0;
+    };
+    if !resolvable(&top) || top.depth as usize > PATH_MAX_COMPONENTS {
+        return 0;
+    }
+    let outside = if top.reached == Reached::OtherRoot {
+        JOINED_OTHER_ROOT
+    } else {
+        0
+    };
+    let built = path::build(record, top.depth, dst);
+    let base = (built & BUILT_LEN) as usize;
+    if base == 0 {
+        // The argument was overwritten: read it again, as passed.
+        // SAFETY: the helper writes at most `PATH_MAX_BYTES` bytes at `dst`.
+        unsafe {
+            bpf_probe_read_user_str(dst.cast(), PATH_MAX_BYTES as u32, user_path as *const _)
+        };
+        return 0;
+    }
+    if built & BUILT_TRUNCATED != 0 || base >= PATH_MAX_BYTES - 2 {
+        return base as u64 | BUILT_TRUNCATED | JOINED | outside;
+    }
+    // The root builds as "/": no second separator.
+    let at = if base == 1 { 1 } else { base + 1 };
+    // SAFETY: `at - 1 < PATH_MAX_BYTES`, inside `dst`.
+    unsafe { *dst.add((at - 1) & (PATH_MAX_BYTES - 1)) = b'/' };
+    // SAFETY: at most `PATH_MAX_BYTES` bytes at an offset below `PATH_MAX_BYTES`, inside the
+    // `2 * PATH_MAX_BYTES` bytes of `dst`.
+    let read = unsafe {
+        bpf_probe_read_user_str(
+            dst.add(at & (PATH_MAX_BYTES - 1)).cast(),
+            PATH_MAX_BYTES as u32,
+            user_path as *const _,
+        )
+    };
+    if read <= 0 {
+        // SAFETY: as above.
+        unsafe { *dst.add(base & (PATH_MAX_BYTES - 1)) = 0 };
+        return base as u64 | JOINED | outside;
+    }
+    let len = at + read as usize - 1;
+    if len >= PATH_MAX_BYTES {
+        // SAFETY: inside `dst`.
+        unsafe { *dst.add(PATH_MAX_BYTES - 1) = 0 };
+        return (PATH_MAX_BYTES - 1) as u64 | BUILT_TRUNCATED | JOINED | outside;
+    }
+    len as u64 | JOINED | outside
+}
+
+/// The record flags of a [`join_relative`] result that joined.
+#[inline(always)]
+fn joined_flags(joined: u64) -> u32 {
+    if joined & JOINED_OTHER_ROOT != 0 {
+        file_flags::JOINED | file_flags::OTHER_ROOT
+    } else {
+        file_flags::JOINED
     }
 }
 

@@ -189,9 +189,10 @@ fn open_file(task: Task, fd: i64) -> Option<Btf> {
     (file.addr() != 0).then_some(file)
 }
 
-/// Resolves the file behind descriptor `fd` of `task`: climbs from it to the process's root,
-/// recording every component and the outcome in this CPU's [`Resolution`], read back with
-/// [`Resolved::read`]. Not inlined, so that it is verified once and joins its caller in one state.
+/// Resolves the file behind descriptor `fd` of `task` (its current directory for
+/// `AT_FDCWD`): climbs from it to the process's root, recording every component and the
+/// outcome in this CPU's [`Resolution`], read back with [`Resolved::read`]. Not inlined, so
+/// that it is verified once and joins its caller in one state.
 #[inline(never)]
 pub fn resolve(task: Task, fd: i64) {
     let Some(record) = RESOLUTION.get_ptr_mut(0) else {
@@ -204,20 +205,25 @@ pub fn resolve(task: Task, fd: i64) {
     put!(record.fd, fd);
     let fd = get!(record.fd);
     put!(record.depth, 0);
-    let reached = match open_file(task, fd) {
-        Some(file) => climb(task, file, record),
+    let start = if fd == i64::from(AT_FDCWD) {
+        Some(task.0.ptr(offset!(task_fs)).at(offset!(fs_pwd)))
+    } else {
+        open_file(task, fd).map(|file| file.at(offset!(file_path)))
+    };
+    let reached = match start {
+        Some(path) => climb(task, path, record),
         None => Reached::NoFile,
     };
     put!(record.reached, reached as u32);
 }
 
-/// Climbs from `file` to the process's root, recording each component; the number of them
-/// is left in `record.depth`.
+/// Climbs from `path` (a `struct path`: a file's, or the current directory) to the process's
+/// root, recording each component; the number of them is left in `record.depth`.
 ///
 /// The depth lives in `record` (read back as any value to the verifier), so that climbs that
 /// went different ways meet in the same state.
 #[inline(always)]
-fn climb(task: Task, file: Btf, record: &mut Resolution) -> Reached {
+fn climb(task: Task, path: Btf, record: &mut Resolution) -> Reached {
     // Offsets used in the loop, read once (each `offset!` is a load).
     let (parent_at, name_at) = (offset!(dentry_parent), offset!(dentry_name));
     let (qstr_name, qstr_len) = (offset!(qstr_name), offset!(qstr_len));
@@ -226,7 +232,6 @@ fn climb(task: Task, file: Btf, record: &mut Resolution) -> Reached {
         root.ptr(offset!(path_mnt)).addr(),
         root.ptr(offset!(path_dentry)).addr(),
     );
-    let path = file.at(offset!(file_path));
     let mut mnt = path.ptr(offset!(path_mnt));
     let mut dentry = path.ptr(offset!(path_dentry));
     if mnt.addr() == 0 || dentry.addr() == 0 {
@@ -373,6 +378,9 @@ fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
     }
     Some([UNKNOWN; 2])
 }
+
+/// `AT_FDCWD`: a path relative to the current directory.
+pub const AT_FDCWD: i32 = -100;
 
 /// Stands for a component whose dentry is not known: the prefilter lets it through.
 const UNKNOWN: u64 = u64::MAX;

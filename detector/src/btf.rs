@@ -146,6 +146,7 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         fdtable_fd: offset("fdtable", "fd")?,
         file_path: offset("file", "f_path")?,
         fs_root: offset("fs_struct", "root")?,
+        fs_pwd: offset("fs_struct", "pwd")?,
         path_mnt: offset("path", "mnt")?,
         path_dentry: offset("path", "dentry")?,
         dentry_parent: offset("dentry", "d_parent")?,

@@ -18,6 +18,7 @@ use detector_common::{
 use crate::{
     clock::Clock,
     event::{Body, Connect, Event, Exec, Exit, FileActivity, FileOperation, ProcessFields},
+    paths::lexical,
 };
 
 /// Why a record could not be decoded.
@@ -174,9 +175,18 @@ fn file(event: &FileEvent, target: Option<String>) -> Result<Body, DecodeError> 
         FileOp::Rename => FileOperation::Rename,
     };
     let relative = event.flags & file_flags::RELATIVE != 0;
+    let mut path = text(&event.path, event.path_len);
+    let mut target = target;
+    let (mut original_path, mut original_target) = (None, None);
+    if event.flags & file_flags::DOT_COMPONENTS != 0 {
+        normalize(&mut path, &mut original_path);
+        if let Some(target) = &mut target {
+            normalize(target, &mut original_target);
+        }
+    }
     Ok(Body::File(FileActivity {
         op,
-        path: text(&event.path, event.path_len),
+        path,
         flags: event.open_flags,
         write: event.flags & file_flags::WRITE_INTENT != 0,
         sensitive: event.class & path_class::SENSITIVE_WRITE != 0,
@@ -189,7 +199,20 @@ fn file(event: &FileEvent, target: Option<String>) -> Result<Body, DecodeError> 
         result: Some(event.result),
         resolved: event.flags & file_flags::RESOLVED != 0,
         outside_root: event.flags & file_flags::OTHER_ROOT != 0,
+        joined: event.flags & file_flags::JOINED != 0,
+        original_path,
+        original_target,
     }))
+}
+
+/// Resolves `.` and `..` in `path` by its text, keeping what it was in `original` when that
+/// changed it (see [`crate::paths`]).
+fn normalize(path: &mut String, original: &mut Option<String>) {
+    if let Some(normal) = lexical(path)
+        && normal != *path
+    {
+        *original = Some(std::mem::replace(path, normal));
+    }
 }
 
 fn connect(event: &ConnectEvent) -> Body {
@@ -436,7 +459,7 @@ mod tests {
             file: FileEvent {
                 header: header(EventKind::Rename),
                 op: FileOp::Rename as u32,
-                flags: 0,
+                flags: file_flags::RELATIVE | file_flags::JOINED,
                 class: path_class::SENSITIVE_WRITE,
                 open_flags: 0,
                 dirfd: -100,
@@ -456,10 +479,50 @@ mod tests {
         };
         assert_eq!(file.op, FileOperation::Rename);
         assert_eq!(file.target.as_deref(), Some("/usr/bin"));
+        // Relative as passed, joined to its directory in the kernel: not the kernel's
+        // resolution of a file.
+        assert!(file.relative && file.joined && !file.resolved, "{file:?}");
         // A rename record cut to the size of a file record is an error, not a rename without
         // a target.
         let record = bytes(&event);
         assert!(decode(&record[..size_of::<FileEvent>()], &clock()).is_err());
+    }
+
+    #[test]
+    fn dot_components_are_resolved_and_what_the_kernel_saw_is_kept() {
+        let mut event = RenameEvent {
+            file: FileEvent {
+                header: header(EventKind::Rename),
+                op: FileOp::Rename as u32,
+                flags: file_flags::DOT_COMPONENTS,
+                class: 0,
+                open_flags: 0,
+                dirfd: -100,
+                path_len: 13,
+                suppressed: 0,
+                result: 0,
+                path: [0; PATH_MAX_BYTES],
+            },
+            target_len: 18,
+            target_dirfd: -100,
+            target: [0; PATH_MAX_BYTES],
+        };
+        event.file.path[..13].copy_from_slice(b"/tmp/./x/../y");
+        event.target[..18].copy_from_slice(b"/tmp/../etc/passwd");
+        let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
+            panic!("not file")
+        };
+        assert_eq!(file.path, "/tmp/y");
+        assert_eq!(file.original_path.as_deref(), Some("/tmp/./x/../y"));
+        assert_eq!(file.target.as_deref(), Some("/etc/passwd"));
+        assert_eq!(file.original_target.as_deref(), Some("/tmp/../etc/passwd"));
+        // Without the flag, paths are as the kernel sent them.
+        event.file.flags = 0;
+        let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
+            panic!("not file")
+        };
+        assert_eq!(file.path, "/tmp/./x/../y");
+        assert_eq!((file.original_path, file.original_target), (None, None));
     }
 
     #[test]

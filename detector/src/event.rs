@@ -192,8 +192,8 @@ pub enum FileOperation {
 pub struct FileActivity {
     /// The operation.
     pub op: FileOperation,
-    /// The path: resolved in the kernel from the opened file when `resolved`, as passed to the
-    /// syscall otherwise.
+    /// The path: resolved in the kernel from the opened file when `resolved`, joined to its
+    /// directory when `joined`, as passed to the syscall otherwise.
     pub path: String,
     /// `open` flags (`O_*`), or the mode for chmod.
     pub flags: u32,
@@ -222,10 +222,24 @@ pub struct FileActivity {
     /// mounts followed), as the process sees it from its root.
     #[serde(default)]
     pub resolved: bool,
-    /// The opened file lies outside the process's root (another mount namespace, or above a
-    /// chroot); `path` is absolute in the file's own mount namespace.
+    /// The opened file (or, when `joined`, the directory) lies outside the process's root
+    /// (another mount namespace, or above a chroot); `path` is absolute in the file's own
+    /// mount namespace.
     #[serde(default)]
     pub outside_root: bool,
+    /// A relative path of an unlink, chmod or rename (`path`, or the rename's `target`) was
+    /// joined in the kernel to the directory it is relative to, resolved as an opened file's
+    /// path is: `<directory>/<argument>`, with the argument as passed (`.`, `..` and
+    /// symlinks in it not followed).
+    #[serde(default)]
+    pub joined: bool,
+    /// `path` as the kernel reported it, when it held `.` or `..` components that user space
+    /// resolved by its text (`path` is then the normalized path, and the class is of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_path: Option<String>,
+    /// A rename's `target` as the kernel reported it, as `original_path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_target: Option<String>,
 }
 
 /// An outbound connect.

@@ -18,6 +18,7 @@ pub mod evidence;
 pub mod export;
 pub mod metrics;
 pub mod output;
+pub mod paths;
 pub mod pipeline;
 pub mod quarantine;
 pub mod respond;

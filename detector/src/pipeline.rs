@@ -28,6 +28,7 @@ use crate::{
     decode::decode,
     event::{Body, Egress, Event, Loss, ProcessFields},
     metrics::Metrics,
+    paths::PathClasses,
     sensors::{Counters, SensorError, Sensors},
 };
 
@@ -76,9 +77,10 @@ impl Pipeline {
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|err| SensorError::RingPoll(err.into_parts().1))?;
         let clock = Clock::measure();
+        let classes = sensors.path_classes().clone();
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let (stop, stopped) = watch::channel(false);
-        let reader = tokio::spawn(read_ring(ring, clock, tx.clone(), stopped.clone()));
+        let reader = tokio::spawn(read_ring(ring, clock, classes, tx.clone(), stopped.clone()));
         let sampler = tokio::spawn(sample(
             sensors,
             counters,
@@ -111,6 +113,7 @@ impl Pipeline {
 async fn read_ring(
     mut ring: AsyncFd<RingBuf<MapData>>,
     clock: Clock,
+    classes: PathClasses,
     tx: mpsc::Sender<Vec<Event>>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -120,7 +123,7 @@ async fn read_ring(
             _ = stopped.changed() => break,
             guard = ring.readable_mut() => {
                 let Ok(mut guard) = guard else { break };
-                if !drain(guard.get_inner_mut(), &clock, &tx, &mut decode_losses).await {
+                if !drain(guard.get_inner_mut(), &clock, &classes, &tx, &mut decode_losses).await {
                     return;
                 }
                 guard.clear_ready();
@@ -128,13 +131,14 @@ async fn read_ring(
         }
     }
     // Records submitted before the stop are still delivered.
-    drain(ring.get_mut(), &clock, &tx, &mut decode_losses).await;
+    drain(ring.get_mut(), &clock, &classes, &tx, &mut decode_losses).await;
 }
 
 /// Drains the ring buffer; false when the consumer is gone.
 async fn drain(
     ring: &mut RingBuf<MapData>,
     clock: &Clock,
+    classes: &PathClasses,
     tx: &mpsc::Sender<Vec<Event>>,
     decode_losses: &mut HashMap<String, u64>,
 ) -> bool {
@@ -143,7 +147,16 @@ async fn drain(
         while batch.len() < BATCH_MAX {
             let Some(record) = ring.next() else { break };
             match decode(&record, clock) {
-                Ok(event) => batch.push(event),
+                Ok(mut event) => {
+                    // A path the kernel left to user space: dropped when, normalized, it is
+                    // not sensitive after all.
+                    if let Body::File(file) = &mut event.body
+                        && !classes.reclassify(file)
+                    {
+                        continue;
+                    }
+                    batch.push(event);
+                }
                 Err(err) => {
                     let kind = err.record_kind();
                     let total = decode_losses.entry(kind.clone()).or_default();

@@ -16,8 +16,8 @@ use std::{
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
-        lpm_trie::Key,
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
+        RingBuf, lpm_trie::Key,
     },
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
@@ -29,10 +29,10 @@ use aya::{
 use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
     GLOBAL_READ_PREFILTER, GLOBAL_WATCH_MODE, KFUNC_RDONLY_CAST_MARKER, MAP_EGRESS, MAP_EVENTS,
-    MAP_PATH_CLASS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
-    MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PathClassData,
-    READ_PREFILTER_SLOTS, ReadPrefilter, TaskCacheEntry, TopComponents, TrafficCounters, WatchMode,
-    path_class,
+    MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
+    MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS,
+    PathClassData, READ_PREFILTER_SLOTS, ReadPrefilter, TaskCacheEntry, TopComponents,
+    TrafficCounters, WatchMode, path_class,
 };
 use tracing::{debug, info};
 
@@ -40,6 +40,7 @@ use crate::{
     btf::{BtfError, kernel_layout},
     cgroup,
     config::{SensorsConfig, Watch},
+    paths::PathClasses,
     quarantine::KernelQuarantine,
 };
 
@@ -156,6 +157,7 @@ pub struct Sensors {
     watch: Watch,
     watch_roots: Vec<u64>,
     generation: u32,
+    path_classes: PathClasses,
 }
 
 impl Drop for Sensors {
@@ -251,6 +253,7 @@ impl Sensors {
             watch: config.watch,
             watch_roots: Vec::new(),
             generation: 0,
+            path_classes: PathClasses::new(config),
         };
         sensors.fill_path_classes(config)?;
         sensors.refresh_watch_roots()?;
@@ -268,6 +271,12 @@ impl Sensors {
     /// Names of the loaded programs, attached unless [`Sensors::detach`]ed.
     pub fn attached(&self) -> Vec<&'static str> {
         self.hooks.iter().map(Hook::program).collect()
+    }
+
+    /// The prefix classes the kernel was given, for paths it leaves to user space to classify
+    /// again (see [`crate::paths`]).
+    pub fn path_classes(&self) -> &PathClasses {
+        &self.path_classes
     }
 
     /// The cgroup2 mount the cgroup programs are attached to.
@@ -314,6 +323,7 @@ impl Sensors {
             self.hooks.push(Hook::BtfTracePoint(name));
         }
         if self.set == ProgramSet::Sensors {
+            self.load_path_op_programs(&btf)?;
             for name in ["connect4", "connect6"] {
                 let program: &mut CgroupSockAddr = self.program(name)?;
                 program.load().map_err(program_error(name, "load"))?;
@@ -327,6 +337,37 @@ impl Sensors {
                 program.load().map_err(program_error(name, "load"))?;
                 self.hooks.push(Hook::CgroupSkb(name, direction));
             }
+        }
+        // How close each program came to the verifier's limit of 1,000,000 instructions.
+        for (name, program) in self.ebpf.programs() {
+            if let Ok(info) = program.info() {
+                debug!(
+                    program = name,
+                    verified_instructions = info.verified_instruction_count(),
+                    "loaded"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the programs `sys_exit` tail-calls for unlink, chmod and rename and puts them in
+    /// their slots of [`MAP_PATH_OPS`]. They run on `sys_exit` with its context and are never
+    /// attached themselves. The map stays open with the object: the kernel empties a program
+    /// array when user space closes its last descriptor.
+    fn load_path_op_programs(&mut self, btf: &Btf) -> Result<(), SensorError> {
+        for (slot, name) in (0u32..).zip(PATH_OP_PROGRAMS) {
+            let program: &mut BtfTracePoint = self.program(name)?;
+            program
+                .load("sys_exit", btf)
+                .map_err(program_error(name, "load"))?;
+            let fd = program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+                .map_err(program_error(name, "load"))?;
+            let mut array: ProgramArray<_> = ProgramArray::try_from(self.map_mut(MAP_PATH_OPS)?)
+                .map_err(map_error(MAP_PATH_OPS))?;
+            array.set(slot, &fd, 0).map_err(map_error(MAP_PATH_OPS))?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::{
 
 use detector::{
     config::{SensorsConfig, Watch},
-    event::{Body, Event},
+    event::{Body, Event, FileOperation},
     sensors::{ProgramSet, Sensors},
 };
 use tests::{Collector, TestCgroup, dump, privileged};
@@ -254,6 +254,131 @@ fn reads_of_read_sensitive_paths_are_reported() {
     }
     assert!(read(&secret), "read of a configured read-sensitive path");
     assert!(read("/etc/shadow"), "read of a default read-sensitive path");
+}
+
+#[test]
+fn unlink_chmod_and_rename_of_sensitive_paths_are_reported_relative_ones_joined() {
+    if !privileged("unlink_chmod_and_rename_of_sensitive_paths_are_reported_relative_ones_joined") {
+        return;
+    }
+    // Not under /dev, whose writes are all sensitive.
+    let dir = std::env::temp_dir()
+        .join(format!("detector-pathops-{}", std::process::id()))
+        .display()
+        .to_string();
+    let guarded = format!("{dir}/guarded");
+    std::fs::create_dir_all(format!("{guarded}/tree")).unwrap();
+    std::fs::create_dir_all(format!("{dir}/plain")).unwrap();
+    for file in [
+        "tree/leaf",
+        "mode",
+        "old",
+        "gone",
+        "absolute",
+        "dotted",
+        "renamed",
+    ] {
+        std::fs::write(format!("{guarded}/{file}"), "x").unwrap();
+    }
+    for file in ["mode", "old", "gone", "moved", "dotplain"] {
+        std::fs::write(format!("{dir}/plain/{file}"), "x").unwrap();
+    }
+    let mut config = SensorsConfig::default();
+    config.sensitive_write_paths.push(guarded.clone());
+    let mut collector = collector(&config);
+    let cgroup = TestCgroup::for_test("pathops").unwrap();
+    // Relative to the working directory (fchmodat, renameat2 and unlinkat with AT_FDCWD), to a
+    // directory descriptor (rm -r removes a tree's entries with unlinkat on the directory's
+    // descriptor), a rename whose target alone is sensitive, an absolute path, and the same
+    // relative operations on paths that are not sensitive. Then paths with `.` and `..`,
+    // which the kernel leaves to user space to resolve and classify: a sensitive one reached
+    // from elsewhere, a rename out of the sensitive directory, and one that only passes
+    // through it.
+    let script = format!(
+        "cd {guarded} && chmod 600 mode && mv old new && rm gone && rm -r tree && \
+         chmod 600 {guarded}/absolute && \
+         cd {dir}/plain && chmod 600 mode && mv old new && rm gone && \
+         cd {dir} && mv plain/moved guarded/moved && \
+         cd {dir}/plain && chmod 600 ../guarded/dotted && \
+         cd {guarded} && mv ./renamed ../plain/renamed && \
+         chmod 600 {guarded}/../plain/dotplain"
+    );
+    let pid = cgroup.run_shell(&script).unwrap();
+    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+    collector.collect_for(Duration::from_millis(300));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(done, "no exit event for pid {pid}");
+    let events = collector.from_cgroup(cgroup.id());
+    let ops: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::File(f) if f.op != FileOperation::Open => Some(f),
+            _ => None,
+        })
+        .collect();
+    let find = |op: FileOperation, path: String| {
+        let found = ops.iter().find(|f| f.op == op && f.path == path).copied();
+        if found.is_none() {
+            dump(&events);
+        }
+        found.unwrap_or_else(|| panic!("no {op:?} of {path}"))
+    };
+    let chmod = find(FileOperation::Chmod, format!("{guarded}/mode"));
+    assert!(
+        chmod.joined && chmod.relative && chmod.sensitive,
+        "{chmod:?}"
+    );
+    assert_eq!(
+        (chmod.flags, chmod.dirfd, chmod.result),
+        (0o600, Some(-100), Some(0))
+    );
+    let rename = find(FileOperation::Rename, format!("{guarded}/old"));
+    assert_eq!(
+        rename.target.as_deref(),
+        Some(format!("{guarded}/new").as_str())
+    );
+    assert!(rename.joined && rename.sensitive, "{rename:?}");
+    let unlink = find(FileOperation::Unlink, format!("{guarded}/gone"));
+    assert!(unlink.joined && unlink.sensitive, "{unlink:?}");
+    // rm -r: the leaf through the tree's descriptor, then the tree through its parent's.
+    let leaf = find(FileOperation::Unlink, format!("{guarded}/tree/leaf"));
+    assert!(
+        leaf.joined && matches!(leaf.dirfd, Some(fd) if fd >= 0),
+        "{leaf:?}"
+    );
+    find(FileOperation::Unlink, format!("{guarded}/tree"));
+    let absolute = find(FileOperation::Chmod, format!("{guarded}/absolute"));
+    assert!(!absolute.joined && !absolute.relative, "{absolute:?}");
+    let into = find(FileOperation::Rename, format!("{dir}/plain/moved"));
+    assert_eq!(
+        into.target.as_deref(),
+        Some(format!("{guarded}/moved").as_str())
+    );
+    let dotted = find(FileOperation::Chmod, format!("{guarded}/dotted"));
+    assert_eq!(
+        dotted.original_path,
+        Some(format!("{dir}/plain/../guarded/dotted")),
+        "{dotted:?}"
+    );
+    assert!(dotted.joined && dotted.sensitive, "{dotted:?}");
+    let out = find(FileOperation::Rename, format!("{guarded}/renamed"));
+    assert_eq!(out.target, Some(format!("{dir}/plain/renamed")), "{out:?}");
+    assert_eq!(out.original_path, Some(format!("{guarded}/./renamed")));
+    assert_eq!(
+        out.original_target,
+        Some(format!("{guarded}/../plain/renamed"))
+    );
+    let plain: Vec<_> = ops
+        .iter()
+        .filter(|f| {
+            f.path.starts_with(&format!("{dir}/plain/")) && f.path != format!("{dir}/plain/moved")
+        })
+        .collect();
+    assert!(
+        plain.is_empty(),
+        "operations on paths that are not sensitive: {plain:?}"
+    );
+    assert_eq!(ops.len(), 9, "{ops:#?}");
 }
 
 #[test]

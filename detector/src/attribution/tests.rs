@@ -75,6 +75,9 @@ fn open(path: &str) -> Body {
         result: None,
         resolved: false,
         outside_root: false,
+        joined: false,
+        original_path: None,
+        original_target: None,
     })
 }
 

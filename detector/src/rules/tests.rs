@@ -63,6 +63,9 @@ fn open_write(path: &str) -> Event {
         result: None,
         resolved: false,
         outside_root: false,
+        joined: false,
+        original_path: None,
+        original_target: None,
     }))
 }
 

@@ -57,6 +57,9 @@ fn write(seconds: i64, pod: &str, path: &str) -> Event {
             result: None,
             resolved: false,
             outside_root: false,
+            joined: false,
+            original_path: None,
+            original_target: None,
         }),
     )
 }

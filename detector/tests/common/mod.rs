@@ -186,6 +186,9 @@ impl Workload {
                 result: None,
                 resolved: false,
                 outside_root: false,
+                joined: false,
+                original_path: None,
+                original_target: None,
             }),
         )
     }

@@ -1,0 +1,163 @@
+//! Paths the kernel could not classify: lexical normalization, and the prefix classes applied
+//! in user space as the kernel applies them.
+//!
+//! The kernel classifies a path by its bytes (a longest-prefix lookup), so `/tmp/../etc/shadow`
+//! is under `/tmp` to it. An unlink, chmod or rename whose path holds a `.` or `..` component
+//! is therefore reported whatever its class ([`detector_common::file_flags::DOT_COMPONENTS`]);
+//! [`crate::decode`] normalizes it with [`lexical`], keeping what the kernel saw, and the
+//! pipeline classifies it again with [`PathClasses`], dropping what is not sensitive after all.
+
+use detector_common::{PATH_CLASS_KEY_BYTES, path_class};
+
+use crate::{config::SensorsConfig, event::FileActivity, sensors::path_class_entries};
+
+/// `path` with `.` and `..` components resolved and repeated separators removed, by its text
+/// alone (a `..` above the root stays at the root, as in the kernel); `None` for a relative
+/// path, which has nothing to resolve against.
+///
+/// The directory part of a path joined in the kernel has no symlinks (it is the kernel's own
+/// resolution), so `..` right after it is exact; a `..` after a symlink in the argument is
+/// resolved lexically, where the kernel would follow the link first.
+pub fn lexical(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            name => parts.push(name),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+/// The configured prefix classes, as the kernel's trie holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathClasses {
+    /// (key bytes, class bits), longest key first.
+    entries: Vec<(Vec<u8>, u32)>,
+}
+
+impl PathClasses {
+    /// The classes of `config`, the same entries the sensors give the kernel.
+    pub fn new(config: &SensorsConfig) -> Self {
+        let mut entries = path_class_entries(config);
+        entries.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
+        Self { entries }
+    }
+
+    /// The class bits of the longest configured prefix of `path`, compared as the kernel
+    /// compares it: its first `PATH_CLASS_KEY_BYTES - 1` bytes, the NUL included when it fits.
+    pub fn classify(&self, path: &str) -> u32 {
+        let mut key = path.as_bytes().to_vec();
+        key.push(0);
+        key.truncate(PATH_CLASS_KEY_BYTES - 1);
+        self.entries
+            .iter()
+            .find(|(prefix, _)| key.starts_with(prefix))
+            .map_or(0, |&(_, class)| class)
+    }
+
+    /// Classifies a file activity whose paths were normalized in user space again; false when,
+    /// normalized, it is not sensitive (the kernel would not have reported it). Others are
+    /// left as they are.
+    pub fn reclassify(&self, file: &mut FileActivity) -> bool {
+        if file.original_path.is_none() && file.original_target.is_none() {
+            return true;
+        }
+        let class = self.classify(&file.path)
+            | file
+                .target
+                .as_deref()
+                .map_or(0, |target| self.classify(target));
+        file.sensitive = class & path_class::SENSITIVE_WRITE != 0;
+        file.read_sensitive = class & path_class::READ_SENSITIVE != 0;
+        class & path_class::EXCLUDED == 0 && (file.sensitive || file.read_sensitive)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_resolves_dot_components_by_text() {
+        for (path, want) in [
+            ("/tmp/../etc/shadow", Some("/etc/shadow")),
+            ("/etc/./shadow", Some("/etc/shadow")),
+            ("/etc//ssh/../shadow", Some("/etc/shadow")),
+            ("/../../etc/passwd", Some("/etc/passwd")),
+            ("/usr/bin/..", Some("/usr")),
+            ("/", Some("/")),
+            ("/..", Some("/")),
+            ("/a/b/./c/", Some("/a/b/c")),
+            ("../etc/shadow", None),
+            ("shadow", None),
+        ] {
+            assert_eq!(lexical(path).as_deref(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn classes_match_the_longest_prefix_as_the_kernel_does() {
+        let mut config = SensorsConfig::default();
+        config.excluded_paths.push("/etc/detector-noise".into());
+        let classes = PathClasses::new(&config);
+        let class = |path| classes.classify(path);
+        assert_ne!(class("/etc/shadow") & path_class::READ_SENSITIVE, 0);
+        assert_ne!(class("/etc/shadow") & path_class::SENSITIVE_WRITE, 0);
+        assert_eq!(class("/etc/shadowy") & path_class::READ_SENSITIVE, 0);
+        assert_ne!(class("/etc/hosts") & path_class::SENSITIVE_WRITE, 0);
+        assert_ne!(class("/etc/detector-noise/x") & path_class::EXCLUDED, 0);
+        assert_eq!(class("/tmp/x"), 0);
+        assert_eq!(
+            class("/dev/null") & path_class::EXCLUDED,
+            path_class::EXCLUDED
+        );
+        // Only the first bytes count: a path longer than the key under a configured prefix
+        // keeps the prefix's class.
+        let long = format!("/etc/{}", "a".repeat(2 * PATH_CLASS_KEY_BYTES));
+        assert_ne!(class(&long) & path_class::SENSITIVE_WRITE, 0);
+    }
+
+    fn chmod(path: &str, original: Option<&str>) -> FileActivity {
+        FileActivity {
+            op: crate::event::FileOperation::Chmod,
+            path: path.into(),
+            flags: 0o4755,
+            write: false,
+            sensitive: false,
+            read_sensitive: false,
+            relative: true,
+            dirfd: Some(-100),
+            path_truncated: false,
+            target: None,
+            suppressed: 0,
+            result: Some(0),
+            resolved: false,
+            outside_root: false,
+            joined: true,
+            original_path: original.map(Into::into),
+            original_target: None,
+        }
+    }
+
+    #[test]
+    fn normalized_paths_are_classified_again_and_dropped_when_not_sensitive() {
+        let classes = PathClasses::new(&SensorsConfig::default());
+        let mut into = chmod("/usr/bin/bash", Some("/tmp/../usr/bin/bash"));
+        assert!(classes.reclassify(&mut into));
+        assert!(into.sensitive && !into.read_sensitive, "{into:?}");
+        let mut out = chmod("/tmp/x", Some("/etc/../tmp/x"));
+        out.sensitive = true;
+        assert!(!classes.reclassify(&mut out), "{out:?}");
+        // Paths the kernel classified itself are left as they are.
+        let mut kernel = chmod("/tmp/x", None);
+        kernel.sensitive = true;
+        assert!(classes.reclassify(&mut kernel) && kernel.sensitive);
+    }
+}
