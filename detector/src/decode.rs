@@ -453,27 +453,34 @@ mod tests {
         assert_eq!((file.path.as_str(), file.result), ("/etc/shadow", Some(3)));
     }
 
-    #[test]
-    fn rename_carries_its_target() {
+    /// A rename record from `path` to `target`.
+    fn rename_event(flags: u32, class: u32, path: &[u8], target: &[u8]) -> RenameEvent {
         let mut event = RenameEvent {
             file: FileEvent {
                 header: header(EventKind::Rename),
                 op: FileOp::Rename as u32,
-                flags: file_flags::RELATIVE | file_flags::JOINED,
-                class: path_class::SENSITIVE_WRITE,
+                flags,
+                class,
                 open_flags: 0,
                 dirfd: -100,
-                path_len: 4,
+                path_len: path.len() as u32,
                 suppressed: 0,
                 result: 0,
                 path: [0; PATH_MAX_BYTES],
             },
-            target_len: 8,
+            target_len: target.len() as u32,
             target_dirfd: -100,
             target: [0; PATH_MAX_BYTES],
         };
-        event.file.path[..4].copy_from_slice(b"/tmp");
-        event.target[..8].copy_from_slice(b"/usr/bin");
+        event.file.path[..path.len()].copy_from_slice(path);
+        event.target[..target.len()].copy_from_slice(target);
+        event
+    }
+
+    #[test]
+    fn rename_carries_its_target() {
+        let flags = file_flags::RELATIVE | file_flags::JOINED;
+        let event = rename_event(flags, path_class::SENSITIVE_WRITE, b"/tmp", b"/usr/bin");
         let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
             panic!("not file")
         };
@@ -490,25 +497,8 @@ mod tests {
 
     #[test]
     fn dot_components_are_resolved_and_what_the_kernel_saw_is_kept() {
-        let mut event = RenameEvent {
-            file: FileEvent {
-                header: header(EventKind::Rename),
-                op: FileOp::Rename as u32,
-                flags: file_flags::DOT_COMPONENTS,
-                class: 0,
-                open_flags: 0,
-                dirfd: -100,
-                path_len: 13,
-                suppressed: 0,
-                result: 0,
-                path: [0; PATH_MAX_BYTES],
-            },
-            target_len: 18,
-            target_dirfd: -100,
-            target: [0; PATH_MAX_BYTES],
-        };
-        event.file.path[..13].copy_from_slice(b"/tmp/./x/../y");
-        event.target[..18].copy_from_slice(b"/tmp/../etc/passwd");
+        let (path, target) = (b"/tmp/./x/../y", b"/tmp/../etc/passwd");
+        let mut event = rename_event(file_flags::DOT_COMPONENTS, 0, path, target);
         let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
             panic!("not file")
         };
