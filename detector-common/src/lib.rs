@@ -47,15 +47,22 @@ pub const MAP_TASK_CACHE: &str = "TASK_CACHE";
 pub const MAP_TASK_EXITS: &str = "TASK_EXITS";
 /// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
 pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
-/// Program array `sys_exit` tail-calls for unlink, chmod and rename, indexed by position in
+/// Program array `sys_exit` tail-calls for unlink, chmod, rename and failed opens, indexed by
+/// position in
 /// [`PATH_OP_PROGRAMS`].
 pub const MAP_PATH_OPS: &str = "PATH_OPS";
 /// Slot of [`MAP_PATH_OPS`] for unlink and chmod.
 pub const PATH_OP_UNLINK_CHMOD: u32 = 0;
 /// Slot of [`MAP_PATH_OPS`] for rename.
 pub const PATH_OP_RENAME: u32 = 1;
+/// Slot of [`MAP_PATH_OPS`] for failed opens with write intent.
+pub const PATH_OP_FAILED_OPEN: u32 = 2;
 /// The programs of [`MAP_PATH_OPS`], by slot: loaded on `sys_exit`, never attached.
-pub const PATH_OP_PROGRAMS: [&str; 2] = ["sys_exit_path_op", "sys_exit_rename"];
+pub const PATH_OP_PROGRAMS: [&str; 3] = [
+    "sys_exit_path_op",
+    "sys_exit_rename",
+    "sys_exit_failed_open",
+];
 /// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
@@ -300,7 +307,8 @@ pub mod file_flags {
     /// argument as passed (`.`, `..` and symlinks in it not followed).
     pub const JOINED: u32 = 1 << 5;
     /// The path (or a rename's target) holds a `.` or `..` component: an unlink, chmod or
-    /// rename reported whatever its class, for user space to normalize and classify.
+    /// rename reported whatever its class, or a failed open even when excluded by its bytes,
+    /// for user space to normalize and classify.
     pub const DOT_COMPONENTS: u32 = 1 << 6;
 }
 

@@ -14,8 +14,9 @@
 //!   compared on the way with the read-sensitive prefilter; only a file whose first components
 //!   could start a read-sensitive entry has its path built and classified, and only a
 //!   read-sensitive one is reported;
-//! - an open with write intent is reported with its resolved path (or, when it failed, the
-//!   path as passed), its class, and what it returned;
+//! - an open with write intent is reported with its resolved path, its class, and what it
+//!   returned; a failed one, in a program of its own reached by tail call, with the path as
+//!   passed, joined to its directory when relative;
 //! - unlink, rename and chmod, in programs of their own reached by tail call, are reported
 //!   when a path involved is sensitive: a relative one joined first to its directory, resolved
 //!   as an opened file's path is; one with `.` or `..` components whatever its class, for user
@@ -32,8 +33,9 @@ use aya_ebpf::{
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
-    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_PROGRAMS, PATH_OP_RENAME,
-    PATH_OP_UNLINK_CHMOD, PathClassData, RenameEvent, Stat, file_flags, path_class,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_FAILED_OPEN,
+    PATH_OP_PROGRAMS, PATH_OP_RENAME, PATH_OP_UNLINK_CHMOD, PathClassData, RenameEvent, Stat,
+    file_flags, path_class,
 };
 
 use crate::{
@@ -169,6 +171,32 @@ impl Regs {
     }
 }
 
+/// The directory fd, path and flags of an open of any of the four kinds, or `$other` for
+/// other syscalls.
+///
+/// A macro, not a function returning an `Option`: the same match through an `Option` took
+/// `sys_exit` past the verifier's 1M-instruction limit (the code LLVM made of it merged paths
+/// the verifier then walked apart).
+macro_rules! open_args {
+    ($regs:expr, $nr:expr, $other:expr) => {
+        match $nr {
+            nr::OPENAT => {
+                let [dirfd, path, flags] = $regs.first3();
+                (dirfd as i32, path, flags as u32)
+            }
+            nr::OPEN => (AT_FDCWD, $regs.arg(0), $regs.arg(1) as u32),
+            nr::CREAT => (AT_FDCWD, $regs.arg(0), O_CREAT | O_WRONLY | O_TRUNC),
+            nr::OPENAT2 => {
+                // `struct open_how` starts with `__u64 flags`.
+                // SAFETY: a probe read of user memory; failure means no flags.
+                let how = $regs.arg(2) as *const u64;
+                let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
+                ($regs.arg(0) as i32, $regs.arg(1), flags as u32)
+            }
+            _ => $other,
+        }
+    };
+}
 #[inline(always)]
 fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     let regs = Regs(ctx.arg::<*const u8>(0));
@@ -178,30 +206,15 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         // The hot path: most opens are read-only, most of those are of ordinary files.
         let flags = regs.arg(2) as u32;
         if !write_intent(flags) {
-            return read_only_open(&regs, regs.arg(0) as i32, flags, ret);
+            return read_only_open(ctx, &regs, regs.arg(0) as i32, flags, ret);
         }
     }
     // The four opens share one call, so that it is verified once.
-    let (dirfd, path, flags) = match nr {
-        nr::OPENAT => {
-            let [dirfd, path, flags] = regs.first3();
-            (dirfd as i32, path, flags as u32)
-        }
-        nr::OPEN => (AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
-        nr::CREAT => (AT_FDCWD, regs.arg(0), O_CREAT | O_WRONLY | O_TRUNC),
-        nr::OPENAT2 => {
-            // `struct open_how` starts with `__u64 flags`.
-            // SAFETY: a probe read of user memory; failure means no flags.
-            let how = regs.arg(2) as *const u64;
-            let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
-            (regs.arg(0) as i32, regs.arg(1), flags as u32)
-        }
-        _ => return other(ctx, nr),
-    };
+    let (dirfd, path, flags) = open_args!(regs, nr, return other(ctx, nr));
     if !write_intent(flags) {
-        return read_only_open(&regs, dirfd, flags, ret);
+        return read_only_open(ctx, &regs, dirfd, flags, ret);
     }
-    open(dirfd, path, flags, ret)
+    Ok(open(ctx, dirfd, path, flags, ret))
 }
 
 /// Unlink, chmod and rename: tail calls into programs of their own ([`sys_exit_path_op`],
@@ -245,6 +258,17 @@ pub fn sys_exit_path_op(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
+/// `tp_btf/sys_exit`, reached by a tail call from [`open`]: a failed open with write intent.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_failed_open(ctx: BtfTracePointContext) -> i32 {
+    let regs = Regs(ctx.arg::<*const u8>(0));
+    let ret: i64 = ctx.arg(1);
+    let (dirfd, path, flags) = open_args!(regs, regs.nr(), return 0);
+    match failed_open(dirfd, path, flags, ret) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
 /// `tp_btf/sys_exit`, reached by a tail call from [`sys_exit`]: rename.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_rename(ctx: BtfTracePointContext) -> i32 {
@@ -283,7 +307,13 @@ fn write_intent(flags: u32) -> bool {
 /// prefilter. No function or helper call when the cache holds the task: with return-thunk
 /// mitigations a call and its return cost ~35 ns here, a third of the whole check.
 #[inline(always)]
-fn read_only_open(regs: &Regs, dirfd: i32, flags: u32, ret: i64) -> Result<i32, i32> {
+fn read_only_open(
+    ctx: &BtfTracePointContext,
+    regs: &Regs,
+    dirfd: i32,
+    flags: u32,
+    ret: i64,
+) -> Result<i32, i32> {
     // A failed read-only open read nothing; without read-sensitive entries no read-only open
     // is of interest.
     if ret < 0 || !path::read_sensitive_configured() {
@@ -293,26 +323,48 @@ fn read_only_open(regs: &Regs, dirfd: i32, flags: u32, ret: i64) -> Result<i32, 
     if skip(task) || !path::may_be_read_sensitive(task, ret) {
         return Ok(0);
     }
-    open(dirfd, 0, flags, ret)
+    Ok(open(ctx, dirfd, 0, flags, ret))
 }
 
 /// An open that may be reported: one with write intent, with the resolved path of the file it
-/// opened (or the path as passed when it failed), unless excluded or a repeat; a read-only one
-/// that passed the prefilter, when the file it opened is read-sensitive. One function for
-/// both, so that the climb and the path building are verified once.
+/// opened, unless excluded or a repeat (a failed one goes on in [`sys_exit_failed_open`]); a
+/// read-only one that passed the prefilter, when the file it opened is read-sensitive. One
+/// function for both, so that the climb and the path building are verified once.
+///
+/// The failed open's tail call is made here, in a function of its own, not on `sys_exit`'s
+/// own path: a branch there for it, however placed, took `sys_exit` past the verifier's
+/// 1M-instruction limit (from ~660k).
 #[inline(never)]
-fn open(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, i32> {
+fn open(ctx: &BtfTracePointContext, dirfd: i32, user_path: u64, flags: u32, ret: i64) -> i32 {
+    // A plain return value: a `Result` would travel through a sixth, stack argument.
+    match try_open(ctx, dirfd, user_path, flags, ret) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+#[inline(always)]
+fn try_open(
+    ctx: &BtfTracePointContext,
+    dirfd: i32,
+    user_path: u64,
+    flags: u32,
+    ret: i64,
+) -> Result<i32, i32> {
+    if ret < 0 {
+        // A failed open has no file: its path as passed, joined to its directory when
+        // relative, in a program of its own, as unlink and chmod. Only one with write intent
+        // gets here (a failed read-only open read nothing).
+        // SAFETY: as in `other`.
+        unsafe { PATH_OPS.tail_call(ctx, PATH_OP_FAILED_OPEN) };
+        return Ok(0);
+    }
     let write = write_intent(flags);
     let task = Task::current();
     if skip(task) {
         return Ok(0);
     }
-    let resolved = if ret >= 0 {
-        path::resolve(task, ret);
-        Resolved::read()
-    } else {
-        None
-    };
+    path::resolve(task, ret);
+    let resolved = Resolved::read();
     let scratch = scratch(&FILE_SCRATCH)?;
     let has_path = match &resolved {
         Some((top, record)) if resolvable(top) => build_path(top, record, scratch),
@@ -323,6 +375,7 @@ fn open(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, i32> {
         if !write {
             return Ok(0);
         }
+        // Beyond the bounds of the climb: the path as passed.
         read_user_path(user_path, event);
     }
     let class = classify(&event.path, event.path_len);
@@ -380,13 +433,56 @@ fn build_path(top: &Resolved, record: &Resolution, scratch: &mut FileScratch) ->
 }
 
 /// Unlink or chmod of `user_path` (relative to `dirfd`), reported when the path is sensitive.
-/// A relative path is joined to its directory, resolved in the kernel, first.
 #[inline(always)]
 fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32, ret: i64) -> Result<i32, i32> {
     let task = Task::current();
     if skip(task) {
         return Ok(0);
     }
+    let (event, dots) = path_as_passed(task, dirfd, user_path)?;
+    let class = classify(&event.path, event.path_len);
+    if !is_sensitive(class) && dots == 0 {
+        return Ok(0);
+    }
+    fill_file(event, op, dirfd, class, mode, ret);
+    event.flags |= dots;
+    output(event);
+    Ok(0)
+}
+
+/// A failed open with write intent: reported unless excluded or a repeat, as a successful one,
+/// with the path as passed.
+#[inline(always)]
+fn failed_open(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, i32> {
+    if ret >= 0 || !write_intent(flags) {
+        return Ok(0);
+    }
+    let task = Task::current();
+    if skip(task) {
+        return Ok(0);
+    }
+    let (event, dots) = path_as_passed(task, dirfd, user_path)?;
+    let class = classify(&event.path, event.path_len);
+    if class & path_class::EXCLUDED != 0 && dots == 0 {
+        return Ok(0);
+    }
+    fill_file(event, FileOp::Open, dirfd, class, flags, ret);
+    event.flags |= file_flags::WRITE_INTENT | dots;
+    if suppress_repeat(event) {
+        return Ok(0);
+    }
+    output(event);
+    Ok(0)
+}
+
+/// The scratch file record with `user_path` as passed, joined first to its directory when
+/// relative, and [`file_flags::DOT_COMPONENTS`] when it holds `.` or `..` components.
+#[inline(always)]
+fn path_as_passed(
+    task: Task,
+    dirfd: i32,
+    user_path: u64,
+) -> Result<(&'static mut FileEvent, u32), i32> {
     let scratch = scratch(&FILE_SCRATCH)?;
     // SAFETY: the path and its spill, `2 * PATH_MAX_BYTES` bytes, 8-aligned.
     unsafe { zero(scratch.event.path.as_mut_ptr(), PATH_MAX_BYTES / 4) };
@@ -403,18 +499,13 @@ fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32, ret: i64) -> Resul
             }
         }
     }
-    let class = classify(&event.path, event.path_len);
     // SAFETY: `path` is followed by its spill.
-    let dots = unsafe { has_dot_components(event.path.as_ptr()) };
-    if !is_sensitive(class) && !dots {
-        return Ok(0);
-    }
-    fill_file(event, op, dirfd, class, mode, ret);
-    if dots {
-        event.flags |= file_flags::DOT_COMPONENTS;
-    }
-    output(event);
-    Ok(0)
+    let dots = if unsafe { has_dot_components(event.path.as_ptr()) } {
+        file_flags::DOT_COMPONENTS
+    } else {
+        0
+    };
+    Ok((event, dots))
 }
 
 /// A rename, reported when either path is sensitive; relative ones are joined to their

@@ -9,7 +9,11 @@
 
 use detector_common::{PATH_CLASS_KEY_BYTES, path_class};
 
-use crate::{config::SensorsConfig, event::FileActivity, sensors::path_class_entries};
+use crate::{
+    config::SensorsConfig,
+    event::{FileActivity, FileOperation},
+    sensors::path_class_entries,
+};
 
 /// `path` with `.` and `..` components resolved and repeated separators removed, by its text
 /// alone (a `..` above the root stays at the root, as in the kernel); `None` for a relative
@@ -63,8 +67,8 @@ impl PathClasses {
     }
 
     /// Classifies a file activity whose paths were normalized in user space again; false when,
-    /// normalized, it is not sensitive (the kernel would not have reported it). Others are
-    /// left as they are.
+    /// normalized, the kernel would not have reported it: excluded, or not sensitive (an open
+    /// with write intent is reported anywhere). Others are left as they are.
     pub fn reclassify(&self, file: &mut FileActivity) -> bool {
         if file.original_path.is_none() && file.original_target.is_none() {
             return true;
@@ -76,7 +80,8 @@ impl PathClasses {
                 .map_or(0, |target| self.classify(target));
         file.sensitive = class & path_class::SENSITIVE_WRITE != 0;
         file.read_sensitive = class & path_class::READ_SENSITIVE != 0;
-        class & path_class::EXCLUDED == 0 && (file.sensitive || file.read_sensitive)
+        let write_open = file.op == FileOperation::Open && file.write;
+        class & path_class::EXCLUDED == 0 && (write_open || file.sensitive || file.read_sensitive)
     }
 }
 
@@ -126,7 +131,7 @@ mod tests {
 
     fn chmod(path: &str, original: Option<&str>) -> FileActivity {
         FileActivity {
-            op: crate::event::FileOperation::Chmod,
+            op: FileOperation::Chmod,
             path: path.into(),
             flags: 0o4755,
             write: false,
@@ -155,6 +160,15 @@ mod tests {
         let mut out = chmod("/tmp/x", Some("/etc/../tmp/x"));
         out.sensitive = true;
         assert!(!classes.reclassify(&mut out), "{out:?}");
+        // An open with write intent is reported anywhere, unless excluded.
+        let mut write = chmod("/tmp/x", Some("/etc/../tmp/x"));
+        (write.op, write.write) = (FileOperation::Open, true);
+        assert!(
+            classes.reclassify(&mut write) && !write.sensitive,
+            "{write:?}"
+        );
+        write.path = "/dev/null".into();
+        assert!(!classes.reclassify(&mut write), "excluded: {write:?}");
         // Paths the kernel classified itself are left as they are.
         let mut kernel = chmod("/tmp/x", None);
         kernel.sensitive = true;

@@ -183,10 +183,11 @@ fn write_opens_carry_the_path_the_kernel_opened() {
     let dir = format!("/dev/shm/detector-resolve-{}", std::process::id());
     std::fs::create_dir_all(format!("{dir}/sub")).unwrap();
     std::os::unix::fs::symlink(format!("{dir}/target"), format!("{dir}/link")).unwrap();
-    // A relative path, a symlink, `..`, and an open that fails.
+    // A relative path, a symlink, `..`, and opens that fail: absolute, relative, and with `..`.
     let script = format!(
         "cd {dir} && echo a > relative; echo b > link; echo c > sub/../dotdot; \
-         (echo d > {dir}/missing/file) 2>/dev/null; true"
+         (echo d > {dir}/missing/file) 2>/dev/null; (echo e > missing/relative) 2>/dev/null; \
+         (cd sub && echo f > ../missing/dotted) 2>/dev/null; true"
     );
     let pid = cgroup.run_shell(&script).unwrap();
     let done = wait_for_exit(&mut collector, pid);
@@ -223,6 +224,21 @@ fn write_opens_carry_the_path_the_kernel_opened() {
     let failed = find(format!("{dir}/missing/file"));
     assert!(!failed.resolved, "{failed:?}");
     assert_eq!(failed.result, Some(-2), "ENOENT");
+    // A relative one is joined to the working directory, resolved in the kernel.
+    let relative = find(format!("{dir}/missing/relative"));
+    assert!(
+        relative.joined && relative.relative && !relative.resolved,
+        "{relative:?}"
+    );
+    assert_eq!(relative.result, Some(-2), "ENOENT");
+    // `..` is resolved by its text in user space; the kernel's path is kept.
+    let dotted = find(format!("{dir}/missing/dotted"));
+    assert_eq!(
+        dotted.original_path,
+        Some(format!("{dir}/sub/../missing/dotted")),
+        "{dotted:?}"
+    );
+    assert!(dotted.joined && dotted.sensitive, "under /dev: {dotted:?}");
 }
 
 #[test]
