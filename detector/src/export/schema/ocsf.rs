@@ -220,6 +220,11 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
                 put(u, "dirfd", file.dirfd);
                 put(u, "path_truncated", file.path_truncated);
                 put(u, "suppressed", file.suppressed);
+                put(u, "resolved", file.resolved);
+                put(u, "outside_root", file.outside_root);
+                put(u, "joined", file.joined);
+                put(u, "original_path", file.original_path.clone());
+                put(u, "original_target", file.original_target.clone());
             }
             (&FILE_ACTIVITY, id, name)
         }
