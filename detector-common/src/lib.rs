@@ -151,10 +151,13 @@ pub enum Stat {
     /// [`PATH_MAX_COMPONENTS`] components or mounts, or unreadable): read-only opens among them
     /// were not checked against the read-sensitive prefixes.
     UnresolvedPaths = 9,
+    /// Tail calls into the programs of [`MAP_PATH_OPS`] that did not happen (an empty slot):
+    /// unlink, chmod, rename or failed write-opens not looked at.
+    TailCallFailures = 10,
 }
 
 /// Number of entries in [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 10;
+pub const STAT_COUNT: u32 = 11;
 
 impl Stat {
     /// The loss counter for records of `kind`.

@@ -234,6 +234,7 @@ fn other(ctx: &BtfTracePointContext, nr: i64) -> Result<i32, i32> {
     // nothing here needs to run after it. It returns only when the slot is empty, which user
     // space never leaves it while the programs are attached.
     unsafe { PATH_OPS.tail_call(ctx, index) };
+    count(Stat::TailCallFailures);
     Ok(0)
 }
 
@@ -357,6 +358,7 @@ fn try_open(
         // gets here (a failed read-only open read nothing).
         // SAFETY: as in `other`.
         unsafe { PATH_OPS.tail_call(ctx, PATH_OP_FAILED_OPEN) };
+        count(Stat::TailCallFailures);
         return Ok(0);
     }
     let write = write_intent(flags);

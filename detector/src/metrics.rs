@@ -186,6 +186,7 @@ struct Inner {
     suppressed_writes: Counter,
     kernel_read_errors: Counter,
     kernel_unresolved_paths: Counter,
+    kernel_tail_call_failures: Counter,
     quarantine_drops: Counter,
     quarantine_denies: Counter,
     queue_depth: Family<QueueLabel, Gauge>,
@@ -254,6 +255,12 @@ impl Metrics {
             "kernel_unresolved_paths",
             "Opened files whose path the kernel could not resolve (too deep, too many mounts, unreadable); read-only opens among them were not checked for read-sensitive paths",
             kernel_unresolved_paths.clone(),
+        );
+        let kernel_tail_call_failures = Counter::default();
+        registry.register(
+            "kernel_tail_call_failures",
+            "Unlink, chmod, rename or failed write-opens not looked at because the kernel program for them could not be reached (an empty program-array slot)",
+            kernel_tail_call_failures.clone(),
         );
         let quarantine_drops = Counter::default();
         registry.register(
@@ -340,6 +347,7 @@ impl Metrics {
                 suppressed_writes,
                 kernel_read_errors,
                 kernel_unresolved_paths,
+                kernel_tail_call_failures,
                 quarantine_drops,
                 quarantine_denies,
                 queue_depth,
@@ -409,6 +417,8 @@ impl Metrics {
         m.kernel_read_errors.inc_by(grew(Stat::ReadErrors));
         m.kernel_unresolved_paths
             .inc_by(grew(Stat::UnresolvedPaths));
+        m.kernel_tail_call_failures
+            .inc_by(grew(Stat::TailCallFailures));
         m.quarantine_drops.inc_by(grew(Stat::QuarantineDrops));
         m.quarantine_denies.inc_by(grew(Stat::QuarantineDenies));
     }
