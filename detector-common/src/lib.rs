@@ -48,8 +48,7 @@ pub const MAP_TASK_EXITS: &str = "TASK_EXITS";
 /// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
 pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
 /// Program array `sys_exit` tail-calls for unlink, chmod, rename and failed opens, indexed by
-/// position in
-/// [`PATH_OP_PROGRAMS`].
+/// position in [`PATH_OP_PROGRAMS`].
 pub const MAP_PATH_OPS: &str = "PATH_OPS";
 /// Slot of [`MAP_PATH_OPS`] for unlink and chmod.
 pub const PATH_OP_UNLINK_CHMOD: u32 = 0;

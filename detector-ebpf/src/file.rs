@@ -490,18 +490,8 @@ fn path_as_passed(
     // SAFETY: the path and its spill, `2 * PATH_MAX_BYTES` bytes, 8-aligned.
     unsafe { zero(scratch.event.path.as_mut_ptr(), PATH_MAX_BYTES / 4) };
     let event = &mut scratch.event;
-    read_user_path(user_path, event);
-    if event.flags & file_flags::RELATIVE != 0 {
-        // SAFETY: `path` is followed by `PATH_MAX_BYTES` bytes of spill in `FileScratch`.
-        let joined = unsafe { join_relative(task, dirfd, user_path, event.path.as_mut_ptr()) };
-        if joined & JOINED != 0 {
-            event.path_len = (joined & BUILT_LEN) as u32;
-            event.flags |= joined_flags(joined);
-            if joined & BUILT_TRUNCATED != 0 {
-                event.flags |= file_flags::PATH_TRUNCATED;
-            }
-        }
-    }
+    // SAFETY: `path` is followed by `PATH_MAX_BYTES` bytes of spill in `FileScratch`.
+    unsafe { read_joined(task, dirfd, user_path, event) };
     // SAFETY: `path` is followed by its spill.
     let dots = if unsafe { has_dot_components(event.path.as_ptr()) } {
         file_flags::DOT_COMPONENTS
@@ -529,18 +519,8 @@ fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Resul
     };
     let event = &mut scratch.event;
     // The source first: joining it may spill over the target's fields, written after.
-    read_user_path(old, &mut event.file);
-    if event.file.flags & file_flags::RELATIVE != 0 {
-        // SAFETY: `file.path` is followed by more than `PATH_MAX_BYTES` bytes of the record.
-        let joined = unsafe { join_relative(task, old_dirfd, old, event.file.path.as_mut_ptr()) };
-        if joined & JOINED != 0 {
-            event.file.path_len = (joined & BUILT_LEN) as u32;
-            event.file.flags |= joined_flags(joined);
-            if joined & BUILT_TRUNCATED != 0 {
-                event.file.flags |= file_flags::PATH_TRUNCATED;
-            }
-        }
-    }
+    // SAFETY: `file.path` is followed by more than `PATH_MAX_BYTES` bytes of the record.
+    unsafe { read_joined(task, old_dirfd, old, &mut event.file) };
     let (mut len, mut truncated) = read_path(new, &mut event.target);
     if event.target[0] != b'/' && len > 0 {
         // SAFETY: `target` is followed by `PATH_MAX_BYTES` bytes of spill in `RenameScratch`.
@@ -691,9 +671,8 @@ const JOINED_OTHER_ROOT: u64 = 1 << 61;
 /// `dirfd`, or the current directory for `AT_FDCWD`), resolved in the kernel as an opened
 /// file's path is: `<directory>/<argument>`, written at `dst` over the argument read before.
 /// Returns the length ([`BUILT_LEN`]), [`BUILT_TRUNCATED`], [`JOINED`] and
-/// [`JOINED_OTHER_ROOT`]; without `JOINED`
-/// (the directory could not be resolved) `dst` still holds the argument as passed. `..` in the
-/// argument is kept as is.
+/// [`JOINED_OTHER_ROOT`]; without `JOINED` (the directory could not be resolved) `dst` still
+/// holds the argument as passed. `..` in the argument is kept as is.
 ///
 /// Not inlined: one copy of its code for its callers.
 ///
@@ -751,6 +730,28 @@ unsafe fn join_relative(task: Task, dirfd: i32, user_path: u64, dst: *mut u8) ->
         return (PATH_MAX_BYTES - 1) as u64 | BUILT_TRUNCATED | JOINED | outside;
     }
     len as u64 | JOINED | outside
+}
+
+/// Reads `user_path` into `event` as passed ([`read_user_path`]) and, when relative, joins it
+/// to its directory ([`join_relative`]), with the length and flags that follow.
+///
+/// # Safety
+/// `event.path` must be followed by `PATH_MAX_BYTES` writable bytes.
+#[inline(always)]
+unsafe fn read_joined(task: Task, dirfd: i32, user_path: u64, event: &mut FileEvent) {
+    read_user_path(user_path, event);
+    if event.flags & file_flags::RELATIVE == 0 {
+        return;
+    }
+    // SAFETY: per the contract, `2 * PATH_MAX_BYTES` bytes at `path`.
+    let joined = unsafe { join_relative(task, dirfd, user_path, event.path.as_mut_ptr()) };
+    if joined & JOINED != 0 {
+        event.path_len = (joined & BUILT_LEN) as u32;
+        event.flags |= joined_flags(joined);
+        if joined & BUILT_TRUNCATED != 0 {
+            event.flags |= file_flags::PATH_TRUNCATED;
+        }
+    }
 }
 
 /// The record flags of a [`join_relative`] result that joined.

@@ -1,8 +1,8 @@
 //! The detector's kernel programs.
 //!
 //! - `file`: `tp_btf/sys_exit`, file opens with write intent, opens of read-sensitive
-//!   files; unlink/rename/chmod of sensitive paths in `sys_exit_path_op` and
-//!   `sys_exit_rename`, tail-called from it; `path` resolves an opened file's path in
+//!   files; unlink/rename/chmod of sensitive paths and failed write-opens in
+//!   `sys_exit_path_op`, `sys_exit_rename` and `sys_exit_failed_open`, tail-called from it; `path` resolves an opened file's path in
 //!   the kernel, and `kernel` reads kernel memory (typed loads or probe reads).
 //! - `process`: `raw_tracepoint/sched_process_exec` and `sched_process_exit`.
 //! - `net`: `cgroup/connect4`, `cgroup/connect6` (outbound connects) and `cgroup_skb/egress`

@@ -167,7 +167,7 @@ fn exit(event: &ExitEvent) -> Body {
     })
 }
 
-fn file(event: &FileEvent, target: Option<String>) -> Result<Body, DecodeError> {
+fn file(event: &FileEvent, mut target: Option<String>) -> Result<Body, DecodeError> {
     let op = match FileOp::try_from(event.op).map_err(DecodeError::UnknownFileOp)? {
         FileOp::Open => FileOperation::Open,
         FileOp::Unlink => FileOperation::Unlink,
@@ -176,7 +176,6 @@ fn file(event: &FileEvent, target: Option<String>) -> Result<Body, DecodeError> 
     };
     let relative = event.flags & file_flags::RELATIVE != 0;
     let mut path = text(&event.path, event.path_len);
-    let mut target = target;
     let (mut original_path, mut original_target) = (None, None);
     if event.flags & file_flags::DOT_COMPONENTS != 0 {
         normalize(&mut path, &mut original_path);

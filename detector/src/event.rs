@@ -227,8 +227,8 @@ pub struct FileActivity {
     /// mount namespace.
     #[serde(default)]
     pub outside_root: bool,
-    /// A relative path of an unlink, chmod or rename (`path`, or the rename's `target`) was
-    /// joined in the kernel to the directory it is relative to, resolved as an opened file's
+    /// A relative path of an unlink, chmod, rename or failed open (`path`, or the rename's
+    /// `target`) was joined in the kernel to the directory it is relative to, resolved as an opened file's
     /// path is: `<directory>/<argument>`, with the argument as passed (`.`, `..` and
     /// symlinks in it not followed).
     #[serde(default)]

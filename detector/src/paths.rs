@@ -2,8 +2,8 @@
 //! in user space as the kernel applies them.
 //!
 //! The kernel classifies a path by its bytes (a longest-prefix lookup), so `/tmp/../etc/shadow`
-//! is under `/tmp` to it. An unlink, chmod or rename whose path holds a `.` or `..` component
-//! is therefore reported whatever its class ([`detector_common::file_flags::DOT_COMPONENTS`]);
+//! is under `/tmp` to it. An unlink, chmod, rename or failed write-open whose path holds a `.`
+//! or `..` component is therefore reported whatever its class ([`detector_common::file_flags::DOT_COMPONENTS`]);
 //! [`crate::decode`] normalizes it with [`lexical`], keeping what the kernel saw, and the
 //! pipeline classifies it again with [`PathClasses`], dropping what is not sensitive after all.
 
