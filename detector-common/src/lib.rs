@@ -199,8 +199,9 @@ pub struct EventHeader {
     pub uid: u32,
     /// Real group id.
     pub gid: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// Thread-group id in the task's own pid namespace (what the process itself and a `/proc`
+    /// mounted in its namespace call it); 0 when it could not be read.
+    pub ns_tgid: u32,
     /// Task command name, NUL padded.
     pub comm: [u8; COMM_LEN],
 }
@@ -214,6 +215,9 @@ pub mod exec_flags {
     pub const FILENAME_TRUNCATED: u32 = 1 << 1;
     /// The argument vector could not be read.
     pub const ARGS_UNREADABLE: u32 = 1 << 2;
+    /// The process has a controlling terminal (`signal_struct::tty` is set): an interactive
+    /// session.
+    pub const TTY: u32 = 1 << 3;
 }
 
 /// A successful exec, taken at `sched_process_exec`.
@@ -582,8 +586,24 @@ pub struct KernelOffsets {
     pub mount_parent: u32,
     /// `mount::mnt_mountpoint`.
     pub mount_mountpoint: u32,
+    /// `task_struct::group_leader`.
+    pub task_group_leader: u32,
+    /// `task_struct::thread_pid`.
+    pub task_thread_pid: u32,
+    /// `pid::level`: depth of the task's own pid namespace.
+    pub pid_level: u32,
+    /// `pid::numbers`: one `struct upid` per namespace level.
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
+    /// `upid::nr`.
+    pub upid_nr: u32,
+    /// `task_struct::signal`.
+    pub task_signal: u32,
+    /// `signal_struct::tty`.
+    pub signal_tty: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 124);
+const _: () = assert!(size_of::<KernelOffsets>() == 156);
 
 /// BTF type ids of the kernel structures the programs cast addresses to with
 /// `bpf_rdonly_cast`, read from `/sys/kernel/btf/vmlinux` by user space.

@@ -87,6 +87,14 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
+    task_group_leader: 0,
+    task_thread_pid: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
+    task_signal: 0,
+    signal_tty: 0,
 };
 
 /// One member of [`OFFSETS`]. Read alone (volatile, so the placeholder is not folded in), it
@@ -271,7 +279,6 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
     header.tgid = (pid_tgid >> 32) as u32;
     header.uid = uid_gid as u32;
     header.gid = (uid_gid >> 32) as u32;
-    header._pad = 0;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     match parent_tgid() {
         Some(ppid) => header.ppid = ppid,
@@ -279,6 +286,40 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
             header.ppid = 0;
             header.flags |= header_flags::PPID_UNKNOWN;
         }
+    }
+    header.ns_tgid = ns_tgid().unwrap_or(0);
+}
+
+/// The deepest pid namespaces nest (`MAX_PID_NS_LEVEL` is 32).
+const MAX_PID_NS_LEVEL: u32 = 32;
+
+/// `current->group_leader->thread_pid->numbers[level].nr`: the process's id in its own pid
+/// namespace, as `task_tgid_vnr` computes it.
+#[inline(always)]
+fn ns_tgid() -> Option<u32> {
+    let leader_at = offset!(task_group_leader) as usize;
+    if leader_at == 0 {
+        return None;
+    }
+    let thread_pid_at = offset!(task_thread_pid) as usize;
+    let level_at = offset!(pid_level) as usize;
+    let (numbers_at, upid_size, nr_at) = (
+        offset!(pid_numbers) as usize,
+        offset!(upid_size) as usize,
+        offset!(upid_nr) as usize,
+    );
+    // SAFETY: a helper without arguments; the task pointer is only read through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads tolerate any address; a bad one returns an error.
+    unsafe {
+        let leader: *const u8 = bpf_probe_read_kernel(task.add(leader_at).cast()).ok()?;
+        let pid: *const u8 = bpf_probe_read_kernel(leader.add(thread_pid_at).cast()).ok()?;
+        let level: u32 = bpf_probe_read_kernel(pid.add(level_at).cast()).ok()?;
+        if level >= MAX_PID_NS_LEVEL {
+            return None;
+        }
+        let at = numbers_at + level as usize * upid_size + nr_at;
+        bpf_probe_read_kernel::<u32>(pid.add(at).cast()).ok()
     }
 }
 

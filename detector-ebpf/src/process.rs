@@ -49,7 +49,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // submitted or discarded; every field is written below before submission.
     let event = unsafe { &mut *event };
     fill_header(&mut event.header, EventKind::Exec);
-    event.flags = 0;
+    event.flags = if has_tty() { exec_flags::TTY } else { 0 };
     event._pad = 0;
 
     let bprm: *const u8 = ctx.arg(2);
@@ -121,6 +121,25 @@ fn args_range() -> Option<(u64, u64)> {
         let start: u64 = bpf_probe_read_kernel(mm.add(start_at).cast()).ok()?;
         let end: u64 = bpf_probe_read_kernel(mm.add(end_at).cast()).ok()?;
         Some((start, end))
+    }
+}
+
+/// `current->signal->tty != NULL`: the process has a controlling terminal.
+#[inline(always)]
+fn has_tty() -> bool {
+    let signal_at = offset!(task_signal) as usize;
+    if signal_at == 0 {
+        return false;
+    }
+    let tty_at = offset!(signal_tty) as usize;
+    // SAFETY: a helper without arguments; the pointer is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    unsafe {
+        let Ok(signal) = bpf_probe_read_kernel::<*const u8>(task.add(signal_at).cast()) else {
+            return false;
+        };
+        bpf_probe_read_kernel::<u64>(signal.add(tty_at).cast()).is_ok_and(|tty| tty != 0)
     }
 }
 

@@ -91,6 +91,14 @@ fn struct_id(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
         .ok_or(BtfError::NoStruct(name))
 }
 
+/// `sizeof(struct name)`.
+fn struct_size(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
+    match btf.resolve_type_by_id(struct_id(btf, name)?) {
+        Ok(Type::Struct(st)) => Ok(st.size() as u32),
+        _ => Err(BtfError::NoStruct(name)),
+    }
+}
+
 fn function_id(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
     btf.resolve_ids_by_name(name)
         .unwrap_or_default()
@@ -161,6 +169,14 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mount_mnt: offset("mount", "mnt")?,
         mount_parent: offset("mount", "mnt_parent")?,
         mount_mountpoint: offset("mount", "mnt_mountpoint")?,
+        task_group_leader: offset("task_struct", "group_leader")?,
+        task_thread_pid: offset("task_struct", "thread_pid")?,
+        pid_level: offset("pid", "level")?,
+        pid_numbers: offset("pid", "numbers")?,
+        upid_size: struct_size(btf, "upid")?,
+        upid_nr: offset("upid", "nr")?,
+        task_signal: offset("task_struct", "signal")?,
+        signal_tty: offset("signal_struct", "tty")?,
     })
 }
 

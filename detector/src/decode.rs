@@ -76,6 +76,7 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
         container: None,
         pod: None,
         ancestry: Vec::new(),
+        lineage: None,
         body,
     })
 }
@@ -122,6 +123,7 @@ fn process(header: &EventHeader) -> ProcessFields {
         ppid: (header.flags & header_flags::PPID_UNKNOWN == 0).then_some(header.ppid),
         uid: Some(header.uid),
         gid: Some(header.gid),
+        ns_pid: (header.ns_tgid != 0).then_some(header.ns_tgid),
         comm: Some(nul_terminated(&header.comm)),
     }
 }
@@ -154,6 +156,7 @@ fn exec(event: &ExecEvent) -> Body {
         argv,
         argv_truncated: event.flags & exec_flags::ARGS_TRUNCATED != 0,
         filename_truncated: event.flags & exec_flags::FILENAME_TRUNCATED != 0,
+        tty: event.flags & exec_flags::TTY != 0,
     })
 }
 
@@ -183,6 +186,8 @@ fn file(event: &FileEvent, mut target: Option<String>) -> Result<Body, DecodeErr
             normalize(target, &mut original_target);
         }
     }
+    let h = &event.header;
+    let self_path = crate::paths::own_proc_entry(&path, [h.tgid, h.pid, h.ns_tgid]);
     Ok(Body::File(FileActivity {
         op,
         path,
@@ -199,6 +204,7 @@ fn file(event: &FileEvent, mut target: Option<String>) -> Result<Body, DecodeErr
         resolved: event.flags & file_flags::RESOLVED != 0,
         outside_root: event.flags & file_flags::OTHER_ROOT != 0,
         joined: event.flags & file_flags::JOINED != 0,
+        self_path,
         original_path,
         original_target,
     }))
@@ -259,7 +265,7 @@ mod tests {
             ppid: 1,
             uid: 1000,
             gid: 1000,
-            _pad: 0,
+            ns_tgid: 7,
             comm,
         }
     }

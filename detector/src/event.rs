@@ -35,6 +35,10 @@ pub struct Event {
     /// Executables of the parent chain, nearest parent first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ancestry: Vec<Ancestor>,
+    /// Where the process stands in its container's life (who started it, whether it has a
+    /// terminal); absent outside containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
     /// What happened.
     #[serde(flatten)]
     pub body: Body,
@@ -100,6 +104,56 @@ pub struct Ancestor {
     pub exe: String,
 }
 
+/// Who started a process in a container, as the process table followed it from the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The role of the process.
+    pub role: Role,
+    /// The process has a controlling terminal (an interactive session, `docker exec -t`,
+    /// `kubectl exec -it`), as of its last exec.
+    pub tty: bool,
+    /// The process is the one the runtime started (the entrypoint's or the exec session's own
+    /// command, through its later execs), not one of its descendants.
+    pub leader: bool,
+}
+
+/// Who started a process in a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The container runtime setting the container up (runc or crun init stages before their
+    /// exec, conmon, a process the node moved into the cgroup): not workload activity.
+    Runtime,
+    /// The container's main process (the entrypoint's first exec) and its descendants.
+    Entrypoint,
+    /// A session started in the running container through the runtime (`docker exec`,
+    /// `kubectl exec`, a CRI exec) and its descendants.
+    ExecSession,
+    /// An exec session recognised as a probe: the same command started through the runtime
+    /// again and again (health checks, exec probes).
+    Probe,
+}
+
+impl Role {
+    /// The name used in JSON and in rule conditions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime",
+            Self::Entrypoint => "entrypoint",
+            Self::ExecSession => "exec_session",
+            Self::Probe => "probe",
+        }
+    }
+
+    /// Every role, in declaration order.
+    pub const ALL: [Self; 4] = [
+        Self::Runtime,
+        Self::Entrypoint,
+        Self::ExecSession,
+        Self::Probe,
+    ];
+}
+
 /// Process identity from the event header; every field `None` for node-level records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessFields {
@@ -113,6 +167,10 @@ pub struct ProcessFields {
     pub uid: Option<u32>,
     /// Real gid.
     pub gid: Option<u32>,
+    /// Process id in the process's own pid namespace (what it calls itself; 1 for a
+    /// container's main process), when the kernel could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     /// Command name.
     pub comm: Option<String>,
 }
@@ -160,6 +218,9 @@ pub struct Exec {
     pub argv_truncated: bool,
     /// The filename was longer than the kernel copies.
     pub filename_truncated: bool,
+    /// The process has a controlling terminal.
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// A process exit.
@@ -240,6 +301,11 @@ pub struct FileActivity {
     /// A rename's `target` as the kernel reported it, as `original_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_target: Option<String>,
+    /// `path` with the process's own `/proc` entry written as `/proc/self`, whatever number
+    /// the kernel resolved (`/proc/<pid>/...` in the node's or the container's pid
+    /// namespace, or one of its threads' `/proc/<tid>/...`); rules match it as well as `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_path: Option<String>,
 }
 
 /// An outbound connect.
@@ -320,17 +386,20 @@ mod tests {
                 ppid: Some(1),
                 uid: Some(0),
                 gid: Some(0),
+                ns_pid: None,
                 comm: Some("sh".into()),
             },
             cgroup_id: Some(7),
             container: None,
             pod: None,
             ancestry: Vec::new(),
+            lineage: None,
             body: Body::Exec(Exec {
                 filename: "/bin/sh".into(),
                 argv: vec!["sh".into(), "-c".into(), "true".into()],
                 argv_truncated: false,
                 filename_truncated: false,
+                tty: false,
             }),
         };
         let value: serde_json::Value = serde_json::to_value(&event).unwrap();
@@ -357,6 +426,7 @@ mod tests {
             container: None,
             pod: None,
             ancestry: Vec::new(),
+            lineage: None,
             body: Body::Egress(Egress {
                 bytes: 100,
                 packets: 2,

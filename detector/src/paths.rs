@@ -15,6 +15,26 @@ use crate::{
     sensors::path_class_entries,
 };
 
+/// `path` with the process's own `/proc` entry written as `/proc/self`: `/proc/<n>/...` where
+/// `n` is one of `own` (its pid and thread id on the node, its pid in its own namespace; 0
+/// for unknown is ignored). The kernel resolves `/proc/self` (and `/proc/thread-self`, to
+/// `/proc/<pid>/task/<tid>`) to the number of the `/proc` instance's namespace, so the same
+/// write reads `/proc/4242/oom_score_adj` on the node's `/proc` and `/proc/1/oom_score_adj` in
+/// the container's. `None` when the path is not the process's own entry.
+pub fn own_proc_entry(path: &str, own: [u32; 3]) -> Option<String> {
+    let rest = path.strip_prefix("/proc/")?;
+    let (number, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let n: u32 = number.parse().ok()?;
+    if n == 0 || !own.contains(&n) || number.starts_with('0') {
+        return None;
+    }
+    Some(if tail.is_empty() {
+        "/proc/self".to_owned()
+    } else {
+        format!("/proc/self/{tail}")
+    })
+}
+
 /// `path` with `.` and `..` components resolved and repeated separators removed, by its text
 /// alone (a `..` above the root stays at the root, as in the kernel); `None` for a relative
 /// path, which has nothing to resolve against.
@@ -129,6 +149,31 @@ mod tests {
         assert_ne!(class(&long) & path_class::SENSITIVE_WRITE, 0);
     }
 
+    #[test]
+    fn own_proc_entry_whatever_the_namespace() {
+        let own = [4242, 4243, 7];
+        assert_eq!(
+            own_proc_entry("/proc/4242/oom_score_adj", own).as_deref(),
+            Some("/proc/self/oom_score_adj")
+        );
+        // The container's /proc names the process by its pid in its own namespace.
+        assert_eq!(
+            own_proc_entry("/proc/7/task/7/comm", own).as_deref(),
+            Some("/proc/self/task/7/comm")
+        );
+        // A thread's own number, and the entry itself.
+        assert_eq!(
+            own_proc_entry("/proc/4243", own).as_deref(),
+            Some("/proc/self")
+        );
+        // Another process, a sysctl, something that only looks like a number.
+        assert_eq!(own_proc_entry("/proc/1/oom_score_adj", own), None);
+        assert_eq!(own_proc_entry("/proc/sys/kernel/core_pattern", own), None);
+        assert_eq!(own_proc_entry("/proc/07/comm", [7, 7, 7]), None);
+        assert_eq!(own_proc_entry("/proc/0/comm", [0, 1, 2]), None);
+        assert_eq!(own_proc_entry("/procx/7/comm", own), None);
+    }
+
     fn chmod(path: &str, original: Option<&str>) -> FileActivity {
         FileActivity {
             op: FileOperation::Chmod,
@@ -148,6 +193,7 @@ mod tests {
             joined: true,
             original_path: original.map(Into::into),
             original_target: None,
+            self_path: None,
         }
     }
 
