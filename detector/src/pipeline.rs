@@ -199,6 +199,7 @@ fn node_event(clock: &Clock, cgroup_id: Option<u64>, body: Body) -> Event {
         container: None,
         pod: None,
         ancestry: Vec::new(),
+        lineage: None,
         body,
     }
 }

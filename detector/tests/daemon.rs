@@ -128,7 +128,7 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     let found = |lines: &[Value]| {
         lines
             .iter()
-            .any(|l| l["kind"] == "alert" && l["rule"]["id"] == "shell-in-container")
+            .any(|l| l["kind"] == "alert" && l["rule"]["id"] == "shadow-file-access")
     };
     while Instant::now() < deadline && !found(&lines) {
         std::thread::sleep(Duration::from_millis(200));
@@ -164,7 +164,7 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
         && l["ppid"] == pid
         && l["path"] == "/etc/shadow"
         && l["read_sensitive"] == true));
-    assert!(found(&lines), "shell-in-container alert");
+    assert!(found(&lines), "shadow-file-access alert");
     assert!(
         lines.iter().all(|l| l["pid"] != daemon_pid),
         "the daemon reported itself"

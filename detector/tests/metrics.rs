@@ -103,6 +103,7 @@ fn loss(source: &str, kind: &str, count: u64) -> Event {
         container: None,
         pod: None,
         ancestry: Vec::new(),
+        lineage: None,
         body: Body::Loss(Loss {
             source: source.into(),
             lost_kind: kind.into(),

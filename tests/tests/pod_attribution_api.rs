@@ -80,17 +80,20 @@ fn exec_event(pid: u32, cgroup_id: u64) -> Event {
             ppid: Some(1),
             uid: Some(0),
             gid: Some(0),
+            ns_pid: None,
             comm: Some("sh".into()),
         },
         cgroup_id: Some(cgroup_id),
         container: None,
         pod: None,
         ancestry: Vec::new(),
+        lineage: None,
         body: Body::Exec(Exec {
             filename: "/bin/sh".into(),
             argv: vec!["sh".into()],
             argv_truncated: false,
             filename_truncated: false,
+            tty: false,
         }),
     }
 }

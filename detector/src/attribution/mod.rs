@@ -3,6 +3,7 @@
 //! - [`cgroup_path`]: pure parser from a cgroup path to pod UID, QoS class and container id.
 //! - [`cgroup_ids`]: cgroup id (cgroup2 inode number) to path, by walking the cgroup2 mount.
 //! - [`process_table`]: parent chains from exec/exit events and a `/proc` scan at start.
+//! - [`lineage`]: the runtime's processes and the workload's, and how each was started.
 //! - [`pods`]: the pod index by UID and container id, with the deleted-pod cache.
 //! - [`pod_watch`]: the only Kubernetes-specific code; a `spec.nodeName` watch feeding [`pods`].
 //! - [`node`]: which node this is.
@@ -31,6 +32,7 @@
 
 pub mod cgroup_ids;
 pub mod cgroup_path;
+pub mod lineage;
 pub mod node;
 pub mod pod_watch;
 pub mod pods;
@@ -48,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use self::{
     cgroup_ids::CgroupPaths,
     cgroup_path::{CgroupIdentity, Runtime},
+    lineage::Place,
     pods::{PodLimits, SharedPodIndex},
     process_table::{ProcessLimits, ProcessTable, ScannedProcess},
 };
@@ -226,14 +229,59 @@ impl Enricher {
     /// table seeded from `/proc`.
     pub fn for_node(config: &AttributionConfig, cgroup2: &Path, pods: SharedPodIndex) -> Self {
         let mut enricher = Self::new(Box::new(CgroupPaths::new(cgroup2)), pods, config);
-        enricher.seed_processes(process_table::scan_proc(Path::new("/proc")));
+        let scanned = process_table::scan_proc(Path::new("/proc"));
+        let cgroup_id = |path: &str| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(cgroup2.join(path.trim_start_matches('/')))
+                .map(|m| m.ino())
+                .ok()
+        };
+        let ids: Vec<Option<u64>> = scanned
+            .iter()
+            .map(|p| p.cgroup_path.as_deref().and_then(cgroup_id))
+            .collect();
+        enricher.seed_processes(scanned.into_iter().zip(ids), Instant::now());
         enricher
     }
 
-    /// Adds processes found by a `/proc` scan.
-    pub fn seed_processes(&mut self, scanned: impl IntoIterator<Item = ScannedProcess>) {
-        for p in scanned {
+    /// Adds processes found by a `/proc` scan, each with its cgroup id when known; those in
+    /// containers get their roles from the shape of their container's process tree.
+    pub fn seed_processes(
+        &mut self,
+        scanned: impl IntoIterator<Item = (ScannedProcess, Option<u64>)>,
+        now: Instant,
+    ) {
+        let scanned: Vec<_> = scanned.into_iter().collect();
+        let mut in_containers = Vec::new();
+        for (p, cgroup) in &scanned {
             self.processes.exec(p.pid, p.ppid, &p.exe);
+            let Some(cgroup) = *cgroup else { continue };
+            let container = self
+                .identity(cgroup, now)
+                .is_some_and(|i| i.container.is_some() || i.pod.is_some());
+            if container {
+                in_containers.push(lineage::Found {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    cgroup,
+                    comm: &p.comm,
+                    ns_pid: p.ns_pid,
+                    start: p.start_ticks,
+                });
+            }
+        }
+        let roles = lineage::seed_roles(&in_containers);
+        for (p, cgroup) in &scanned {
+            if let (Some(&(role, leader)), Some(cgroup)) = (roles.get(&p.pid), *cgroup) {
+                let place = Place {
+                    cgroup,
+                    container: true,
+                    ns_pid: p.ns_pid,
+                    tty: p.tty,
+                };
+                self.processes
+                    .seed_in_container(p.pid, role, leader, &place);
+            }
         }
     }
 
@@ -275,8 +323,8 @@ impl Enricher {
 
     /// Enriches one event, or holds it (returns `None`) until its pod is known.
     pub fn enrich(&mut self, mut event: Event, now: Instant) -> Option<Event> {
-        self.track_process(&mut event, now);
         let identity = event.cgroup_id.and_then(|id| self.identity(id, now));
+        self.track_process(&mut event, identity.as_deref(), now);
         let Some(identity) = identity else {
             return Some(event);
         };
@@ -394,16 +442,34 @@ impl Enricher {
         out
     }
 
-    fn track_process(&mut self, event: &mut Event, now: Instant) {
+    fn track_process(
+        &mut self,
+        event: &mut Event,
+        identity: Option<&CgroupIdentity>,
+        now: Instant,
+    ) {
         let (Some(pid), Some(ppid)) = (event.process.pid, event.process.ppid) else {
             return;
         };
-        match &event.body {
-            Body::Exec(exec) => self.processes.exec(pid, ppid, &exec.filename),
-            _ => self
-                .processes
-                .observe(pid, ppid, event.process.comm.as_deref().unwrap_or("?")),
-        }
+        let mut place = Place {
+            cgroup: event.cgroup_id.unwrap_or(0),
+            container: identity.is_some_and(|i| i.container.is_some() || i.pod.is_some()),
+            ns_pid: event.process.ns_pid,
+            tty: false,
+        };
+        event.lineage = match &event.body {
+            Body::Exec(exec) => {
+                place.tty = exec.tty;
+                self.processes
+                    .exec_at(pid, ppid, &exec.filename, &place, &exec.argv)
+            }
+            _ => self.processes.observe_at(
+                pid,
+                ppid,
+                event.process.comm.as_deref().unwrap_or("?"),
+                &place,
+            ),
+        };
         event.ancestry = self.processes.ancestry(ppid);
         if matches!(event.body, Body::Exit(_)) {
             self.processes.exit(pid, now);

@@ -17,7 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::event::Ancestor;
+use super::lineage::{self, Place, Sessions};
+use crate::event::{Ancestor, Lineage, Role};
 
 /// Longest executable path kept; longer ones are cut at a character boundary.
 pub const MAX_EXE_BYTES: usize = 256;
@@ -31,6 +32,24 @@ struct Process {
     ppid: u32,
     exe: Arc<str>,
     exited_at: Option<Instant>,
+    /// The cgroup it was last seen in (0: unknown).
+    cgroup: u64,
+    /// Its role in its container, `None` outside containers.
+    role: Option<Role>,
+    /// It had a controlling terminal at its last exec (or its parent's, when forked).
+    tty: bool,
+    /// The runtime started it (see [`Lineage::leader`]).
+    leader: bool,
+}
+
+impl Process {
+    fn lineage(&self) -> Option<Lineage> {
+        self.role.map(|role| Lineage {
+            role,
+            tty: self.tty,
+            leader: self.leader,
+        })
+    }
 }
 
 /// Limits of a [`ProcessTable`].
@@ -62,6 +81,7 @@ pub struct ProcessTable {
     processes: HashMap<u32, Process>,
     exited: VecDeque<(Instant, u32)>,
     exes: HashSet<Arc<str>>,
+    sessions: Sessions,
     dropped: u64,
 }
 
@@ -73,6 +93,7 @@ impl ProcessTable {
             processes: HashMap::new(),
             exited: VecDeque::new(),
             exes: HashSet::new(),
+            sessions: Sessions::new(limits.capacity),
             dropped: 0,
         }
     }
@@ -92,38 +113,160 @@ impl ProcessTable {
         self.dropped
     }
 
-    /// Records an exec (or a process found by the start-up scan): `pid` now runs `exe`.
+    /// Records a process of the node found by the start-up scan, or an exec outside any
+    /// container: `pid` now runs `exe`.
     pub fn exec(&mut self, pid: u32, ppid: u32, exe: &str) {
+        self.exec_at(pid, ppid, exe, &Place::default(), &[]);
+    }
+
+    /// Records an exec at `place`: `pid` now runs `exe` with `argv`. Returns the process's
+    /// lineage when `place` is a container's (see [`lineage`]).
+    pub fn exec_at(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        exe: &str,
+        place: &Place,
+        argv: &[String],
+    ) -> Option<Lineage> {
+        let (role, leader) = if place.container {
+            let (role, leader) = self.role_at_exec(pid, ppid, exe, place, argv);
+            (Some(role), leader)
+        } else {
+            (None, false)
+        };
         let exe = self.intern(exe);
-        self.insert(pid, ppid, exe);
+        let process = Process {
+            ppid,
+            exe,
+            exited_at: None,
+            cgroup: place.cgroup,
+            role,
+            tty: place.tty,
+            leader,
+        };
+        let lineage = process.lineage();
+        self.insert(pid, process);
+        lineage
     }
 
     /// Records a process seen in any event. A process not in the table was forked after the
     /// scan without exec-ing: it runs its parent's executable (or, unknown, its command name).
     pub fn observe(&mut self, pid: u32, ppid: u32, comm: &str) {
-        if self
-            .processes
-            .get(&pid)
-            .is_some_and(|p| p.exited_at.is_none() && p.ppid == ppid)
-        {
-            return;
-        }
-        if self
-            .processes
-            .get(&pid)
-            .is_some_and(|p| p.exited_at.is_none())
+        self.observe_at(pid, ppid, comm, &Place::default());
+    }
+
+    /// [`Self::observe`] at `place`; returns the process's lineage when `place` is a
+    /// container's.
+    pub fn observe_at(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        comm: &str,
+        place: &Place,
+    ) -> Option<Lineage> {
+        if let Some(p) = self.processes.get_mut(&pid)
+            && p.exited_at.is_none()
+            && (p.cgroup == place.cgroup || !place.container || p.cgroup == 0)
         {
             // Reparented (its parent exited): same executable, new parent.
-            if let Some(p) = self.processes.get_mut(&pid) {
-                p.ppid = ppid;
+            p.ppid = ppid;
+            if p.cgroup == 0 {
+                p.cgroup = place.cgroup;
             }
-            return;
+            if place.container && p.role.is_none() {
+                // A process the scan found before its container was known.
+                p.role = Some(lineage::role_unseen(comm, None));
+            }
+            return p.lineage();
         }
-        let exe = match self.processes.get(&ppid) {
-            Some(parent) => parent.exe.clone(),
-            None => self.intern(comm),
+        // First seen here: forked without exec, or moved into this cgroup without exec.
+        let (exe, inherited, tty) = match self.processes.get(&ppid) {
+            Some(parent) => {
+                // Only a live parent in the same cgroup hands its role down.
+                let same = parent.exited_at.is_none() && parent.cgroup == place.cgroup;
+                (
+                    parent.exe.clone(),
+                    parent.role.filter(|_| same),
+                    same && parent.tty,
+                )
+            }
+            None => (self.intern(comm), None, false),
         };
-        self.insert(pid, ppid, exe);
+        let role = place
+            .container
+            .then(|| lineage::role_unseen(comm, inherited));
+        let process = Process {
+            ppid,
+            exe,
+            exited_at: None,
+            cgroup: place.cgroup,
+            role,
+            tty,
+            leader: false,
+        };
+        let lineage = process.lineage();
+        self.insert(pid, process);
+        lineage
+    }
+
+    /// The role of `pid` exec-ing `exe` in a container's cgroup, and whether the runtime
+    /// started it. A workload process stays one (a leader stays the leader), and a child forked
+    /// from one inherits its role; anything else was started from outside the workload, by the
+    /// runtime: its own binaries stay the runtime's, the first process is the container's main
+    /// process, and later ones are exec sessions (probes when the same command keeps coming).
+    fn role_at_exec(
+        &mut self,
+        pid: u32,
+        ppid: u32,
+        exe: &str,
+        place: &Place,
+        argv: &[String],
+    ) -> (Role, bool) {
+        let workload = |p: Option<&Process>| {
+            p.filter(|p| p.exited_at.is_none() && p.cgroup == place.cgroup)
+                .and_then(|p| Some((p.role.filter(|r| r.is_workload())?, p.leader)))
+        };
+        if let Some(same) = workload(self.processes.get(&pid)) {
+            return same;
+        }
+        if let Some((role, _)) = workload(self.processes.get(&ppid)) {
+            return (role, false);
+        }
+        if lineage::is_runtime_exe(exe) {
+            return (Role::Runtime, false);
+        }
+        let main_alive = self.sessions.main(place.cgroup).is_some_and(|main| {
+            main != pid
+                && self.processes.get(&main).is_some_and(|p| {
+                    p.exited_at.is_none()
+                        && p.cgroup == place.cgroup
+                        && p.role == Some(Role::Entrypoint)
+                })
+        });
+        let role = if place.ns_pid == Some(1) || !main_alive {
+            self.sessions.set_main(place.cgroup, pid);
+            Role::Entrypoint
+        } else if self.sessions.started(place.cgroup, exe, argv) >= lineage::PROBE_REPEATS {
+            Role::Probe
+        } else {
+            Role::ExecSession
+        };
+        (role, true)
+    }
+
+    /// Records a process the start-up scan found in a container, with the role the scan
+    /// worked out from its place in the container's process tree.
+    pub fn seed_in_container(&mut self, pid: u32, role: Role, leader: bool, place: &Place) {
+        if role == Role::Entrypoint && leader {
+            self.sessions.set_main(place.cgroup, pid);
+        }
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.cgroup = place.cgroup;
+            p.role = Some(role);
+            p.tty = place.tty;
+            p.leader = leader;
+        }
     }
 
     /// Records an exit; the entry stays for the grace period.
@@ -133,6 +276,10 @@ impl ProcessTable {
         {
             p.exited_at = Some(now);
             self.exited.push_back((now, pid));
+            if p.role == Some(Role::Entrypoint) {
+                // The main process's exit ends its container.
+                self.sessions.end(p.cgroup, pid);
+            }
         }
         self.evict(now);
     }
@@ -190,11 +337,17 @@ impl ProcessTable {
     pub fn approx_bytes(&self) -> usize {
         self.processes.capacity() * (size_of::<u32>() + size_of::<Process>() + 1)
             + self.exited.capacity() * size_of::<(Instant, u32)>()
+            + self.sessions.approx_bytes()
             + self.exes.capacity() * (size_of::<Arc<str>>() + 1)
             + self.exes.iter().map(|e| e.len() + 16).sum::<usize>()
     }
 
-    fn insert(&mut self, pid: u32, ppid: u32, exe: Arc<str>) {
+    /// The lineage of a process in a container.
+    pub fn lineage(&self, pid: u32) -> Option<Lineage> {
+        self.processes.get(&pid)?.lineage()
+    }
+
+    fn insert(&mut self, pid: u32, process: Process) {
         if !self.processes.contains_key(&pid) && self.processes.len() >= self.limits.capacity {
             // Make room from the exited entries, oldest first, before refusing.
             while self.processes.len() >= self.limits.capacity {
@@ -214,14 +367,7 @@ impl ProcessTable {
                 return;
             }
         }
-        self.processes.insert(
-            pid,
-            Process {
-                ppid,
-                exe,
-                exited_at: None,
-            },
-        );
+        self.processes.insert(pid, process);
     }
 
     fn intern(&mut self, exe: &str) -> Arc<str> {
@@ -240,7 +386,7 @@ impl ProcessTable {
 }
 
 /// One process found by [`scan_proc`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScannedProcess {
     /// Process id.
     pub pid: u32,
@@ -248,10 +394,20 @@ pub struct ScannedProcess {
     pub ppid: u32,
     /// Executable path, or `[comm]` for kernel threads and processes whose exe is unreadable.
     pub exe: String,
+    /// Command name.
+    pub comm: String,
+    /// Its cgroup2 path (`0::` in `/proc/<pid>/cgroup`), relative to the cgroup2 mount.
+    pub cgroup_path: Option<String>,
+    /// Its pid in its own namespace (the last `NSpid` of its status).
+    pub ns_pid: Option<u32>,
+    /// It has a controlling terminal.
+    pub tty: bool,
+    /// When it started, in clock ticks after boot.
+    pub start_ticks: u64,
 }
 
-/// Reads every process under a procfs mount (`/proc`): pid, parent and executable. Processes
-/// that exit during the scan are skipped.
+/// Reads every process under a procfs mount (`/proc`): pid, parent, executable, cgroup, pid in
+/// its namespace, terminal and start time. Processes that exit during the scan are skipped.
 pub fn scan_proc(proc_root: &Path) -> Vec<ScannedProcess> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
@@ -269,27 +425,74 @@ pub fn scan_proc(proc_root: &Path) -> Vec<ScannedProcess> {
         let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
             continue;
         };
-        let Some((comm, ppid)) = parse_stat(&stat) else {
+        let Some(fields) = parse_stat_fields(&stat) else {
             continue;
         };
         let exe = std::fs::read_link(dir.join("exe"))
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("[{comm}]"));
-        found.push(ScannedProcess { pid, ppid, exe });
+            .unwrap_or_else(|| format!("[{}]", fields.comm));
+        let cgroup_path = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .map(str::to_owned)
+            });
+        let ns_pid = std::fs::read_to_string(dir.join("status"))
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+                line.split_whitespace().last()?.parse().ok()
+            });
+        found.push(ScannedProcess {
+            pid,
+            ppid: fields.ppid,
+            exe,
+            comm: fields.comm.to_owned(),
+            cgroup_path,
+            ns_pid,
+            tty: fields.tty_nr != 0,
+            start_ticks: fields.start_ticks,
+        });
     }
     found
 }
 
 /// `(comm, ppid)` from `/proc/<pid>/stat` text; comm may hold spaces and parentheses.
 pub fn parse_stat(stat: &str) -> Option<(&str, u32)> {
+    parse_stat_fields(stat).map(|f| (f.comm, f.ppid))
+}
+
+/// The fields of `/proc/<pid>/stat` the scan keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFields<'a> {
+    /// Command name.
+    pub comm: &'a str,
+    /// Parent pid.
+    pub ppid: u32,
+    /// Controlling terminal's device number (0: none).
+    pub tty_nr: u32,
+    /// Start time in clock ticks after boot (0 when the line stops early).
+    pub start_ticks: u64,
+}
+
+/// [`StatFields`] from `/proc/<pid>/stat` text; comm may hold spaces and parentheses.
+pub fn parse_stat_fields(stat: &str) -> Option<StatFields<'_>> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?;
-    let mut rest = stat.get(close + 1..)?.split_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((comm, ppid))
+    // Fields after comm, from field 3 (state) on.
+    let rest: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let tty_nr = rest.get(4).and_then(|t| t.parse::<i64>().ok()).unwrap_or(0) as u32;
+    let start_ticks = rest.get(19).and_then(|t| t.parse().ok()).unwrap_or(0);
+    Some(StatFields {
+        comm,
+        ppid,
+        tty_nr,
+        start_ticks,
+    })
 }
 
 #[cfg(test)]

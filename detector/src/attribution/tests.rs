@@ -40,12 +40,14 @@ fn event(pid: u32, ppid: u32, cgroup_id: u64, body: Body) -> Event {
             ppid: Some(ppid),
             uid: Some(0),
             gid: Some(0),
+            ns_pid: None,
             comm: Some("x".into()),
         },
         cgroup_id: Some(cgroup_id),
         container: None,
         pod: None,
         ancestry: Vec::new(),
+        lineage: None,
         body,
     }
 }
@@ -56,6 +58,7 @@ fn exec(filename: &str) -> Body {
         argv: vec![filename.into()],
         argv_truncated: false,
         filename_truncated: false,
+        tty: false,
     })
 }
 
@@ -78,6 +81,7 @@ fn open(path: &str) -> Body {
         joined: false,
         original_path: None,
         original_target: None,
+        self_path: None,
     })
 }
 

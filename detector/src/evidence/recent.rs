@@ -137,6 +137,7 @@ mod tests {
             container: None,
             pod: None,
             ancestry: Vec::new(),
+            lineage: None,
             body: Body::Exit(Exit {
                 exit_code: 0,
                 exit_status: Some(0),

@@ -8,9 +8,10 @@ use ipnet::IpNet;
 
 use super::{
     Problem, Rule, RuleMeta, RuleSet,
-    matcher::{ALL_KINDS, Condition, KIND_NAMES, PathMatcher, StrSet},
+    matcher::{ALL_KINDS, Condition, KIND_NAMES, PathMatcher, StrSet, role_bit},
     spec::{ConditionSpec, PathSpec, RuleFile, Strings},
 };
+use crate::event::Role;
 
 /// The ATT&CK Enterprise tactics a rule may name.
 const TACTICS: [&str; 14] = [
@@ -178,6 +179,7 @@ impl Compiler {
             }),
             scope: spec.scope,
             enabled: spec.enabled,
+            admits_runtime: condition.names_runtime(),
             condition,
             exceptions,
         })
@@ -207,6 +209,9 @@ impl Compiler {
             owner_kind: self.set(file, &format!("{at}.owner_kind"), &spec.owner_kind),
             image: self.path(file, &format!("{at}.image"), spec.image.as_ref()),
             drift: spec.drift,
+            lineage: self.roles(file, &format!("{at}.lineage"), &spec.lineage),
+            tty: spec.tty,
+            leader: spec.leader,
             all: Vec::new(),
             any: Vec::new(),
         };
@@ -283,6 +288,24 @@ impl Compiler {
                     file,
                     at,
                     format!("unknown kind {kind:?} (one of {})", KIND_NAMES.join(", ")),
+                ),
+            }
+        }
+        mask
+    }
+
+    fn roles(&mut self, file: &str, at: &str, items: &Strings) -> u8 {
+        let mut mask = 0;
+        for name in self.expand(file, at, items) {
+            match Role::ALL.iter().find(|r| r.as_str() == name) {
+                Some(&role) => mask |= role_bit(role),
+                None => self.problem(
+                    file,
+                    at,
+                    format!(
+                        "unknown lineage {name:?} (one of {})",
+                        Role::ALL.map(Role::as_str).join(", ")
+                    ),
                 ),
             }
         }

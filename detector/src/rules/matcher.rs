@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use globset::{Candidate, GlobSet};
 use ipnet::IpNet;
 
-use crate::event::{Body, Event, FileOperation};
+use crate::event::{Body, Event, FileOperation, Role};
 
 /// Number of event kinds; rules are indexed by kind.
 pub const KINDS: usize = 6;
@@ -124,6 +124,12 @@ pub struct Condition {
     pub image: Option<PathMatcher>,
     /// Drift.
     pub drift: Option<bool>,
+    /// Lineage roles (bit per [`role_bit`]); 0: any, lineage or not.
+    pub lineage: u8,
+    /// Controlling terminal.
+    pub tty: Option<bool>,
+    /// Started by the runtime itself.
+    pub leader: Option<bool>,
     /// Macros, all of which must hold.
     pub all: Vec<Condition>,
     /// Alternatives, one of which must hold (when not empty).
@@ -140,7 +146,25 @@ pub fn file_op_bit(op: FileOperation) -> u8 {
     }
 }
 
+/// Bit of a lineage role in [`Condition::lineage`].
+pub fn role_bit(role: Role) -> u8 {
+    match role {
+        Role::Runtime => 1,
+        Role::Entrypoint => 2,
+        Role::ExecSession => 4,
+        Role::Probe => 8,
+    }
+}
+
 impl Condition {
+    /// The condition, or a macro it uses, names the `runtime` lineage (a rule about the
+    /// runtime's own activity).
+    pub fn names_runtime(&self) -> bool {
+        self.lineage & role_bit(Role::Runtime) != 0
+            || self.all.iter().any(Condition::names_runtime)
+            || self.any.iter().any(Condition::names_runtime)
+    }
+
     /// The kinds an event must have for this condition to possibly hold.
     pub fn possible_kinds(&self) -> u8 {
         let mut kinds = self.kinds;
@@ -190,6 +214,7 @@ impl Condition {
                     && self.path.as_ref().is_none_or(|m| {
                         m.matches(&file.path)
                             || file.target.as_deref().is_some_and(|t| m.matches(t))
+                            || file.self_path.as_deref().is_some_and(|p| m.matches(p))
                     })
             }
             Body::Connect(connect) => {
@@ -223,16 +248,25 @@ impl Condition {
     }
 
     fn matches_process(&self, event: &Event) -> bool {
-        self.comm.as_ref().is_none_or(|set| {
-            event
-                .process
-                .comm
-                .as_deref()
-                .is_some_and(|c| set.contains(c))
-        }) && self
-            .parent
-            .as_ref()
-            .is_none_or(|m| event.ancestry.first().is_some_and(|a| m.matches(&a.exe)))
+        let lineage = event.lineage;
+        (self.lineage == 0 || lineage.is_some_and(|l| self.lineage & role_bit(l.role) != 0))
+            && self
+                .tty
+                .is_none_or(|want| lineage.is_some_and(|l| l.tty == want))
+            && self
+                .leader
+                .is_none_or(|want| lineage.is_some_and(|l| l.leader == want))
+            && self.comm.as_ref().is_none_or(|set| {
+                event
+                    .process
+                    .comm
+                    .as_deref()
+                    .is_some_and(|c| set.contains(c))
+            })
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|m| event.ancestry.first().is_some_and(|a| m.matches(&a.exe)))
             && self
                 .ancestor
                 .as_ref()

@@ -108,6 +108,8 @@ pub struct Rule {
     meta: Arc<RuleMeta>,
     scope: Scope,
     enabled: bool,
+    /// The condition names the `runtime` lineage: the runtime's own events may match.
+    admits_runtime: bool,
     condition: Condition,
     exceptions: Vec<(Box<str>, Condition)>,
 }
@@ -127,8 +129,14 @@ impl Rule {
             Scope::Host => !in_workload,
             Scope::Any => true,
         };
+        // The runtime setting a container up is not the workload: only a rule that asks for
+        // it sees it.
+        let runtime = event
+            .lineage
+            .is_some_and(|l| l.role == crate::event::Role::Runtime);
         self.enabled
             && in_scope
+            && (!runtime || self.admits_runtime)
             && self.condition.matches(facts)
             && !self.exceptions.iter().any(|(_, c)| c.matches(facts))
     }

@@ -148,6 +148,14 @@ pub struct ConditionSpec {
     pub image: Option<PathSpec>,
     /// An exec of a file written in the same pod or container after it started.
     pub drift: Option<bool>,
+    /// Roles of the process in its container: `runtime`, `entrypoint`, `exec_session`,
+    /// `probe`. Events of the runtime's own set-up match only rules that name `runtime` here.
+    pub lineage: Strings,
+    /// The process has a controlling terminal.
+    pub tty: Option<bool>,
+    /// The process is the one the runtime started (an entrypoint's or exec session's own
+    /// command), not one of its descendants.
+    pub leader: Option<bool>,
 }
 
 /// Ways to match a path-like string; at least one listed way must match.

@@ -4,8 +4,8 @@ use time::OffsetDateTime;
 
 use super::*;
 use crate::event::{
-    Ancestor, Body, Connect, Container, Event, Exec, FileActivity, FileOperation, Pod,
-    ProcessFields,
+    Ancestor, Body, Connect, Container, Event, Exec, FileActivity, FileOperation, Lineage, Pod,
+    ProcessFields, Role,
 };
 
 fn event(body: Body) -> Event {
@@ -26,6 +26,7 @@ fn event(body: Body) -> Event {
             ..Pod::default()
         }),
         ancestry: Vec::new(),
+        lineage: None,
         body,
     }
 }
@@ -36,6 +37,7 @@ fn exec(filename: &str, argv: &[&str], parents: &[&str]) -> Event {
         argv: argv.iter().map(|s| (*s).to_owned()).collect(),
         argv_truncated: false,
         filename_truncated: false,
+        tty: false,
     }));
     e.ancestry = parents
         .iter()
@@ -66,6 +68,7 @@ fn open_write(path: &str) -> Event {
         joined: false,
         original_path: None,
         original_target: None,
+        self_path: None,
     }))
 }
 
@@ -143,11 +146,12 @@ fn shell_from_web_server_matches_and_entrypoint_script_does_not() {
         "{got:?}"
     );
     assert!(got.contains(&"download-and-execute".to_owned()), "{got:?}");
-    let entry = exec(
+    let mut entry = exec(
         "/docker-entrypoint.sh",
         &["/docker-entrypoint.sh", "nginx"],
         &["/usr/bin/containerd-shim-runc-v2"],
     );
+    entry.lineage = Some(lineage(Role::Entrypoint, true));
     assert!(ids(&set, &entry).is_empty());
     let dropped = exec("/tmp/x.sh", &["/tmp/x.sh"], &["/bin/sh"]);
     assert_eq!(ids(&set, &dropped), ["script-executed"]);
@@ -238,4 +242,90 @@ fn drift_is_a_fact_from_the_engine() {
     };
     let got: Vec<_> = set.matching(&facts).map(|r| r.meta().id.as_str()).collect();
     assert_eq!(got, ["drift-executed"]);
+}
+
+fn lineage(role: Role, leader: bool) -> Lineage {
+    Lineage {
+        role,
+        tty: false,
+        leader,
+    }
+}
+
+#[test]
+fn the_runtime_setting_a_container_up_matches_no_default_rule() {
+    let set = RuleSet::defaults().unwrap();
+    for path in [
+        "/proc/4242/oom_score_adj",
+        "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        "/proc/sys/net/ipv4/ping_group_range",
+    ] {
+        let mut write = open_write(path);
+        write.lineage = Some(lineage(Role::Runtime, false));
+        assert!(ids(&set, &write).is_empty(), "{path}");
+        // The same write by the workload is one.
+        write.lineage = Some(lineage(Role::Entrypoint, false));
+        assert_eq!(ids(&set, &write), ["write-below-proc"], "{path}");
+    }
+}
+
+#[test]
+fn a_rule_that_names_the_runtime_sees_it() {
+    let yaml = "rules:\n  - id: runtime-writes-proc\n    description: d\n    mitre: {tactic: Execution, technique: T1059}\n    severity: low\n    weight: 0\n    when: {kind: file, lineage: [runtime], path: {prefix: /proc}}\n";
+    let set = RuleSet::from_sources(&[("r.yaml".into(), yaml.into())]).unwrap();
+    let mut write = open_write("/proc/sys/kernel/core_pattern");
+    write.lineage = Some(lineage(Role::Runtime, false));
+    assert_eq!(ids(&set, &write), ["runtime-writes-proc"]);
+    write.lineage = Some(lineage(Role::ExecSession, true));
+    assert!(ids(&set, &write).is_empty());
+    let bad = yaml.replace("[runtime]", "[runc]");
+    let err = RuleSet::from_sources(&[("r.yaml".into(), bad)]).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown lineage \"runc\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn own_proc_entries_match_by_their_self_path() {
+    let set = RuleSet::defaults().unwrap();
+    // A workload process setting its own OOM score: the kernel resolved /proc/self to its pid.
+    let mut own = open_write("/proc/7/oom_score_adj");
+    own.lineage = Some(lineage(Role::Entrypoint, false));
+    if let Body::File(file) = &mut own.body {
+        file.self_path = Some("/proc/self/oom_score_adj".into());
+    }
+    assert!(ids(&set, &own).is_empty());
+    // Another process's score is not its own.
+    let mut other = open_write("/proc/1/oom_score_adj");
+    other.lineage = Some(lineage(Role::Entrypoint, false));
+    assert_eq!(ids(&set, &other), ["write-below-proc"]);
+}
+
+#[test]
+fn shells_by_lineage() {
+    let set = RuleSet::defaults().unwrap();
+    // `kubectl exec -it pod -- bash`: an interactive session.
+    let mut terminal = exec(
+        "/bin/bash",
+        &["bash"],
+        &["/usr/bin/containerd-shim-runc-v2"],
+    );
+    terminal.lineage = Some(Lineage {
+        role: Role::ExecSession,
+        tty: true,
+        leader: true,
+    });
+    let got = ids(&set, &terminal);
+    assert!(
+        got.contains(&"terminal-shell-in-container".to_owned()),
+        "{got:?}"
+    );
+    // An exec probe's `sh -c`, started by the runtime without a terminal.
+    let mut probe = exec("/bin/sh", &["sh", "-c", "test -f /tmp/ok"], &[]);
+    probe.lineage = Some(lineage(Role::Probe, true));
+    assert!(ids(&set, &probe).is_empty());
+    // The same shell started by a workload process is not the runtime's.
+    probe.lineage = Some(lineage(Role::Probe, false));
+    assert_eq!(ids(&set, &probe), ["shell-in-container"]);
 }

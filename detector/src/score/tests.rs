@@ -21,6 +21,7 @@ fn at(seconds: i64, pod: &str, body: Body) -> Event {
             ..Pod::default()
         }),
         ancestry: Vec::new(),
+        lineage: None,
         body,
     }
 }
@@ -34,6 +35,7 @@ fn exec(seconds: i64, pod: &str, filename: &str) -> Event {
             argv: vec![filename.into()],
             argv_truncated: false,
             filename_truncated: false,
+            tty: false,
         }),
     )
 }
@@ -60,6 +62,7 @@ fn write(seconds: i64, pod: &str, path: &str) -> Event {
             joined: false,
             original_path: None,
             original_target: None,
+            self_path: None,
         }),
     )
 }

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use detector::event::{
-    Ancestor, Body, Connect, Container, Egress, Event, Exec, FileActivity, FileOperation, Owner,
-    Pod, ProcessFields,
+    Ancestor, Body, Connect, Container, Egress, Event, Exec, FileActivity, FileOperation, Lineage,
+    Owner, Pod, ProcessFields, Role,
 };
 use time::OffsetDateTime;
 
@@ -113,6 +113,7 @@ impl Workload {
                 ppid: pid.map(|p| p.saturating_sub(1)),
                 uid: pid.map(|_| 101),
                 gid: pid.map(|_| 101),
+                ns_pid: None,
                 comm: comm.map(Into::into),
             },
             cgroup_id: Some(self.cgroup_id),
@@ -126,6 +127,13 @@ impl Workload {
                     exe: (*exe).into(),
                 })
                 .collect(),
+            // What the process table gives a container's processes: the runtime starts the
+            // entrypoint and the probes (the shim is their parent); the rest descend from them.
+            lineage: pid.map(|_| Lineage {
+                role: Role::Entrypoint,
+                tty: false,
+                leader: ancestry.first() == Some(&SHIM),
+            }),
             body,
         }
     }
@@ -149,6 +157,7 @@ impl Workload {
                 argv: argv.iter().map(|s| (*s).to_owned()).collect(),
                 argv_truncated: false,
                 filename_truncated: false,
+                tty: false,
             }),
         )
     }
@@ -189,6 +198,7 @@ impl Workload {
                 joined: false,
                 original_path: None,
                 original_target: None,
+                self_path: None,
             }),
         )
     }

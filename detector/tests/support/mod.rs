@@ -236,17 +236,20 @@ pub fn event(id: u64) -> Record {
             ppid: Some(1),
             uid: Some(0),
             gid: Some(0),
+            ns_pid: None,
             comm: Some("sh".into()),
         },
         cgroup_id: Some(1),
         container: None,
         pod: None,
         ancestry: Vec::new(),
+        lineage: None,
         body: Body::Exec(Exec {
             filename: "/bin/sh".into(),
             argv: vec!["sh".into(), "-c".into(), format!("echo {id}")],
             argv_truncated: false,
             filename_truncated: false,
+            tty: false,
         }),
     })
 }

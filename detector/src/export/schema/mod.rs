@@ -130,6 +130,7 @@ pub(crate) mod fixtures {
                 ppid: Some(1),
                 uid: Some(0),
                 gid: Some(0),
+                ns_pid: None,
                 comm: Some("sh".into()),
             },
             cgroup_id: Some(7),
@@ -156,6 +157,7 @@ pub(crate) mod fixtures {
                 pid: 1,
                 exe: "/usr/bin/containerd-shim".into(),
             }],
+            lineage: None,
             body,
         }
     }
@@ -192,6 +194,7 @@ pub(crate) mod fixtures {
         let node = |body: Body| Event {
             process: ProcessFields::default(),
             ancestry: Vec::new(),
+            lineage: None,
             ..event(body, false)
         };
         let records = vec![
@@ -201,6 +204,7 @@ pub(crate) mod fixtures {
                     argv: vec!["sh".into(), "-c".into(), "id".into()],
                     argv_truncated: false,
                     filename_truncated: false,
+                    tty: false,
                 }),
                 true,
             )),
@@ -231,6 +235,7 @@ pub(crate) mod fixtures {
                     joined: false,
                     original_path: None,
                     original_target: None,
+                    self_path: None,
                 }),
                 true,
             )),
@@ -253,6 +258,7 @@ pub(crate) mod fixtures {
                     joined: false,
                     original_path: None,
                     original_target: None,
+                    self_path: None,
                 }),
                 false,
             )),
