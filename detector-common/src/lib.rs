@@ -18,6 +18,15 @@ pub const MAP_PATH_CLASS: &str = "PATH_CLASS";
 pub const MAP_WRITE_DEDUP: &str = "WRITE_DEDUP";
 /// Cgroup ids (cgroup2 inode numbers) whose descendants are watched in `containers` mode.
 pub const MAP_WATCH_ROOTS: &str = "WATCH_ROOTS";
+/// Cgroup ids at levels 1 and 2 that user space classified as the node's own (not container
+/// roots) in `containers` mode. A cgroup at those levels in neither this map nor
+/// [`MAP_WATCH_ROOTS`] was created since the last classification and is watched until it is
+/// classified, so that a new container root's first containers are never missed.
+pub const MAP_WATCH_KNOWN: &str = "WATCH_KNOWN";
+/// Entries of [`MAP_WATCH_KNOWN`] at most.
+pub const WATCH_KNOWN_MAX: u32 = 8192;
+/// Deepest level of a container root (`system.slice/docker-<id>.scope`).
+pub const WATCH_ROOT_MAX_LEVEL: u32 = 2;
 /// LRU cache of the watch decision per cgroup id ([`WatchDecision`]).
 pub const MAP_WATCH_CACHE: &str = "WATCH_CACHE";
 /// Per-CPU egress counters per cgroup id ([`TrafficCounters`]).

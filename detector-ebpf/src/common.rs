@@ -13,8 +13,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use detector_common::{
-    EventHeader, EventKind, KernelOffsets, STAT_COUNT, Stat, WATCH_MAX_DEPTH, WatchDecision,
-    WatchMode, header_flags,
+    EventHeader, EventKind, KernelOffsets, STAT_COUNT, Stat, WATCH_KNOWN_MAX, WATCH_MAX_DEPTH,
+    WATCH_ROOT_MAX_LEVEL, WatchDecision, WatchMode, header_flags,
 };
 
 /// Every record goes through this ring buffer; its size is set by user space at load.
@@ -28,6 +28,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 /// Cgroup ids whose descendants are watched in `containers` mode.
 #[map(name = "WATCH_ROOTS")]
 static WATCH_ROOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// The node's own cgroups at the levels where container roots live (see `MAP_WATCH_KNOWN`).
+#[map(name = "WATCH_KNOWN")]
+static WATCH_KNOWN: HashMap<u64, u32> = HashMap::with_max_entries(WATCH_KNOWN_MAX, 0);
 
 /// Watch decision per cgroup id, so the ancestor walk runs once per cgroup and generation.
 #[map(name = "WATCH_CACHE")]
@@ -212,6 +216,13 @@ fn decide_watched(cgroup_id: u64, generation: u32) -> bool {
         }
         // SAFETY: only existence is tested.
         if unsafe { WATCH_ROOTS.get(ancestor) }.is_some() {
+            watched = 1;
+            break;
+        }
+        // A cgroup where roots live that user space has not classified yet is new: watched
+        // until it is (a runtime's new root, or a node unit for a second).
+        // SAFETY: as above.
+        if level <= WATCH_ROOT_MAX_LEVEL && unsafe { WATCH_KNOWN.get(ancestor) }.is_none() {
             watched = 1;
             break;
         }

@@ -72,37 +72,57 @@ pub fn is_container_root(relative: &str) -> bool {
     }
 }
 
-/// Ids of the container roots below `cgroup2`, sorted.
-pub fn container_roots(cgroup2: &Path) -> Vec<u64> {
-    let mut ids = Vec::new();
-    let Ok(top) = std::fs::read_dir(cgroup2) else {
-        return ids;
+/// The cgroups where container roots live, classified: the kernel watches below `roots`, not
+/// below `known`, and treats any cgroup at those levels in neither as new (watched until the
+/// next classification).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchLayout {
+    /// Container roots, sorted.
+    pub roots: Vec<u64>,
+    /// The node's own cgroups at levels 1 and 2 (outside container roots), sorted; at most
+    /// `WATCH_KNOWN_MAX` (the rest stay watched as unknown).
+    pub known: Vec<u64>,
+}
+
+/// Classifies the first two levels below `cgroup2` (see [`WatchLayout`]).
+pub fn watch_layout(cgroup2: &Path) -> WatchLayout {
+    let mut layout = WatchLayout::default();
+    let dirs = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
     };
-    for entry in top.flatten() {
+    let max_known = detector_common::WATCH_KNOWN_MAX as usize;
+    for entry in dirs(cgroup2) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        let Ok(meta) = entry.metadata() else { continue };
+        if is_container_root(&name) {
+            layout.roots.push(meta.ino());
             continue;
         }
-        if is_container_root(&name)
-            && let Ok(meta) = entry.metadata()
-        {
-            ids.push(meta.ino());
+        if layout.known.len() < max_known {
+            layout.known.push(meta.ino());
         }
-        if name == "system.slice"
-            && let Ok(inner) = std::fs::read_dir(entry.path())
-        {
-            for child in inner.flatten() {
-                let child_name = child.file_name().to_string_lossy().into_owned();
-                if is_container_root(&format!("system.slice/{child_name}"))
-                    && let Ok(meta) = child.metadata()
-                {
-                    ids.push(meta.ino());
-                }
+        for child in dirs(&entry.path()) {
+            let child_name = child.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = child.metadata() else { continue };
+            if is_container_root(&format!("{name}/{child_name}")) {
+                layout.roots.push(meta.ino());
+            } else if layout.known.len() < max_known {
+                layout.known.push(meta.ino());
             }
         }
     }
-    ids.sort_unstable();
-    ids
+    layout.roots.sort_unstable();
+    layout.known.sort_unstable();
+    layout
+}
+
+/// Ids of the container roots below `cgroup2`, sorted.
+pub fn container_roots(cgroup2: &Path) -> Vec<u64> {
+    watch_layout(cgroup2).roots
 }
 
 /// This process's cgroup2 path relative to the hierarchy's root (the `0::` line of
@@ -183,5 +203,32 @@ mod tests {
         ] {
             assert!(!is_container_root(no), "{no}");
         }
+    }
+
+    #[test]
+    fn watch_layout_classifies_two_levels() {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in [
+            "kubepods.slice/kubepods-besteffort.slice",
+            "system.slice/docker-0123.scope",
+            "system.slice/ssh.service/deeper",
+            "user.slice/user-0.slice",
+        ] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let id = |p: &str| cgroup_id(&dir.path().join(p)).unwrap();
+        let layout = watch_layout(dir.path());
+        let mut roots = vec![id("kubepods.slice"), id("system.slice/docker-0123.scope")];
+        roots.sort_unstable();
+        assert_eq!(layout.roots, roots);
+        let mut known = vec![
+            id("system.slice"),
+            id("system.slice/ssh.service"),
+            id("user.slice"),
+            id("user.slice/user-0.slice"),
+        ];
+        known.sort_unstable();
+        // Below a root and deeper than two levels: neither (the kernel does not look there).
+        assert_eq!(layout.known, known);
     }
 }

@@ -30,7 +30,7 @@ use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
     GLOBAL_READ_PREFILTER, GLOBAL_WATCH_MODE, KFUNC_RDONLY_CAST_MARKER, MAP_EGRESS, MAP_EVENTS,
     MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
-    MAP_WATCH_GENERATION, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS,
+    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS,
     PathClassData, READ_PREFILTER_SLOTS, ReadPrefilter, TaskCacheEntry, TopComponents,
     TrafficCounters, WatchMode, path_class,
 };
@@ -155,7 +155,7 @@ pub struct Sensors {
     /// The programs attached; empty when detached.
     links: Vec<Link>,
     watch: Watch,
-    watch_roots: Vec<u64>,
+    watch_layout: cgroup::WatchLayout,
     generation: u32,
     path_classes: PathClasses,
 }
@@ -251,7 +251,7 @@ impl Sensors {
             hooks: Vec::new(),
             links: Vec::new(),
             watch: config.watch,
-            watch_roots: Vec::new(),
+            watch_layout: cgroup::WatchLayout::default(),
             generation: 0,
             path_classes: PathClasses::new(config),
         };
@@ -495,27 +495,37 @@ impl Sensors {
         Ok(())
     }
 
-    /// In `containers` mode, finds the container cgroup roots and hands any new ones to the
-    /// kernel, invalidating its cached decisions. Cheap: two directory levels are read.
+    /// In `containers` mode, classifies the cgroups where container roots live and hands what
+    /// changed to the kernel (container roots, and the node's own cgroups there), invalidating
+    /// its cached decisions. Until a new cgroup is classified the kernel watches it, so a new
+    /// root's first containers are seen from their first event. Cheap: two directory levels
+    /// are read.
     pub fn refresh_watch_roots(&mut self) -> Result<(), SensorError> {
         if self.watch != Watch::Containers {
             return Ok(());
         }
-        let roots = cgroup::container_roots(&self.cgroup2);
-        if roots == self.watch_roots {
+        let layout = cgroup::watch_layout(&self.cgroup2);
+        if layout == self.watch_layout {
             return Ok(());
         }
-        let previous = std::mem::take(&mut self.watch_roots);
-        let mut map: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(MAP_WATCH_ROOTS)?)
-            .map_err(map_error(MAP_WATCH_ROOTS))?;
-        for id in &previous {
-            if !roots.contains(id) {
-                // Already gone with its cgroup is fine.
-                let _ = map.remove(id);
+        let previous = std::mem::take(&mut self.watch_layout);
+        for (name, before, now) in [
+            (MAP_WATCH_ROOTS, &previous.roots, &layout.roots),
+            (MAP_WATCH_KNOWN, &previous.known, &layout.known),
+        ] {
+            let mut map: HashMap<_, u64, u32> =
+                HashMap::try_from(self.map_mut(name)?).map_err(map_error(name))?;
+            for id in before {
+                if now.binary_search(id).is_err() {
+                    // Already gone with its cgroup is fine.
+                    let _ = map.remove(id);
+                }
             }
-        }
-        for id in &roots {
-            map.insert(id, 1, 0).map_err(map_error(MAP_WATCH_ROOTS))?;
+            for id in now {
+                if before.binary_search(id).is_err() {
+                    map.insert(id, 1, 0).map_err(map_error(name))?;
+                }
+            }
         }
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
@@ -524,8 +534,13 @@ impl Sensors {
         array
             .set(0, generation, 0)
             .map_err(map_error(MAP_WATCH_GENERATION))?;
-        debug!(roots = ?roots, generation, "container cgroup roots updated");
-        self.watch_roots = roots;
+        debug!(
+            roots = ?layout.roots,
+            known = layout.known.len(),
+            generation,
+            "container cgroup roots updated"
+        );
+        self.watch_layout = layout;
         Ok(())
     }
 
