@@ -5,6 +5,7 @@
 //! - [`TestCgroup`]: a cgroup2 directory of the test's own, to run real child processes in and to
 //!   tell their events apart from the rest of the machine. Removed on drop, failure or not.
 //! - [`docker`]: a private, real dockerd for evidence-capture tests, cleaned up on drop.
+//! - [`daemon`]: the real `detector run` binary, started, waited for and stopped.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
 //!   wait for events.
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 
 pub mod apiserver;
 pub mod contain;
+pub mod daemon;
 pub mod docker;
 pub mod s3;
 

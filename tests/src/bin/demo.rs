@@ -2,9 +2,10 @@
 //!
 //! As root it starts a private dockerd, imports a busybox image, starts the project's test
 //! Kubernetes API server (with a kubeconfig for it), puts a Node, a Deployment, a ReplicaSet and
-//! a pod `shop/web-...` into it, runs the pod's container under a kubepods-style cgroup parent
-//! (`--network none`), fills in the pod's container id, starts `detector run` in cluster mode
-//! against the test server, plays an attack inside the container with `docker exec`, then prints
+//! a pod `shop/web-...` into it, starts `detector run` in cluster mode against the test server,
+//! then runs the pod's container (a real start while the daemon watches) under a kubepods-style
+//! cgroup parent (`--network none`), fills in the pod's container id, plays an attack inside the
+//! container with `docker exec`, then prints
 //! the timeline: the pod's events, alerts, the verdict, each containment step with its latency
 //! from the deciding event, the API server's resulting state, the evidence bundle and its
 //! verification, and lines of `/metrics`.
@@ -350,37 +351,7 @@ fn demo() -> anyhow::Result<()> {
         api.url()
     ));
 
-    // 3. The pod's container, under a kubepods-style cgroup parent, with no network.
-    let parent = dockerd.cgroup_parent(&format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-        uid.replace('-', "_")
-    ));
-    let id = dockerd.cli(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--cgroup-parent",
-        &parent,
-        "--name",
-        "web",
-        IMAGE,
-        "sh",
-        "-c",
-        "exec sleep 600",
-    ])?;
-    pod["status"] = json!({"phase": "Running", "qosClass": "BestEffort",
-        "containerStatuses": [{"name": "web", "containerID": format!("docker://{id}"),
-            "image": IMAGE, "imageID": "", "ready": true, "restartCount": 0, "started": true,
-            "state": {"running": {}}}]});
-    api.put("api/v1", "pods", pod);
-    stage(&format!(
-        "container {} running under /{parent}, pod status updated with docker://{}",
-        &id[..12],
-        &id[..12]
-    ));
-
-    // 4. The daemon, in cluster mode against the test server.
+    // 3. The daemon, in cluster mode against the test server.
     let output = dir.join("events.jsonl");
     let journal_dir = dir.join("incidents");
     let evidence_dir = dir.join("evidence");
@@ -408,6 +379,38 @@ fn demo() -> anyhow::Result<()> {
     stage(&format!(
         "detector running (pid {}), cluster mode, pod cache synced, metrics on 127.0.0.1:{metrics_port}",
         daemon.child.id()
+    ));
+
+    // 4. The pod's container, started while the daemon runs (as a kubelet starts pods on a
+    //    node the detector already watches), under a kubepods-style cgroup parent, with no
+    //    network. The runtime's own set-up in its cgroup is attributed to the runtime.
+    let parent = dockerd.cgroup_parent(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    ));
+    let id = dockerd.cli(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--cgroup-parent",
+        &parent,
+        "--name",
+        "web",
+        IMAGE,
+        "sh",
+        "-c",
+        "exec sleep 600",
+    ])?;
+    pod["status"] = json!({"phase": "Running", "qosClass": "BestEffort",
+        "containerStatuses": [{"name": "web", "containerID": format!("docker://{id}"),
+            "image": IMAGE, "imageID": "", "ready": true, "restartCount": 0, "started": true,
+            "state": {"running": {}}}]});
+    api.put("api/v1", "pods", pod);
+    stage(&format!(
+        "container {} running under /{parent}, pod status updated with docker://{}",
+        &id[..12],
+        &id[..12]
     ));
 
     // 5. The attack, inside the container.
