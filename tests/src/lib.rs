@@ -5,6 +5,8 @@
 //! - [`TestCgroup`]: a cgroup2 directory of the test's own, to run real child processes in and to
 //!   tell their events apart from the rest of the machine. Removed on drop, failure or not.
 //! - [`docker`]: a private, real dockerd for evidence-capture tests, cleaned up on drop.
+//! - [`containerd`]: a private, real containerd (ctr, kubepods-style cgroups), cleaned up on drop.
+//! - [`image`]: a realistic Debian image (debootstrap, cached) for Docker and containerd.
 //! - [`daemon`]: the real `detector run` binary, started, waited for and stopped.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
@@ -33,8 +35,10 @@ use tokio::sync::mpsc;
 
 pub mod apiserver;
 pub mod contain;
+pub mod containerd;
 pub mod daemon;
 pub mod docker;
+pub mod image;
 pub mod s3;
 
 /// True when this process may load eBPF programs. Under `CI=true` a missing privilege panics:
