@@ -269,7 +269,8 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// What the tests run against, installed when missing (idempotent; root only): a real dockerd
-/// with a busybox image (evidence), rsyslog with its TLS driver (syslog export), from Debian.
+/// with a busybox image (evidence), containerd and runc, debootstrap for the realistic Debian
+/// image of the container corpora, rsyslog with its TLS driver (syslog export), from Debian.
 fn install_test_packages() -> anyhow::Result<()> {
     let has = |program: &str| {
         Command::new("sh")
@@ -284,6 +285,15 @@ fn install_test_packages() -> anyhow::Result<()> {
     }
     if !has("busybox") {
         missing.push("busybox-static");
+    }
+    if !has("containerd") {
+        missing.push("containerd");
+    }
+    if !has("runc") {
+        missing.push("runc");
+    }
+    if !has("debootstrap") {
+        missing.push("debootstrap");
     }
     if !Path::new("/usr/sbin/rsyslogd").exists() {
         missing.push("rsyslog");
