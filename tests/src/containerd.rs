@@ -209,6 +209,18 @@ impl Containerd {
         cgroup_path: &str,
         args: &[&str],
     ) -> anyhow::Result<()> {
+        self.run_with(name, image, cgroup_path, &[], args)
+    }
+
+    /// [`Containerd::run`] with more `ctr run` options (`--cap-add CAP_X`, `--env K=V`).
+    pub fn run_with(
+        &mut self,
+        name: &str,
+        image: &str,
+        cgroup_path: &str,
+        options: &[String],
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         // Recorded first: runc may have made directories even when the start fails.
         self.cgroups.push(cgroup_path.to_owned());
         let log = format!("file://{}", self.log_path(name).display());
@@ -218,6 +230,7 @@ impl Containerd {
             .arg(self.dir.join("runc"))
             .arg("--fifo-dir")
             .arg(self.dir.join("fifo"))
+            .args(options)
             .args([image, name])
             .args(args);
         let out = cmd.output()?;
@@ -245,15 +258,21 @@ impl Containerd {
     /// Runs `args` in container `name` as exec process `exec_id` (unique among the container's
     /// running execs), without a terminal, and waits for it. Its exit status is the process's.
     pub fn exec(&self, name: &str, exec_id: &str, args: &[&str]) -> anyhow::Result<Output> {
-        self.command()
-            .args(["tasks", "exec", "--exec-id", exec_id])
-            .arg("--fifo-dir")
-            .arg(self.dir.join("fifo"))
-            .arg(name)
-            .args(args)
+        self.exec_command(name, exec_id, args)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("cannot run ctr tasks exec in {name}"))
+    }
+
+    /// The `ctr tasks exec` command of [`Containerd::exec`], for a caller that bounds its time.
+    pub fn exec_command(&self, name: &str, exec_id: &str, args: &[&str]) -> Command {
+        let mut cmd = self.command();
+        cmd.args(["tasks", "exec", "--exec-id", exec_id])
+            .arg("--fifo-dir")
+            .arg(self.dir.join("fifo"))
+            .arg(name)
+            .args(args);
+        cmd
     }
 
     /// Sends `signal` (`SIGTERM`, `9`, ...) to container `name`'s main process.

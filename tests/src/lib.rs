@@ -7,6 +7,7 @@
 //! - [`docker`]: a private, real dockerd for evidence-capture tests, cleaned up on drop.
 //! - [`containerd`]: a private, real containerd (ctr, kubepods-style cgroups), cleaned up on drop.
 //! - [`image`]: a realistic Debian image (debootstrap, cached) for Docker and containerd.
+//! - [`corpus`]: the attack and benign corpora (`tests/corpus/`) played in real containers.
 //! - [`daemon`]: the real `detector run` binary, started, waited for and stopped.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
@@ -36,6 +37,7 @@ use tokio::sync::mpsc;
 pub mod apiserver;
 pub mod contain;
 pub mod containerd;
+pub mod corpus;
 pub mod daemon;
 pub mod docker;
 pub mod image;

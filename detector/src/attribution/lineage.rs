@@ -15,8 +15,9 @@
 //! - an exec by anything else was started through the runtime: the first is the container's
 //!   main process ([`Role::Entrypoint`]; pid 1 in its namespace is one whatever came before),
 //!   later ones, while the main process lives, exec sessions ([`Role::ExecSession`]), and an
-//!   exec session whose exact command line has started [`PROBE_REPEATS`] times in the cgroup a
-//!   probe ([`Role::Probe`]).
+//!   exec session a probe ([`Role::Probe`]) when its pod's spec names its command as an exec
+//!   probe of the container (cluster mode), or when its exact command line has started
+//!   [`PROBE_REPEATS`] times in the cgroup.
 //!
 //! A workload process cannot make itself the runtime's: its children inherit its role, and the
 //! kernel reparents an orphan to the namespace's pid 1, the main process. The exception is a
@@ -72,6 +73,9 @@ pub struct Place {
     pub ns_pid: Option<u32>,
     /// The process has a controlling terminal (exec events).
     pub tty: bool,
+    /// The exec's command is one of the container's exec probes in its pod's spec (cluster
+    /// mode).
+    pub probe: bool,
 }
 
 impl Role {
@@ -96,6 +100,13 @@ pub fn role_unseen(comm: &str, inherited: Option<Role>) -> Role {
 pub fn is_runtime_exe(exe: &str) -> bool {
     let name = exe.rsplit('/').next().unwrap_or(exe);
     RUNTIME_EXES.contains(&name)
+}
+
+/// A runtime process exec-ing the runtime again under another name: runc runs a copy of itself
+/// cloned into memory (`/dev/fd/N` or `/proc/self/fd/N`, argv `runc init`) so that the
+/// container cannot overwrite its binary. Only asked of a process that is the runtime's already.
+pub fn is_runtime_reexec(argv: &[String]) -> bool {
+    argv.first().is_some_and(|arg0| is_runtime_exe(arg0))
 }
 
 /// Per container cgroup: its main process and how often each command line was started
@@ -240,6 +251,7 @@ mod tests {
         container: false,
         ns_pid: None,
         tty: false,
+        probe: false,
     };
     const C: u64 = 500;
 
@@ -249,6 +261,7 @@ mod tests {
             container: true,
             ns_pid,
             tty,
+            probe: false,
         }
     }
 
@@ -344,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_in_the_pod_spec_is_one_from_its_first_run() {
+        let mut table = ProcessTable::new(ProcessLimits::default());
+        start(&mut table, true);
+        let probe = Place {
+            probe: true,
+            ..at(Some(9), false)
+        };
+        let first = table.exec_at(300, 100, "/usr/bin/curl", &probe, &argv(&["curl", "-f", "x"]));
+        assert_eq!(role(first), (Role::Probe, true));
+        // The spec only counts for what the runtime starts: a workload's exec stays its.
+        let inside = table.exec_at(301, 203, "/usr/bin/curl", &probe, &argv(&["curl", "-f", "x"]));
+        assert_eq!(role(inside), (Role::Entrypoint, false));
+    }
+
+    #[test]
     fn the_workload_cannot_pass_for_the_runtime() {
         let mut table = ProcessTable::new(ProcessLimits::default());
         start(&mut table, false);
@@ -359,6 +387,16 @@ mod tests {
         // The runtime's own binary exec'd by the runtime (conmon starting runc) stays its.
         let conmon_runc = table.exec_at(403, 100, "/usr/bin/runc", &at(None, false), &[]);
         assert_eq!(role(conmon_runc), (Role::Runtime, false));
+        // runc's init re-exec-ing its copy in memory stays the runtime's, then its exec of the
+        // command is the session.
+        table.observe_at(404, 100, "runc:[2:INIT]", &at(Some(7), false));
+        let clone = table.exec_at(404, 100, "/dev/fd/6", &at(Some(7), false), &argv(&["runc", "init"]));
+        assert_eq!(role(clone), (Role::Runtime, false));
+        let cmd = table.exec_at(404, 100, "/bin/ls", &at(Some(7), false), &argv(&["ls"]));
+        assert_eq!(role(cmd), (Role::ExecSession, true));
+        // The same argv from a workload process is the workload's.
+        let fake = table.exec_at(405, 203, "/dev/fd/6", &at(Some(8), false), &argv(&["runc", "init"]));
+        assert_eq!(role(fake), (Role::Entrypoint, false));
     }
 
     #[test]

@@ -278,6 +278,7 @@ impl Enricher {
                     container: true,
                     ns_pid: p.ns_pid,
                     tty: p.tty,
+                    probe: false,
                 };
                 self.processes
                     .seed_in_container(p.pid, role, leader, &place);
@@ -456,10 +457,14 @@ impl Enricher {
             container: identity.is_some_and(|i| i.container.is_some() || i.pod.is_some()),
             ns_pid: event.process.ns_pid,
             tty: false,
+            probe: false,
         };
         event.lineage = match &event.body {
             Body::Exec(exec) => {
                 place.tty = exec.tty;
+                place.probe = identity
+                    .and_then(|i| i.container.as_ref())
+                    .is_some_and(|c| self.is_exec_probe(&c.id, &exec.argv, now));
                 self.processes
                     .exec_at(pid, ppid, &exec.filename, &place, &exec.argv)
             }
@@ -474,6 +479,17 @@ impl Enricher {
         if matches!(event.body, Body::Exit(_)) {
             self.processes.exit(pid, now);
         }
+    }
+
+    /// `argv` is the command of one of the container's exec probes, as its pod's spec says.
+    fn is_exec_probe(&self, container_id: &str, argv: &[String], now: Instant) -> bool {
+        let index = self.pods.read().unwrap_or_else(PoisonError::into_inner);
+        index.by_container(container_id, now).is_some_and(|found| {
+            found
+                .pod
+                .container(container_id)
+                .is_some_and(|c| c.probes.iter().any(|probe| probe == argv))
+        })
     }
 
     fn identity(&mut self, cgroup_id: u64, now: Instant) -> Option<Arc<CgroupIdentity>> {

@@ -21,7 +21,7 @@ use std::{
 use futures::StreamExt as _;
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
-    core::v1::{ContainerStatus, Pod},
+    core::v1::{ContainerStatus, Pod, PodSpec},
 };
 use kube::{
     Api, Client, ResourceExt as _,
@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use super::{
     AttributionConfig,
     node::{self, NoNodeName},
-    pods::{ContainerInfo, PodInfo, SharedPodIndex},
+    pods::{ContainerInfo, MAX_PROBE_ARGS, MAX_PROBES, PodInfo, SharedPodIndex},
 };
 use crate::event::Owner;
 
@@ -152,8 +152,10 @@ pub fn pod_info(pod: &Pod, owner: Option<Owner>) -> Option<PodInfo> {
         })
         .flatten()
         .flatten();
-    let containers = statuses.filter_map(container_info).collect();
     let spec = pod.spec.as_ref();
+    let containers = statuses
+        .filter_map(|status| container_info(status, spec))
+        .collect();
     Some(
         PodInfo {
             uid,
@@ -170,7 +172,7 @@ pub fn pod_info(pod: &Pod, owner: Option<Owner>) -> Option<PodInfo> {
     )
 }
 
-fn container_info(status: &ContainerStatus) -> Option<ContainerInfo> {
+fn container_info(status: &ContainerStatus, spec: Option<&PodSpec>) -> Option<ContainerInfo> {
     let (scheme, id) = status.container_id.as_deref()?.split_once("://")?;
     Some(ContainerInfo {
         id: id.to_owned(),
@@ -179,7 +181,35 @@ fn container_info(status: &ContainerStatus) -> Option<ContainerInfo> {
             .to_owned(),
         name: status.name.clone(),
         image: status.image.clone(),
+        probes: spec.map_or_else(Vec::new, |spec| exec_probes(spec, &status.name)),
     })
+}
+
+/// The exec probes' commands of the container `name` in `spec` (regular or init containers;
+/// ephemeral containers have no probes).
+fn exec_probes(spec: &PodSpec, name: &str) -> Vec<Vec<String>> {
+    let Some(container) = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+    else {
+        return Vec::new();
+    };
+    [
+        &container.liveness_probe,
+        &container.readiness_probe,
+        &container.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|probe| probe.exec.as_ref()?.command.clone())
+    .map(|mut command| {
+        command.truncate(MAX_PROBE_ARGS);
+        command
+    })
+    .take(MAX_PROBES)
+    .collect()
 }
 
 /// Top owner of a pod: its controller, a ReplicaSet followed to its Deployment.
@@ -295,7 +325,10 @@ mod tests {
                 "labels": {"app": "web"},
                 "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "a": "b"},
                 "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"nodeName": "n1", "serviceAccountName": "sa", "containers": [{"name": "app"}]},
+            "spec": {"nodeName": "n1", "serviceAccountName": "sa", "containers": [{"name": "app",
+                "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}},
+                "readinessProbe": {"httpGet": {"port": 80}},
+                "startupProbe": {"exec": {"command": ["sh", "-c", "test -f /tmp/up"]}}}]},
             "status": {
                 "containerStatuses": [{"name": "app", "image": "nginx:1", "imageID": "", "ready": true,
                     "restartCount": 0, "containerID": "containerd://abc"}],
@@ -315,7 +348,11 @@ mod tests {
                 id: "abc".into(),
                 runtime: "containerd".into(),
                 name: "app".into(),
-                image: "nginx:1".into()
+                image: "nginx:1".into(),
+                probes: vec![
+                    vec!["cat".into(), "/tmp/healthy".into()],
+                    vec!["sh".into(), "-c".into(), "test -f /tmp/up".into()],
+                ],
             }]
         );
     }

@@ -58,7 +58,15 @@ pub struct ContainerInfo {
     pub name: String,
     /// Image.
     pub image: String,
+    /// The commands of its exec probes (liveness, readiness, startup), from the pod's spec;
+    /// at most [`MAX_PROBES`], each cut to [`MAX_PROBE_ARGS`] arguments.
+    pub probes: Vec<Vec<String>>,
 }
+
+/// Exec probes kept per container.
+pub const MAX_PROBES: usize = 3;
+/// Arguments kept per exec probe command.
+pub const MAX_PROBE_ARGS: usize = 16;
 
 impl PodInfo {
     /// The container with this id.
@@ -115,6 +123,11 @@ impl PodInfo {
                         + c.runtime.capacity()
                         + c.name.capacity()
                         + c.image.capacity()
+                        + c.probes
+                            .iter()
+                            .flatten()
+                            .map(|a| a.capacity() + size_of::<String>())
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
     }
@@ -343,6 +356,7 @@ mod tests {
             namespace: "default".into(),
             name: format!("pod-{uid}"),
             containers: vec![ContainerInfo {
+                probes: Vec::new(),
                 id: container.into(),
                 runtime: "containerd".into(),
                 name: "app".into(),

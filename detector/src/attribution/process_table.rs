@@ -233,7 +233,11 @@ impl ProcessTable {
         if let Some((role, _)) = workload(self.processes.get(&ppid)) {
             return (role, false);
         }
-        if lineage::is_runtime_exe(exe) {
+        let runtime_now = self
+            .processes
+            .get(&pid)
+            .is_some_and(|p| p.exited_at.is_none() && p.role == Some(Role::Runtime));
+        if lineage::is_runtime_exe(exe) || (runtime_now && lineage::is_runtime_reexec(argv)) {
             return (Role::Runtime, false);
         }
         let main_alive = self.sessions.main(place.cgroup).is_some_and(|main| {
@@ -247,7 +251,9 @@ impl ProcessTable {
         let role = if place.ns_pid == Some(1) || !main_alive {
             self.sessions.set_main(place.cgroup, pid);
             Role::Entrypoint
-        } else if self.sessions.started(place.cgroup, exe, argv) >= lineage::PROBE_REPEATS {
+        } else if self.sessions.started(place.cgroup, exe, argv) >= lineage::PROBE_REPEATS
+            || place.probe
+        {
             Role::Probe
         } else {
             Role::ExecSession

@@ -97,6 +97,7 @@ fn pod_info(uid: &str, container: &str) -> PodInfo {
         }),
         node: Some("node-1".into()),
         containers: vec![ContainerInfo {
+            probes: Vec::new(),
             id: container.into(),
             runtime: "containerd".into(),
             name: "nginx".into(),

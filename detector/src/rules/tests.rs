@@ -26,7 +26,8 @@ fn event(body: Body) -> Event {
             ..Pod::default()
         }),
         ancestry: Vec::new(),
-        lineage: None,
+        // What a command typed in `kubectl exec` gives: the session's child.
+        lineage: Some(lineage(Role::ExecSession, false)),
         body,
     }
 }
@@ -325,7 +326,40 @@ fn shells_by_lineage() {
     let mut probe = exec("/bin/sh", &["sh", "-c", "test -f /tmp/ok"], &[]);
     probe.lineage = Some(lineage(Role::Probe, true));
     assert!(ids(&set, &probe).is_empty());
-    // The same shell started by a workload process is not the runtime's.
+    // A probe's own children are the probe's.
     probe.lineage = Some(lineage(Role::Probe, false));
+    assert!(ids(&set, &probe).is_empty());
+    // A shell an exec session's command starts is one.
+    probe.lineage = Some(lineage(Role::ExecSession, false));
     assert_eq!(ids(&set, &probe), ["shell-in-container"]);
+    // In the workload: logrotate's postrotate shell is the workload's own, a shell a Python
+    // app starts (a web shell) is not.
+    let mut postrotate = exec("/bin/sh", &["sh", "-c", "kill -HUP 1"], &["/usr/sbin/logrotate"]);
+    postrotate.lineage = Some(lineage(Role::Entrypoint, false));
+    assert!(ids(&set, &postrotate).is_empty());
+    let mut webshell = exec("/bin/sh", &["sh", "-c", "id"], &["/usr/bin/python3"]);
+    webshell.lineage = Some(lineage(Role::Entrypoint, false));
+    assert_eq!(ids(&set, &webshell), ["shell-in-container"]);
+}
+
+#[test]
+fn tools_are_unexpected_in_sessions_and_under_servers() {
+    let set = RuleSet::defaults().unwrap();
+    // The workload's own backup job: tar from its entrypoint's shell.
+    let mut job = exec("/usr/bin/tar", &["tar", "czf", "/b.tgz", "data"], &["/bin/sh"]);
+    job.lineage = Some(lineage(Role::Entrypoint, false));
+    assert!(ids(&set, &job).is_empty());
+    // The same in an exec session, or under a server (command injection).
+    job.lineage = Some(lineage(Role::ExecSession, false));
+    assert_eq!(ids(&set, &job), ["archive-tool"]);
+    job.lineage = Some(lineage(Role::Entrypoint, false));
+    job.ancestry.push(Ancestor {
+        pid: 1,
+        exe: "/usr/sbin/nginx".into(),
+    });
+    assert_eq!(ids(&set, &job), ["archive-tool"]);
+    // A curl exec probe.
+    let mut probe = exec("/usr/bin/curl", &["curl", "-f", "http://127.0.0.1/"], &[]);
+    probe.lineage = Some(lineage(Role::Probe, true));
+    assert!(ids(&set, &probe).is_empty());
 }
