@@ -178,20 +178,42 @@ impl Default for SensorsConfig {
     }
 }
 
-/// Where events are written.
+/// Where events, alerts and verdicts are written, and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutputConfig {
-    /// A file to append JSON lines to, or `-` for standard output.
+    /// A file to append to, or `-` for standard output.
     pub path: PathBuf,
+    /// JSON lines, lines for people, or whichever fits where the output goes.
+    pub format: OutputFormat,
+    /// In the `pretty` format, print every event too (one compact line each); JSON lines
+    /// always carry them.
+    pub events: bool,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("-"),
+            // A person trying the daemon on a terminal reads alerts; files and pipes get JSON.
+            format: OutputFormat::Auto,
+            events: false,
         }
     }
+}
+
+/// How the output is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object a line: every event, alert and verdict.
+    Json,
+    /// One line for people per alert, verdict, containment step and evidence bundle (events
+    /// only with `events`), coloured on a terminal unless `NO_COLOR` is set.
+    Pretty,
+    /// `pretty` when the path is `-` and standard output is a terminal, else `json`.
+    #[default]
+    Auto,
 }
 
 /// Longest path prefix the kernel can match (its LPM key holds 64 bytes, one kept for the NUL).

@@ -1,7 +1,8 @@
 //! `detector run`: the daemon, assembled from the configuration.
 //!
 //! ```text
-//! sensors ─► pipeline (ring reader, sampler) ─► analysis thread ─► JSON lines
+//! sensors ─► pipeline (ring reader, sampler) ─► analysis thread ─► output (JSON lines, or
+//!                                               │                    lines for people)
 //!                                               enrich (pod, container, ancestry)
 //!                                               score (alerts, verdicts)
 //!                                               remember (recent events for evidence)
@@ -30,7 +31,7 @@ use crate::{
     evidence::RecentEvents,
     export::{ExportError, Exporter},
     metrics::{self, Metrics, MetricsError, Readiness},
-    output::{JsonLines, OutputError},
+    output::{Format, Output, OutputError},
     pipeline::Pipeline,
     respond::Responders,
     rules::{RuleSet, RulesError},
@@ -88,7 +89,7 @@ pub struct Analysis {
     enricher: Enricher,
     engine: Engine,
     recent: RecentEvents,
-    out: JsonLines,
+    out: Output,
     responders: Responders,
     metrics: Metrics,
     records: Vec<Record>,
@@ -100,7 +101,7 @@ impl Analysis {
         enricher: Enricher,
         engine: Engine,
         recent: RecentEvents,
-        out: JsonLines,
+        out: Output,
         responders: Responders,
         metrics: Metrics,
     ) -> Self {
@@ -144,10 +145,16 @@ impl Analysis {
         self.recent.for_cgroups(cgroups, Clock::boot_now_ns())
     }
 
+    /// Scores, writes and responds to events, then writes what containment and evidence
+    /// reported since the last call (the pretty format shows those).
     fn emit(&mut self, events: &[Event]) -> Result<(), OutputError> {
-        if events.is_empty() {
-            return Ok(());
+        if !events.is_empty() {
+            self.handle(events)?;
         }
+        self.out.write_notices()
+    }
+
+    fn handle(&mut self, events: &[Event]) -> Result<(), OutputError> {
         let started = Instant::now();
         self.records.clear();
         for event in events {
@@ -155,14 +162,14 @@ impl Analysis {
             self.records.extend(self.engine.process(event));
             self.responders.event(event);
         }
-        self.out.write_batch(events)?;
+        self.out.write_events(events)?;
         self.metrics.record_events(events);
         self.metrics.set_pods_tracked(self.engine.tracked());
         if self.records.is_empty() {
             self.metrics.observe_analysis_batch(started.elapsed());
             return Ok(());
         }
-        self.out.write_batch(&self.records)?;
+        self.out.write_records(&self.records)?;
         self.metrics.record_records(&self.records);
         let now = Instant::now();
         let Self {
@@ -200,7 +207,18 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let _server = metrics::serve(&config.metrics, metrics.clone(), readiness.clone()).await?;
     let rules = RuleSet::load(config.rules.dir.as_deref())?;
     let engine = Engine::new(rules, config.score.clone());
-    let out = JsonLines::open(&config.output.path)?;
+    let out = Output::open(&config.output)?;
+    if out.format() == Format::Pretty {
+        info!(
+            events = config.output.events,
+            "output for people: alerts, verdicts, containment and evidence, one line each{}",
+            if config.output.events {
+                ", and every event"
+            } else {
+                " (events with --events)"
+            }
+        );
+    }
     let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
     metrics.set_programs_attached(&sensors.attached());
     readiness.set_attached(true);
@@ -234,6 +252,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.evidence.on_contain.then(|| config.evidence.clone()),
         Handle::current(),
         sensors.cgroup2().to_owned(),
+        out.notices(),
     );
     let pods = PodIndex::shared(config.attribution.pod_limits());
     let enricher = Enricher::for_node(&config.attribution, sensors.cgroup2(), pods.clone());

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use detector::config::{Config, Watch, env};
+use detector::config::{Config, OutputFormat, Watch, env};
 
 mod contain_cli;
 mod evidence_cli;
@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the sensors and stream events as JSON lines (needs root). With no cluster
-    /// configured this is the standalone mode.
+    /// Load the sensors and stream events, alerts and verdicts (needs root): JSON lines, or
+    /// lines for people on a terminal. With no cluster configured this is the standalone mode.
     Run {
         /// Configuration file (YAML); defaults apply without one.
         #[arg(long, short, env = "DETECTOR_CONFIG")]
@@ -28,6 +28,13 @@ enum Command {
         /// Write events here instead of the configured output (`-` for standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Override the output format: `auto` is `pretty` for standard output on a terminal,
+        /// else `json`.
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// In the pretty format, print every event too (one compact line each).
+        #[arg(long)]
+        events: bool,
         /// Override which cgroups are watched.
         #[arg(long, value_enum)]
         watch: Option<WatchArg>,
@@ -93,6 +100,13 @@ enum ConfigCommand {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Json,
+    Pretty,
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum WatchArg {
     All,
     Containers,
@@ -113,12 +127,24 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             output,
+            format,
+            events,
             watch,
             write_dedup_window_ms,
         } => (|| {
             let mut config = Config::load_with_env(config.as_deref(), env::process_vars())?;
             if let Some(output) = output {
                 config.output.path = output;
+            }
+            if let Some(format) = format {
+                config.output.format = match format {
+                    FormatArg::Json => OutputFormat::Json,
+                    FormatArg::Pretty => OutputFormat::Pretty,
+                    FormatArg::Auto => OutputFormat::Auto,
+                };
+            }
+            if events {
+                config.output.events = true;
             }
             if let Some(watch) = watch {
                 config.sensors.watch = match watch {

@@ -1,6 +1,7 @@
 //! What the daemon does with its decisions: export every event and record to the configured
 //! SIEM sinks, hand `contain` verdicts to the containment dispatcher, and capture evidence of a
-//! contained pod from the node side.
+//! contained pod from the node side. Containment actions and evidence bundles are announced to
+//! the exporter and, in the pretty output format, to the terminal ([`Fanout`]).
 //!
 //! Everything here is called from the analysis thread and never waits on I/O: the exporter and
 //! the dispatcher take records through bounded queues of their own, and captures run as tasks on
@@ -26,12 +27,13 @@ use crate::{
     event::Event,
     evidence::{
         EvidenceConfig,
-        capture::{CaptureRequest, Target, capture},
+        capture::{CaptureRequest, Outcome as CaptureOutcome, Target, capture},
     },
     export::{
         ExporterHandle,
         record::{Finding, Record as ExportRecord, Severity},
     },
+    output::{EvidenceNotice, Notice, Notices},
     rules::Severity as RuleSeverity,
     score::{
         Subject,
@@ -45,7 +47,7 @@ const MAX_CAPTURED: usize = 4096;
 
 /// The response stage.
 pub struct Responders {
-    exporter: Option<Arc<ExporterHandle>>,
+    fanout: Fanout,
     containment: Option<ContainmentHandle>,
     evidence: Option<EvidenceConfig>,
     runtime: Handle,
@@ -54,25 +56,30 @@ pub struct Responders {
 }
 
 impl Responders {
-    /// Assembles the stage; `None` turns a responder off.
+    /// Assembles the stage; `None` turns a responder off. `terminal` receives the containment
+    /// actions and evidence bundles to show (the pretty output format).
     pub fn new(
         exporter: Option<ExporterHandle>,
         containment: Option<ContainmentHandle>,
         evidence: Option<EvidenceConfig>,
         runtime: Handle,
         cgroup2: PathBuf,
+        terminal: Option<Notices>,
     ) -> Self {
-        let exporter = exporter.map(Arc::new);
-        // Every containment action (each step, its undo, a refusal) is exported as it is
+        let fanout = Fanout {
+            exporter: exporter.map(Arc::new),
+            terminal,
+        };
+        // Every containment action (each step, its undo, a refusal) is announced as it is
         // journaled, the resumed incidents' included.
-        if let (Some(exporter), Some(containment)) = (&exporter, &containment) {
-            let exporter = exporter.clone();
+        if let (false, Some(containment)) = (fanout.is_empty(), &containment) {
+            let fanout = fanout.clone();
             containment.set_entry_sink(Box::new(move |entry, subject| {
-                exporter.send(ExportRecord::Action(action_finding(entry, subject)));
+                fanout.action(entry, subject);
             }));
         }
         Self {
-            exporter,
+            fanout,
             containment,
             evidence,
             runtime,
@@ -83,7 +90,7 @@ impl Responders {
 
     /// Exports an event.
     pub fn event(&self, event: &Event) {
-        if let Some(exporter) = &self.exporter {
+        if let Some(exporter) = &self.fanout.exporter {
             exporter.send(ExportRecord::Event(event.clone()));
         }
     }
@@ -96,7 +103,7 @@ impl Responders {
         path_of: impl FnOnce(u64) -> Option<Arc<str>>,
         recent: impl FnOnce(&[u64]) -> Vec<Event>,
     ) {
-        if let Some(exporter) = &self.exporter {
+        if let Some(exporter) = &self.fanout.exporter {
             exporter.send(ExportRecord::Verdict(finding(record)));
         }
         let Record::Verdict(verdict) = record else {
@@ -146,7 +153,8 @@ impl Responders {
             incident: Some(incident.clone()),
             recent_events: Some(recent),
         };
-        let exporter = self.exporter.clone();
+        let fanout = self.fanout.clone();
+        let verdict = Box::new(verdict.clone());
         self.runtime.spawn(async move {
             match capture(&config, &config.out_dir, request).await {
                 Ok(outcome) => {
@@ -157,15 +165,7 @@ impl Responders {
                         elapsed_ms = outcome.elapsed.as_millis() as u64,
                         "evidence captured"
                     );
-                    if let Some(exporter) = exporter {
-                        exporter.send(ExportRecord::Evidence(Finding {
-                            time: OffsetDateTime::now_utc(),
-                            severity: Severity::High,
-                            name: "evidence_bundle".into(),
-                            summary: format!("evidence of {incident} in {}", outcome.dir.display()),
-                            data: serde_json::to_value(&outcome.manifest).unwrap_or_default(),
-                        }));
-                    }
+                    fanout.evidence(&incident, verdict, &outcome);
                 }
                 Err(err) => error!(incident, %err, "evidence capture failed"),
             }
@@ -178,13 +178,65 @@ impl Responders {
             // Its drop flushes the journal and joins the dispatcher thread: blocking work.
             let _ = tokio::task::spawn_blocking(move || drop(containment)).await;
         }
-        if let Some(exporter) = self.exporter {
+        if let Some(exporter) = self.fanout.exporter {
             match Arc::try_unwrap(exporter) {
                 Ok(exporter) => exporter.shutdown().await,
                 Err(_) => {
                     warn!("a capture still runs: export stops without draining its memory queue")
                 }
             }
+        }
+    }
+}
+
+/// Where containment actions and evidence bundles are announced: the SIEM exporter and, in the
+/// pretty output format, the terminal. The containment sink and the evidence tasks each hold a
+/// clone, so a new consumer is added here and nowhere else.
+#[derive(Clone)]
+struct Fanout {
+    exporter: Option<Arc<ExporterHandle>>,
+    terminal: Option<Notices>,
+}
+
+impl Fanout {
+    fn is_empty(&self) -> bool {
+        self.exporter.is_none() && self.terminal.is_none()
+    }
+
+    /// A containment journal entry, with its incident's subject.
+    fn action(&self, entry: &Entry, subject: Option<&Subject>) {
+        if let Some(exporter) = &self.exporter {
+            exporter.send(ExportRecord::Action(action_finding(entry, subject)));
+        }
+        if let Some(terminal) = &self.terminal {
+            terminal.send(Notice::Action {
+                entry: Box::new(entry.clone()),
+                subject: subject.cloned(),
+            });
+        }
+    }
+
+    /// An evidence bundle captured for `verdict`.
+    fn evidence(&self, incident: &str, verdict: Box<Verdict>, outcome: &CaptureOutcome) {
+        let time = OffsetDateTime::now_utc();
+        if let Some(exporter) = &self.exporter {
+            exporter.send(ExportRecord::Evidence(Finding {
+                time,
+                severity: Severity::High,
+                name: "evidence_bundle".into(),
+                summary: format!("evidence of {incident} in {}", outcome.dir.display()),
+                data: serde_json::to_value(&outcome.manifest).unwrap_or_default(),
+            }));
+        }
+        if let Some(terminal) = &self.terminal {
+            terminal.send(Notice::Evidence(Box::new(EvidenceNotice {
+                time,
+                incident: incident.to_owned(),
+                verdict: *verdict,
+                dir: outcome.dir.clone(),
+                complete: outcome.manifest.complete,
+                artifacts: outcome.manifest.artifacts.len(),
+            })));
         }
     }
 }
