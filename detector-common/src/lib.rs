@@ -243,12 +243,15 @@ pub struct ExecEvent {
     pub args_len: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// cgroup2 id of the real parent at the exec (0: unknown): a process forked inside its
+    /// container's cgroup, or started there by the runtime from outside.
+    pub parent_cgroup_id: u64,
     /// Path given to exec, as the kernel saw it (`linux_binprm::filename`).
     pub filename: [u8; FILENAME_MAX_BYTES],
     /// Argument vector, each argument NUL terminated.
     pub args: [u8; ARGS_MAX_BYTES],
 }
-const _: () = assert!(size_of::<ExecEvent>() == 64 + 16 + FILENAME_MAX_BYTES + ARGS_MAX_BYTES);
+const _: () = assert!(size_of::<ExecEvent>() == 64 + 24 + FILENAME_MAX_BYTES + ARGS_MAX_BYTES);
 
 /// A thread-group leader exiting.
 #[repr(C)]

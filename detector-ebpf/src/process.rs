@@ -51,6 +51,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     fill_header(&mut event.header, EventKind::Exec);
     event.flags = if has_tty() { exec_flags::TTY } else { 0 };
     event._pad = 0;
+    event.parent_cgroup_id = parent_cgroup_id().unwrap_or(0);
 
     let bprm: *const u8 = ctx.arg(2);
     let filename_at = offset!(bprm_filename) as usize;
@@ -121,6 +122,31 @@ fn args_range() -> Option<(u64, u64)> {
         let start: u64 = bpf_probe_read_kernel(mm.add(start_at).cast()).ok()?;
         let end: u64 = bpf_probe_read_kernel(mm.add(end_at).cast()).ok()?;
         Some((start, end))
+    }
+}
+
+/// `current->real_parent->cgroups->dfl_cgrp->kn->id`: the parent's cgroup2 id.
+#[inline(always)]
+fn parent_cgroup_id() -> Option<u64> {
+    let parent_at = offset!(task_real_parent) as usize;
+    if parent_at == 0 {
+        return None;
+    }
+    let (cgroups_at, dfl_at, kn_at, id_at) = (
+        offset!(task_cgroups) as usize,
+        offset!(css_set_dfl_cgrp) as usize,
+        offset!(cgroup_kn) as usize,
+        offset!(kernfs_node_id) as usize,
+    );
+    // SAFETY: a helper without arguments; the pointer is only used through probe reads.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    unsafe {
+        let parent: *const u8 = bpf_probe_read_kernel(task.add(parent_at).cast()).ok()?;
+        let cgroups: *const u8 = bpf_probe_read_kernel(parent.add(cgroups_at).cast()).ok()?;
+        let cgroup: *const u8 = bpf_probe_read_kernel(cgroups.add(dfl_at).cast()).ok()?;
+        let kn: *const u8 = bpf_probe_read_kernel(cgroup.add(kn_at).cast()).ok()?;
+        bpf_probe_read_kernel::<u64>(kn.add(id_at).cast()).ok()
     }
 }
 

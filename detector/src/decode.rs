@@ -157,6 +157,7 @@ fn exec(event: &ExecEvent) -> Body {
         argv_truncated: event.flags & exec_flags::ARGS_TRUNCATED != 0,
         filename_truncated: event.flags & exec_flags::FILENAME_TRUNCATED != 0,
         tty: event.flags & exec_flags::TTY != 0,
+        parent_cgroup_id: (event.parent_cgroup_id != 0).then_some(event.parent_cgroup_id),
     })
 }
 
@@ -283,6 +284,7 @@ mod tests {
             filename_len: 7,
             args_len: args.len() as u32,
             _pad: 0,
+            parent_cgroup_id: 0,
             filename: [0; FILENAME_MAX_BYTES],
             args: [0; ARGS_MAX_BYTES],
         };

@@ -221,6 +221,9 @@ pub struct Exec {
     /// The process has a controlling terminal.
     #[serde(default)]
     pub tty: bool,
+    /// cgroup2 id of the parent at the exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_cgroup_id: Option<u64>,
 }
 
 /// A process exit.
@@ -400,6 +403,7 @@ mod tests {
                 argv_truncated: false,
                 filename_truncated: false,
                 tty: false,
+                parent_cgroup_id: None,
             }),
         };
         let value: serde_json::Value = serde_json::to_value(&event).unwrap();

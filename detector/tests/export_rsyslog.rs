@@ -158,6 +158,7 @@ fn record(id: u64) -> Record {
             argv_truncated: false,
             filename_truncated: false,
             tty: false,
+            parent_cgroup_id: None,
         }),
     })
 }

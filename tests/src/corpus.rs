@@ -458,6 +458,8 @@ pub struct OutputTail {
     pub records: BTreeMap<String, Vec<Value>>,
     /// Exec events' argv joined by spaces, with their pod uid.
     pub execs: Vec<(String, String)>,
+    /// Events per pod uid, and how many of them were the runtime's set-up.
+    pub events: BTreeMap<String, (u64, u64)>,
 }
 
 impl OutputTail {
@@ -469,6 +471,7 @@ impl OutputTail {
             partial: Vec::new(),
             records: BTreeMap::new(),
             execs: Vec::new(),
+            events: BTreeMap::new(),
         }
     }
 
@@ -489,6 +492,13 @@ impl OutputTail {
         for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let value: Value = serde_json::from_slice(line)
                 .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(line)))?;
+            if let Some(uid) = value["pod"]["uid"].as_str() {
+                let counts = self.events.entry(uid.to_owned()).or_default();
+                counts.0 += 1;
+                if value["lineage"]["role"] == "runtime" {
+                    counts.1 += 1;
+                }
+            }
             match value["kind"].as_str() {
                 Some("alert" | "verdict") => {
                     let uid = value["subject"]["pod_uid"]
@@ -727,6 +737,10 @@ pub struct BenignReport {
     pub alerts: Vec<(String, String)>,
     /// Contain verdicts of the workloads' pods.
     pub contains: u32,
+    /// Events of the workloads' pods, and how many were the runtime's set-up.
+    pub events: (u64, u64),
+    /// Workloads whose pod made no event at all (the daemon did not see them).
+    pub unseen: Vec<String>,
 }
 
 impl BenignReport {
@@ -740,11 +754,13 @@ impl BenignReport {
             }
         };
         let mut out = format!(
-            "benign corpus on {}: {} container starts, {} exec probes, {:.3} pod-hours; {} alerts ({:.1} per pod-hour), {} contains ({:.1} per pod-hour)\n",
+            "benign corpus on {}: {} container starts, {} exec probes, {:.3} pod-hours, {} events ({} of them the runtime's set-up); {} alerts ({:.1} per pod-hour), {} contains ({:.1} per pod-hour)\n",
             self.runtime,
             self.starts,
             self.probes,
             self.pod_hours,
+            self.events.0,
+            self.events.1,
             self.alerts.len(),
             per_hour(self.alerts.len()),
             self.contains,
@@ -752,6 +768,9 @@ impl BenignReport {
         );
         for (workload, rule) in &self.alerts {
             let _ = writeln!(out, "  alert: {workload}: {rule}");
+        }
+        for workload in &self.unseen {
+            let _ = writeln!(out, "  no event at all from {workload}");
         }
         out
     }
@@ -904,6 +923,12 @@ pub fn play_benign(
     std::thread::sleep(Duration::from_secs(1));
     tail.poll()?;
     for l in &live {
+        let (events, setup) = tail.events.get(l.pod.uid()).copied().unwrap_or_default();
+        report.events.0 += events;
+        report.events.1 += setup;
+        if events == 0 {
+            report.unseen.push(l.workload.id.clone());
+        }
         for record in tail.of(l.pod.uid()) {
             match record["kind"].as_str() {
                 Some("alert") => report.alerts.push((

@@ -94,6 +94,7 @@ fn exec_event(pid: u32, cgroup_id: u64) -> Event {
             argv_truncated: false,
             filename_truncated: false,
             tty: false,
+            parent_cgroup_id: None,
         }),
     }
 }

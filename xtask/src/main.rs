@@ -6,7 +6,9 @@
 //! - `test`: set-up, then lints and every test, the privileged ones included (run as root);
 //!   as root it first installs what the evidence tests run against (dockerd, busybox, moto),
 //!   and ends with the demo.
-//! - `bench`: set-up, bpftrace as a peer when it can be installed, then the benchmark.
+//! - `bench`: set-up, bpftrace as a peer when it can be installed, then the benchmark, the
+//!   containment latency benchmark and the whole attack and benign corpora
+//!   (`detector-corpus`).
 //! - `run`: set-up, build, then `detector run` with the given arguments (as root).
 //! - `demo`: set-up, the test packages, a debug build, then `detector-demo` (as root): a pod's
 //!   container attacked, detected and contained against the test API server.
@@ -43,6 +45,10 @@ enum Task {
         /// Do not install bpftrace for the peer comparison.
         #[arg(long)]
         no_peers: bool,
+        /// Leave out the corpora (about 25 minutes: the benign workloads for 5 minutes and
+        /// every attack behaviour, on each runtime).
+        #[arg(long)]
+        no_corpus: bool,
         /// Arguments for the benchmark (e.g. --rounds 5 --opens 1000000).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -60,7 +66,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Test => test(),
-        Task::Bench { no_peers, args } => bench(no_peers, &args),
+        Task::Bench {
+            no_peers,
+            no_corpus,
+            args,
+        } => bench(no_peers, no_corpus, &args),
         Task::Run { args } => run(&args),
         Task::Demo => demo(),
     }
@@ -419,7 +429,7 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<Counts> {
     Ok(counts)
 }
 
-fn bench(no_peers: bool, args: &[String]) -> anyhow::Result<()> {
+fn bench(no_peers: bool, no_corpus: bool, args: &[String]) -> anyhow::Result<()> {
     setup()?;
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
@@ -447,6 +457,11 @@ fn bench(no_peers: bool, args: &[String]) -> anyhow::Result<()> {
     ]))?;
     let bench = target_dir().join("release/detector-bench");
     status(Command::new(bench).current_dir(workspace()).args(args))?;
+    if !no_corpus {
+        // The whole attack and benign corpora on Docker and containerd (the tests run a subset).
+        install_test_packages()?;
+        status(Command::new(target_dir().join("release/detector-corpus")).current_dir(workspace()))?;
+    }
     // Containment latency through the dispatcher, the test API server and the kernel map.
     status(cargo().current_dir(workspace()).args([
         "bench",

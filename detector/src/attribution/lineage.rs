@@ -11,7 +11,10 @@
 //!   carries a runtime's command name (`runc:[2:INIT]`, `conmon`...) is the runtime's
 //!   ([`role_unseen`]); so is an exec of a runtime binary by such a process
 //!   ([`is_runtime_exe`]);
-//! - a process forked or exec'd by a workload process of the same cgroup inherits its role;
+//! - a process forked or exec'd by a workload process of the same cgroup inherits its role; one
+//!   whose parent is in the cgroup but was never seen (a fork that made no event of its own,
+//!   such as a subshell running a job) is the main process's while no exec session runs in
+//!   the container, else an exec session's ([`Sessions::unseen_parent_role`]);
 //! - an exec by anything else was started through the runtime: the first is the container's
 //!   main process ([`Role::Entrypoint`]; pid 1 in its namespace is one whatever came before),
 //!   later ones, while the main process lives, exec sessions ([`Role::ExecSession`]), and an
@@ -76,6 +79,8 @@ pub struct Place {
     /// The exec's command is one of the container's exec probes in its pod's spec (cluster
     /// mode).
     pub probe: bool,
+    /// The parent's cgroup at the exec (exec events, when the kernel could read it).
+    pub parent_cgroup: Option<u64>,
 }
 
 impl Role {
@@ -87,12 +92,13 @@ impl Role {
 
 /// The role of a process first seen in a container's cgroup without an exec there: its
 /// parent's when the parent is in the same cgroup (`inherited`), else the runtime's when its
-/// command name is a runtime's, else an exec session (an unknown origin is workload).
-pub fn role_unseen(comm: &str, inherited: Option<Role>) -> Role {
+/// command name is a runtime's, else the workload's (`unseen`: forked inside by a process that
+/// made no event; only the node could have moved it in).
+pub fn role_unseen(comm: &str, inherited: Option<Role>, unseen: Role) -> Role {
     match inherited {
         Some(role) => role,
         None if RUNTIME_COMMS.contains(&comm) => Role::Runtime,
-        None => Role::ExecSession,
+        None => unseen,
     }
 }
 
@@ -117,6 +123,8 @@ pub fn is_runtime_reexec(argv: &[String]) -> bool {
 pub struct Sessions {
     main: HashMap<u64, u32>,
     starts: HashMap<(u64, u64), u32>,
+    /// Exec sessions running per cgroup (their leaders).
+    live: HashMap<u64, u32>,
     capacity: usize,
 }
 
@@ -126,6 +134,7 @@ impl Sessions {
         Self {
             main: HashMap::new(),
             starts: HashMap::new(),
+            live: HashMap::new(),
             capacity: capacity.max(1),
         }
     }
@@ -147,7 +156,34 @@ impl Sessions {
     pub fn end(&mut self, cgroup: u64, pid: u32) {
         if self.main.get(&cgroup) == Some(&pid) {
             self.main.remove(&cgroup);
+            self.live.remove(&cgroup);
             self.starts.retain(|(c, _), _| *c != cgroup);
+        }
+    }
+
+    /// An exec session's leader started (`true`) or exited in `cgroup`.
+    pub fn session(&mut self, cgroup: u64, started: bool) {
+        if started {
+            if self.live.len() >= self.capacity && !self.live.contains_key(&cgroup) {
+                self.live.clear();
+            }
+            *self.live.entry(cgroup).or_default() += 1;
+        } else if let Some(n) = self.live.get_mut(&cgroup) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(&cgroup);
+            }
+        }
+    }
+
+    /// The role of a process whose parent is in `cgroup` but was never seen: the main
+    /// process's while no exec session runs there, else (it may be a session's) an exec
+    /// session's.
+    pub fn unseen_parent_role(&self, cgroup: u64) -> Role {
+        if self.live.contains_key(&cgroup) {
+            Role::ExecSession
+        } else {
+            Role::Entrypoint
         }
     }
 
@@ -168,7 +204,7 @@ impl Sessions {
 
     /// Approximate heap bytes held.
     pub fn approx_bytes(&self) -> usize {
-        self.main.capacity() * (size_of::<(u64, u32)>() + 1)
+        (self.main.capacity() + self.live.capacity()) * (size_of::<(u64, u32)>() + 1)
             + self.starts.capacity() * (size_of::<((u64, u64), u32)>() + 1)
     }
 }
@@ -252,6 +288,7 @@ mod tests {
         ns_pid: None,
         tty: false,
         probe: false,
+        parent_cgroup: None,
     };
     const C: u64 = 500;
 
@@ -262,6 +299,7 @@ mod tests {
             ns_pid,
             tty,
             probe: false,
+            parent_cgroup: None,
         }
     }
 
@@ -372,6 +410,27 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_in_the_container_never_seen_is_the_workload() {
+        let mut table = ProcessTable::new(ProcessLimits::default());
+        start(&mut table, true);
+        // A subshell the entrypoint forked runs logrotate: its parent made no event.
+        let forked = Place {
+            parent_cgroup: Some(C),
+            ..at(Some(40), false)
+        };
+        let job = table.exec_at(600, 599, "/usr/sbin/logrotate", &forked, &[]);
+        assert_eq!(role(job), (Role::Entrypoint, false));
+        // While an exec session runs, such a process may be the session's.
+        let session = table.exec_at(610, 100, "/bin/bash", &at(Some(41), false), &argv(&["bash"]));
+        assert_eq!(role(session), (Role::ExecSession, true));
+        let unclear = table.exec_at(611, 598, "/usr/bin/tar", &forked, &[]);
+        assert_eq!(role(unclear), (Role::ExecSession, false));
+        table.exit(610, Instant::now());
+        let after = table.exec_at(612, 597, "/usr/bin/tar", &forked, &[]);
+        assert_eq!(role(after), (Role::Entrypoint, false));
+    }
+
+    #[test]
     fn the_workload_cannot_pass_for_the_runtime() {
         let mut table = ProcessTable::new(ProcessLimits::default());
         start(&mut table, false);
@@ -383,7 +442,7 @@ mod tests {
         assert_eq!(role(runc), (Role::Entrypoint, false));
         // A process of unknown origin, not named like a runtime, is workload.
         let stray = table.observe_at(402, 77, "python3", &at(Some(6), false));
-        assert_eq!(role(stray), (Role::ExecSession, false));
+        assert_eq!(role(stray), (Role::Entrypoint, false));
         // The runtime's own binary exec'd by the runtime (conmon starting runc) stays its.
         let conmon_runc = table.exec_at(403, 100, "/usr/bin/runc", &at(None, false), &[]);
         assert_eq!(role(conmon_runc), (Role::Runtime, false));

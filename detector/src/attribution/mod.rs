@@ -279,6 +279,7 @@ impl Enricher {
                     ns_pid: p.ns_pid,
                     tty: p.tty,
                     probe: false,
+                    parent_cgroup: None,
                 };
                 self.processes
                     .seed_in_container(p.pid, role, leader, &place);
@@ -458,10 +459,12 @@ impl Enricher {
             ns_pid: event.process.ns_pid,
             tty: false,
             probe: false,
+            parent_cgroup: None,
         };
         event.lineage = match &event.body {
             Body::Exec(exec) => {
                 place.tty = exec.tty;
+                place.parent_cgroup = exec.parent_cgroup_id;
                 place.probe = identity
                     .and_then(|i| i.container.as_ref())
                     .is_some_and(|c| self.is_exec_probe(&c.id, &exec.argv, now));

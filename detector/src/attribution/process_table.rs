@@ -176,7 +176,7 @@ impl ProcessTable {
             }
             if place.container && p.role.is_none() {
                 // A process the scan found before its container was known.
-                p.role = Some(lineage::role_unseen(comm, None));
+                p.role = Some(lineage::role_unseen(comm, None, Role::ExecSession));
             }
             return p.lineage();
         }
@@ -195,7 +195,10 @@ impl ProcessTable {
         };
         let role = place
             .container
-            .then(|| lineage::role_unseen(comm, inherited));
+            .then(|| {
+                let unseen = self.sessions.unseen_parent_role(place.cgroup);
+                lineage::role_unseen(comm, inherited, unseen)
+            });
         let process = Process {
             ppid,
             exe,
@@ -233,6 +236,10 @@ impl ProcessTable {
         if let Some((role, _)) = workload(self.processes.get(&ppid)) {
             return (role, false);
         }
+        if place.parent_cgroup == Some(place.cgroup) && !self.processes.contains_key(&ppid) {
+            // Forked inside the container by a process that made no event of its own.
+            return (self.sessions.unseen_parent_role(place.cgroup), false);
+        }
         let runtime_now = self
             .processes
             .get(&pid)
@@ -256,6 +263,7 @@ impl ProcessTable {
         {
             Role::Probe
         } else {
+            self.sessions.session(place.cgroup, true);
             Role::ExecSession
         };
         (role, true)
@@ -282,9 +290,11 @@ impl ProcessTable {
         {
             p.exited_at = Some(now);
             self.exited.push_back((now, pid));
-            if p.role == Some(Role::Entrypoint) {
+            match (p.role, p.leader) {
                 // The main process's exit ends its container.
-                self.sessions.end(p.cgroup, pid);
+                (Some(Role::Entrypoint), _) => self.sessions.end(p.cgroup, pid),
+                (Some(Role::ExecSession), true) => self.sessions.session(p.cgroup, false),
+                _ => {}
             }
         }
         self.evict(now);

@@ -59,6 +59,7 @@ fn exec(filename: &str) -> Body {
         argv_truncated: false,
         filename_truncated: false,
         tty: false,
+        parent_cgroup_id: None,
     })
 }
 

@@ -39,6 +39,7 @@ fn exec(filename: &str, argv: &[&str], parents: &[&str]) -> Event {
         argv_truncated: false,
         filename_truncated: false,
         tty: false,
+        parent_cgroup_id: None,
     }));
     e.ancestry = parents
         .iter()

@@ -3,7 +3,7 @@
 use time::{Duration, OffsetDateTime};
 
 use super::*;
-use crate::event::{Container, Egress, Exec, FileActivity, Pod, ProcessFields};
+use crate::event::{Container, Egress, Exec, FileActivity, Lineage, Pod, ProcessFields, Role};
 
 fn at(seconds: i64, pod: &str, body: Body) -> Event {
     Event {
@@ -21,7 +21,12 @@ fn at(seconds: i64, pod: &str, body: Body) -> Event {
             ..Pod::default()
         }),
         ancestry: Vec::new(),
-        lineage: None,
+        // Commands typed in an exec session into the container.
+        lineage: Some(Lineage {
+            role: Role::ExecSession,
+            tty: false,
+            leader: false,
+        }),
         body,
     }
 }
@@ -36,6 +41,7 @@ fn exec(seconds: i64, pod: &str, filename: &str) -> Event {
             argv_truncated: false,
             filename_truncated: false,
             tty: false,
+            parent_cgroup_id: None,
         }),
     )
 }

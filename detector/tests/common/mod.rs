@@ -158,6 +158,7 @@ impl Workload {
                 argv_truncated: false,
                 filename_truncated: false,
                 tty: false,
+                parent_cgroup_id: None,
             }),
         )
     }

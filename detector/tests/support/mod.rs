@@ -250,6 +250,7 @@ pub fn event(id: u64) -> Record {
             argv_truncated: false,
             filename_truncated: false,
             tty: false,
+            parent_cgroup_id: None,
         }),
     })
 }

@@ -205,6 +205,7 @@ pub(crate) mod fixtures {
                     argv_truncated: false,
                     filename_truncated: false,
                     tty: false,
+                    parent_cgroup_id: None,
                 }),
                 true,
             )),
