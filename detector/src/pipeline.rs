@@ -273,6 +273,20 @@ impl Sampler {
                 seen.counters = *counters;
                 seen.idle_samples = 0;
             } else {
+                if seen.idle_samples == 0 && seen.counters.bytes > 0 {
+                    // The first quiet interval after traffic is a sample too: a burst followed
+                    // by silence closes its window now, rather than at the cgroup's next send.
+                    events.push(node_event(
+                        &self.clock,
+                        Some(*cgroup_id),
+                        Body::Egress(Egress {
+                            bytes: 0,
+                            packets: 0,
+                            interval_ms,
+                            total_bytes: counters.bytes,
+                        }),
+                    ));
+                }
                 seen.idle_samples += 1;
                 if seen.idle_samples > EGRESS_IDLE_SAMPLES {
                     idle.push(*cgroup_id);

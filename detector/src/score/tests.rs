@@ -189,6 +189,14 @@ fn egress_spike_after_warm_up_is_an_alert() {
         "{:?}",
         a.detail
     );
+    // A burst followed by silence: the sampler's quiet sample closes the burst's window.
+    let mut e = engine(ScoreConfig::default());
+    for s in 0..120 {
+        assert!(e.process(&egress(s, 1_000)).is_empty());
+    }
+    assert!(e.process(&egress(120, 200_000_000)).is_empty());
+    let records = e.process(&egress(121, 0));
+    assert_eq!(alerts(&records), [("egress-spike", Decision::Log)]);
 }
 
 #[test]
