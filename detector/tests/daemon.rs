@@ -2,90 +2,20 @@
 //! in a kubepods-style cgroup, the JSON lines it writes.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use tests::{TestCgroup, privileged};
+use tests::{
+    TestCgroup,
+    daemon::{Daemon, read_lines},
+    privileged,
+};
 
 const POD_UID: &str = "0c4d1f9e-7a2b-4c3d-9e8f-112233445566";
 const CONTAINER: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
-
-/// The daemon binary running with `args`, stopped (SIGTERM) on drop.
-struct Daemon {
-    child: std::process::Child,
-    log: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Daemon {
-    /// Starts `detector run` and waits for it to say it is ready.
-    fn start(args: &[&std::ffi::OsStr]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_detector"))
-            .arg("run")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let log = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" ready") {
-                    let _ = ready_tx.send(());
-                }
-                lines.push(line);
-            }
-            lines
-        });
-        let mut daemon = Self {
-            child,
-            log: Some(log),
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let (_, log) = daemon.stop();
-            panic!("daemon not ready:\n{}", log.join("\n"));
-        }
-        daemon
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then its exit status and log.
-    fn stop(&mut self) -> (std::process::ExitStatus, Vec<String>) {
-        // SAFETY: the pid is our own child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let log = self
-            .log
-            .take()
-            .map(|l| l.join().unwrap())
-            .unwrap_or_default();
-        (status, log)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.log.is_some() {
-            self.stop();
-        }
-    }
-}
-
-fn read_lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
-        .collect()
-}
 
 /// A systemd-driver pod layout below the test's own parent cgroup; the parser takes the pod
 /// uid and container id from the names, whatever comes before the `kubepods.slice` root.
@@ -111,12 +41,13 @@ fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
         "contain:\n  enabled: false\nevidence:\n  on_contain: false\nmetrics:\n  enabled: false\n",
     )
     .unwrap();
-    let mut daemon = Daemon::start(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--output".as_ref(),
-        output.as_os_str(),
-    ]);
+    let mut daemon = Daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_detector")),
+        &config,
+        &output,
+        &[],
+    )
+    .unwrap();
     let daemon_pid = daemon.pid();
     let cgroup = pod_cgroup(POD_UID, CONTAINER);
     let pid = cgroup
@@ -210,12 +141,13 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     .unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let mut daemon = Daemon::start(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--output".as_ref(),
-        output.as_os_str(),
-    ]);
+    let mut daemon = Daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_detector")),
+        &config,
+        &output,
+        &[],
+    )
+    .unwrap();
     let pod_uid = "5d3c2b1a-0f9e-4d8c-b7a6-998877665544";
     let cgroup = pod_cgroup(pod_uid, &"cd".repeat(32));
     // Before: the pod reaches the listener.

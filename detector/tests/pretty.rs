@@ -2,56 +2,13 @@
 //! a real process in a kubepods-style cgroup reading /etc/shadow, the lines it writes.
 
 use std::{
-    ffi::OsStr,
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::Path,
     time::{Duration, Instant},
 };
 
-use tests::{TestCgroup, privileged};
+use tests::{TestCgroup, daemon::Daemon, privileged};
 
 const POD_UID: &str = "7e1d2c3b-4a59-4687-9a1b-c2d3e4f5a6b7";
-
-/// `detector run ARGS`, waited for until ready; SIGTERM and its log on `stop`.
-fn start(args: &[&OsStr]) -> (Child, std::thread::JoinHandle<Vec<String>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_detector"))
-        .arg("run")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" ready") {
-                let _ = ready_tx.send(());
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        let (status, log) = stop(child, log);
-        panic!("daemon not ready ({status}):\n{}", log.join("\n"));
-    }
-    (child, log)
-}
-
-fn stop(
-    mut child: Child,
-    log: std::thread::JoinHandle<Vec<String>>,
-) -> (std::process::ExitStatus, Vec<String>) {
-    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    (status, log.join().unwrap_or_default())
-}
 
 #[test]
 fn the_pretty_format_writes_one_line_per_alert_and_no_events() {
@@ -67,14 +24,20 @@ fn the_pretty_format_writes_one_line_per_alert_and_no_events() {
         "contain:\n  enabled: false\nevidence:\n  on_contain: false\nmetrics:\n  enabled: false\n",
     )
     .unwrap();
-    let (child, log) = start(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "--format".as_ref(),
-        "pretty".as_ref(),
-        "--output".as_ref(),
-        output.as_os_str(),
-    ]);
+    let mut daemon = Daemon::run(
+        Path::new(env!("CARGO_BIN_EXE_detector")),
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--format".as_ref(),
+            "pretty".as_ref(),
+            "--output".as_ref(),
+            output.as_os_str(),
+        ],
+        &output,
+        &[],
+    )
+    .unwrap();
     let cgroup = TestCgroup::create(&format!(
         "detector-test/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{}.scope",
         POD_UID.replace('-', "_"),
@@ -91,7 +54,7 @@ fn the_pretty_format_writes_one_line_per_alert_and_no_events() {
     while Instant::now() < deadline && !read().lines().any(is_alert) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (status, log) = stop(child, log);
+    let (status, log) = daemon.stop();
     assert!(
         status.success(),
         "daemon exit {status}:\n{}",

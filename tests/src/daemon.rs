@@ -39,21 +39,37 @@ pub fn binary() -> PathBuf {
 }
 
 impl Daemon {
-    /// Starts `binary run --config CONFIG --output OUTPUT` with `env`, and waits (30 s at most)
-    /// for its `ready` log line.
+    /// Starts `binary run --config CONFIG --output OUTPUT` with `env`, and waits for it to say
+    /// it is ready.
     pub fn start(
         binary: &Path,
         config: &Path,
         output: &Path,
         env: &[(&str, &OsStr)],
     ) -> anyhow::Result<Self> {
+        let args = [
+            OsStr::new("--config"),
+            config.as_os_str(),
+            OsStr::new("--output"),
+            output.as_os_str(),
+        ];
+        Self::run(binary, &args, output, env)
+    }
+
+    /// Starts `binary run ARGS` with `env` (writing to `output`), and waits (60 s at most) for
+    /// its `ready` log line. The guards' downward-API variables are not inherited.
+    pub fn run(
+        binary: &Path,
+        args: &[&OsStr],
+        output: &Path,
+        env: &[(&str, &OsStr)],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.arg("run")
-            .arg("--config")
-            .arg(config)
-            .arg("--output")
-            .arg(output)
+            .args(args)
             .env("RUST_LOG", "info")
+            .env_remove("POD_UID")
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -80,7 +96,7 @@ impl Daemon {
             log: Some(log),
             output: output.to_owned(),
         };
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let (status, log) = daemon.stop();
             bail!("daemon not ready ({status}):\n{}", log.join("\n"));
         }
@@ -110,10 +126,17 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then its exit status and log.
+    /// SIGTERM (SIGKILL after 20 s), then its exit status and log.
     pub fn stop(&mut self) -> (ExitStatus, Vec<String>) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
         let status = self.child.wait().expect("wait for the daemon");
         let log = self
             .log

@@ -14,18 +14,18 @@
 //! images, cgroups, dockerd, daemon, temporary files) is removed at the end, failure or not.
 
 use std::{
+    ffi::OsStr,
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::{Value, json};
-use tests::{apiserver::ApiServer, docker::Dockerd};
+use tests::{apiserver::ApiServer, daemon::Daemon, docker::Dockerd};
 
 const NAMESPACE: &str = "shop";
 const NODE: &str = "demo-node-1";
@@ -70,83 +70,6 @@ struct WorkDir(PathBuf);
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `detector run`, stopped with SIGTERM on drop.
-struct Daemon {
-    child: Child,
-    log: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(
-        detector: &Path,
-        config: &Path,
-        output: &Path,
-        kubeconfig: &Path,
-    ) -> anyhow::Result<Self> {
-        let mut child = Command::new(detector)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .arg("--output")
-            .arg(output)
-            .env("RUST_LOG", "info")
-            .env("KUBECONFIG", kubeconfig)
-            .env("NODE_NAME", NODE)
-            .env_remove("POD_UID")
-            .env_remove("POD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("cannot start {}", detector.display()))?;
-        let stderr = child.stderr.take().context("daemon stderr")?;
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let log = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" ready") {
-                    let _ = ready_tx.send(());
-                }
-                lines.push(line);
-            }
-            lines
-        });
-        let mut daemon = Self {
-            child,
-            log: Some(log),
-        };
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let log = daemon.stop();
-            bail!("the daemon did not get ready:\n{}", log.join("\n"));
-        }
-        Ok(daemon)
-    }
-
-    fn stop(&mut self) -> Vec<String> {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        self.log
-            .take()
-            .and_then(|l| l.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.log.is_some() {
-            self.stop();
-        }
     }
 }
 
@@ -366,7 +289,15 @@ fn demo() -> anyhow::Result<()> {
             dockerd.socket().display()
         ),
     )?;
-    let mut daemon = Daemon::start(&detector, &config, &output, &kubeconfig)?;
+    let mut daemon = Daemon::start(
+        &detector,
+        &config,
+        &output,
+        &[
+            ("KUBECONFIG", kubeconfig.as_os_str()),
+            ("NODE_NAME", OsStr::new(NODE)),
+        ],
+    )?;
     let synced = wait_for(Duration::from_secs(30), || {
         http_get(metrics_port, "/readyz")
             .ok()
@@ -378,7 +309,7 @@ fn demo() -> anyhow::Result<()> {
     );
     stage(&format!(
         "detector running (pid {}), cluster mode, pod cache synced, metrics on 127.0.0.1:{metrics_port}",
-        daemon.child.id()
+        daemon.pid()
     ));
 
     // 4. The pod's container, started while the daemon runs (as a kubelet starts pods on a
@@ -477,7 +408,7 @@ fn demo() -> anyhow::Result<()> {
     let metrics = http_get(metrics_port, "/metrics")
         .map(|(_, body)| body)
         .unwrap_or_default();
-    let log = daemon.stop();
+    let (_, log) = daemon.stop();
     let lines = read_lines(&output);
 
     // 7. The timeline.
