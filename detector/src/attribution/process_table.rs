@@ -236,8 +236,13 @@ impl ProcessTable {
         if let Some((role, _)) = workload(self.processes.get(&ppid)) {
             return (role, false);
         }
-        if place.parent_cgroup == Some(place.cgroup) && !self.processes.contains_key(&ppid) {
-            // Forked inside the container by a process that made no event of its own.
+        let parent_seen_here = self
+            .processes
+            .get(&ppid)
+            .is_some_and(|p| p.exited_at.is_none() && p.cgroup == place.cgroup);
+        if place.parent_cgroup == Some(place.cgroup) && !parent_seen_here {
+            // Forked inside the container by a process that made no event of its own (or
+            // whose pid the table knows only from an earlier life).
             return (self.sessions.unseen_parent_role(place.cgroup), false);
         }
         let runtime_now = self
