@@ -791,8 +791,10 @@ pub trait PodRegistry {
     );
 }
 
-/// Plays every workload at once on `runtime` for `duration` (each workload's own duration,
-/// scaled by `scale`), with `restarts` (None: each workload's own), probes on schedule.
+/// Plays every workload at once on `runtime` for `duration`: each pod registered with its
+/// probes in its spec, then its container started; probes run on schedule through the
+/// runtime; `restarts` evenly spaced stops and starts per workload (a job's own count, started
+/// again once it exited); then everything is removed and the pods' records read.
 pub fn play_benign(
     runtime: &mut dyn Runtime,
     tail: &mut OutputTail,
@@ -829,7 +831,7 @@ pub fn play_benign(
         let count = if after_exit {
             restarts_cfg.count
         } else {
-            restarts.min(restarts_cfg.count.max(restarts))
+            restarts
         };
         let every = duration / (count + 1);
         let probes: Vec<Vec<String>> = workload.probes.iter().map(|p| p.command.clone()).collect();
