@@ -11,6 +11,7 @@ use tests::{daemon::Daemon, docker::Dockerd, privileged};
 
 const IMAGE: &str = "lifecycle:1";
 const POD_UID: &str = "5b0c7d2e-1f3a-4b5c-8d9e-0a1b2c3d4e5f";
+const EARLY_POD_UID: &str = "6c1d8e3f-2a4b-4c6d-9e0f-1a2b3c4d5e6f";
 const SHADOW: &[u8] = b"root:$6$salt$hash:19000:0:99999:7:::\n";
 
 fn in_pod(line: &Value) -> bool {
@@ -64,6 +65,25 @@ fn containers_started_while_the_daemon_runs_are_not_contained() {
         ),
     )
     .unwrap();
+    // Running before the daemon starts (under another root, `kubepods`, the cgroupfs driver's):
+    // the start-up scan gives its processes their roles.
+    let early_parent = dockerd.cgroup_parent(&format!("kubepods/besteffort/pod{EARLY_POD_UID}"));
+    dockerd
+        .cli(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &early_parent,
+            "--name",
+            "early",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo ok > /tmp/healthy; exec sleep 600",
+        ])
+        .unwrap();
     let mut daemon = Daemon::start(
         Path::new(env!("CARGO_BIN_EXE_detector")),
         &config,
@@ -110,6 +130,10 @@ fn containers_started_while_the_daemon_runs_are_not_contained() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // An exec session into the container that was there first.
+    dockerd
+        .cli(&["exec", "early", "sh", "-c", "cat /tmp/healthy"])
+        .unwrap();
     // A restart and a removal.
     dockerd.cli(&["restart", "-t", "1", "shellform"]).unwrap();
     dockerd.cli(&["rm", "-f", "execform"]).unwrap();
@@ -191,6 +215,29 @@ fn containers_started_while_the_daemon_runs_are_not_contained() {
         listing()
     );
     assert_eq!(&probes[2..], ["probe", "probe"], "{}", listing());
+
+    // The early container's main process is known from the scan: the exec into it is a
+    // session started by the runtime (busybox's shell then execs `cat` in its own place, the
+    // same process: still the session's leader), not a new main process.
+    let early: Vec<&Value> = benign
+        .iter()
+        .filter(|l| l["pod"]["uid"] == EARLY_POD_UID && l["kind"] == "exec")
+        .collect();
+    let roles: Vec<(&str, bool)> = early
+        .iter()
+        .map(|l| (role(l), l["lineage"]["leader"] == true))
+        .collect();
+    assert_eq!(
+        roles,
+        [("exec_session", true), ("exec_session", true)],
+        "{early:#?}"
+    );
+    assert!(
+        !benign
+            .iter()
+            .any(|l| l["kind"] == "alert" && l["subject"]["pod_uid"] == EARLY_POD_UID),
+        "the early container alerted"
+    );
 
     let attack = lines
         .iter()
