@@ -652,7 +652,14 @@ pub fn play_attack(
                 behaviour.id
             );
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // Egress is sampled each second and a window is judged when the next sample closes
+        // it: a spike needs two more samples after the script; the rest needs none.
+        let settle = if behaviour.expect.iter().any(|r| r == "egress-spike") {
+            Duration::from_millis(2500)
+        } else {
+            Duration::from_millis(300)
+        };
+        std::thread::sleep(settle);
         tail.poll()
     })();
     let removed = runtime.remove(&name);

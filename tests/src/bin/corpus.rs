@@ -3,7 +3,8 @@
 //! `cargo xtask bench`; the tests run a CI subset.
 //!
 //! `detector-corpus [--runtime docker|containerd]... [--attack-only | --benign-only]
-//! [--benign-s N] [--restarts N] [--only ID]... [--detector PATH]`
+//! [--benign-s N] [--restarts N] [--only ID]... [--detector PATH]`; `CORPUS_KEEP=1`
+//! keeps the daemons' outputs and journals (the directory is printed).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -38,7 +39,11 @@ fn main() -> anyhow::Result<()> {
         plan.runtimes = vec!["docker".into(), "containerd".into()];
     }
     let outcome = corpus::run(&plan);
-    let _ = std::fs::remove_dir_all(&plan.work_dir);
+    if std::env::var_os("CORPUS_KEEP").is_some() {
+        eprintln!("kept {}", plan.work_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&plan.work_dir);
+    }
     let outcome = outcome?;
     for report in &outcome.benign {
         println!("{}", report.render());
