@@ -51,7 +51,10 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use crate::docker::which;
+use crate::{
+    docker::which,
+    host::{mounts, remove_with_mounts, stop_child},
+};
 
 /// The containerd namespace of every test container.
 pub const NAMESPACE: &str = "detector-test";
@@ -391,20 +394,6 @@ fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Mount points whose type or path satisfies `filter`, from mountinfo.
-fn mounts(filter: impl Fn(&str, &str) -> bool) -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split_whitespace().nth(4)?;
-            let fstype = right.split_whitespace().next()?;
-            filter(point, fstype).then(|| PathBuf::from(point))
-        })
-        .collect()
-}
-
 /// Removes a container's cgroup directory in every hierarchy (ending what is left in it,
 /// which can only be the container's), then its parents up to the root while they are empty.
 fn remove_cgroup(path: &str) {
@@ -465,31 +454,8 @@ impl Drop for Containerd {
                 keys.retain(|key| self.ctr(&["snapshots", "rm", key]).is_err());
             }
         }
-        let pid = self.child.id() as i32;
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = writeln!(err, "containerd did not stop on SIGTERM: killing it");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mut left = mounts(|point, _| point.starts_with(&dir));
-        left.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for point in left {
-            let _ = Command::new("umount").arg("-l").arg(&point).status();
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            let _ = writeln!(err, "cannot remove {}: {e}", self.dir.display());
-        }
+        stop_child(&mut self.child, "containerd", Duration::from_secs(20));
+        remove_with_mounts(&self.dir);
         for path in &self.cgroups {
             remove_cgroup(path);
         }

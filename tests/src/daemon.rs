@@ -128,16 +128,9 @@ impl Daemon {
 
     /// SIGTERM (SIGKILL after 20 s), then its exit status and log.
     pub fn stop(&mut self) -> (ExitStatus, Vec<String>) {
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let status = self.child.wait().expect("wait for the daemon");
+        let status =
+            crate::host::stop_child(&mut self.child, "the daemon", Duration::from_secs(20))
+                .expect("wait for the daemon");
         let log = self
             .log
             .take()

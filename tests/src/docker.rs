@@ -7,13 +7,14 @@
 
 use std::{
     fs,
-    io::{self, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
+
+use crate::host::{mounts, remove_with_mounts, stop_child};
 
 /// A dockerd started by the test.
 pub struct Dockerd {
@@ -195,24 +196,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Mount points of a given filesystem type from mountinfo (cgroup, cgroup2), or all mounts
-/// below `prefix`.
-fn mounts(filter: impl Fn(&str, &str) -> bool) -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split_whitespace().nth(4)?;
-            let fstype = right.split_whitespace().next()?;
-            filter(point, fstype).then(|| PathBuf::from(point))
-        })
-        .collect()
-}
-
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let mut err = io::stderr().lock();
         // Everything this daemon holds was made by the test.
         if let Ok(ids) = self.cli(&["ps", "-aq"]) {
             for id in ids.split_whitespace() {
@@ -224,31 +209,8 @@ impl Drop for Dockerd {
                 let _ = self.cli(&["rmi", "-f", id]);
             }
         }
-        let pid = self.child.id() as i32;
-        // SAFETY: kill has no memory-safety preconditions; the pid is our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = writeln!(err, "dockerd did not stop on SIGTERM: killing it");
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mut left = mounts(|point, _| point.starts_with(&dir));
-        left.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for point in left {
-            let _ = Command::new("umount").arg("-l").arg(&point).status();
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            let _ = writeln!(err, "cannot remove {}: {e}", self.dir.display());
-        }
+        stop_child(&mut self.child, "dockerd", Duration::from_secs(20));
+        remove_with_mounts(&self.dir);
         let hierarchies = mounts(|_, fstype| fstype == "cgroup" || fstype == "cgroup2");
         for parent in &self.cgroup_parents {
             let rel = parent.trim_matches('/');

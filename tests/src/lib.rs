@@ -9,6 +9,7 @@
 //! - [`image`]: a realistic Debian image (debootstrap, cached) for Docker and containerd.
 //! - [`corpus`]: the attack and benign corpora (`tests/corpus/`) played in real containers.
 //! - [`daemon`]: the real `detector run` binary, started, waited for and stopped.
+//! - [`host`]: stopping a child the test started, removing a directory with mounts below.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
 //!   wait for events.
@@ -40,6 +41,7 @@ pub mod containerd;
 pub mod corpus;
 pub mod daemon;
 pub mod docker;
+pub mod host;
 pub mod image;
 pub mod s3;
 
