@@ -96,6 +96,14 @@ pub(crate) fn event_extras(event: &Event) -> Value {
             serde_json::to_value(pod).unwrap_or(Value::Null),
         );
     }
+    put(&mut extras, "ns_pid", event.process.ns_pid);
+    if let Some(lineage) = &event.lineage {
+        put(
+            &mut extras,
+            "lineage",
+            serde_json::to_value(lineage).unwrap_or(Value::Null),
+        );
+    }
     Value::Object(extras)
 }
 
@@ -114,7 +122,7 @@ pub(crate) mod fixtures {
         },
         event::{
             Ancestor, Body, Connect, Container, Egress, Event, Exec, Exit, FileActivity,
-            FileOperation, Loss, Owner, Pod, ProcessFields,
+            FileOperation, Lineage, Loss, Owner, Pod, ProcessFields, Role,
         },
         export::record::{Envelope, Finding, Record, Severity},
         score::Subject,
@@ -130,7 +138,7 @@ pub(crate) mod fixtures {
                 ppid: Some(1),
                 uid: Some(0),
                 gid: Some(0),
-                ns_pid: None,
+                ns_pid: in_pod.then_some(7),
                 comm: Some("sh".into()),
             },
             cgroup_id: Some(7),
@@ -157,7 +165,11 @@ pub(crate) mod fixtures {
                 pid: 1,
                 exe: "/usr/bin/containerd-shim".into(),
             }],
-            lineage: None,
+            lineage: in_pod.then_some(Lineage {
+                role: Role::ExecSession,
+                tty: false,
+                leader: true,
+            }),
             body,
         }
     }

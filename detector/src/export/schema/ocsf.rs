@@ -173,6 +173,8 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
             if let Value::Object(u) = &mut unmapped {
                 put(u, "argv_truncated", exec.argv_truncated);
                 put(u, "filename_truncated", exec.filename_truncated);
+                put(u, "tty", exec.tty);
+                put(u, "parent_cgroup_id", exec.parent_cgroup_id);
             }
             fields.insert("actor".into(), json!({"process": parent(event)}));
             fields.insert("process".into(), Value::Object(process));
@@ -225,6 +227,7 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
                 put(u, "joined", file.joined);
                 put(u, "original_path", file.original_path.clone());
                 put(u, "original_target", file.original_target.clone());
+                put(u, "self_path", file.self_path.clone());
             }
             (&FILE_ACTIVITY, id, name)
         }
@@ -523,6 +526,8 @@ mod tests {
         assert_eq!(v["metadata"]["uid"], "test-0");
         assert_eq!(v["device"]["hostname"], "node-1");
         assert_eq!(v["unmapped"]["pod"]["namespace"], "shop");
+        assert_eq!(v["unmapped"]["lineage"]["role"], "exec_session");
+        assert_eq!(v["unmapped"]["ns_pid"], 7);
         assert_eq!(v["severity_id"], 1);
     }
 
