@@ -222,19 +222,27 @@ fn the_daemonset_fits_the_daemon() {
     assert_eq!(probe_target(&container.liveness_probe), "/healthz");
     assert_eq!(probe_target(&container.readiness_probe), "/readyz");
 
-    // NODE_NAME from the downward API.
-    let node_name = container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "NODE_NAME")
-        .expect("NODE_NAME is set");
-    let field = node_name
-        .value_from
-        .as_ref()
-        .and_then(|v| v.field_ref.as_ref())
-        .expect("from a field");
-    assert_eq!(field.field_path, "spec.nodeName");
+    // The node's name and the daemon's own pod from the downward API: the guards that keep
+    // containment off the detector's own pod and namespace read them (`OwnPod::from_env`).
+    for (variable, path) in [
+        ("NODE_NAME", "spec.nodeName"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+        ("POD_UID", "metadata.uid"),
+    ] {
+        let var = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == variable)
+            .unwrap_or_else(|| panic!("{variable} is not set"));
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .unwrap_or_else(|| panic!("{variable} is not from a field"));
+        assert_eq!(field.field_path, path, "{variable}");
+    }
 
     // Every mount has its volume, and the host paths the daemon reads are mounted.
     let volumes = pod.volumes.unwrap_or_default();
