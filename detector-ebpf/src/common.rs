@@ -291,14 +291,22 @@ pub fn fill_header(header: &mut EventHeader, kind: EventKind) {
     header.uid = uid_gid as u32;
     header.gid = (uid_gid >> 32) as u32;
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    match parent_tgid() {
+    let task = current_task();
+    match parent_tgid(task) {
         Some(ppid) => header.ppid = ppid,
         None => {
             header.ppid = 0;
             header.flags |= header_flags::PPID_UNKNOWN;
         }
     }
-    header.ns_tgid = ns_tgid().unwrap_or(0);
+    header.ns_tgid = ns_tgid(task).unwrap_or(0);
+}
+
+/// `current`, as an untyped pointer that is only read through probe reads.
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_current_task() as *const u8 }
 }
 
 /// The deepest pid namespaces nest (`MAX_PID_NS_LEVEL` is 32).
@@ -307,7 +315,7 @@ const MAX_PID_NS_LEVEL: u32 = 32;
 /// `current->group_leader->thread_pid->numbers[level].nr`: the process's id in its own pid
 /// namespace, as `task_tgid_vnr` computes it.
 #[inline(always)]
-fn ns_tgid() -> Option<u32> {
+fn ns_tgid(task: *const u8) -> Option<u32> {
     let leader_at = offset!(task_group_leader) as usize;
     if leader_at == 0 {
         return None;
@@ -319,8 +327,6 @@ fn ns_tgid() -> Option<u32> {
         offset!(upid_size) as usize,
         offset!(upid_nr) as usize,
     );
-    // SAFETY: a helper without arguments; the task pointer is only read through probe reads.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads tolerate any address; a bad one returns an error.
     unsafe {
         let leader: *const u8 = bpf_probe_read_kernel(task.add(leader_at).cast()).ok()?;
@@ -336,13 +342,11 @@ fn ns_tgid() -> Option<u32> {
 
 /// `current->real_parent->tgid`, through the offsets read from BTF.
 #[inline(always)]
-fn parent_tgid() -> Option<u32> {
+fn parent_tgid(task: *const u8) -> Option<u32> {
     let real_parent = offset!(task_real_parent);
     if real_parent == 0 {
         return None;
     }
-    // SAFETY: a helper without arguments; the task pointer is only read through probe reads.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads tolerate any address; a bad one returns an error.
     let parent: *const u8 =
         unsafe { bpf_probe_read_kernel(task.add(real_parent as usize).cast()) }.ok()?;

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task, bpf_probe_read_kernel_str, bpf_probe_read_user},
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -16,7 +16,8 @@ use detector_common::{
 };
 
 use crate::common::{
-    EVENTS, count, count_lost, current_cgroup_watched, current_tgid, fill_header, is_daemon, offset,
+    EVENTS, count, count_lost, current_cgroup_watched, current_task, current_tgid, fill_header,
+    is_daemon, offset,
 };
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
@@ -49,9 +50,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     // submitted or discarded; every field is written below before submission.
     let event = unsafe { &mut *event };
     fill_header(&mut event.header, EventKind::Exec);
-    event.flags = if has_tty() { exec_flags::TTY } else { 0 };
+    let task = current_task();
+    event.flags = if has_tty(task) { exec_flags::TTY } else { 0 };
     event._pad = 0;
-    event.parent_cgroup_id = parent_cgroup_id().unwrap_or(0);
+    event.parent_cgroup_id = parent_cgroup_id(task).unwrap_or(0);
 
     let bprm: *const u8 = ctx.arg(2);
     let filename_at = offset!(bprm_filename) as usize;
@@ -78,7 +80,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     }
 
     event.args_len = 0;
-    match args_range() {
+    match args_range(task) {
         Some((start, end)) if end > start => {
             let mut len = end - start;
             if len > ARGS_MAX_BYTES as u64 {
@@ -108,14 +110,12 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
 
 /// `current->mm->arg_start` and `arg_end`.
 #[inline(always)]
-fn args_range() -> Option<(u64, u64)> {
+fn args_range(task: *const u8) -> Option<(u64, u64)> {
     let task_mm = offset!(task_mm);
     if task_mm == 0 {
         return None;
     }
     let (start_at, end_at) = (offset!(mm_arg_start) as usize, offset!(mm_arg_end) as usize);
-    // SAFETY: a helper without arguments; the pointer is only used through probe reads.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     unsafe {
         let mm: *const u8 = bpf_probe_read_kernel(task.add(task_mm as usize).cast()).ok()?;
@@ -127,7 +127,7 @@ fn args_range() -> Option<(u64, u64)> {
 
 /// `current->real_parent->cgroups->dfl_cgrp->kn->id`: the parent's cgroup2 id.
 #[inline(always)]
-fn parent_cgroup_id() -> Option<u64> {
+fn parent_cgroup_id(task: *const u8) -> Option<u64> {
     let parent_at = offset!(task_real_parent) as usize;
     if parent_at == 0 {
         return None;
@@ -138,8 +138,6 @@ fn parent_cgroup_id() -> Option<u64> {
         offset!(cgroup_kn) as usize,
         offset!(kernfs_node_id) as usize,
     );
-    // SAFETY: a helper without arguments; the pointer is only used through probe reads.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     unsafe {
         let parent: *const u8 = bpf_probe_read_kernel(task.add(parent_at).cast()).ok()?;
@@ -152,14 +150,12 @@ fn parent_cgroup_id() -> Option<u64> {
 
 /// `current->signal->tty != NULL`: the process has a controlling terminal.
 #[inline(always)]
-fn has_tty() -> bool {
+fn has_tty(task: *const u8) -> bool {
     let signal_at = offset!(task_signal) as usize;
     if signal_at == 0 {
         return false;
     }
     let tty_at = offset!(signal_tty) as usize;
-    // SAFETY: a helper without arguments; the pointer is only used through probe reads.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     unsafe {
         let Ok(signal) = bpf_probe_read_kernel::<*const u8>(task.add(signal_at).cast()) else {
