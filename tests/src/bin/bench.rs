@@ -531,41 +531,21 @@ fn write_flood(work: &Path, cgroup: &TestCgroup, n: u64) -> anyhow::Result<Flood
     let loop_ns_without = two_loops()?;
 
     let output = work.join("flood.jsonl");
-    let mut daemon = Command::new(sibling("detector")?)
-        .args(["run", "--write-dedup-window-ms", "0", "--output"])
-        .arg(&output)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawn the detector daemon")?;
-    let stderr = daemon.stderr.take().context("daemon stderr")?;
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" ready") {
-                let _ = ready_tx.send(());
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        // SAFETY: the pid is our own child's.
-        unsafe { libc::kill(daemon.id() as i32, libc::SIGKILL) };
-        let _ = daemon.wait();
-        bail!(
-            "daemon not ready: {}",
-            log.join().unwrap_or_default().join("\n")
-        );
-    }
+    let mut daemon = tests::daemon::Daemon::run(
+        &sibling("detector")?,
+        &[
+            "--write-dedup-window-ms".as_ref(),
+            "0".as_ref(),
+            "--output".as_ref(),
+            output.as_os_str(),
+        ],
+        &output,
+        &[],
+    )?;
     let start = Instant::now();
     let loop_ns_with = two_loops()?;
-    // SAFETY: the pid is our own child's.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let status = daemon.wait()?;
+    let (status, _) = daemon.stop();
     let seconds_to_drain = start.elapsed().as_secs_f64();
-    let _ = log.join();
     ensure!(status.success(), "daemon exited with {status}");
 
     let mut delivered = 0;
