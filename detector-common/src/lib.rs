@@ -56,20 +56,24 @@ pub const MAP_TASK_CACHE: &str = "TASK_CACHE";
 pub const MAP_TASK_EXITS: &str = "TASK_EXITS";
 /// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
 pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
-/// Program array `sys_exit` tail-calls for unlink, chmod, rename and failed opens, indexed by
-/// position in [`PATH_OP_PROGRAMS`].
+/// Program array `sys_exit` tail-calls for path operations, opens it could not resolve and
+/// the other system calls it reports, indexed by position in [`PATH_OP_PROGRAMS`].
 pub const MAP_PATH_OPS: &str = "PATH_OPS";
-/// Slot of [`MAP_PATH_OPS`] for unlink and chmod.
+/// Slot of [`MAP_PATH_OPS`] for unlink, chmod and truncate.
 pub const PATH_OP_UNLINK_CHMOD: u32 = 0;
-/// Slot of [`MAP_PATH_OPS`] for rename.
+/// Slot of [`MAP_PATH_OPS`] for rename, link and symlink.
 pub const PATH_OP_RENAME: u32 = 1;
-/// Slot of [`MAP_PATH_OPS`] for failed opens with write intent.
+/// Slot of [`MAP_PATH_OPS`] for opens reported with the path as passed: failed ones with
+/// write intent, and those whose file the kernel could not resolve within its bounds.
 pub const PATH_OP_FAILED_OPEN: u32 = 2;
+/// Slot of [`MAP_PATH_OPS`] for the system calls of [`SyscallOp`].
+pub const PATH_OP_SYSCALL: u32 = 3;
 /// The programs of [`MAP_PATH_OPS`], by slot: loaded on `sys_exit`, never attached.
-pub const PATH_OP_PROGRAMS: [&str; 3] = [
+pub const PATH_OP_PROGRAMS: [&str; 4] = [
     "sys_exit_path_op",
     "sys_exit_rename",
-    "sys_exit_failed_open",
+    "sys_exit_as_passed",
+    "sys_exit_syscall",
 ];
 /// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
@@ -106,6 +110,10 @@ pub enum EventKind {
     Rename = 4,
     /// An outbound connect ([`ConnectEvent`]).
     Connect = 5,
+    /// A system call of interest other than file and network I/O: ptrace, raw sockets,
+    /// mounts and namespaces, fileless code, module and BPF loads, privilege changes, a
+    /// socket onto standard I/O, io_uring set-up, device nodes ([`SyscallEvent`]).
+    Syscall = 6,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -118,6 +126,7 @@ impl TryFrom<u32> for EventKind {
             3 => Self::File,
             4 => Self::Rename,
             5 => Self::Connect,
+            6 => Self::Syscall,
             other => return Err(other),
         })
     }
@@ -162,10 +171,12 @@ pub enum Stat {
     /// Tail calls into the programs of [`MAP_PATH_OPS`] that did not happen (an empty slot):
     /// unlink, chmod, rename or failed write-opens not looked at.
     TailCallFailures = 10,
+    /// Syscall records lost because the ring buffer was full.
+    LostSyscall = 11,
 }
 
 /// Number of entries in [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 12;
 
 impl Stat {
     /// The loss counter for records of `kind`.
@@ -176,6 +187,7 @@ impl Stat {
             EventKind::File => Self::LostFile,
             EventKind::Rename => Self::LostRename,
             EventKind::Connect => Self::LostConnect,
+            EventKind::Syscall => Self::LostSyscall,
         }
     }
 }
@@ -227,6 +239,13 @@ pub mod exec_flags {
     /// The process has a controlling terminal (`signal_struct::tty` is set): an interactive
     /// session.
     pub const TTY: u32 = 1 << 3;
+    /// The executable has no name left on any filesystem: a memfd, or a file unlinked before
+    /// (or while) it was executed (fileless execution; `linux_binprm::file`'s link count is 0).
+    pub const FILELESS: u32 = 1 << 4;
+    /// Descriptor 0 of the new program is an `AF_INET`/`AF_INET6` socket.
+    pub const STDIN_SOCKET: u32 = 1 << 5;
+    /// Descriptor 1 of the new program is an `AF_INET`/`AF_INET6` socket.
+    pub const STDOUT_SOCKET: u32 = 1 << 6;
 }
 
 /// A successful exec, taken at `sched_process_exec`.
@@ -278,6 +297,14 @@ pub enum FileOp {
     Chmod = 3,
     /// `rename`, `renameat` or `renameat2` ([`RenameEvent`]).
     Rename = 4,
+    /// `truncate` ([`FileEvent`]).
+    Truncate = 5,
+    /// `link` or `linkat` ([`RenameEvent`]: `file.path` the existing file, `target` the new
+    /// name).
+    Link = 6,
+    /// `symlink` or `symlinkat` ([`RenameEvent`]: `file.path` what the link points to, as
+    /// given, `target` the link).
+    Symlink = 7,
 }
 
 impl TryFrom<u32> for FileOp {
@@ -289,6 +316,9 @@ impl TryFrom<u32> for FileOp {
             2 => Self::Unlink,
             3 => Self::Chmod,
             4 => Self::Rename,
+            5 => Self::Truncate,
+            6 => Self::Link,
+            7 => Self::Symlink,
             other => return Err(other),
         })
     }
@@ -302,6 +332,10 @@ pub mod path_class {
     pub const READ_SENSITIVE: u32 = 1 << 1;
     /// Never reported (harmless device nodes such as `/dev/null`).
     pub const EXCLUDED: u32 = 1 << 2;
+    /// Logs and shell history: unlinking, renaming or truncating one is reported (clearing
+    /// tracks). Names ending in `_history` anywhere (`.bash_history`, `.python_history`) get
+    /// it in the kernel without an entry.
+    pub const LOG: u32 = 1 << 3;
 }
 
 /// Bits of [`FileEvent::flags`].
@@ -328,6 +362,14 @@ pub mod file_flags {
     /// rename reported whatever its class, or a failed open even when excluded by its bytes,
     /// for user space to normalize and classify.
     pub const DOT_COMPONENTS: u32 = 1 << 6;
+    /// The kernel could not resolve the path within its bounds (deeper than
+    /// [`super::PATH_MAX_COMPONENTS`] components or [`super::PATH_MAX_MOUNTS`] mounts, or a
+    /// relative path whose directory it could not resolve): `path` is the argument as passed,
+    /// and the class is conservative (a write counts as a sensitive write, a read as a
+    /// read-sensitive one, unless the argument itself is absolute and classified).
+    pub const UNRESOLVED: u32 = 1 << 7;
+    /// The operation was submitted through an io_uring ring, not made by a system call.
+    pub const IO_URING: u32 = 1 << 8;
 }
 
 /// An open with write intent, an open of a read-sensitive path, or an unlink/chmod of a
@@ -404,6 +446,98 @@ pub struct ConnectEvent {
     pub daddr: [u8; 16],
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 64 + 16 + 16);
+
+/// System calls reported in [`SyscallEvent::op`], and what each puts in `args` and `text`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallOp {
+    /// `ptrace` `PTRACE_ATTACH`, `PTRACE_SEIZE` or `PTRACE_TRACEME`: args request, pid.
+    Ptrace = 1,
+    /// `socket` of `AF_PACKET`, or of type `SOCK_RAW`/`SOCK_PACKET`: args family, type,
+    /// protocol.
+    Socket = 2,
+    /// `mount`: args flags; text the target, aux the filesystem type.
+    Mount = 3,
+    /// `umount2`: args flags; text the target.
+    Umount = 4,
+    /// `unshare`: args flags.
+    Unshare = 5,
+    /// `setns`: args fd, nstype.
+    Setns = 6,
+    /// `pivot_root`: text the new root.
+    PivotRoot = 7,
+    /// `memfd_create`: args flags; text the name.
+    MemfdCreate = 8,
+    /// `init_module` (args 0, length) or `finit_module` (args 1, fd, flags).
+    ModuleLoad = 9,
+    /// `bpf(BPF_PROG_LOAD)`: args command, program type.
+    BpfProgLoad = 10,
+    /// `setuid`, `setreuid` or `setresuid` asking for uid 0: args the requested real,
+    /// effective and saved uid (`u32::MAX`: unchanged).
+    Setuid = 11,
+    /// `dup2`/`dup3` of an `AF_INET`/`AF_INET6` socket onto descriptor 0, 1 or 2: args old
+    /// fd, new fd, the socket's family.
+    DupSocket = 12,
+    /// `io_uring_setup`: args entries, flags.
+    IoUringSetup = 13,
+    /// `mknod`/`mknodat` of a block or character device: args mode, dev; text the path as
+    /// passed.
+    Mknod = 14,
+}
+
+impl TryFrom<u32> for SyscallOp {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Ok(match value {
+            1 => Self::Ptrace,
+            2 => Self::Socket,
+            3 => Self::Mount,
+            4 => Self::Umount,
+            5 => Self::Unshare,
+            6 => Self::Setns,
+            7 => Self::PivotRoot,
+            8 => Self::MemfdCreate,
+            9 => Self::ModuleLoad,
+            10 => Self::BpfProgLoad,
+            11 => Self::Setuid,
+            12 => Self::DupSocket,
+            13 => Self::IoUringSetup,
+            14 => Self::Mknod,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Maximum bytes of [`SyscallEvent::text`].
+pub const SYSCALL_TEXT_BYTES: usize = 256;
+/// Maximum bytes of [`SyscallEvent::aux`].
+pub const SYSCALL_AUX_BYTES: usize = 32;
+
+/// A system call of interest ([`SyscallOp`]), taken at syscall exit, refused ones too.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// A [`SyscallOp`] as `u32`.
+    pub op: u32,
+    /// The system call number (of the architecture the programs run on).
+    pub nr: u32,
+    /// What the call returned (`-errno` on failure).
+    pub result: i64,
+    /// Arguments, as [`SyscallOp`] lists for each operation.
+    pub args: [u64; 4],
+    /// Bytes of `text` used, without the NUL.
+    pub text_len: u32,
+    /// Bytes of `aux` used, without the NUL.
+    pub aux_len: u32,
+    /// A string argument (a path or a name), as passed.
+    pub text: [u8; SYSCALL_TEXT_BYTES],
+    /// A second, short string argument.
+    pub aux: [u8; SYSCALL_AUX_BYTES],
+}
+const _: () = assert!(size_of::<SyscallEvent>() == 64 + 48 + 8 + SYSCALL_TEXT_BYTES + SYSCALL_AUX_BYTES);
 
 /// Data of a [`MAP_PATH_CLASS`] LPM trie key: the first path bytes. A prefix entry covers
 /// every path starting with it; an entry whose bytes end with the NUL matches one path exactly.
@@ -614,8 +748,24 @@ pub struct KernelOffsets {
     pub task_signal: u32,
     /// `signal_struct::tty`.
     pub signal_tty: u32,
+    /// `linux_binprm::file`.
+    pub bprm_file: u32,
+    /// `file::f_inode`.
+    pub file_inode: u32,
+    /// `inode::i_mode`.
+    pub inode_mode: u32,
+    /// `inode::i_nlink`.
+    pub inode_nlink: u32,
+    /// `file::private_data` (a socket file's `struct socket`).
+    pub file_private_data: u32,
+    /// `socket::sk`.
+    pub socket_sk: u32,
+    /// `sock_common::skc_family` (a `struct sock` starts with its `sock_common`).
+    pub sock_family: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 156);
+const _: () = assert!(size_of::<KernelOffsets>() == 188);
 
 /// BTF type ids of the kernel structures the programs cast addresses to with
 /// `bpf_rdonly_cast`, read from `/sys/kernel/btf/vmlinux` by user space.
@@ -700,4 +850,6 @@ mod pod {
     unsafe impl aya::Pod for RenameEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnectEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SyscallEvent {}
 }

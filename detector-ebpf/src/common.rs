@@ -99,6 +99,14 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     upid_nr: 0,
     task_signal: 0,
     signal_tty: 0,
+    bprm_file: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    inode_nlink: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    sock_family: 0,
+    _pad: 0,
 };
 
 /// One member of [`OFFSETS`]. Read alone (volatile, so the placeholder is not folded in), it

@@ -262,7 +262,7 @@ pub fn sys_exit_path_op(ctx: BtfTracePointContext) -> i32 {
 
 /// `tp_btf/sys_exit`, reached by a tail call from [`open`]: a failed open with write intent.
 #[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit_failed_open(ctx: BtfTracePointContext) -> i32 {
+pub fn sys_exit_as_passed(ctx: BtfTracePointContext) -> i32 {
     let regs = Regs(ctx.arg::<*const u8>(0));
     let ret: i64 = ctx.arg(1);
     let (dirfd, path, flags) = open_args!(regs, regs.nr(), return 0);
@@ -329,7 +329,7 @@ fn read_only_open(
 }
 
 /// An open that may be reported: one with write intent, with the resolved path of the file it
-/// opened, unless excluded or a repeat (a failed one goes on in [`sys_exit_failed_open`]); a
+/// opened, unless excluded or a repeat (a failed one goes on in [`sys_exit_as_passed`]); a
 /// read-only one that passed the prefilter, when the file it opened is read-sensitive. One
 /// function for both, so that the climb and the path building are verified once.
 ///

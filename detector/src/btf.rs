@@ -177,6 +177,14 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         upid_nr: offset("upid", "nr")?,
         task_signal: offset("task_struct", "signal")?,
         signal_tty: offset("signal_struct", "tty")?,
+        bprm_file: offset("linux_binprm", "file")?,
+        file_inode: offset("file", "f_inode")?,
+        inode_mode: offset("inode", "i_mode")?,
+        inode_nlink: offset("inode", "i_nlink")?,
+        file_private_data: offset("file", "private_data")?,
+        socket_sk: offset("socket", "sk")?,
+        sock_family: offset("sock_common", "skc_family")?,
+        _pad: 0,
     })
 }
 
