@@ -1,9 +1,4 @@
-//! File activity at syscall exit (`tp_btf/sys_exit`).
-//!
-//! A BTF-enabled raw tracepoint needs no tracefs and costs the least of the hooks that load on
-//! this kernel (no LSM, fentry or kprobes here). It fires for every syscall of every task, so
-//! the program leaves at once for syscalls it does not handle. Its `pt_regs` argument is typed:
-//! the syscall number and arguments are read with plain loads, not a helper call per argument.
+//! File activity at syscall exit, reached from [`crate::sys_exit`].
 //!
 //! Taking opens at exit means the kernel has done the lookup: a successful open has a
 //! `struct file`, and [`crate::path`] resolves its path from the file's own dentries and mounts
@@ -15,12 +10,17 @@
 //!   could start a read-sensitive entry has its path built and classified, and only a
 //!   read-sensitive one is reported;
 //! - an open with write intent is reported with its resolved path, its class, and what it
-//!   returned; a failed one, in a program of its own reached by tail call, with the path as
-//!   passed, joined to its directory when relative;
-//! - unlink, rename and chmod, in programs of their own reached by tail call, are reported
-//!   when a path involved is sensitive: a relative one joined first to its directory, resolved
-//!   as an opened file's path is; one with `.` or `..` components whatever its class, for user
-//!   space to resolve and classify.
+//!   returned;
+//! - a failed open with write intent, and an open whose file the kernel cannot resolve within
+//!   its bounds, are reported by a program of their own reached by tail call
+//!   ([`sys_exit_as_passed`]) with the path as passed, joined to its directory when relative;
+//!   one that cannot be joined either is flagged unresolved and classed as possibly sensitive
+//!   (never less suspicious for being deep);
+//! - unlink, truncate, chmod, rename, link and symlink, in programs of their own reached by
+//!   tail call, are reported when a path involved is sensitive, a log or shell history
+//!   (unlink, truncate, rename), or when a chmod sets the setuid or setgid bit anywhere: a
+//!   relative path joined first to its directory, resolved as an opened file's path is; one
+//!   with `.` or `..` components whatever its class, for user space to resolve and classify.
 
 use aya_ebpf::{
     helpers::{
@@ -28,20 +28,20 @@ use aya_ebpf::{
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, map},
-    maps::{LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::BtfTracePointContext,
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
-    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_FAILED_OPEN,
-    PATH_OP_PROGRAMS, PATH_OP_RENAME, PATH_OP_UNLINK_CHMOD, PathClassData, RenameEvent, Stat,
-    file_flags, path_class,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_FAILED_OPEN, PathClassData,
+    RenameEvent, Stat, file_flags, path_class,
 };
 
 use crate::{
     common::{EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, watching_all},
     kernel::Task,
     path::{self, AT_FDCWD, BUILT_LEN, BUILT_TRUNCATED, Reached, Resolution, Resolved},
+    sys_exit::{PATH_OPS, Regs, nr, open_args},
 };
 
 /// Path prefix classes, filled by user space from the configuration.
@@ -72,10 +72,6 @@ struct RenameScratch {
     spill: [u8; PATH_MAX_BYTES],
 }
 
-/// The programs [`other`] tail-calls, by index; filled by user space at load.
-#[map(name = "PATH_OPS")]
-static PATH_OPS: ProgramArray = ProgramArray::with_max_entries(PATH_OP_PROGRAMS.len() as u32, 0);
-
 /// Scratch record for renames.
 #[map(name = "RENAME_SCRATCH")]
 static RENAME_SCRATCH: PerCpuArray<RenameScratch> = PerCpuArray::with_max_entries(1, 0);
@@ -85,166 +81,21 @@ static RENAME_SCRATCH: PerCpuArray<RenameScratch> = PerCpuArray::with_max_entrie
 static DEDUP_WINDOW_NS: u64 = 0;
 
 const O_ACCMODE: u32 = 0o3;
-const O_CREAT: u32 = 0o100;
-const O_TRUNC: u32 = 0o1000;
-const O_WRONLY: u32 = 0o1;
+pub const O_CREAT: u32 = 0o100;
+pub const O_TRUNC: u32 = 0o1000;
+pub const O_WRONLY: u32 = 0o1;
+/// `S_ISUID | S_ISGID`.
+const SET_ID_BITS: u32 = 0o6000;
 
-/// Syscall numbers (x86_64: arch/x86/entry/syscalls/syscall_64.tbl).
-#[cfg(bpf_target_arch = "x86_64")]
-mod nr {
-    pub const OPEN: i64 = 2;
-    pub const CREAT: i64 = 85;
-    pub const OPENAT: i64 = 257;
-    pub const OPENAT2: i64 = 437;
-    pub const UNLINK: i64 = 87;
-    pub const UNLINKAT: i64 = 263;
-    pub const RENAME: i64 = 82;
-    pub const RENAMEAT: i64 = 264;
-    pub const RENAMEAT2: i64 = 316;
-    pub const CHMOD: i64 = 90;
-    pub const FCHMODAT: i64 = 268;
-    pub const FCHMODAT2: i64 = 452;
-}
-
-/// Syscall numbers (arm64 uses include/uapi/asm-generic/unistd.h; no legacy open/unlink/...).
-#[cfg(bpf_target_arch = "aarch64")]
-mod nr {
-    pub const OPEN: i64 = -1;
-    pub const CREAT: i64 = -2;
-    pub const OPENAT: i64 = 56;
-    pub const OPENAT2: i64 = 437;
-    pub const UNLINK: i64 = -3;
-    pub const UNLINKAT: i64 = 35;
-    pub const RENAME: i64 = -4;
-    pub const RENAMEAT: i64 = 38;
-    pub const RENAMEAT2: i64 = 276;
-    pub const CHMOD: i64 = -5;
-    pub const FCHMODAT: i64 = 53;
-    pub const FCHMODAT2: i64 = 452;
-}
-
-/// Byte offsets in `struct pt_regs` of the syscall arguments, as they stand at syscall exit.
-#[cfg(bpf_target_arch = "x86_64")]
-const ARG_OFFSETS: [usize; 5] = [112, 104, 96, 56, 72]; // di, si, dx, r10, r8
-/// arm64 returns the result in x0; the first argument survives in `orig_x0`.
-#[cfg(bpf_target_arch = "aarch64")]
-const ARG_OFFSETS: [usize; 5] = [272, 8, 16, 24, 32]; // orig_x0, x1..x4
-
-/// `tp_btf/sys_exit(struct pt_regs *regs, long ret)`.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
-    match try_sys_exit(&ctx) {
-        Ok(ret) | Err(ret) => ret,
-    }
-}
-
-struct Regs(*const u8);
-
-impl Regs {
-    /// Arguments 0, 1 and 2.
-    #[inline(always)]
-    fn first3(&self) -> [u64; 3] {
-        [self.arg(0), self.arg(1), self.arg(2)]
-    }
-
-    #[inline(always)]
-    fn arg(&self, n: usize) -> u64 {
-        // SAFETY: `regs` is the tracepoint's typed `struct pt_regs *`: the verifier checks
-        // each load against its BTF and turns it into a fault-safe kernel load.
-        unsafe { core::ptr::read(self.0.add(ARG_OFFSETS[n]).cast::<u64>()) }
-    }
-
-    /// The syscall number, as `syscall_get_nr` reads it.
-    #[cfg(bpf_target_arch = "x86_64")]
-    #[inline(always)]
-    fn nr(&self) -> i64 {
-        // SAFETY: as above; `orig_ax`.
-        unsafe { core::ptr::read(self.0.add(120).cast::<i64>()) }
-    }
-
-    /// The syscall number, as `syscall_get_nr` reads it.
-    #[cfg(bpf_target_arch = "aarch64")]
-    #[inline(always)]
-    fn nr(&self) -> i64 {
-        // SAFETY: as above; `syscallno`.
-        i64::from(unsafe { core::ptr::read(self.0.add(280).cast::<i32>()) })
-    }
-}
-
-/// The directory fd, path and flags of an open of any of the four kinds, or `$other` for
-/// other syscalls.
-///
-/// A macro, not a function returning an `Option`: the same match through such a function took
-/// `sys_exit` past the verifier's 1M-instruction limit (measured: over 1,000,000 against
-/// ~660k; LLVM lays the code out differently).
-macro_rules! open_args {
-    ($regs:expr, $nr:expr, $other:expr) => {
-        match $nr {
-            nr::OPENAT => {
-                let [dirfd, path, flags] = $regs.first3();
-                (dirfd as i32, path, flags as u32)
-            }
-            nr::OPEN => (AT_FDCWD, $regs.arg(0), $regs.arg(1) as u32),
-            nr::CREAT => (AT_FDCWD, $regs.arg(0), O_CREAT | O_WRONLY | O_TRUNC),
-            nr::OPENAT2 => {
-                // `struct open_how` starts with `__u64 flags`.
-                // SAFETY: a probe read of user memory; failure means no flags.
-                let how = $regs.arg(2) as *const u64;
-                let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
-                ($regs.arg(0) as i32, $regs.arg(1), flags as u32)
-            }
-            _ => $other,
-        }
-    };
-}
-
-#[inline(always)]
-fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<i32, i32> {
-    let regs = Regs(ctx.arg::<*const u8>(0));
-    let ret: i64 = ctx.arg(1);
-    let nr = regs.nr();
-    if nr == nr::OPENAT {
-        // The hot path: most opens are read-only, most of those are of ordinary files.
-        let flags = regs.arg(2) as u32;
-        if !write_intent(flags) {
-            return read_only_open(ctx, &regs, regs.arg(0) as i32, flags, ret);
-        }
-    }
-    // The four opens share one call, so that it is verified once.
-    let (dirfd, path, flags) = open_args!(regs, nr, return other(ctx, nr));
-    if !write_intent(flags) {
-        return read_only_open(ctx, &regs, dirfd, flags, ret);
-    }
-    Ok(open(ctx, dirfd, path, flags, ret))
-}
-
-/// Unlink, chmod and rename: tail calls into programs of their own ([`sys_exit_path_op`],
-/// [`sys_exit_rename`]), so that joining a relative path to its directory, a climb and a path
-/// build, is verified with their own budget, not in `sys_exit`'s.
-#[inline(always)]
-fn other(ctx: &BtfTracePointContext, nr: i64) -> Result<i32, i32> {
-    let index = match nr {
-        nr::UNLINK | nr::UNLINKAT | nr::CHMOD | nr::FCHMODAT | nr::FCHMODAT2 => {
-            PATH_OP_UNLINK_CHMOD
-        }
-        nr::RENAME | nr::RENAMEAT | nr::RENAMEAT2 => PATH_OP_RENAME,
-        _ => return Ok(0),
-    };
-    // SAFETY: jumps to a program of the same type on the same hook, with the same context;
-    // nothing here needs to run after it. It returns only when the slot is empty, which user
-    // space never leaves it while the programs are attached.
-    unsafe { PATH_OPS.tail_call(ctx, index) };
-    count(Stat::TailCallFailures);
-    Ok(0)
-}
-
-/// `tp_btf/sys_exit`, reached by a tail call from [`sys_exit`]: unlink and chmod.
+/// `tp_btf/sys_exit`, reached by a tail call from [`crate::sys_exit`]: unlink, chmod and
+/// truncate.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_path_op(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs(ctx.arg::<*const u8>(0));
+    let regs = Regs::of(&ctx);
     let ret: i64 = ctx.arg(1);
     let (op, dirfd, path, mode) = match regs.nr() {
         nr::UNLINK => (FileOp::Unlink, AT_FDCWD, regs.arg(0), 0),
+        nr::TRUNCATE => (FileOp::Truncate, AT_FDCWD, regs.arg(0), 0),
         nr::UNLINKAT => (FileOp::Unlink, regs.arg(0) as i32, regs.arg(1), 0),
         nr::CHMOD => (FileOp::Chmod, AT_FDCWD, regs.arg(0), regs.arg(1) as u32),
         nr::FCHMODAT | nr::FCHMODAT2 => (
@@ -260,33 +111,60 @@ pub fn sys_exit_path_op(ctx: BtfTracePointContext) -> i32 {
     }
 }
 
-/// `tp_btf/sys_exit`, reached by a tail call from [`open`]: a failed open with write intent.
+/// `tp_btf/sys_exit`, reached by a tail call from [`open`]: a failed open with write intent,
+/// or an open whose file could not be resolved within the climb's bounds.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_as_passed(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs(ctx.arg::<*const u8>(0));
+    let regs = Regs::of(&ctx);
     let ret: i64 = ctx.arg(1);
     let (dirfd, path, flags) = open_args!(regs, regs.nr(), return 0);
-    match failed_open(dirfd, path, flags, ret) {
+    match open_as_passed(dirfd, path, flags, ret) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-/// `tp_btf/sys_exit`, reached by a tail call from [`sys_exit`]: rename.
+/// `tp_btf/sys_exit`, reached by a tail call from [`crate::sys_exit`]: rename, link and
+/// symlink.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn sys_exit_rename(ctx: BtfTracePointContext) -> i32 {
-    let regs = Regs(ctx.arg::<*const u8>(0));
+    let regs = Regs::of(&ctx);
     let ret: i64 = ctx.arg(1);
-    let (old_dirfd, old, new_dirfd, new) = match regs.nr() {
-        nr::RENAME => (AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1)),
+    let (op, old_dirfd, old, new_dirfd, new) = match regs.nr() {
+        nr::RENAME => (FileOp::Rename, AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1)),
         nr::RENAMEAT | nr::RENAMEAT2 => (
+            FileOp::Rename,
             regs.arg(0) as i32,
             regs.arg(1),
             regs.arg(2) as i32,
             regs.arg(3),
         ),
+        nr::LINK => (FileOp::Link, AT_FDCWD, regs.arg(0), AT_FDCWD, regs.arg(1)),
+        nr::LINKAT => (
+            FileOp::Link,
+            regs.arg(0) as i32,
+            regs.arg(1),
+            regs.arg(2) as i32,
+            regs.arg(3),
+        ),
+        // What a symlink points to is text, relative to the link's own directory if relative:
+        // kept as given (`NO_DIRFD`), never joined to the working directory.
+        nr::SYMLINK => (
+            FileOp::Symlink,
+            NO_DIRFD,
+            regs.arg(0),
+            AT_FDCWD,
+            regs.arg(1),
+        ),
+        nr::SYMLINKAT => (
+            FileOp::Symlink,
+            NO_DIRFD,
+            regs.arg(0),
+            regs.arg(1) as i32,
+            regs.arg(2),
+        ),
         _ => return 0,
     };
-    match rename(old_dirfd, old, new_dirfd, new, ret) {
+    match rename(op, old_dirfd, old, new_dirfd, new, ret) {
         Ok(ret) | Err(ret) => ret,
     }
 }
@@ -297,8 +175,9 @@ fn skip(task: Task) -> bool {
     is_daemon(task.tgid()) || (!watching_all() && !cgroup_watched(task.cgroup_id()))
 }
 
+/// Whether open `flags` ask for write, create or truncate.
 #[inline(always)]
-fn write_intent(flags: u32) -> bool {
+pub fn write_intent(flags: u32) -> bool {
     flags & O_ACCMODE != 0 || flags & (O_CREAT | O_TRUNC) != 0
 }
 
@@ -309,7 +188,7 @@ fn write_intent(flags: u32) -> bool {
 /// prefilter. No function or helper call when the cache holds the task: with return-thunk
 /// mitigations a call and its return cost ~35 ns here, a third of the whole check.
 #[inline(always)]
-fn read_only_open(
+pub fn read_only_open(
     ctx: &BtfTracePointContext,
     regs: &Regs,
     dirfd: i32,
@@ -325,33 +204,28 @@ fn read_only_open(
     if skip(task) || !path::may_be_read_sensitive(task, ret) {
         return Ok(0);
     }
-    Ok(open(ctx, dirfd, 0, flags, ret))
+    Ok(open(ctx, dirfd, flags, ret))
 }
 
 /// An open that may be reported: one with write intent, with the resolved path of the file it
-/// opened, unless excluded or a repeat (a failed one goes on in [`sys_exit_as_passed`]); a
-/// read-only one that passed the prefilter, when the file it opened is read-sensitive. One
-/// function for both, so that the climb and the path building are verified once.
+/// opened, unless excluded or a repeat; a read-only one that passed the prefilter, when the
+/// file it opened is read-sensitive. One function for both, so that the climb and the path
+/// building are verified once. A failed one, and one whose file could not be resolved within
+/// the bounds, go on in [`sys_exit_as_passed`].
 ///
-/// The failed open's tail call is made here, in a function of its own, not on `sys_exit`'s
+/// The tail call is made here, in a function of its own, not on `sys_exit`'s
 /// own path: a branch there for it, however placed, took `sys_exit` past the verifier's
 /// 1M-instruction limit (from ~660k).
 #[inline(never)]
-fn open(ctx: &BtfTracePointContext, dirfd: i32, user_path: u64, flags: u32, ret: i64) -> i32 {
+pub fn open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> i32 {
     // A plain return value: a `Result` would travel through a sixth, stack argument.
-    match try_open(ctx, dirfd, user_path, flags, ret) {
+    match try_open(ctx, dirfd, flags, ret) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
 #[inline(always)]
-fn try_open(
-    ctx: &BtfTracePointContext,
-    dirfd: i32,
-    user_path: u64,
-    flags: u32,
-    ret: i64,
-) -> Result<i32, i32> {
+fn try_open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> Result<i32, i32> {
     if ret < 0 {
         // A failed open has no file: its path as passed, joined to its directory when
         // relative, in a program of its own, as unlink and chmod. Only one with write intent
@@ -373,14 +247,19 @@ fn try_open(
         Some((top, record)) if resolvable(top) => build_path(top, record, scratch),
         _ => false,
     };
-    let event = &mut scratch.event;
     if !has_path {
-        if !write {
+        if matches!(&resolved, Some((top, _)) if matches!(top.reached, Reached::Internal | Reached::NoFile))
+        {
+            // A pipe, a socket, a memfd: no path to report.
             return Ok(0);
         }
-        // Beyond the bounds of the climb: the path as passed.
-        read_user_path(user_path, event);
+        // Beyond the bounds of the climb: the path as passed, flagged unresolved.
+        // SAFETY: as above.
+        unsafe { PATH_OPS.tail_call(ctx, PATH_OP_FAILED_OPEN) };
+        count(Stat::TailCallFailures);
+        return Ok(0);
     }
+    let event = &mut scratch.event;
     let class = classify(&event.path, event.path_len);
     if class & path_class::EXCLUDED != 0 || (!write && class & path_class::READ_SENSITIVE == 0) {
         return Ok(0);
@@ -435,7 +314,9 @@ fn build_path(top: &Resolved, record: &Resolution, scratch: &mut FileScratch) ->
     true
 }
 
-/// Unlink or chmod of `user_path` (relative to `dirfd`), reported when the path is sensitive.
+/// Unlink, truncate or chmod of `user_path` (relative to `dirfd`), reported when the path is
+/// sensitive, when an unlink or truncate hits a log or a shell history, when a chmod sets the
+/// setuid or setgid bit (anywhere), and when the path could not be joined to its directory.
 #[inline(always)]
 fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32, ret: i64) -> Result<i32, i32> {
     let task = Task::current();
@@ -443,21 +324,37 @@ fn path_op(op: FileOp, dirfd: i32, user_path: u64, mode: u32, ret: i64) -> Resul
         return Ok(0);
     }
     let (event, dots) = path_as_passed(task, dirfd, user_path)?;
-    let class = classify(&event.path, event.path_len);
-    if !is_sensitive(class) && dots == 0 {
+    let mut class = classify(&event.path, event.path_len);
+    let set_id = op == FileOp::Chmod && mode & SET_ID_BITS != 0;
+    if op != FileOp::Chmod && is_history(&event.path, event.path_len) {
+        class |= path_class::LOG;
+    }
+    let unresolved = unjoined(event);
+    if unresolved {
+        // A relative name under a directory the kernel could not resolve: possibly sensitive.
+        class |= path_class::SENSITIVE_WRITE;
+    }
+    let log = op != FileOp::Chmod && class & path_class::LOG != 0;
+    if !reportable(class) && dots == 0 && !set_id && !log {
         return Ok(0);
     }
     fill_file(event, op, dirfd, class, mode, ret);
     event.flags |= dots;
+    if unresolved {
+        event.flags |= file_flags::UNRESOLVED;
+    }
     output(event);
     Ok(0)
 }
 
-/// A failed open with write intent: reported unless excluded or a repeat, as a successful one,
-/// with the path as passed.
+/// An open reported with the path as passed: a failed one with write intent (unless excluded
+/// or a repeat), or one whose file the kernel could not resolve within its bounds (a write
+/// always, a read when possibly read-sensitive). A relative path that could not be joined to
+/// its directory either is classed as sensitive: a depth is no reason to look away.
 #[inline(always)]
-fn failed_open(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, i32> {
-    if ret >= 0 || !write_intent(flags) {
+fn open_as_passed(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, i32> {
+    let write = write_intent(flags);
+    if ret < 0 && !write {
         return Ok(0);
     }
     let task = Task::current();
@@ -465,17 +362,55 @@ fn failed_open(dirfd: i32, user_path: u64, flags: u32, ret: i64) -> Result<i32, 
         return Ok(0);
     }
     let (event, dots) = path_as_passed(task, dirfd, user_path)?;
-    let class = classify(&event.path, event.path_len);
-    if class & path_class::EXCLUDED != 0 && dots == 0 {
+    let mut class = classify(&event.path, event.path_len);
+    let unjoined = unjoined(event);
+    if unjoined {
+        class |= if write {
+            path_class::SENSITIVE_WRITE
+        } else {
+            path_class::READ_SENSITIVE
+        };
+    } else if class & path_class::EXCLUDED != 0 && dots == 0 {
+        return Ok(0);
+    }
+    if !write && class & path_class::READ_SENSITIVE == 0 && dots == 0 {
         return Ok(0);
     }
     fill_file(event, FileOp::Open, dirfd, class, flags, ret);
-    event.flags |= file_flags::WRITE_INTENT | dots;
-    if suppress_repeat(event) {
-        return Ok(0);
+    event.flags |= dots;
+    // A successful open comes here only when its file could not be resolved.
+    if ret >= 0 || unjoined {
+        event.flags |= file_flags::UNRESOLVED;
+    }
+    if write {
+        event.flags |= file_flags::WRITE_INTENT;
+        if suppress_repeat(event) {
+            return Ok(0);
+        }
     }
     output(event);
     Ok(0)
+}
+
+/// Whether the record's path is relative and could not be joined to its directory.
+#[inline(always)]
+fn unjoined(event: &FileEvent) -> bool {
+    event.flags & file_flags::RELATIVE != 0 && event.flags & file_flags::JOINED == 0
+}
+
+/// Whether the path of `len` bytes ends in `_history` (`.bash_history`, `.zsh_history`,
+/// `.python_history`, `.mysql_history`...): one word compare at its end.
+#[inline(always)]
+fn is_history(path: &[u8; PATH_MAX_BYTES], len: u32) -> bool {
+    const HISTORY: u64 = u64::from_le_bytes(*b"_history");
+    if len < 8 {
+        return false;
+    }
+    let at = (len as usize - 8) & (PATH_MAX_BYTES - 1);
+    // SAFETY: `at + 8 <= PATH_MAX_BYTES + 7`; every path buffer here is followed by at least
+    // `PATH_MAX_BYTES` more bytes of its scratch record.
+    let word = unsafe { core::ptr::read_unaligned(path.as_ptr().add(at).cast::<u64>()) };
+    word == HISTORY
 }
 
 /// The scratch file record with `user_path` as passed, joined first to its directory when
@@ -501,10 +436,18 @@ fn path_as_passed(
     Ok((event, dots))
 }
 
-/// A rename, reported when either path is sensitive; relative ones are joined to their
-/// directories first.
+/// A rename, link or symlink, reported when either path is sensitive, or the source a log or a
+/// shell history; relative ones are joined to their directories first (not what a symlink
+/// points to: that is text, relative to the link's directory).
 #[inline(always)]
-fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Result<i32, i32> {
+fn rename(
+    op: FileOp,
+    old_dirfd: i32,
+    old: u64,
+    new_dirfd: i32,
+    new: u64,
+    ret: i64,
+) -> Result<i32, i32> {
     let task = Task::current();
     if skip(task) {
         return Ok(0);
@@ -519,8 +462,12 @@ fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Resul
     };
     let event = &mut scratch.event;
     // The source first: joining it may spill over the target's fields, written after.
-    // SAFETY: `file.path` is followed by more than `PATH_MAX_BYTES` bytes of the record.
-    unsafe { read_joined(task, old_dirfd, old, &mut event.file) };
+    if op == FileOp::Symlink {
+        read_user_path(old, &mut event.file);
+    } else {
+        // SAFETY: `file.path` is followed by more than `PATH_MAX_BYTES` bytes of the record.
+        unsafe { read_joined(task, old_dirfd, old, &mut event.file) };
+    }
     let (mut len, mut truncated) = read_path(new, &mut event.target);
     if event.target[0] != b'/' && len > 0 {
         // SAFETY: `target` is followed by `PATH_MAX_BYTES` bytes of spill in `RenameScratch`.
@@ -532,15 +479,18 @@ fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Resul
         }
     }
     event.target_len = len;
-    let class = classify(&event.file.path, event.file.path_len) | classify(&event.target, len);
+    let mut class = classify(&event.file.path, event.file.path_len) | classify(&event.target, len);
+    if is_history(&event.file.path, event.file.path_len) {
+        class |= path_class::LOG;
+    }
     // SAFETY: `file.path` is followed by the target, the target by the spill.
     let dots = unsafe {
         has_dot_components(event.file.path.as_ptr()) || has_dot_components(event.target.as_ptr())
     };
-    if !is_sensitive(class) && !dots {
+    if !reportable(class) && !dots {
         return Ok(0);
     }
-    fill_file(&mut event.file, FileOp::Rename, old_dirfd, class, 0, ret);
+    fill_file(&mut event.file, op, old_dirfd, class, 0, ret);
     if truncated {
         event.file.flags |= file_flags::PATH_TRUNCATED;
     }
@@ -555,10 +505,11 @@ fn rename(old_dirfd: i32, old: u64, new_dirfd: i32, new: u64, ret: i64) -> Resul
     Ok(0)
 }
 
+/// Whether a path operation on a path of `class` is reported.
 #[inline(always)]
-fn is_sensitive(class: u32) -> bool {
+fn reportable(class: u32) -> bool {
     class & path_class::EXCLUDED == 0
-        && class & (path_class::SENSITIVE_WRITE | path_class::READ_SENSITIVE) != 0
+        && class & (path_class::SENSITIVE_WRITE | path_class::READ_SENSITIVE | path_class::LOG) != 0
 }
 
 #[inline(always)]
@@ -661,6 +612,9 @@ fn read_user_path(user_path: u64, event: &mut FileEvent) {
         event.flags |= file_flags::RELATIVE;
     }
 }
+
+/// The directory fd of an argument never joined to a directory (what a symlink points to).
+const NO_DIRFD: i32 = -1;
 
 /// Set in [`join_relative`]'s result when it joined.
 const JOINED: u64 = 1 << 62;

@@ -90,6 +90,13 @@ impl Btf {
         // SAFETY: as above.
         unsafe { core::ptr::read(self.0.add(off as usize).cast::<u32>()) }
     }
+
+    /// The 16-bit member at `off`.
+    #[inline(always)]
+    pub fn u16_at(self, off: u32) -> u16 {
+        // SAFETY: as above.
+        unsafe { core::ptr::read(self.0.add(off as usize).cast::<u16>()) }
+    }
 }
 
 /// `bpf_rdonly_cast(addr, btf_id)`: `addr` as a read-only, untrusted pointer to the structure

@@ -1,9 +1,15 @@
 //! The detector's kernel programs.
 //!
-//! - `file`: `tp_btf/sys_exit`, file opens with write intent, opens of read-sensitive
-//!   files; unlink/rename/chmod of sensitive paths and failed write-opens in
-//!   `sys_exit_path_op`, `sys_exit_rename` and `sys_exit_failed_open`, tail-called from it; `path` resolves an opened file's path in
-//!   the kernel, and `kernel` reads kernel memory (typed loads or probe reads).
+//! - `sys_exit`: `tp_btf/sys_exit`, the dispatch on the syscall number; opens inline, the
+//!   rest by tail call.
+//! - `file`: file opens with write intent, opens of read-sensitive files; unlink, truncate,
+//!   chmod, rename, link and symlink of sensitive paths, logs and history, and opens reported
+//!   with the path as passed, in `sys_exit_path_op`, `sys_exit_rename` and
+//!   `sys_exit_as_passed`, tail-called from `sys_exit`; `path` resolves an opened file's path
+//!   in the kernel, and `kernel` reads kernel memory (typed loads or probe reads).
+//! - `syscall`: `sys_exit_syscall`, tail-called from `sys_exit`: ptrace, raw sockets, mounts
+//!   and namespaces, memfd, module and BPF loads, setuid to 0, sockets onto standard I/O,
+//!   io_uring set-up, device nodes.
 //! - `process`: `raw_tracepoint/sched_process_exec` and `sched_process_exit`.
 //! - `net`: `cgroup/connect4`, `cgroup/connect6` (outbound connects) and `cgroup_skb/egress`
 //!   (bytes and packets per cgroup, counted in the kernel).
@@ -23,6 +29,8 @@ mod net;
 mod noop;
 mod path;
 mod process;
+mod sys_exit;
+mod syscall;
 
 #[cfg(not(test))]
 #[panic_handler]

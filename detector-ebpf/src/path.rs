@@ -179,7 +179,7 @@ impl Reached {
 
 /// The file behind descriptor `fd` of `task` (`task->files->fdt->fd[fd]`), typed.
 #[inline(always)]
-fn open_file(task: Task, fd: i64) -> Option<Btf> {
+pub fn open_file(task: Task, fd: i64) -> Option<Btf> {
     let fdt = task.0.ptr(offset!(task_files)).ptr(offset!(files_fdt));
     if fd < 0 || fd as u64 >= fdt.u32_at(offset!(fdtable_max_fds)) as u64 {
         return None;

@@ -12,7 +12,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use detector_common::{
-    ARGS_MAX_BYTES, EventKind, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, Stat, exec_flags,
+    ARGS_MAX_BYTES, EventKind, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, MNT_INTERNAL, Stat,
+    exec_flags,
 };
 
 use crate::common::{
@@ -56,6 +57,10 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     event.parent_cgroup_id = parent_cgroup_id(task).unwrap_or(0);
 
     let bprm: *const u8 = ctx.arg(2);
+    if fileless(bprm) {
+        event.flags |= exec_flags::FILELESS;
+    }
+    event.flags |= stdio_sockets(task);
     let filename_at = offset!(bprm_filename) as usize;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     let filename: *const u8 =
@@ -145,6 +150,105 @@ fn parent_cgroup_id(task: *const u8) -> Option<u64> {
         let cgroup: *const u8 = bpf_probe_read_kernel(cgroups.add(dfl_at).cast()).ok()?;
         let kn: *const u8 = bpf_probe_read_kernel(cgroup.add(kn_at).cast()).ok()?;
         bpf_probe_read_kernel::<u64>(kn.add(id_at).cast()).ok()
+    }
+}
+
+/// Whether the executable `bprm->file` has no name on any filesystem: a memfd (on the
+/// kernel-internal shmem mount) or a file unlinked before it was executed (no link left).
+#[inline(always)]
+fn fileless(bprm: *const u8) -> bool {
+    let (file_at, path_at) = (offset!(bprm_file) as usize, offset!(file_path) as usize);
+    let (mnt_at, flags_at) = (offset!(path_mnt) as usize, offset!(vfsmount_flags) as usize);
+    let (inode_at, nlink_at) = (offset!(file_inode) as usize, offset!(inode_nlink) as usize);
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    unsafe {
+        let Ok(file) = bpf_probe_read_kernel::<*const u8>(bprm.add(file_at).cast()) else {
+            return false;
+        };
+        if let Ok(mnt) = bpf_probe_read_kernel::<*const u8>(file.add(path_at + mnt_at).cast())
+            && bpf_probe_read_kernel::<u32>(mnt.add(flags_at).cast())
+                .is_ok_and(|flags| flags & MNT_INTERNAL != 0)
+        {
+            return true;
+        }
+        let Ok(inode) = bpf_probe_read_kernel::<*const u8>(file.add(inode_at).cast()) else {
+            return false;
+        };
+        bpf_probe_read_kernel::<u32>(inode.add(nlink_at).cast()).is_ok_and(|nlink| nlink == 0)
+    }
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// [`exec_flags::STDIN_SOCKET`] and [`exec_flags::STDOUT_SOCKET`] for descriptors 0 and 1 of
+/// `task` that are `AF_INET`/`AF_INET6` sockets: a program started on a network connection
+/// (a reverse or bind shell).
+#[inline(always)]
+fn stdio_sockets(task: *const u8) -> u32 {
+    let (files_at, fdt_at, fd_at) = (
+        offset!(task_files) as usize,
+        offset!(files_fdt) as usize,
+        offset!(fdtable_fd) as usize,
+    );
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    let table = unsafe {
+        let Ok(files) = bpf_probe_read_kernel::<*const u8>(task.add(files_at).cast()) else {
+            return 0;
+        };
+        let Ok(fdt) = bpf_probe_read_kernel::<*const u8>(files.add(fdt_at).cast()) else {
+            return 0;
+        };
+        let Ok(fds) = bpf_probe_read_kernel::<*const u8>(fdt.add(fd_at).cast()) else {
+            return 0;
+        };
+        let Ok(table) = bpf_probe_read_kernel::<[u64; 2]>(fds.cast()) else {
+            return 0;
+        };
+        table
+    };
+    let mut flags = 0;
+    if inet_socket(table[0] as *const u8) {
+        flags |= exec_flags::STDIN_SOCKET;
+    }
+    if inet_socket(table[1] as *const u8) {
+        flags |= exec_flags::STDOUT_SOCKET;
+    }
+    flags
+}
+
+/// Whether `file` is an `AF_INET`/`AF_INET6` socket.
+#[inline(always)]
+fn inet_socket(file: *const u8) -> bool {
+    if file.is_null() {
+        return false;
+    }
+    let (inode_at, mode_at) = (offset!(file_inode) as usize, offset!(inode_mode) as usize);
+    let (data_at, sk_at, family_at) = (
+        offset!(file_private_data) as usize,
+        offset!(socket_sk) as usize,
+        offset!(sock_family) as usize,
+    );
+    // SAFETY: probe reads of kernel memory; a bad address returns an error.
+    unsafe {
+        let Ok(inode) = bpf_probe_read_kernel::<*const u8>(file.add(inode_at).cast()) else {
+            return false;
+        };
+        if !bpf_probe_read_kernel::<u16>(inode.add(mode_at).cast())
+            .is_ok_and(|mode| mode & S_IFMT == S_IFSOCK)
+        {
+            return false;
+        }
+        let Ok(socket) = bpf_probe_read_kernel::<*const u8>(file.add(data_at).cast()) else {
+            return false;
+        };
+        let Ok(sock) = bpf_probe_read_kernel::<*const u8>(socket.add(sk_at).cast()) else {
+            return false;
+        };
+        bpf_probe_read_kernel::<u16>(sock.add(family_at).cast())
+            .is_ok_and(|family| family == AF_INET || family == AF_INET6)
     }
 }
 
