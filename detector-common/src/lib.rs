@@ -537,7 +537,8 @@ pub struct SyscallEvent {
     /// A second, short string argument.
     pub aux: [u8; SYSCALL_AUX_BYTES],
 }
-const _: () = assert!(size_of::<SyscallEvent>() == 64 + 48 + 8 + SYSCALL_TEXT_BYTES + SYSCALL_AUX_BYTES);
+const _: () =
+    assert!(size_of::<SyscallEvent>() == 64 + 48 + 8 + SYSCALL_TEXT_BYTES + SYSCALL_AUX_BYTES);
 
 /// Data of a [`MAP_PATH_CLASS`] LPM trie key: the first path bytes. A prefix entry covers
 /// every path starting with it; an entry whose bytes end with the NUL matches one path exactly.
@@ -558,26 +559,39 @@ pub struct NameWord {
 }
 const _: () = assert!(size_of::<NameWord>() == 24);
 
-/// The first two components of a read-sensitive entry: `/var/run/secrets` gives `var` and
-/// `run` (exact), `/etc/ssh/ssh_host_*` gives `etc` and `ssh`, `/etc/shad*` gives `etc` and the
-/// prefix `shad`.
+/// The top components of a read-sensitive entry, nearest the root first: `/var/run/secrets`
+/// gives `var`, `run`, `secrets` (exact), `/etc/ssh/ssh_host_*` gives `etc`, `ssh` and the
+/// prefix `ssh_host`, `/home/*/.ssh` gives `home`, any, `.ssh`. (Three: a fourth made the
+/// climb's exits differ enough to take `sys_exit` past the verifier's limit.) A word with mask 0 matches any
+/// name, and a missing component.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TopComponents {
-    /// The first component below `/`.
-    pub first: NameWord,
-    /// The second.
-    pub second: NameWord,
+    /// The first [`TOP_COMPONENTS`] components below `/`.
+    pub words: [NameWord; TOP_COMPONENTS],
+    /// The file's own name, for a pattern deeper than [`TOP_COMPONENTS`] components whose
+    /// components between are `*` (`/proc/*/task/*/environ`); mask 0 otherwise.
+    pub leaf: NameWord,
+    /// Non-zero for a pattern (an entry with a `*` component): the prefilter's match is the
+    /// decision, since the prefix trie cannot hold it. Its literal components are at most
+    /// eight bytes, compared whole.
+    pub decides: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<TopComponents>() == 48);
+const _: () = assert!(size_of::<TopComponents>() == 24 * (TOP_COMPONENTS + 1) + 8);
+
+/// Components of a path compared by the [`ReadPrefilter`], from the root.
+pub const TOP_COMPONENTS: usize = 3;
 
 /// Slots of [`ReadPrefilter`].
-pub const READ_PREFILTER_SLOTS: usize = 16;
+pub const READ_PREFILTER_SLOTS: usize = 24;
 
-/// Lets a read-only open skip building its path when the file's first two path components
-/// cannot start any read-sensitive entry (most opens on a node): the kernel compares them as
-/// it climbs from the file to the root, with plain loads. User space computes it from the
-/// same entries as [`MAP_PATH_CLASS`], which decides exactly for the opens that pass.
+/// Lets a read-only open skip building its path when the file's top path components cannot
+/// start any read-sensitive entry (most opens on a node): the kernel compares them as it
+/// climbs from the file to the root, with plain loads. User space computes it from the same
+/// entries as [`MAP_PATH_CLASS`], which decides exactly for the opens that pass, except for
+/// patterns (`/proc/*/environ`), which the prefilter decides itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadPrefilter {
@@ -595,7 +609,8 @@ pub struct ReadPrefilter {
     /// The entries.
     pub entries: [TopComponents; READ_PREFILTER_SLOTS],
 }
-const _: () = assert!(size_of::<ReadPrefilter>() == 24 + 48 * READ_PREFILTER_SLOTS);
+const _: () =
+    assert!(size_of::<ReadPrefilter>() == 24 + size_of::<TopComponents>() * READ_PREFILTER_SLOTS);
 
 impl ReadPrefilter {
     /// `len` value that disables the prefilter.

@@ -260,7 +260,10 @@ fn try_open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> Res
         return Ok(0);
     }
     let event = &mut scratch.event;
-    let class = classify(&event.path, event.path_len);
+    let mut class = classify(&event.path, event.path_len);
+    if !write && path::decided_read_sensitive() {
+        class |= path_class::READ_SENSITIVE;
+    }
     if class & path_class::EXCLUDED != 0 || (!write && class & path_class::READ_SENSITIVE == 0) {
         return Ok(0);
     }

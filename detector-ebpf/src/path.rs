@@ -16,12 +16,19 @@
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel_str, macros::map, maps::PerCpuArray};
 use detector_common::{
     MNT_INTERNAL, NameWord, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_MAX_MOUNTS,
-    READ_PREFILTER_SLOTS, ReadPrefilter, TopComponents,
+    READ_PREFILTER_SLOTS, ReadPrefilter, TOP_COMPONENTS, TopComponents,
 };
 
 use crate::{
     common::offset,
     kernel::{Btf, Task, dentry_at, file_at, mount_at, vfsmount_at},
+};
+
+const ANY: NameWord = NameWord {
+    value: 0,
+    mask: 0,
+    len: 0,
+    _pad: 0,
 };
 
 /// First-components prefilter for read-only opens, set by user space at load.
@@ -32,18 +39,10 @@ static READ_PREFILTER: ReadPrefilter = ReadPrefilter {
     first_exact: 0,
     first_prefix: 0,
     entries: [TopComponents {
-        first: NameWord {
-            value: 0,
-            mask: 0,
-            len: 0,
-            _pad: 0,
-        },
-        second: NameWord {
-            value: 0,
-            mask: 0,
-            len: 0,
-            _pad: 0,
-        },
+        words: [ANY; TOP_COMPONENTS],
+        leaf: ANY,
+        decides: 0,
+        _pad: 0,
     }; READ_PREFILTER_SLOTS],
 };
 
@@ -58,9 +57,14 @@ pub struct Resolution {
     reached: u32,
     depth: u32,
     fd: i64,
-    /// The top two dentries found by [`may_be_read_sensitive`].
-    first: u64,
-    second: u64,
+    /// The top dentries and the file's own, found by [`may_be_read_sensitive`].
+    top: [u64; TOP_COMPONENTS],
+    leaf: u64,
+    /// Non-zero when a pattern entry of the prefilter matched: the file is read-sensitive.
+    decided: u32,
+    _pad: u32,
+    /// The names of `top` and `leaf`, as [`compare_entries`] compares them.
+    names: [Name; TOP_COMPONENTS + 1],
     name: [u64; PATH_MAX_COMPONENTS],
     len: [u32; PATH_MAX_COMPONENTS],
 }
@@ -140,10 +144,20 @@ impl Name {
         }
     }
 
+    /// Whether the name cannot match `want` and whether it may not, as two values that are
+    /// zero when it may (an unknown name may) and when it surely does (any name, or a known
+    /// one with the same bytes: a pattern's literal components are at most eight bytes,
+    /// compared whole). Arithmetic only, no branch.
     #[inline(always)]
-    fn matches(self, want: &NameWord) -> bool {
-        self.unknown != 0
-            || (self.word & want.mask == want.value && (want.len == 0 || want.len == self.len))
+    fn misses(self, want: &NameWord) -> (u64, u64) {
+        let len_counts = nonzero(u64::from(want.len)).wrapping_neg();
+        let known_miss =
+            ((self.word & want.mask) ^ want.value) | (u64::from(self.len ^ want.len) & len_counts);
+        let unknown = nonzero(u64::from(self.unknown)).wrapping_neg();
+        let any = nonzero(want.mask) ^ 1;
+        let may_not = known_miss & !unknown;
+        let surely_not = (known_miss | unknown) & any.wrapping_sub(1);
+        (may_not, surely_not)
     }
 }
 
@@ -293,10 +307,11 @@ fn climb(task: Task, path: Btf, record: &mut Resolution) -> Reached {
 }
 
 /// Whether the file behind descriptor `fd` of `task` may be read-sensitive: a climb to the
-/// process's root that records nothing but the last two dentries (a few instructions a step,
-/// all in registers), then the [`ReadPrefilter`] on their names. A file that could not be
-/// resolved within the bounds passes, so that [`resolve`] counts it; one without a path
-/// (a pipe, a socket) does not.
+/// process's root that records nothing but the last [`TOP_COMPONENTS`] dentries (a few
+/// instructions a step, all in registers), then the [`ReadPrefilter`] on their names and the
+/// file's own. A file that could not be resolved within the bounds passes, so that [`resolve`]
+/// counts it; one without a path (a pipe, a socket) does not. When a pattern entry matched,
+/// [`Resolved::decided`] says so.
 ///
 /// Most read-only opens end here, so it is inlined: no call and return on the hot path.
 #[inline(always)]
@@ -304,7 +319,7 @@ pub fn may_be_read_sensitive(task: Task, fd: i64) -> bool {
     let Some(file) = open_file(task, fd) else {
         return false;
     };
-    let Some([first, second]) = top_two(task, file) else {
+    let Some(top) = top_components(task, file) else {
         return false;
     };
     let Some(record) = RESOLUTION.get_ptr_mut(0) else {
@@ -314,16 +329,18 @@ pub fn may_be_read_sensitive(task: Task, fd: i64) -> bool {
     let record = unsafe { &mut *record };
     // Through map memory, the verifier sees the dentries' addresses as plain numbers: the
     // prefilter casts them again, and the compiler may not reuse a pointer as a zero.
-    put!(record.first, first);
-    put!(record.second, second);
-    prefilter(get!(record.first), get!(record.second))
+    put!(record.top, top);
+    let leaf = file.at(offset!(file_path)).ptr(offset!(path_dentry)).addr();
+    put!(record.leaf, leaf);
+    put!(record.decided, 0);
+    prefilter(record)
 }
 
-/// The dentries of the top two components of `file`'s path as `task` sees it (nearest the
-/// root first, 0 for none), or `[UNKNOWN; 2]` when the climb did not end within the bounds
-/// (which the prefilter passes); none for a file without a path.
+/// The dentries of the top [`TOP_COMPONENTS`] components of `file`'s path as `task` sees it
+/// (nearest the root first, 0 for none), or all [`UNKNOWN`] when the climb did not end within
+/// the bounds (which the prefilter passes); none for a file without a path.
 #[inline(always)]
-fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
+fn top_components(task: Task, file: Btf) -> Option<[u64; TOP_COMPONENTS]> {
     let parent_at = offset!(dentry_parent);
     let root = task.0.ptr(offset!(task_fs)).at(offset!(fs_root));
     let (root_mnt, root_dentry) = (
@@ -334,19 +351,19 @@ fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
     let mut mnt = path.ptr(offset!(path_mnt));
     let mut dentry = path.ptr(offset!(path_dentry));
     if mnt.addr() == 0 || dentry.addr() == 0 {
-        return Some([UNKNOWN; 2]);
+        return Some([UNKNOWN; TOP_COMPONENTS]);
     }
     if mnt.u32_at(offset!(vfsmount_flags)) & MNT_INTERNAL != 0 {
         return None;
     }
     let mut mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
-    let (mut first, mut second) = (0, 0);
+    let (mut first, mut second, mut third) = (0, 0, 0);
     for _ in 0..=PATH_MAX_MOUNTS {
         let mut at_mount_root = false;
         for _ in 0..PATH_MAX_COMPONENTS {
             let here = dentry.addr();
             if here == root_dentry && mnt.addr() == root_mnt {
-                return Some([first, second]);
+                return Some([first, second, third]);
             }
             if here == mnt_root {
                 at_mount_root = true;
@@ -354,8 +371,9 @@ fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
             }
             let parent = dentry.ptr(parent_at);
             if parent.addr() == here || parent.addr() == 0 {
-                return Some([UNKNOWN; 2]);
+                return Some([UNKNOWN; TOP_COMPONENTS]);
             }
+            third = second;
             second = first;
             first = here;
             dentry = parent;
@@ -367,7 +385,7 @@ fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
         let parent = mount.ptr(offset!(mount_parent));
         if parent.addr() == mount.addr() {
             // The root of another namespace: the path is absolute there.
-            return Some([first, second]);
+            return Some([first, second, third]);
         }
         if parent.addr() == 0 {
             break;
@@ -376,7 +394,7 @@ fn top_two(task: Task, file: Btf) -> Option<[u64; 2]> {
         mnt = vfsmount_at(parent.addr() + offset!(mount_mnt) as u64);
         mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
     }
-    Some([UNKNOWN; 2])
+    Some([UNKNOWN; TOP_COMPONENTS])
 }
 
 /// `AT_FDCWD`: a path relative to the current directory.
@@ -389,6 +407,17 @@ const UNKNOWN: u64 = u64::MAX;
 pub struct Resolved {
     pub reached: Reached,
     pub depth: u32,
+}
+
+/// Whether the last [`may_be_read_sensitive`] on this CPU matched a pattern entry: the file is
+/// read-sensitive whatever the prefix trie says.
+#[inline(always)]
+pub fn decided_read_sensitive() -> bool {
+    match RESOLUTION.get_ptr(0) {
+        // SAFETY: this CPU's slot, written in this program run; a volatile read.
+        Some(record) => unsafe { core::ptr::read_volatile(&(*record).decided) != 0 },
+        None => false,
+    }
 }
 
 impl Resolved {
@@ -408,16 +437,19 @@ impl Resolved {
     }
 }
 
-/// Whether a path whose top two components are the dentries `first` and `second` may start
-/// with a read-sensitive entry.
+/// Whether a path whose top components and own dentry are in `record` may start with a
+/// read-sensitive entry; sets `record.decided` when a pattern entry surely matched.
+///
+/// The first component's bit is tested here, inline (most paths stop there); the entries are
+/// compared in [`compare_entries`], a function of its own.
 #[inline(always)]
-fn prefilter(first: u64, second: u64) -> bool {
+fn prefilter(record: &mut Resolution) -> bool {
     // SAFETY: reading a global set at load time.
     let len = unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) };
     if len == ReadPrefilter::DISABLED {
         return true;
     }
-    let first = Name::of(first);
+    let first = Name::of(get!(record.top[0]));
     if first.unknown == 0 {
         let byte = first.word as u8;
         // SAFETY: globals set at load time.
@@ -433,20 +465,80 @@ fn prefilter(first: u64, second: u64) -> bool {
             return false;
         }
     }
-    let (first_name, second_name) = (first, Name::of(second));
+    compare_entries() != 0
+}
+
+/// Compares this CPU's [`Resolution`] top components and leaf with every prefilter entry:
+/// 0 when none may match, 1 when one may (the prefix trie decides), 2 when a pattern surely
+/// matched (also left in `decided`).
+///
+/// Not inlined, and branch-free over the entries: each comparison is arithmetic (see
+/// [`nonzero`]), and the names go through map memory, so that the verifier walks the entries
+/// once whatever the names (with a branch per comparison, the paths multiplied past its
+/// 1M-instruction limit).
+#[inline(never)]
+fn compare_entries() -> u32 {
+    let Some(record) = RESOLUTION.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU slot is used by one program run at a time on its CPU.
+    let record = unsafe { &mut *record };
+    let top = get!(record.top);
+    for i in 0..TOP_COMPONENTS {
+        put!(record.names[i], Name::of(top[i]));
+    }
+    let leaf = Name::of(get!(record.leaf));
+    put!(record.names[TOP_COMPONENTS], leaf);
+    let names = get!(record.names);
+    // SAFETY: reading a global set at load time.
+    let len = unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) };
+    let (mut may, mut decided) = (0u64, 0u64);
     for i in 0..READ_PREFILTER_SLOTS {
-        if i as u32 >= len {
-            break;
-        }
         // SAFETY: reading a global set at load time; `i` is in bounds.
         let entry = unsafe { &*core::ptr::addr_of!(READ_PREFILTER.entries[i]) };
-        let first = read_word(&entry.first);
-        let second = read_word(&entry.second);
-        if first_name.matches(&first) && second_name.matches(&second) {
-            return true;
+        let mut may_miss = 0;
+        let mut sure_miss = 0;
+        for (n, name) in names.iter().enumerate() {
+            let want = if n < TOP_COMPONENTS {
+                read_word(&entry.words[n])
+            } else {
+                read_word(&entry.leaf)
+            };
+            let (may_not, surely_not) = name.misses(&want);
+            may_miss |= may_not;
+            sure_miss |= surely_not;
         }
+        // SAFETY: as above.
+        let decides = u64::from(unsafe { core::ptr::read_volatile(&entry.decides) } != 0);
+        let in_use = nonzero(u64::from(len.saturating_sub(i as u32)));
+        let hit = (nonzero(may_miss) ^ 1) & in_use;
+        may |= hit;
+        decided |= hit & decides & (nonzero(sure_miss) ^ 1);
     }
-    false
+    if decided != 0 {
+        put!(record.decided, 1);
+        return 2;
+    }
+    may as u32
+}
+
+/// 1 when `x` is not zero, else 0, computed without a branch (the compiler would turn a
+/// comparison into one on this target).
+#[inline(always)]
+fn nonzero(x: u64) -> u64 {
+    let out: u64;
+    // SAFETY: register arithmetic only.
+    unsafe {
+        core::arch::asm!(
+            "{out} = {x}",
+            "{out} = -{out}",
+            "{out} |= {x}",
+            "{out} >>= 63",
+            x = in(reg) x,
+            out = out(reg) out,
+        );
+    }
+    out
 }
 
 #[inline(always)]

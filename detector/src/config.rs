@@ -120,8 +120,16 @@ pub struct SensorsConfig {
     pub sample_interval_ms: u64,
     /// Writes at or below these paths are flagged sensitive.
     pub sensitive_write_paths: Vec<String>,
-    /// Any open (read-only too) at or below these paths is reported.
+    /// Any open (read-only too) at or below these paths is reported. An entry may be a
+    /// pattern whose components are names or `*` (any one name): up to three components cover
+    /// what lies below them too (`/home/*/.ssh`); in a deeper one, the components after the
+    /// third are `*` but the last, which names the file itself (`/proc/*/task/*/environ`). A
+    /// pattern's names are at most eight bytes.
     pub read_sensitive_paths: Vec<String>,
+    /// Logs: unlinking, truncating or renaming a file at or below these paths is reported
+    /// (clearing tracks), and so is any file whose name ends in `_history` (shell and REPL
+    /// histories), wherever it is.
+    pub log_paths: Vec<String>,
     /// Never reported; an entry ending in `*` is a plain string prefix, others name a path and
     /// everything below it.
     pub excluded_paths: Vec<String>,
@@ -156,11 +164,25 @@ impl Default for SensorsConfig {
                 "/var/run/secrets",
                 "/run/secrets",
                 "/root/.ssh",
+                "/home/*/.ssh",
                 "/etc/shadow",
+                "/etc/gshadow",
                 "/etc/sudoers",
                 "/etc/kubernetes",
                 "/var/lib/kubelet",
+                // Another process's environment, where secrets are passed.
+                "/proc/*/environ",
+                "/proc/*/task/*/environ",
+                // Cloud and cluster credentials.
+                "/root/.aws",
+                "/home/*/.aws",
+                "/root/.config/gcloud",
+                "/root/.azure",
+                "/home/*/.azure",
+                "/root/.kube",
+                "/home/*/.kube",
             ]),
+            log_paths: strings(&["/var/log"]),
             // Harmless device nodes every program opens for writing.
             excluded_paths: strings(&[
                 "/dev/null",
@@ -269,10 +291,16 @@ impl Config {
         for (field, list) in [
             ("sensitive_write_paths", &s.sensitive_write_paths),
             ("read_sensitive_paths", &s.read_sensitive_paths),
+            ("log_paths", &s.log_paths),
             ("excluded_paths", &s.excluded_paths),
         ] {
             for (i, entry) in list.iter().enumerate() {
-                if let Err(message) = check_path_entry(entry) {
+                let checked = if field == "read_sensitive_paths" && is_pattern(entry) {
+                    check_pattern(entry)
+                } else {
+                    check_path_entry(entry)
+                };
+                if let Err(message) = checked {
                     problem(format!("sensors.{field}[{i}]"), message);
                 }
             }
@@ -288,6 +316,62 @@ impl Config {
         problems.extend(self.metrics.validate("metrics"));
         problems
     }
+}
+
+/// Whether a path entry is a pattern: a component other than the last is `*` (a trailing
+/// `*` makes a plain string prefix: `/dev/pts/*`).
+pub fn is_pattern(entry: &str) -> bool {
+    entry
+        .trim_end_matches('/')
+        .split('/')
+        .rev()
+        .skip(1)
+        .any(|component| component == "*")
+}
+
+/// Components of a pattern at most (the kernel compares the top ones and the file's own name).
+const PATTERN_MAX_COMPONENTS: usize = 8;
+
+/// A read-sensitive pattern, as the kernel's prefilter decides it: absolute, names of at most
+/// eight bytes or `*`, the last a name; past the top [`detector_common::TOP_COMPONENTS`], only
+/// `*` but the last.
+fn check_pattern(entry: &str) -> Result<(), String> {
+    let Some(rest) = entry.strip_prefix('/') else {
+        return Err(format!("{entry:?} is not an absolute path"));
+    };
+    let components: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    if components.len() > PATTERN_MAX_COMPONENTS {
+        return Err(format!(
+            "{entry:?} has {} components; a pattern has at most {PATTERN_MAX_COMPONENTS}",
+            components.len()
+        ));
+    }
+    if components.last() == Some(&"*") {
+        return Err(format!(
+            "{entry:?} ends in a `*` component; name what is sensitive below it"
+        ));
+    }
+    let top = detector_common::TOP_COMPONENTS;
+    if components.len() > top + 1
+        && components[top..components.len() - 1]
+            .iter()
+            .any(|c| *c != "*")
+    {
+        return Err(format!(
+            "{entry:?}: past the first {top} components a pattern names only the file itself (the others are `*`)"
+        ));
+    }
+    for component in &components {
+        if component.is_empty() || *component == "." || *component == ".." {
+            return Err(format!("{entry:?} has an empty, `.` or `..` component"));
+        }
+        if *component != "*" && (component.contains('*') || component.len() > 8) {
+            return Err(format!(
+                "{entry:?}: {component:?} must be `*` or a name of at most 8 bytes without `*` in a pattern"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_path_entry(entry: &str) -> Result<(), String> {
@@ -313,6 +397,33 @@ fn check_path_entry(entry: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_sensitive_patterns_are_checked_where_they_are() {
+        let mut config = Config::default();
+        config.sensors.read_sensitive_paths = [
+            "/home/*/.ssh",
+            "/a/*/b/c/d",
+            "/home/*/.configuration",
+            "/home/*",
+            "/h*/*/x",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        config.sensors.log_paths = vec!["/var/*/log".to_owned()];
+        let at: Vec<String> = config.validate().into_iter().map(|p| p.at).collect();
+        assert_eq!(
+            at,
+            [
+                "sensors.read_sensitive_paths[1]",
+                "sensors.read_sensitive_paths[2]",
+                "sensors.read_sensitive_paths[4]",
+                "sensors.log_paths[0]",
+            ]
+        );
+        assert!(is_pattern("/proc/*/environ"));
+        assert!(!is_pattern("/dev/pts/*"));
+    }
 
     #[test]
     fn defaults_are_valid_and_empty_file_gives_defaults() {

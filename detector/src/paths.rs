@@ -7,10 +7,10 @@
 //! [`crate::decode`] normalizes it with [`lexical`], keeping what the kernel saw, and the
 //! pipeline classifies it again with [`PathClasses`], dropping what is not sensitive after all.
 
-use detector_common::{PATH_CLASS_KEY_BYTES, path_class};
+use detector_common::{PATH_CLASS_KEY_BYTES, TOP_COMPONENTS, path_class};
 
 use crate::{
-    config::SensorsConfig,
+    config::{SensorsConfig, is_pattern},
     event::{FileActivity, FileOperation},
     sensors::path_class_entries,
 };
@@ -64,6 +64,8 @@ pub fn lexical(path: &str) -> Option<String> {
 pub struct PathClasses {
     /// (key bytes, class bits), longest key first.
     entries: Vec<(Vec<u8>, u32)>,
+    /// Read-sensitive patterns (`/home/*/.ssh`), by component.
+    patterns: Vec<Vec<String>>,
 }
 
 impl PathClasses {
@@ -71,7 +73,40 @@ impl PathClasses {
     pub fn new(config: &SensorsConfig) -> Self {
         let mut entries = path_class_entries(config);
         entries.sort_by_key(|(key, _)| std::cmp::Reverse(key.len()));
-        Self { entries }
+        let patterns = config
+            .read_sensitive_paths
+            .iter()
+            .filter(|entry| is_pattern(entry))
+            .map(|entry| {
+                entry
+                    .trim_end_matches('/')
+                    .split('/')
+                    .skip(1)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        Self { entries, patterns }
+    }
+
+    /// Whether `path` matches a read-sensitive pattern as the kernel's prefilter decides it:
+    /// its top [`TOP_COMPONENTS`] components one by one (`*` any), what lies below them too,
+    /// and a fifth pattern component the file's own name.
+    fn matches_pattern(&self, path: &str) -> bool {
+        let components: Vec<&str> = path.split('/').skip(1).filter(|c| !c.is_empty()).collect();
+        self.patterns.iter().any(|pattern| {
+            let (top, leaf) = if pattern.len() > TOP_COMPONENTS {
+                (&pattern[..TOP_COMPONENTS], pattern.last())
+            } else {
+                (&pattern[..], None)
+            };
+            components.len() >= pattern.len()
+                && top
+                    .iter()
+                    .zip(&components)
+                    .all(|(want, have)| want == "*" || want == have)
+                && leaf.is_none_or(|leaf| components.last() == Some(&leaf.as_str()))
+        })
     }
 
     /// The class bits of the longest configured prefix of `path`, compared as the kernel
@@ -80,10 +115,18 @@ impl PathClasses {
         let mut key = path.as_bytes().to_vec();
         key.push(0);
         key.truncate(PATH_CLASS_KEY_BYTES - 1);
-        self.entries
+        let mut class = self
+            .entries
             .iter()
             .find(|(prefix, _)| key.starts_with(prefix))
-            .map_or(0, |&(_, class)| class)
+            .map_or(0, |&(_, class)| class);
+        if self.matches_pattern(path) {
+            class |= path_class::READ_SENSITIVE;
+        }
+        if path.ends_with("_history") {
+            class |= path_class::LOG;
+        }
+        class
     }
 
     /// Classifies a file activity whose paths were normalized in user space again; false when,

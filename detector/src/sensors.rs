@@ -30,16 +30,16 @@ use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
     GLOBAL_READ_PREFILTER, GLOBAL_WATCH_MODE, KFUNC_RDONLY_CAST_MARKER, MAP_EGRESS, MAP_EVENTS,
     MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
-    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS,
-    PathClassData, READ_PREFILTER_SLOTS, ReadPrefilter, TaskCacheEntry, TopComponents,
-    TrafficCounters, WatchMode, path_class,
+    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, NameWord, PATH_CLASS_KEY_BYTES,
+    PATH_OP_PROGRAMS, PathClassData, READ_PREFILTER_SLOTS, ReadPrefilter, TOP_COMPONENTS,
+    TaskCacheEntry, TopComponents, TrafficCounters, WatchMode, path_class,
 };
 use tracing::{debug, info};
 
 use crate::{
     btf::{BtfError, kernel_layout},
     cgroup,
-    config::{SensorsConfig, Watch},
+    config::{SensorsConfig, Watch, is_pattern},
     paths::PathClasses,
     quarantine::KernelQuarantine,
 };
@@ -634,16 +634,18 @@ impl Counters {
 /// A path entry `P` becomes `P\0` (the path itself) and `P/` (everything below it); an entry
 /// ending in `*` becomes its bare prefix. Since the kernel returns only the longest match, each
 /// entry also carries the bits of every shorter entry that is a prefix of it: a write to
-/// `/etc/shadow` is both read-sensitive and a sensitive write.
+/// `/etc/shadow` is both read-sensitive and a sensitive write. Read-sensitive patterns
+/// (`/home/*/.ssh`) are not prefixes: the prefilter decides them ([`read_prefilter`]).
 pub fn path_class_entries(config: &SensorsConfig) -> Vec<(Vec<u8>, u32)> {
     let mut own: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
     let lists = [
         (&config.sensitive_write_paths, path_class::SENSITIVE_WRITE),
         (&config.read_sensitive_paths, path_class::READ_SENSITIVE),
+        (&config.log_paths, path_class::LOG),
         (&config.excluded_paths, path_class::EXCLUDED),
     ];
     for (list, class) in lists {
-        for entry in list {
+        for entry in list.iter().filter(|entry| !is_pattern(entry)) {
             if let Some(prefix) = entry.strip_suffix('*') {
                 *own.entry(prefix.as_bytes().to_vec()).or_default() |= class;
                 continue;
@@ -668,26 +670,33 @@ pub fn path_class_entries(config: &SensorsConfig) -> Vec<(Vec<u8>, u32)> {
         .collect()
 }
 
-/// The prefilter for read-only opens: the first two components of every read-sensitive entry
-/// (`/var/run/secrets`: `var` then `run`). Too many distinct entries disable it (every
-/// read-only open is then classified).
+/// The prefilter for read-only opens: the top [`TOP_COMPONENTS`] components of every
+/// read-sensitive entry (`/var/run/secrets`: `var`, `run`, `secrets`), and for a deeper
+/// pattern the file's own name; a pattern's entry decides. Too many distinct
+/// entries disable it (every read-only open is then classified, and patterns never match).
 pub fn read_prefilter(read_sensitive: &[String]) -> ReadPrefilter {
     let mut entries: Vec<TopComponents> = Vec::new();
     for entry in read_sensitive {
+        let pattern = is_pattern(entry);
         let (bare, prefix) = match entry.strip_suffix('*') {
-            Some(bare) => (bare, true),
-            None => (entry.trim_end_matches('/'), false),
+            Some(bare) if !pattern => (bare, true),
+            _ => (entry.trim_end_matches('/'), false),
         };
         let components: Vec<&str> = bare.split('/').skip(1).collect();
         let word = |i: usize| match components.get(i) {
+            Some(&"*") | None => NameWord::default(),
             // The last component of a `*` entry is a prefix of the name, not the name.
             Some(name) => name_word(name, !(prefix && i + 1 == components.len())),
-            None => NameWord::default(),
         };
-        let top = TopComponents {
-            first: word(0),
-            second: word(1),
+        let mut top = TopComponents {
+            words: std::array::from_fn(word),
+            leaf: NameWord::default(),
+            decides: u32::from(pattern),
+            _pad: 0,
         };
+        if pattern && components.len() > TOP_COMPONENTS {
+            top.leaf = word(components.len() - 1);
+        }
         if !entries.contains(&top) {
             entries.push(top);
         }
@@ -704,7 +713,7 @@ pub fn read_prefilter(read_sensitive: &[String]) -> ReadPrefilter {
         filter.entries[..entries.len()].copy_from_slice(&entries);
     }
     for entry in &entries {
-        let first = &entry.first;
+        let first = &entry.words[0];
         let byte = first.value as u8;
         if first.mask == 0 {
             // Any first component.
@@ -890,29 +899,113 @@ mod tests {
         assert!(entries.iter().all(|(k, _)| k.len() < PATH_CLASS_KEY_BYTES));
     }
 
-    /// The kernel's prefilter test (`Name::matches` in `detector-ebpf/src/path.rs`) over an
-    /// absolute path's first two components.
-    fn passes(filter: &ReadPrefilter, path: &str) -> bool {
-        let mut components = path.split('/').skip(1).filter(|c| !c.is_empty());
-        let name = |c: Option<&str>| {
-            let c = c.unwrap_or("");
+    /// What the kernel's prefilter (`prefilter` in `detector-ebpf/src/path.rs`) says of an
+    /// absolute path: `None` turned away, `Some(false)` let through for the exact lookup,
+    /// `Some(true)` decided read-sensitive by a pattern.
+    fn prefilter_says(filter: &ReadPrefilter, path: &str) -> Option<bool> {
+        let components: Vec<&str> = path.split('/').skip(1).filter(|c| !c.is_empty()).collect();
+        let name = |c: Option<&&str>| {
+            let c = c.copied().unwrap_or("");
             let mut bytes = [0u8; 8];
             let n = c.len().min(8);
             bytes[..n].copy_from_slice(&c.as_bytes()[..n]);
             (u64::from_ne_bytes(bytes), c.len() as u32)
         };
-        let (first, second) = (name(components.next()), name(components.next()));
+        let top: [(u64, u32); TOP_COMPONENTS] = std::array::from_fn(|i| name(components.get(i)));
+        let leaf = name(components.last());
+        let first = top[0];
         let exact = filter.first_exact >> ReadPrefilter::exact_bit(first.0 as u8, first.1) & 1;
         let prefix = filter.first_prefix >> ReadPrefilter::prefix_bit(first.0 as u8) & 1;
         if exact | prefix == 0 {
-            return false;
+            return None;
         }
         let matches = |(word, len): (u64, u32), want: &NameWord| {
             word & want.mask == want.value && (want.len == 0 || want.len == len)
         };
-        filter.entries[..filter.len as usize]
-            .iter()
-            .any(|e| matches(first, &e.first) && matches(second, &e.second))
+        let mut may = None;
+        for entry in &filter.entries[..filter.len as usize] {
+            if top.iter().zip(&entry.words).all(|(&n, w)| matches(n, w))
+                && matches(leaf, &entry.leaf)
+            {
+                if entry.decides != 0 {
+                    return Some(true);
+                }
+                may = Some(false);
+            }
+        }
+        may
+    }
+
+    fn passes(filter: &ReadPrefilter, path: &str) -> bool {
+        prefilter_says(filter, path).is_some()
+    }
+
+    #[test]
+    fn read_sensitive_patterns_are_decided_by_the_prefilter_alone() {
+        let config = SensorsConfig::default();
+        let entries = path_class_entries(&config);
+        let filter = read_prefilter(&config.read_sensitive_paths);
+        assert!(
+            filter.len as usize <= READ_PREFILTER_SLOTS,
+            "{}",
+            filter.len
+        );
+        for path in [
+            "/proc/1/environ",
+            "/proc/self/environ",
+            "/proc/1/task/1/environ",
+            "/home/app/.ssh/id_ed25519",
+            "/home/app/.ssh",
+            "/home/app/.aws/credentials",
+            "/home/u/.azure/accessTokens.json",
+            "/home/u/.kube/config",
+        ] {
+            assert_eq!(prefilter_says(&filter, path), Some(true), "{path}");
+            // Never in the prefix trie: only the prefilter knows patterns.
+            assert_eq!(
+                class_of(&entries, path) & path_class::READ_SENSITIVE,
+                0,
+                "{path}"
+            );
+        }
+        for path in [
+            "/proc/1/stat",
+            "/proc/self/status",
+            "/proc/1/task/1/stat",
+            "/home/app/server.js",
+            "/home/app/.config/app.json",
+            "/home/app",
+            "/home/app/.sshx",
+        ] {
+            assert_ne!(prefilter_says(&filter, path), Some(true), "{path}");
+            assert_eq!(
+                class_of(&entries, path) & path_class::READ_SENSITIVE,
+                0,
+                "{path}"
+            );
+        }
+        for path in [
+            "/root/.aws/credentials",
+            "/root/.config/gcloud/x",
+            "/root/.kube/config",
+        ] {
+            assert_eq!(prefilter_says(&filter, path), Some(false), "{path}");
+            assert_ne!(
+                class_of(&entries, path) & path_class::READ_SENSITIVE,
+                0,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn log_paths_are_classed_as_logs_and_patterns_stay_out_of_the_trie() {
+        let config = SensorsConfig::default();
+        let entries = path_class_entries(&config);
+        assert_ne!(class_of(&entries, "/var/log/app.log") & path_class::LOG, 0);
+        assert_ne!(class_of(&entries, "/var/log") & path_class::LOG, 0);
+        assert_eq!(class_of(&entries, "/var/logs/x") & path_class::LOG, 0);
+        assert!(entries.iter().all(|(key, _)| !key.contains(&b'*')));
     }
 
     #[test]
