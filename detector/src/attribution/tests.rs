@@ -60,6 +60,9 @@ fn exec(filename: &str) -> Body {
         filename_truncated: false,
         tty: false,
         parent_cgroup_id: None,
+        fileless: false,
+        stdin_socket: false,
+        stdout_socket: false,
     })
 }
 
@@ -83,6 +86,9 @@ fn open(path: &str) -> Body {
         original_path: None,
         original_target: None,
         self_path: None,
+        log: false,
+        unresolved: false,
+        io_uring: false,
     })
 }
 

@@ -31,7 +31,7 @@ use crate::{
         StepOutcome,
         journal::{Entry, EntryKind},
     },
-    event::{Body, Container, Event, FileOperation, Pod, ProcessFields},
+    event::{Body, Container, Event, FileOperation, Pod, ProcessFields, Syscall},
     rules::Severity,
     score::{
         Subject,
@@ -369,11 +369,11 @@ fn process_suffix(process: &ProcessFields) -> String {
 }
 
 /// What an event did, led by its verb: `exec /bin/sh -c id`, `open /etc/shadow`,
-/// `connect tcp 10.0.0.9:443`.
+/// `connect tcp 10.0.0.9:443`, `ptrace attach pid 42`.
 fn fact(event: &Event) -> String {
     match &event.body {
-        // The operation leads what a file event did already.
-        Body::File(_) => what(event),
+        // The operation leads what a file or syscall event did already.
+        Body::File(_) | Body::Syscall(_) => what(event),
         body => format!("{} {}", body.kind(), what(event)),
     }
 }
@@ -390,7 +390,17 @@ fn what(event: &Event) -> String {
             if exec.argv_truncated {
                 text.push_str(" …");
             }
-            shorten(text)
+            let mut text = shorten(text);
+            for (set, note) in [
+                (exec.fileless, " (fileless)"),
+                (exec.stdin_socket, " (stdin socket)"),
+                (exec.stdout_socket, " (stdout socket)"),
+            ] {
+                if set {
+                    text.push_str(note);
+                }
+            }
+            text
         }
         Body::Exit(exit) => match (exit.exit_status, exit.signal) {
             (_, Some(signal)) => format!("signal {signal}"),
@@ -400,10 +410,7 @@ fn what(event: &Event) -> String {
         Body::File(file) => {
             let op = match file.op {
                 FileOperation::Open if file.write => "write-open",
-                FileOperation::Open => "open",
-                FileOperation::Unlink => "unlink",
-                FileOperation::Chmod => "chmod",
-                FileOperation::Rename => "rename",
+                op => op.as_str(),
             };
             let mut text = format!("{op} {}", shorten(clean(&file.path)));
             if let Some(target) = &file.target {
@@ -418,8 +425,18 @@ fn what(event: &Event) -> String {
             if file.suppressed > 0 {
                 let _ = write!(text, " (+{} repeats)", file.suppressed);
             }
+            for (set, note) in [
+                (file.log, " (log)"),
+                (file.io_uring, " (io_uring)"),
+                (file.unresolved, " (unresolved)"),
+            ] {
+                if set {
+                    text.push_str(note);
+                }
+            }
             text
         }
+        Body::Syscall(call) => syscall(call),
         Body::Connect(connect) => {
             let address = match connect.daddr {
                 IpAddr::V4(ip) => format!("{ip}:{}", connect.dport),
@@ -446,6 +463,52 @@ fn what(event: &Event) -> String {
             text
         }
     }
+}
+
+/// A syscall event: the operation, what it acted on, its tags and, when refused, the error:
+/// `mount /host [bind rec fstype:none]`, `setuid euid 0 [to_root from_non_root]`.
+fn syscall(call: &Syscall) -> String {
+    let mut text = call.op.as_str().to_owned();
+    if let Some(pid) = call.target_pid {
+        let _ = write!(text, " pid {pid}");
+    }
+    if let Some(path) = &call.path {
+        let _ = write!(text, " {}", shorten(clean(path)));
+    }
+    if let Some(name) = &call.name {
+        let _ = write!(text, " {}", quote(name));
+    }
+    if let Some(fd) = call.fd {
+        let _ = write!(text, " fd {fd}");
+    }
+    if let (Some(old), Some(new)) = (call.old_fd, call.new_fd) {
+        let _ = write!(text, " fd {old} -> {new}");
+    }
+    for (id, value) in [
+        ("ruid", call.ruid),
+        ("euid", call.euid),
+        ("suid", call.suid),
+    ] {
+        if let Some(value) = value {
+            let _ = write!(text, " {id} {value}");
+        }
+    }
+    if let Some(entries) = call.entries {
+        let _ = write!(text, " entries {entries}");
+    }
+    let tags: Vec<String> = call
+        .tags
+        .iter()
+        .filter(|t| *t != "refused")
+        .map(|t| clean(t))
+        .collect();
+    if !tags.is_empty() {
+        let _ = write!(text, " [{}]", tags.join(" "));
+    }
+    if call.result < 0 {
+        let _ = write!(text, " (failed: errno {})", call.result.unsigned_abs());
+    }
+    text
 }
 
 fn severity(severity: Severity) -> (&'static str, Paint) {

@@ -115,6 +115,10 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             put(fields, "evt.type", "execve");
             put(fields, "proc.exepath", exec.filename.as_str());
             put(fields, "proc.cmdline", command_line(&exec.argv));
+            put(fields, "proc.is_exe_from_memfd", exec.fileless);
+            put(fields, "detector.exec.fileless", exec.fileless);
+            put(fields, "detector.exec.stdin_socket", exec.stdin_socket);
+            put(fields, "detector.exec.stdout_socket", exec.stdout_socket);
             (
                 "Detector process launched",
                 format!("Process launched {} {who}", exec.filename),
@@ -133,6 +137,9 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             put(fields, "fd.name", file.path.as_str());
             put(fields, "evt.arg.flags", file.flags);
             put(fields, "evt.arg.newpath", file.target.clone());
+            put(fields, "detector.file.log", file.log);
+            put(fields, "detector.file.unresolved", file.unresolved);
+            put(fields, "detector.file.io_uring", file.io_uring);
             (
                 "Detector file activity",
                 format!("File {op} {} {who}", file.path),
@@ -151,6 +158,30 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             (
                 "Detector outbound connection",
                 format!("Connect to {}:{} {who}", connect.daddr, connect.dport),
+            )
+        }
+        Body::Syscall(call) => {
+            put(fields, "evt.type", call.syscall.as_str());
+            put(fields, "evt.rawres", call.result);
+            put(fields, "evt.failed", call.result < 0);
+            put(fields, "detector.syscall.op", call.op.as_str());
+            put(fields, "detector.syscall.tags", json!(call.tags));
+            // The typed arguments, under Falco's `evt.arg.` prefix with the native names.
+            if let Ok(Value::Object(native)) = serde_json::to_value(call) {
+                for (key, value) in native {
+                    if !matches!(key.as_str(), "op" | "syscall" | "result" | "tags") {
+                        put(fields, &format!("evt.arg.{key}"), value);
+                    }
+                }
+            }
+            (
+                "Detector system call",
+                format!(
+                    "System call {} ({}) [{}] {who}",
+                    call.syscall,
+                    call.op.as_str(),
+                    call.tags.join(" ")
+                ),
             )
         }
         Body::Egress(egress) => {

@@ -382,6 +382,23 @@ pub fn cef(item: &Item, host: &str, version: &str) -> String {
                     ext.push(("proto", connect.protocol.to_uppercase()));
                     "Outbound connection".to_owned()
                 }
+                Body::Syscall(call) => {
+                    ext.push(("act", call.op.as_str().to_owned()));
+                    ext.push(("cs3Label", "syscall".into()));
+                    ext.push(("cs3", call.syscall.clone()));
+                    ext.push(("cs4Label", "tags".into()));
+                    ext.push(("cs4", call.tags.join(" ")));
+                    if let Some(path) = &call.path {
+                        ext.push(("filePath", path.clone()));
+                    }
+                    let outcome = if call.result < 0 {
+                        "failure"
+                    } else {
+                        "success"
+                    };
+                    ext.push(("outcome", outcome.to_owned()));
+                    "System call".to_owned()
+                }
                 Body::Egress(egress) => {
                     ext.push(("out", egress.bytes.to_string()));
                     "Egress volume".to_owned()
