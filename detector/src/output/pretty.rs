@@ -946,6 +946,77 @@ mod tests {
         }
     }
 
+    /// The fixture event whose compact line's `what` starts with `start`.
+    fn what_starting(start: &str) -> String {
+        events()
+            .iter()
+            .map(what)
+            .find(|w| w.starts_with(start))
+            .unwrap_or_else(|| panic!("no event whose line starts with {start:?}"))
+    }
+
+    #[test]
+    fn a_syscall_line_is_the_operation_its_object_tags_and_failure() {
+        let setuid = events()
+            .into_iter()
+            .find(|e| matches!(&e.body, Body::Syscall(c) if c.op.as_str() == "setuid"))
+            .unwrap();
+        assert_eq!(
+            event(&setuid, PLAIN),
+            "22:13:20.123 syscall       100 sh              setuid euid 0 [to_root from_non_root]  role=exec_session  shop/web-7d9f"
+        );
+        // The operation leads the fact, as a file event's.
+        assert_eq!(fact(&setuid), "setuid euid 0 [to_root from_non_root]");
+        for line in [
+            "ptrace pid 4242 [attach]",
+            "ptrace [traceme]",
+            "socket [inet raw] (failed: errno 1)",
+            "mount /host [bind rec fstype:none]",
+            "umount /proc [detach]",
+            "pivot_root /new (failed: errno 1)",
+            "setns fd 3 [newnet]",
+            "memfd_create x [cloexec]",
+            "module_load fd 5 [finit_module]",
+            "module_load [init_module] (failed: errno 1)",
+            "bpf_prog_load [kprobe]",
+            "dup_socket fd 3 -> 0 [stdin]",
+            "io_uring_setup entries 64",
+            "mknod /dev/sda [block]",
+        ] {
+            assert_eq!(what_starting(line), line);
+        }
+        // A name the process chose is quoted and escaped.
+        let mut memfd = Syscall::new(
+            crate::event::SyscallOperation::MemfdCreate,
+            "memfd_create",
+            3,
+        );
+        memfd.name = Some("a b\x1b[2J".into());
+        assert_eq!(syscall(&memfd), r"memfd_create 'a b\u{1b}[2J'");
+        memfd.result = i64::MIN;
+        assert!(syscall(&memfd).ends_with("(failed: errno 9223372036854775808)"));
+    }
+
+    #[test]
+    fn new_file_operations_and_exec_flags_are_shown() {
+        assert_eq!(
+            what_starting("truncate"),
+            "truncate /var/log/auth.log (+2 repeats) (log) (io_uring) (unresolved)"
+        );
+        assert_eq!(
+            what_starting("link"),
+            "link /etc/shadow -> /tmp/s (+2 repeats) (io_uring) (unresolved)"
+        );
+        assert_eq!(
+            what_starting("symlink"),
+            "symlink /etc/shadow -> /tmp/l (+2 repeats) (io_uring) (unresolved)"
+        );
+        assert_eq!(
+            what_starting("/bin/sh -c id ("),
+            "/bin/sh -c id (fileless) (stdin socket)"
+        );
+    }
+
     #[test]
     fn what_a_process_controls_cannot_drive_the_terminal() {
         let mut exec = of_kind("exec");

@@ -328,4 +328,56 @@ mod tests {
         assert_eq!(verdict["event"]["severity"], 4);
         assert_eq!(verdict["detector"]["verdict"]["score"], 80);
     }
+
+    #[test]
+    fn syscalls_have_their_category_outcome_and_native_form() {
+        let ctx = Context::new("node-1");
+        let docs: Vec<Value> = fixtures::all().iter().map(|e| map(e, &ctx)).collect();
+        let syscall = |op: &str| {
+            docs.iter()
+                .find(|d| d["detector"]["syscall"]["op"] == op)
+                .unwrap_or_else(|| panic!("no {op} fixture"))
+        };
+        for (op, category, kind_type) in [
+            ("ptrace", "process", "access"),
+            ("setuid", "process", "change"),
+            ("socket", "network", "info"),
+            ("mount", "host", "change"),
+            ("module_load", "driver", "start"),
+            ("bpf_prog_load", "driver", "start"),
+            ("memfd_create", "file", "creation"),
+            ("io_uring_setup", "process", "info"),
+        ] {
+            let doc = syscall(op);
+            assert_eq!(doc["event"]["category"][0], category, "{op}");
+            assert_eq!(doc["event"]["type"][0], kind_type, "{op}");
+            assert_eq!(doc["event"]["action"], op);
+            assert_eq!(doc["process"]["pid"], 100);
+        }
+        assert_eq!(syscall("setuid")["event"]["outcome"], "success");
+        assert_eq!(
+            syscall("setuid")["detector"]["syscall"]["tags"][1],
+            "from_non_root"
+        );
+        assert_eq!(syscall("pivot_root")["event"]["outcome"], "failure");
+        assert_eq!(syscall("mount")["file"]["path"], "/host");
+        assert_eq!(syscall("mount")["file"]["type"], "dir");
+        assert_eq!(syscall("memfd_create")["file"]["name"], "memfd:x");
+        assert_eq!(syscall("socket")["detector"]["syscall"]["family"], 17);
+        // Events without an outcome have none.
+        assert!(docs[0]["event"].get("outcome").is_none());
+        // The exec's and the file's own flags are kept.
+        let fileless = docs
+            .iter()
+            .find(|d| d["detector"]["exec"]["fileless"] == true)
+            .expect("a fileless exec");
+        assert_eq!(fileless["detector"]["exec"]["stdin_socket"], true);
+        let link = docs
+            .iter()
+            .find(|d| d["event"]["action"] == "link")
+            .expect("a link");
+        assert_eq!(link["event"]["type"][0], "creation");
+        assert_eq!(link["file"]["target_path"], "/tmp/s");
+        assert_eq!(link["detector"]["file"]["unresolved"], true);
+    }
 }

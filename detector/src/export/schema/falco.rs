@@ -273,4 +273,48 @@ mod tests {
         assert_eq!(verdict["priority"], "Error");
         assert_eq!(verdict["output_fields"]["pod.name"], "web-7d9f");
     }
+
+    #[test]
+    fn syscalls_have_their_name_result_and_arguments() {
+        let ctx = Context::new("node-1");
+        let docs: Vec<Value> = fixtures::all().iter().map(|e| map(e, &ctx)).collect();
+        let setuid = docs
+            .iter()
+            .find(|d| d["output_fields"]["detector.syscall.op"] == "setuid")
+            .expect("a setuid");
+        let fields = &setuid["output_fields"];
+        assert_eq!(setuid["rule"], "Detector system call");
+        assert_eq!(setuid["priority"], "Notice");
+        assert_eq!(fields["evt.type"], "setresuid");
+        assert_eq!(fields["evt.rawres"], 0);
+        assert_eq!(fields["evt.failed"], false);
+        assert_eq!(fields["evt.arg.euid"], 0);
+        assert!(fields.get("evt.arg.ruid").is_none());
+        assert_eq!(
+            fields["detector.syscall.tags"],
+            json!(["to_root", "from_non_root"])
+        );
+        assert_eq!(fields["k8s.ns.name"], "shop");
+        assert!(
+            setuid["output"]
+                .as_str()
+                .unwrap()
+                .contains("System call setresuid (setuid) [to_root from_non_root]"),
+            "{setuid}"
+        );
+        let mount = docs
+            .iter()
+            .find(|d| d["output_fields"]["evt.type"] == "mount")
+            .expect("a mount");
+        assert_eq!(mount["output_fields"]["evt.arg.path"], "/host");
+        assert_eq!(mount["output_fields"]["evt.arg.fstype"], "none");
+        let fileless = docs
+            .iter()
+            .find(|d| d["output_fields"]["proc.is_exe_from_memfd"] == true)
+            .expect("a fileless exec");
+        assert_eq!(
+            fileless["output_fields"]["detector.exec.stdin_socket"],
+            true
+        );
+    }
 }

@@ -686,8 +686,148 @@ mod tests {
                 (7001, 700_199),
                 (7001, 700_103),
                 (2004, 200_402),
+                // The newer events: exec, truncate, link, symlink.
+                (1007, 100_701),
+                (1001, 100_103),
+                (1001, 100_101),
+                (1001, 100_101),
+                // ptrace attach, traceme; two sockets; mount, umount, pivot_root.
+                (1007, 100_703),
+                (1007, 100_799),
+                (4001, 400_199),
+                (4001, 400_199),
+                (1001, 100_112),
+                (1001, 100_113),
+                (1001, 100_199),
+                // unshare, setns, memfd_create, finit_module, init_module, bpf.
+                (1007, 100_799),
+                (1007, 100_799),
+                (1001, 100_101),
+                (1002, 100_201),
+                (1002, 100_201),
+                (1003, 100_301),
+                // setuid, dup_socket, io_uring_setup, mknod.
+                (1007, 100_705),
+                (1007, 100_799),
+                (1003, 100_301),
+                (1001, 100_101),
             ]
         );
+    }
+
+    /// The OCSF form of the first fixture that is a syscall of `op` (and `tag`, if given).
+    fn syscall_doc(op: &str, tag: Option<&str>) -> Value {
+        mapped_fixtures()
+            .into_iter()
+            .find(|d| {
+                let call = &d["unmapped"]["syscall"];
+                call["op"] == op
+                    && tag.is_none_or(|t| call["tags"].as_array().unwrap().contains(&t.into()))
+            })
+            .unwrap_or_else(|| panic!("no {op} fixture"))
+    }
+
+    #[test]
+    fn syscalls_carry_the_caller_what_they_acted_on_and_their_status() {
+        let attach = syscall_doc("ptrace", Some("attach"));
+        assert_eq!(attach["activity_name"], "Open");
+        assert_eq!(attach["process"]["pid"], 4242);
+        assert_eq!(attach["actor"]["process"]["pid"], 100);
+        assert_eq!(attach["status"], "Success");
+        assert_eq!(attach["message"], "ptrace attach");
+        assert_eq!(attach["unmapped"]["syscall"]["target_pid"], 4242);
+        let traceme = syscall_doc("ptrace", Some("traceme"));
+        assert_eq!(traceme["activity_name"], "ptrace");
+        assert_eq!(traceme["process"]["pid"], 100);
+
+        let setuid = syscall_doc("setuid", None);
+        assert_eq!(setuid["activity_name"], "Set User ID");
+        assert_eq!(
+            setuid["unmapped"]["syscall"]["tags"],
+            json!(["to_root", "from_non_root"])
+        );
+        assert_eq!(setuid["unmapped"]["syscall"]["syscall"], "setresuid");
+        assert_eq!(setuid["unmapped"]["syscall"]["euid"], 0);
+
+        let refused = syscall_doc("socket", Some("refused"));
+        assert_eq!(
+            (refused["status_id"].clone(), refused["status"].clone()),
+            (2.into(), "Failure".into())
+        );
+        assert_eq!(refused["status_code"], "-1");
+        assert_eq!(refused["connection_info"]["protocol_ver_id"], 4);
+        assert_eq!(refused["connection_info"]["protocol_num"], 1);
+        assert_eq!(refused["src_endpoint"]["container"]["uid"], "c0ffee");
+
+        let mount = syscall_doc("mount", None);
+        assert_eq!(mount["activity_name"], "Mount");
+        assert_eq!(mount["file"]["path"], "/host");
+        assert_eq!(mount["file"]["type"], "Folder");
+        assert_eq!(mount["unmapped"]["syscall"]["fstype"], "none");
+        let mknod = syscall_doc("mknod", None);
+        assert_eq!(
+            (
+                mknod["file"]["path"].clone(),
+                mknod["file"]["type_id"].clone()
+            ),
+            ("/dev/sda".into(), 4.into())
+        );
+        assert_eq!(syscall_doc("memfd_create", None)["file"]["name"], "memfd:x");
+
+        let finit = syscall_doc("module_load", Some("finit_module"));
+        assert_eq!(finit["class_name"], "Kernel Extension Activity");
+        assert_eq!(finit["driver"]["file"]["name"], "fd 5");
+        let init = syscall_doc("module_load", Some("init_module"));
+        assert_eq!(init["driver"]["file"]["size"], 4096);
+        let bpf = syscall_doc("bpf_prog_load", None);
+        assert_eq!(bpf["kernel"]["name"], "kprobe program");
+        assert_eq!(bpf["kernel"]["system_call"], "bpf");
+        assert_eq!(
+            syscall_doc("io_uring_setup", None)["kernel"]["name"],
+            "io_uring"
+        );
+        // Every syscall event says whether it succeeded, and keeps the whole native form.
+        for doc in mapped_fixtures()
+            .iter()
+            .filter(|d| d["unmapped"]["syscall"].is_object())
+        {
+            assert!(doc["status_id"] == 1 || doc["status_id"] == 2, "{doc}");
+            assert!(doc["unmapped"]["syscall"]["tags"].is_array(), "{doc}");
+            assert_eq!(doc["severity"], "Low", "{doc}");
+        }
+    }
+
+    #[test]
+    fn new_file_operations_and_flags_are_kept() {
+        let docs = mapped_fixtures();
+        let by_op = |op: &str| {
+            docs.iter()
+                .find(|d| d["unmapped"]["operation"] == op)
+                .unwrap_or_else(|| panic!("no {op} fixture"))
+        };
+        let truncate = by_op("truncate");
+        assert_eq!(truncate["activity_name"], "Update");
+        assert_eq!(truncate["unmapped"]["log"], true);
+        assert_eq!(truncate["unmapped"]["io_uring"], true);
+        assert_eq!(truncate["unmapped"]["unresolved"], true);
+        for op in ["link", "symlink"] {
+            let doc = by_op(op);
+            assert_eq!(doc["activity_name"], "Create");
+            assert_eq!(doc["file"]["path"], "/etc/shadow");
+            assert!(
+                doc["file_result"]["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/tmp/")
+            );
+        }
+        let fileless = docs
+            .iter()
+            .find(|d| d["unmapped"]["fileless"] == true)
+            .expect("a fileless exec");
+        assert_eq!(fileless["activity_name"], "Launch");
+        assert_eq!(fileless["unmapped"]["stdin_socket"], true);
+        assert_eq!(fileless["unmapped"]["stdout_socket"], false);
     }
 
     #[test]

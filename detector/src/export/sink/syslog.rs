@@ -499,6 +499,21 @@ mod tests {
             verdict.contains("cs6={\"pod\":{\"name\":\"web-7d9f\"},\"score\":80}"),
             "{verdict}"
         );
+        // The mount fixture: the operation, the call, its tags and path, whether it worked.
+        let mount = cef(&item(20), "node-1", "0.1.0");
+        assert!(
+            mount.starts_with("CEF:0|detector|detector|0.1.0|syscall|System call|3|"),
+            "{mount}"
+        );
+        for part in [
+            "act=mount",
+            "cs3Label=syscall cs3=mount",
+            "cs4Label=tags cs4=bind rec fstype:none",
+            "filePath=/host",
+            "outcome=success",
+        ] {
+            assert!(mount.contains(part), "{part} missing from {mount}");
+        }
         assert_eq!(cef_value("a=b\\c\nd"), "a\\=b\\\\c\\nd");
         assert_eq!(cef_header("a|b"), "a\\|b");
     }
