@@ -168,7 +168,7 @@ fn syscall_name(table: &[(u32, &str)], nr: u32) -> String {
 pub(super) fn decode(event: &SyscallEvent) -> Result<Body, DecodeError> {
     let op = SyscallOp::try_from(event.op).map_err(DecodeError::UnknownSyscallOp)?;
     let [a0, a1, a2, _] = event.args;
-    let text = || text(&event.text, event.text_len);
+    let text_arg = || text(&event.text, event.text_len);
     let mut call = Syscall::new(operation(op), syscall_name(NATIVE, event.nr), event.result);
     let mut tags: Vec<String> = Vec::new();
     match op {
@@ -201,13 +201,13 @@ pub(super) fn decode(event: &SyscallEvent) -> Result<Body, DecodeError> {
             if let Some(fstype) = &fstype {
                 tags.push(format!("fstype:{fstype}"));
             }
-            call.path = Some(text());
+            call.path = Some(text_arg());
             call.fstype = fstype;
             call.flags = Some(a0);
         }
         SyscallOp::Umount => {
             flag_tags(&mut tags, a0, &UMOUNT_FLAGS);
-            call.path = Some(text());
+            call.path = Some(text_arg());
             call.flags = Some(a0);
         }
         SyscallOp::Unshare => {
@@ -222,10 +222,10 @@ pub(super) fn decode(event: &SyscallEvent) -> Result<Body, DecodeError> {
             call.fd = Some(a0 as i32);
             call.flags = Some(a1);
         }
-        SyscallOp::PivotRoot => call.path = Some(text()),
+        SyscallOp::PivotRoot => call.path = Some(text_arg()),
         SyscallOp::MemfdCreate => {
             flag_tags(&mut tags, a0, &MEMFD_FLAGS);
-            call.name = Some(text());
+            call.name = Some(text_arg());
             call.flags = Some(a0);
         }
         SyscallOp::ModuleLoad => {
@@ -273,7 +273,7 @@ pub(super) fn decode(event: &SyscallEvent) -> Result<Body, DecodeError> {
                 S_IFCHR => tags.push("char".to_owned()),
                 _ => {}
             }
-            call.path = Some(text());
+            call.path = Some(text_arg());
             call.mode = Some(a0 as u32);
             call.dev = Some(a1);
         }
