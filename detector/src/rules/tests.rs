@@ -325,10 +325,7 @@ fn shells_by_lineage() {
         leader: true,
     });
     let got = ids(&set, &terminal);
-    assert!(
-        got.contains(&"terminal-shell-in-container".to_owned()),
-        "{got:?}"
-    );
+    assert!(got.contains(&"terminal-shell".to_owned()), "{got:?}");
     // An exec probe's `sh -c`, started by the runtime without a terminal.
     let mut probe = exec("/bin/sh", &["sh", "-c", "test -f /tmp/ok"], &[]);
     probe.lineage = Some(lineage(Role::Probe, true));
@@ -566,3 +563,5 @@ fn fileless_and_stdio_socket_exec_conditions() {
         assert_eq!(ids(&stdio, &e), ["x"], "{stdin} {stdout}");
     }
 }
+
+mod defaults;
