@@ -2,7 +2,9 @@
 //!
 //! A record is checked before it is read: long enough for its header, a known kind, long enough
 //! for that kind's type. Lengths inside the record are clamped to their buffers. Strings that
-//! are not UTF-8 are decoded lossily.
+//! are not UTF-8 are decoded lossily. Syscall records are decoded in [`syscall`].
+
+mod syscall;
 
 use std::{
     mem::size_of,
@@ -12,7 +14,7 @@ use std::{
 use aya::Pod;
 use detector_common::{
     ConnectEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileEvent, FileOp, PATH_MAX_BYTES,
-    RenameEvent, exec_flags, file_flags, header_flags, path_class,
+    RenameEvent, SyscallEvent, exec_flags, file_flags, header_flags, path_class,
 };
 
 use crate::{
@@ -40,6 +42,20 @@ pub enum DecodeError {
     /// A file record names no known operation.
     #[error("file record with unknown operation {0}")]
     UnknownFileOp(u32),
+    /// A file operation in the wrong record: a rename, link or symlink needs a rename record
+    /// (it has a second path), the others a file record.
+    #[error("{kind} record with operation {op}, which a {needs} record carries")]
+    MisplacedFileOp {
+        /// The record's kind, `file` or `rename`.
+        kind: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The kind of record the operation comes in.
+        needs: &'static str,
+    },
+    /// A syscall record names no known operation.
+    #[error("syscall record with unknown operation {0}")]
+    UnknownSyscallOp(u32),
 }
 
 impl DecodeError {
@@ -49,6 +65,8 @@ impl DecodeError {
             Self::Truncated { kind, .. } => (*kind).to_owned(),
             Self::UnknownKind(kind) => format!("unknown({kind})"),
             Self::UnknownFileOp(_) => "file".to_owned(),
+            Self::MisplacedFileOp { kind, .. } => (*kind).to_owned(),
+            Self::UnknownSyscallOp(_) => "syscall".to_owned(),
         }
     }
 }
@@ -67,6 +85,7 @@ pub fn decode(record: &[u8], clock: &Clock) -> Result<Event, DecodeError> {
             file(&rename.file, Some(target))?
         }
         EventKind::Connect => connect(&read::<ConnectEvent>(record, "connect")?),
+        EventKind::Syscall => syscall::decode(&read::<SyscallEvent>(record, "syscall")?)?,
     };
     Ok(Event {
         time: clock.wall_time(header.ktime_ns),
@@ -158,6 +177,9 @@ fn exec(event: &ExecEvent) -> Body {
         filename_truncated: event.flags & exec_flags::FILENAME_TRUNCATED != 0,
         tty: event.flags & exec_flags::TTY != 0,
         parent_cgroup_id: (event.parent_cgroup_id != 0).then_some(event.parent_cgroup_id),
+        fileless: event.flags & exec_flags::FILELESS != 0,
+        stdin_socket: event.flags & exec_flags::STDIN_SOCKET != 0,
+        stdout_socket: event.flags & exec_flags::STDOUT_SOCKET != 0,
     })
 }
 
@@ -171,13 +193,33 @@ fn exit(event: &ExitEvent) -> Body {
     })
 }
 
+/// A file record, or the file part of a rename record with its `target`.
 fn file(event: &FileEvent, mut target: Option<String>) -> Result<Body, DecodeError> {
     let op = match FileOp::try_from(event.op).map_err(DecodeError::UnknownFileOp)? {
         FileOp::Open => FileOperation::Open,
         FileOp::Unlink => FileOperation::Unlink,
         FileOp::Chmod => FileOperation::Chmod,
+        FileOp::Truncate => FileOperation::Truncate,
         FileOp::Rename => FileOperation::Rename,
+        FileOp::Link => FileOperation::Link,
+        FileOp::Symlink => FileOperation::Symlink,
     };
+    let two_paths = matches!(
+        op,
+        FileOperation::Rename | FileOperation::Link | FileOperation::Symlink
+    );
+    if two_paths != target.is_some() {
+        let (kind, needs) = if two_paths {
+            ("file", "rename")
+        } else {
+            ("rename", "file")
+        };
+        return Err(DecodeError::MisplacedFileOp {
+            kind,
+            op: op.as_str(),
+            needs,
+        });
+    }
     let relative = event.flags & file_flags::RELATIVE != 0;
     let mut path = text(&event.path, event.path_len);
     let (mut original_path, mut original_target) = (None, None);
@@ -208,6 +250,9 @@ fn file(event: &FileEvent, mut target: Option<String>) -> Result<Body, DecodeErr
         self_path,
         original_path,
         original_target,
+        log: event.class & path_class::LOG != 0,
+        unresolved: event.flags & file_flags::UNRESOLVED != 0,
+        io_uring: event.flags & file_flags::IO_URING != 0,
     }))
 }
 
@@ -249,11 +294,11 @@ mod tests {
 
     use super::*;
 
-    fn clock() -> Clock {
+    pub(super) fn clock() -> Clock {
         Clock::with_offset(1_700_000_000_000_000_000)
     }
 
-    fn header(kind: EventKind) -> EventHeader {
+    pub(super) fn header(kind: EventKind) -> EventHeader {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
         EventHeader {
@@ -271,7 +316,7 @@ mod tests {
         }
     }
 
-    fn bytes<T>(value: &T) -> Vec<u8> {
+    pub(super) fn bytes<T>(value: &T) -> Vec<u8> {
         // SAFETY: reading the bytes of a plain-old-data value for the test.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
             .to_vec()
@@ -520,6 +565,102 @@ mod tests {
         };
         assert_eq!(file.path, "/tmp/./x/../y");
         assert_eq!((file.original_path, file.original_target), (None, None));
+    }
+
+    #[test]
+    fn truncate_is_a_file_record_with_its_classes_and_flags() {
+        let mut event = rename_event(
+            file_flags::UNRESOLVED | file_flags::IO_URING,
+            path_class::LOG,
+            b"/var/log/auth.log",
+            b"",
+        )
+        .file;
+        event.header.kind = EventKind::File as u32;
+        event.op = FileOp::Truncate as u32;
+        let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
+            panic!("not file")
+        };
+        assert_eq!(file.op, FileOperation::Truncate);
+        assert_eq!(
+            (file.path.as_str(), file.target.as_deref()),
+            ("/var/log/auth.log", None)
+        );
+        assert!(file.log && file.unresolved && file.io_uring, "{file:?}");
+        assert!(!file.sensitive && !file.read_sensitive && !file.resolved);
+        // Without the bits, none of the three.
+        event.flags = 0;
+        event.class = path_class::SENSITIVE_WRITE;
+        let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
+            panic!("not file")
+        };
+        assert!(!file.log && !file.unresolved && !file.io_uring && file.sensitive);
+    }
+
+    #[test]
+    fn link_and_symlink_come_in_rename_records() {
+        for (op, operation) in [
+            (FileOp::Link, FileOperation::Link),
+            (FileOp::Symlink, FileOperation::Symlink),
+        ] {
+            let mut event = rename_event(0, path_class::SENSITIVE_WRITE, b"/etc/shadow", b"/tmp/s");
+            event.file.op = op as u32;
+            let Body::File(file) = decode(&bytes(&event), &clock()).unwrap().body else {
+                panic!("not file")
+            };
+            assert_eq!(file.op, operation);
+            assert_eq!(file.path, "/etc/shadow");
+            assert_eq!(file.target.as_deref(), Some("/tmp/s"));
+            // In a file record, without the second path, it is malformed.
+            let mut alone = event.file;
+            alone.header.kind = EventKind::File as u32;
+            let err = decode(&bytes(&alone), &clock()).unwrap_err();
+            assert_eq!(
+                err,
+                DecodeError::MisplacedFileOp {
+                    kind: "file",
+                    op: operation.as_str(),
+                    needs: "rename"
+                }
+            );
+            assert_eq!(err.record_kind(), "file");
+        }
+        // A one-path operation in a rename record is malformed too.
+        let mut event = rename_event(0, 0, b"/tmp/a", b"/tmp/b");
+        event.file.op = FileOp::Truncate as u32;
+        let err = decode(&bytes(&event), &clock()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rename record with operation truncate, which a file record carries"
+        );
+        assert_eq!(err.record_kind(), "rename");
+    }
+
+    #[test]
+    fn exec_flags_fileless_and_sockets_on_standard_io() {
+        let flags = exec_flags::FILELESS | exec_flags::STDIN_SOCKET | exec_flags::STDOUT_SOCKET;
+        let Body::Exec(exec) = decode(&bytes(&exec_event(b"x\0", flags)), &clock())
+            .unwrap()
+            .body
+        else {
+            panic!("not exec")
+        };
+        assert!(exec.fileless && exec.stdin_socket && exec.stdout_socket && !exec.tty);
+        for (flag, which) in [
+            (exec_flags::FILELESS, 0),
+            (exec_flags::STDIN_SOCKET, 1),
+            (exec_flags::STDOUT_SOCKET, 2),
+        ] {
+            let Body::Exec(exec) = decode(&bytes(&exec_event(b"x\0", flag)), &clock())
+                .unwrap()
+                .body
+            else {
+                panic!("not exec")
+            };
+            let got = [exec.fileless, exec.stdin_socket, exec.stdout_socket];
+            assert_eq!(got.iter().filter(|b| **b).count(), 1, "{got:?}");
+            assert!(got[which], "{got:?}");
+        }
     }
 
     #[test]

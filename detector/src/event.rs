@@ -187,6 +187,8 @@ pub enum Body {
     File(FileActivity),
     /// An outbound connect.
     Connect(Connect),
+    /// A system call of interest other than file and network I/O.
+    Syscall(Syscall),
     /// Egress volume of one cgroup over one sampling interval.
     Egress(Egress),
     /// Records that did not reach user space, or could not be decoded.
@@ -201,6 +203,7 @@ impl Body {
             Self::Exit(_) => "exit",
             Self::File(_) => "file",
             Self::Connect(_) => "connect",
+            Self::Syscall(_) => "syscall",
             Self::Egress(_) => "egress",
             Self::Loss(_) => "loss",
         }
@@ -224,6 +227,16 @@ pub struct Exec {
     /// cgroup2 id of the parent at the exec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_cgroup_id: Option<u64>,
+    /// The executable has no name left on any filesystem: a memfd, or a file unlinked before
+    /// or while it was executed (fileless execution).
+    #[serde(default)]
+    pub fileless: bool,
+    /// Descriptor 0 of the new program is an IPv4 or IPv6 socket (a reverse shell's stdin).
+    #[serde(default)]
+    pub stdin_socket: bool,
+    /// Descriptor 1 of the new program is an IPv4 or IPv6 socket.
+    #[serde(default)]
+    pub stdout_socket: bool,
 }
 
 /// A process exit.
@@ -249,6 +262,38 @@ pub enum FileOperation {
     Chmod,
     /// A rename.
     Rename,
+    /// A truncate.
+    Truncate,
+    /// A hard link: `path` is the existing file, `target` the new name.
+    Link,
+    /// A symbolic link: `path` is what the link points to (as given), `target` the link.
+    Symlink,
+}
+
+impl FileOperation {
+    /// Every operation, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::Open,
+        Self::Unlink,
+        Self::Chmod,
+        Self::Rename,
+        Self::Truncate,
+        Self::Link,
+        Self::Symlink,
+    ];
+
+    /// The name used in JSON and in rule conditions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Unlink => "unlink",
+            Self::Chmod => "chmod",
+            Self::Rename => "rename",
+            Self::Truncate => "truncate",
+            Self::Link => "link",
+            Self::Symlink => "symlink",
+        }
+    }
 }
 
 /// File activity.
@@ -274,7 +319,7 @@ pub struct FileActivity {
     pub dirfd: Option<i32>,
     /// The path was longer than the kernel copies.
     pub path_truncated: bool,
-    /// New path of a rename.
+    /// New path of a rename, new name of a link or symlink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// Identical write-opens suppressed in the kernel since the previous reported one.
@@ -309,6 +354,18 @@ pub struct FileActivity {
     /// namespace, or one of its threads' `/proc/<tid>/...`); rules match it as well as `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_path: Option<String>,
+    /// The path is a log or a shell history (clearing tracks when unlinked, renamed or
+    /// truncated).
+    #[serde(default)]
+    pub log: bool,
+    /// The kernel could not resolve the path within its bounds: `path` is the argument as
+    /// passed, and the classes are conservative (see
+    /// [`detector_common::file_flags::UNRESOLVED`]).
+    #[serde(default)]
+    pub unresolved: bool,
+    /// The operation was submitted through an io_uring ring, not made by a system call.
+    #[serde(default)]
+    pub io_uring: bool,
 }
 
 /// An outbound connect.
@@ -325,6 +382,198 @@ pub struct Connect {
     /// The connect was refused because the cgroup is quarantined.
     #[serde(default)]
     pub blocked: bool,
+}
+
+/// System calls the sensors report, as [`Syscall::op`] names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyscallOperation {
+    /// `ptrace` attaching to a process or asking to be traced.
+    Ptrace,
+    /// A packet or raw socket.
+    Socket,
+    /// `mount`.
+    Mount,
+    /// `umount2`.
+    Umount,
+    /// `unshare`.
+    Unshare,
+    /// `setns`.
+    Setns,
+    /// `pivot_root`.
+    PivotRoot,
+    /// `memfd_create`: an anonymous file, the usual start of fileless execution.
+    MemfdCreate,
+    /// `init_module` or `finit_module`.
+    ModuleLoad,
+    /// `bpf(BPF_PROG_LOAD)`.
+    BpfProgLoad,
+    /// `setuid`, `setreuid` or `setresuid` asking for uid 0.
+    Setuid,
+    /// `dup2`/`dup3` of an IPv4 or IPv6 socket onto standard input, output or error.
+    DupSocket,
+    /// `io_uring_setup`.
+    IoUringSetup,
+    /// `mknod`/`mknodat` of a block or character device.
+    Mknod,
+}
+
+impl SyscallOperation {
+    /// Every operation, in declaration order.
+    pub const ALL: [Self; 14] = [
+        Self::Ptrace,
+        Self::Socket,
+        Self::Mount,
+        Self::Umount,
+        Self::Unshare,
+        Self::Setns,
+        Self::PivotRoot,
+        Self::MemfdCreate,
+        Self::ModuleLoad,
+        Self::BpfProgLoad,
+        Self::Setuid,
+        Self::DupSocket,
+        Self::IoUringSetup,
+        Self::Mknod,
+    ];
+
+    /// The name used in JSON and in rule conditions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ptrace => "ptrace",
+            Self::Socket => "socket",
+            Self::Mount => "mount",
+            Self::Umount => "umount",
+            Self::Unshare => "unshare",
+            Self::Setns => "setns",
+            Self::PivotRoot => "pivot_root",
+            Self::MemfdCreate => "memfd_create",
+            Self::ModuleLoad => "module_load",
+            Self::BpfProgLoad => "bpf_prog_load",
+            Self::Setuid => "setuid",
+            Self::DupSocket => "dup_socket",
+            Self::IoUringSetup => "io_uring_setup",
+            Self::Mknod => "mknod",
+        }
+    }
+}
+
+/// A system call of interest, refused ones too: its operation, the call, what it returned,
+/// its arguments as words rules match (`tags`) and, typed, the arguments of its operation
+/// (the fields that do not apply are absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Syscall {
+    /// What was done.
+    pub op: SyscallOperation,
+    /// The system call's name (`setresuid`, `finit_module`, `dup3`...), or its number when
+    /// this architecture's table does not name it.
+    pub syscall: String,
+    /// What the call returned (`-errno` on failure).
+    pub result: i64,
+    /// The arguments as words: flag and type names (`newuser`, `bind`, `raw`, `kprobe`...),
+    /// `fstype:<type>` for a mount, `to_root`/`from_non_root` for a setuid, `refused` when the
+    /// call failed.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// ptrace: the request (`attach`, `seize`, `traceme`, else its number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// ptrace: the process attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pid: Option<u32>,
+    /// socket, dup_socket: the address family (`AF_*` number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<u32>,
+    /// socket: the type (`SOCK_*`, with its `SOCK_NONBLOCK`/`SOCK_CLOEXEC` bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_type: Option<u32>,
+    /// socket: the protocol (for a packet socket, the Ethernet protocol in network order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// mount, umount: the mount point; pivot_root: the new root; mknod: the node's path; all
+    /// as passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// mount: the filesystem type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<String>,
+    /// mount (`MS_*`), umount (`MNT_*`), unshare (`CLONE_*`), setns (the namespace type,
+    /// `CLONE_NEW*` or 0), memfd_create (`MFD_*`), finit_module and io_uring_setup flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<u64>,
+    /// setns: the namespace descriptor; finit_module: the module's descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// memfd_create: the name given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// init_module: the module image's length in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// bpf_prog_load: the program type (`BPF_PROG_TYPE_*` number; its name is a tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prog_type: Option<u32>,
+    /// setuid: the real uid asked for, absent when left unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ruid: Option<u32>,
+    /// setuid: the effective uid asked for, absent when left unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub euid: Option<u32>,
+    /// setuid: the saved uid asked for, absent when left unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suid: Option<u32>,
+    /// dup_socket: the socket's descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_fd: Option<i32>,
+    /// dup_socket: the descriptor it was put on (0, 1 or 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_fd: Option<i32>,
+    /// io_uring_setup: the submission queue's entries asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u32>,
+    /// mknod: the mode (file type and permissions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// mknod: the device number, as the system call takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<u64>,
+}
+
+impl Syscall {
+    /// A call of `op` with no tags and no arguments yet.
+    pub fn new(op: SyscallOperation, syscall: impl Into<String>, result: i64) -> Self {
+        Self {
+            op,
+            syscall: syscall.into(),
+            result,
+            tags: Vec::new(),
+            request: None,
+            target_pid: None,
+            family: None,
+            socket_type: None,
+            protocol: None,
+            path: None,
+            fstype: None,
+            flags: None,
+            fd: None,
+            name: None,
+            length: None,
+            prog_type: None,
+            ruid: None,
+            euid: None,
+            suid: None,
+            old_fd: None,
+            new_fd: None,
+            entries: None,
+            mode: None,
+            dev: None,
+        }
+    }
+
+    /// Whether the call has this tag.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
 }
 
 /// Egress volume of one cgroup over one interval.
@@ -404,6 +653,9 @@ mod tests {
                 filename_truncated: false,
                 tty: false,
                 parent_cgroup_id: None,
+                fileless: false,
+                stdin_socket: false,
+                stdout_socket: false,
             }),
         };
         let value: serde_json::Value = serde_json::to_value(&event).unwrap();
@@ -418,6 +670,68 @@ mod tests {
         assert!(value.get("pod").is_none());
         let back: Event = serde_json::from_value(value).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_syscall_has_its_kind_op_tags_and_only_the_arguments_it_has() {
+        let mut call = Syscall::new(SyscallOperation::Setuid, "setresuid", -1);
+        call.tags = vec!["to_root".into(), "refused".into()];
+        call.euid = Some(0);
+        let event = Event {
+            time: OffsetDateTime::UNIX_EPOCH,
+            ktime_ns: 1,
+            process: ProcessFields {
+                pid: Some(10),
+                uid: Some(1000),
+                ..ProcessFields::default()
+            },
+            cgroup_id: Some(7),
+            container: None,
+            pod: None,
+            ancestry: Vec::new(),
+            lineage: None,
+            body: Body::Syscall(call),
+        };
+        let value = serde_json::to_value(&event).unwrap();
+        assert_eq!(value["kind"], "syscall");
+        assert_eq!(value["op"], "setuid");
+        assert_eq!(value["syscall"], "setresuid");
+        assert_eq!(value["result"], -1);
+        assert_eq!(value["tags"], serde_json::json!(["to_root", "refused"]));
+        assert_eq!(
+            (value["uid"].clone(), value["euid"].clone()),
+            (1000.into(), 0.into())
+        );
+        for absent in ["ruid", "suid", "path", "flags", "target_pid", "family"] {
+            assert!(value.get(absent).is_none(), "{absent} in {value}");
+        }
+        let back: Event = serde_json::from_value(value).unwrap();
+        assert_eq!(back, event);
+        for op in SyscallOperation::ALL {
+            assert_eq!(serde_json::to_value(op).unwrap(), op.as_str());
+        }
+        for op in FileOperation::ALL {
+            assert_eq!(serde_json::to_value(op).unwrap(), op.as_str());
+        }
+    }
+
+    #[test]
+    fn records_written_before_the_new_fields_still_read() {
+        let exec = r#"{"kind":"exec","ts":"2023-11-14T22:13:20Z","ktime_ns":1,"pid":1,"tid":1,
+            "ppid":0,"uid":0,"gid":0,"cgroup_id":1,"comm":"sh","filename":"/bin/sh",
+            "argv":["sh"],"argv_truncated":false,"filename_truncated":false}"#;
+        let Body::Exec(exec) = serde_json::from_str::<Event>(exec).unwrap().body else {
+            panic!("not exec")
+        };
+        assert!(!exec.fileless && !exec.stdin_socket && !exec.stdout_socket);
+        let file = r#"{"kind":"file","ts":"2023-11-14T22:13:20Z","ktime_ns":1,"pid":1,"tid":1,
+            "ppid":0,"uid":0,"gid":0,"cgroup_id":1,"comm":"sh","op":"unlink","path":"/x",
+            "flags":0,"write":false,"sensitive":false,"read_sensitive":false,"relative":false,
+            "path_truncated":false,"suppressed":0}"#;
+        let Body::File(file) = serde_json::from_str::<Event>(file).unwrap().body else {
+            panic!("not file")
+        };
+        assert!(!file.log && !file.unresolved && !file.io_uring);
     }
 
     #[test]

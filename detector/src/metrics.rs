@@ -742,6 +742,46 @@ mod tests {
     }
 
     #[test]
+    fn syscall_events_and_their_losses_have_their_kind() {
+        use crate::event::{Event, Loss, ProcessFields, Syscall, SyscallOperation};
+        let event = |body| Event {
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            ktime_ns: 1,
+            process: ProcessFields::default(),
+            cgroup_id: None,
+            container: None,
+            pod: None,
+            ancestry: Vec::new(),
+            lineage: None,
+            body,
+        };
+        let metrics = Metrics::new();
+        metrics.record_events(&[
+            event(Body::Syscall(Syscall::new(
+                SyscallOperation::Ptrace,
+                "ptrace",
+                0,
+            ))),
+            event(Body::Loss(Loss {
+                source: "ring_buffer".into(),
+                lost_kind: "syscall".into(),
+                count: 3,
+                total: 3,
+                reason: None,
+            })),
+        ]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("detector_events_total{kind=\"syscall\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detector_kernel_lost_events_total{kind=\"syscall\"} 3\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn readiness_names_every_reason() {
         let ready = Readiness::new();
         assert_eq!(ready.check(), Err(vec!["kernel programs not attached"]));

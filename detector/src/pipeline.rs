@@ -204,14 +204,16 @@ fn node_event(clock: &Clock, cgroup_id: Option<u64>, body: Body) -> Event {
     }
 }
 
-const LOST_KINDS: [(Stat, &str); 5] = [
+/// The ring-buffer loss counter of every record kind, and the kind's name in loss events.
+const LOST_KINDS: [(Stat, &str); 6] = [
     (Stat::LostExec, "exec"),
     (Stat::LostExit, "exit"),
     (Stat::LostFile, "file"),
     (Stat::LostRename, "rename"),
     (Stat::LostConnect, "connect"),
+    (Stat::LostSyscall, "syscall"),
 ];
-const _: () = assert!(Stat::lost(EventKind::Connect) as u32 + 1 < STAT_COUNT);
+const _: () = assert!((Stat::lost(EventKind::Syscall) as u32) < STAT_COUNT);
 
 /// Egress counters of a cgroup at the previous sample.
 #[derive(Default)]
@@ -362,4 +364,21 @@ async fn sample(
     let totals = sampler.totals();
     drop(sensors);
     info!(lost = ?totals.lost, suppressed_writes = totals.suppressed_writes, "eBPF programs detached");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_record_kind_has_its_loss_counter_reported() {
+        let kinds: Vec<EventKind> = (0..64)
+            .filter_map(|v| EventKind::try_from(v).ok())
+            .collect();
+        for kind in &kinds {
+            let stat = Stat::lost(*kind);
+            assert!(LOST_KINDS.iter().any(|(s, _)| *s == stat), "{kind:?}");
+        }
+        assert_eq!(kinds.len(), LOST_KINDS.len());
+    }
 }

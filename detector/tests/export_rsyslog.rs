@@ -159,6 +159,9 @@ fn record(id: u64) -> Record {
             filename_truncated: false,
             tty: false,
             parent_cgroup_id: None,
+            fileless: false,
+            stdin_socket: false,
+            stdout_socket: false,
         }),
     })
 }

@@ -95,6 +95,9 @@ fn exec_event(pid: u32, cgroup_id: u64) -> Event {
             filename_truncated: false,
             tty: false,
             parent_cgroup_id: None,
+            fileless: false,
+            stdin_socket: false,
+            stdout_socket: false,
         }),
     }
 }

@@ -56,7 +56,7 @@ use self::{
 };
 use crate::{
     config::Problem,
-    event::{Body, Container, Event, Pod},
+    event::{Body, Container, Event, Pod, Syscall, SyscallOperation},
 };
 
 /// Attribution settings (the `attribution` section of the configuration).
@@ -255,6 +255,9 @@ impl Enricher {
         let mut in_containers = Vec::new();
         for (p, cgroup) in &scanned {
             self.processes.exec(p.pid, p.ppid, &p.exe);
+            if let Some(uid) = p.uid {
+                self.processes.swap_uid(p.pid, uid);
+            }
             let Some(cgroup) = *cgroup else { continue };
             let container = self
                 .identity(cgroup, now)
@@ -478,6 +481,12 @@ impl Enricher {
                 &place,
             ),
         };
+        if let Some(uid) = event.process.uid {
+            let before = self.processes.swap_uid(pid, uid);
+            if let Body::Syscall(call) = &mut event.body {
+                tag_from_non_root(call, before, uid);
+            }
+        }
         event.ancestry = self.processes.ancestry(ppid);
         if matches!(event.body, Body::Exit(_)) {
             self.processes.exit(pid, now);
@@ -508,6 +517,27 @@ impl Enricher {
         }
         self.identities.insert(cgroup_id, identity.clone());
         identity
+    }
+}
+
+/// Adds `from_non_root` to a setuid call (to uid 0, as the kernel reports only those) when the
+/// caller's real uid before the call is known and not 0: `before`, the table's as of the
+/// process's previous event, or, for a refused call (which changed nothing), `after`, the
+/// event's own.
+fn tag_from_non_root(call: &mut Syscall, before: Option<u32>, after: u32) {
+    const TAG: &str = "from_non_root";
+    if call.op != SyscallOperation::Setuid || call.has_tag(TAG) {
+        return;
+    }
+    let before = if call.result < 0 { Some(after) } else { before };
+    if before.is_some_and(|uid| uid != 0) {
+        // Before `refused`, which closes the tags of every call.
+        let at = call
+            .tags
+            .iter()
+            .position(|t| t == "refused")
+            .unwrap_or(call.tags.len());
+        call.tags.insert(at, TAG.to_owned());
     }
 }
 

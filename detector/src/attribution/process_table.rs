@@ -4,6 +4,10 @@
 //! Exited processes are kept for a grace period (events of a process can arrive after its exit
 //! event, and its children's events still need it as an ancestor), then evicted.
 //!
+//! Each entry also keeps the process's real uid as of its last event (or its exec, or the
+//! scan; a child forked without exec starts with its parent's), so that a setuid event can say
+//! whether the caller was root before the call ([`ProcessTable::swap_uid`]).
+//!
 //! Memory bound: at most `capacity` entries of [`ENTRY_BYTES`] each plus the executable paths,
 //! which are interned (one copy per distinct path, each at most [`MAX_EXE_BYTES`]). With the
 //! default capacity of 65,536 that is at most about 6 MiB of entries plus the distinct paths;
@@ -40,6 +44,8 @@ struct Process {
     tty: bool,
     /// The runtime started it (see [`Lineage::leader`]).
     leader: bool,
+    /// Its real uid as of its last event, `None` until one said.
+    uid: Option<u32>,
 }
 
 impl Process {
@@ -136,6 +142,13 @@ impl ProcessTable {
             (None, false)
         };
         let exe = self.intern(exe);
+        // An exec keeps the real uid (a set-user-ID executable changes the effective one).
+        let uid = self
+            .processes
+            .get(&pid)
+            .filter(|p| p.exited_at.is_none())
+            .or_else(|| self.processes.get(&ppid))
+            .and_then(|p| p.uid);
         let process = Process {
             ppid,
             exe,
@@ -144,6 +157,7 @@ impl ProcessTable {
             role,
             tty: place.tty,
             leader,
+            uid,
         };
         let lineage = process.lineage();
         self.insert(pid, process);
@@ -180,8 +194,9 @@ impl ProcessTable {
             }
             return p.lineage();
         }
-        // First seen here: forked without exec, or moved into this cgroup without exec.
-        let (exe, inherited, tty) = match self.processes.get(&ppid) {
+        // First seen here: forked without exec, or moved into this cgroup without exec. A fork
+        // copies the parent's credentials: its uid is the parent's, as far as the table knows.
+        let (exe, inherited, tty, uid) = match self.processes.get(&ppid) {
             Some(parent) => {
                 // Only a live parent in the same cgroup hands its role down.
                 let same = parent.exited_at.is_none() && parent.cgroup == place.cgroup;
@@ -189,16 +204,15 @@ impl ProcessTable {
                     parent.exe.clone(),
                     parent.role.filter(|_| same),
                     same && parent.tty,
+                    parent.uid,
                 )
             }
-            None => (self.intern(comm), None, false),
+            None => (self.intern(comm), None, false, None),
         };
-        let role = place
-            .container
-            .then(|| {
-                let unseen = self.sessions.unseen_parent_role(place.cgroup);
-                lineage::role_unseen(comm, inherited, unseen)
-            });
+        let role = place.container.then(|| {
+            let unseen = self.sessions.unseen_parent_role(place.cgroup);
+            lineage::role_unseen(comm, inherited, unseen)
+        });
         let process = Process {
             ppid,
             exe,
@@ -207,6 +221,7 @@ impl ProcessTable {
             role,
             tty,
             leader: false,
+            uid,
         };
         let lineage = process.lineage();
         self.insert(pid, process);
@@ -326,6 +341,20 @@ impl ProcessTable {
         chain
     }
 
+    /// Records `uid` as the real uid of `pid` (when it is in the table) and returns the one
+    /// known before: as of its previous event, its exec, the scan, or its parent's when it was
+    /// forked. Call it after recording the event's exec or observation.
+    pub fn swap_uid(&mut self, pid: u32, uid: u32) -> Option<u32> {
+        self.processes
+            .get_mut(&pid)
+            .and_then(|p| p.uid.replace(uid))
+    }
+
+    /// The real uid of a process as of its last event, if known.
+    pub fn uid(&self, pid: u32) -> Option<u32> {
+        self.processes.get(&pid)?.uid
+    }
+
     /// The executable of a process, if known.
     pub fn exe(&self, pid: u32) -> Option<&str> {
         self.processes.get(&pid).map(|p| &*p.exe)
@@ -421,6 +450,8 @@ pub struct ScannedProcess {
     pub cgroup_path: Option<String>,
     /// Its pid in its own namespace (the last `NSpid` of its status).
     pub ns_pid: Option<u32>,
+    /// Its real uid (the first `Uid` of its status).
+    pub uid: Option<u32>,
     /// It has a controlling terminal.
     pub tty: bool,
     /// When it started, in clock ticks after boot.
@@ -460,12 +491,10 @@ pub fn scan_proc(proc_root: &Path) -> Vec<ScannedProcess> {
                     .find_map(|l| l.strip_prefix("0::"))
                     .map(str::to_owned)
             });
-        let ns_pid = std::fs::read_to_string(dir.join("status"))
-            .ok()
-            .and_then(|text| {
-                let line = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-                line.split_whitespace().last()?.parse().ok()
-            });
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+        let ns_pid = field("NSpid:").and_then(|line| line.split_whitespace().last()?.parse().ok());
+        let uid = field("Uid:").and_then(|line| line.split_whitespace().next()?.parse().ok());
         found.push(ScannedProcess {
             pid,
             ppid: fields.ppid,
@@ -473,6 +502,7 @@ pub fn scan_proc(proc_root: &Path) -> Vec<ScannedProcess> {
             comm: fields.comm.to_owned(),
             cgroup_path,
             ns_pid,
+            uid,
             tty: fields.tty_nr != 0,
             start_ticks: fields.start_ticks,
         });
@@ -609,6 +639,38 @@ mod tests {
         cyclic.exec(7, 8, "/a");
         cyclic.exec(8, 7, "/b");
         assert_eq!(exes(&cyclic.ancestry(7)), ["/a", "/b"]);
+    }
+
+    #[test]
+    fn the_real_uid_before_an_event_is_the_previous_events() {
+        let mut table = ProcessTable::new(ProcessLimits::default());
+        table.exec(10, 1, "/bin/sh");
+        // Unknown until an event says.
+        assert_eq!(table.swap_uid(10, 1000), None);
+        assert_eq!(table.swap_uid(10, 0), Some(1000));
+        assert_eq!(table.uid(10), Some(0));
+        // An exec keeps it; a child forked without exec starts with its parent's, and one
+        // exec'd straight from it too.
+        table.swap_uid(10, 1000);
+        table.exec(10, 1, "/usr/bin/python3");
+        assert_eq!(table.uid(10), Some(1000));
+        table.observe(11, 10, "python3");
+        assert_eq!(table.swap_uid(11, 0), Some(1000));
+        table.exec(12, 10, "/tmp/exploit");
+        assert_eq!(table.uid(12), Some(1000));
+        // A process the table does not hold has none, and gets none.
+        assert_eq!(table.swap_uid(99, 0), None);
+        assert_eq!(table.uid(99), None);
+    }
+
+    #[test]
+    fn scan_reads_the_real_uid() {
+        let found = scan_proc(Path::new("/proc"));
+        let me = std::process::id();
+        let entry = found.iter().find(|p| p.pid == me).expect("this process");
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(entry.uid, Some(uid));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use super::{
     pods::{ContainerInfo, PodIndex, PodInfo, SharedPodIndex},
     *,
 };
-use crate::event::{Exec, Exit, FileActivity, FileOperation, Owner, ProcessFields};
+use crate::event::{
+    Exec, Exit, FileActivity, FileOperation, Owner, ProcessFields, Syscall, SyscallOperation,
+};
 
 const UID: &str = "1f2e3d4c-5b6a-4789-9abc-def012345678";
 
@@ -60,6 +62,9 @@ fn exec(filename: &str) -> Body {
         filename_truncated: false,
         tty: false,
         parent_cgroup_id: None,
+        fileless: false,
+        stdin_socket: false,
+        stdout_socket: false,
     })
 }
 
@@ -83,6 +88,9 @@ fn open(path: &str) -> Body {
         original_path: None,
         original_target: None,
         self_path: None,
+        log: false,
+        unresolved: false,
+        io_uring: false,
     })
 }
 
@@ -362,4 +370,95 @@ fn memory_for_250_pods_of_50_processes() {
     assert!(processes < 2 << 20, "{processes}");
     assert!(pods < 1 << 20, "{pods}");
     assert!(total < 4 << 20, "{total}");
+}
+
+/// A setuid call to root by `pid` as real uid `uid` after it, returning `result`.
+fn setuid(pid: u32, uid: u32, result: i64) -> Event {
+    let mut call = Syscall::new(SyscallOperation::Setuid, "setresuid", result);
+    call.tags = vec!["to_root".into()];
+    if result < 0 {
+        call.tags.push("refused".into());
+    }
+    let mut e = event(pid, 1, 7, Body::Syscall(call));
+    e.process.uid = Some(uid);
+    e
+}
+
+fn tags(event: &Event) -> Vec<&str> {
+    match &event.body {
+        Body::Syscall(call) => call.tags.iter().map(String::as_str).collect(),
+        other => panic!("not a syscall: {other:?}"),
+    }
+}
+
+#[test]
+fn setuid_to_root_says_whether_the_caller_was_root_before() {
+    let (mut enricher, _) = setup(false);
+    let t0 = Instant::now();
+    let with_uid = |mut e: Event, uid| {
+        e.process.uid = Some(uid);
+        e
+    };
+    let out = enricher.process(
+        vec![
+            // A process of uid 1000 gets root: the exploit's shape.
+            with_uid(event(20, 1, 7, exec("/tmp/exploit")), 1000),
+            setuid(20, 0, 0),
+            // Root already, asking for root again: nothing more.
+            setuid(20, 0, 0),
+            // A refused call changed nothing: its own header says who asked.
+            setuid(30, 1000, -1),
+            // A child forked without exec has its parent's uid.
+            with_uid(event(40, 1, 7, exec("/usr/bin/python3")), 33),
+            setuid(41, 0, 0),
+            // First seen at the call, no parent known: nothing to say.
+            setuid(50, 0, 0),
+        ]
+        .into_iter()
+        .map(|mut e| {
+            if e.process.pid == Some(41) {
+                e.process.ppid = Some(40);
+            }
+            e
+        })
+        .collect(),
+        t0,
+    );
+    let got: Vec<Vec<&str>> = out
+        .iter()
+        .filter(|e| matches!(e.body, Body::Syscall(_)))
+        .map(tags)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            vec!["to_root", "from_non_root"],
+            vec!["to_root"],
+            vec!["to_root", "from_non_root", "refused"],
+            vec!["to_root", "from_non_root"],
+            vec!["to_root"],
+        ]
+    );
+    // The tag is a fact of the event: enriching it again does not add it twice.
+    let mut again = out[1].clone();
+    if let Body::Syscall(call) = &mut again.body {
+        tag_from_non_root(call, Some(1000), 0);
+    }
+    assert_eq!(tags(&again), ["to_root", "from_non_root"]);
+}
+
+#[test]
+fn the_start_up_scan_gives_the_processes_uids() {
+    let (mut enricher, _) = setup(false);
+    let scanned = ScannedProcess {
+        pid: 60,
+        ppid: 1,
+        exe: "/usr/bin/python3".into(),
+        comm: "python3".into(),
+        uid: Some(1000),
+        ..ScannedProcess::default()
+    };
+    enricher.seed_processes([(scanned, None)], Instant::now());
+    let out = enricher.process(vec![setuid(60, 0, 0)], Instant::now());
+    assert_eq!(tags(&out[0]), ["to_root", "from_non_root"]);
 }

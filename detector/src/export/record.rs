@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::event::{Body, Event};
+use crate::event::{Body, Event, FileOperation};
 
 /// How serious a record is; the order is the order of the variants (`Info` lowest).
 ///
@@ -57,6 +57,8 @@ pub enum RecordKind {
     File,
     /// A connect event.
     Connect,
+    /// A syscall event.
+    Syscall,
     /// An egress sample.
     Egress,
     /// A loss report.
@@ -116,6 +118,7 @@ impl Record {
                 Body::Exit(_) => RecordKind::Exit,
                 Body::File(_) => RecordKind::File,
                 Body::Connect(_) => RecordKind::Connect,
+                Body::Syscall(_) => RecordKind::Syscall,
                 Body::Egress(_) => RecordKind::Egress,
                 Body::Loss(_) => RecordKind::Loss,
             },
@@ -125,12 +128,15 @@ impl Record {
         }
     }
 
-    /// Severity: events are informational except sensitive file access (low) and losses
+    /// Severity: events are informational except sensitive file access, a log cleared and the
+    /// system calls the sensors report (low: each is of interest by itself) and losses
     /// (medium: the detector was blind for a while); findings carry their own.
     pub fn severity(&self) -> Severity {
         match self {
             Self::Event(event) => match &event.body {
                 Body::File(file) if file.sensitive || file.read_sensitive => Severity::Low,
+                Body::File(file) if file.log && file.op != FileOperation::Open => Severity::Low,
+                Body::Syscall(_) => Severity::Low,
                 Body::Loss(_) => Severity::Medium,
                 _ => Severity::Info,
             },

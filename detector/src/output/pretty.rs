@@ -31,7 +31,7 @@ use crate::{
         StepOutcome,
         journal::{Entry, EntryKind},
     },
-    event::{Body, Container, Event, FileOperation, Pod, ProcessFields},
+    event::{Body, Container, Event, FileOperation, Pod, ProcessFields, Syscall},
     rules::Severity,
     score::{
         Subject,
@@ -369,11 +369,11 @@ fn process_suffix(process: &ProcessFields) -> String {
 }
 
 /// What an event did, led by its verb: `exec /bin/sh -c id`, `open /etc/shadow`,
-/// `connect tcp 10.0.0.9:443`.
+/// `connect tcp 10.0.0.9:443`, `ptrace attach pid 42`.
 fn fact(event: &Event) -> String {
     match &event.body {
-        // The operation leads what a file event did already.
-        Body::File(_) => what(event),
+        // The operation leads what a file or syscall event did already.
+        Body::File(_) | Body::Syscall(_) => what(event),
         body => format!("{} {}", body.kind(), what(event)),
     }
 }
@@ -390,7 +390,17 @@ fn what(event: &Event) -> String {
             if exec.argv_truncated {
                 text.push_str(" …");
             }
-            shorten(text)
+            let mut text = shorten(text);
+            for (set, note) in [
+                (exec.fileless, " (fileless)"),
+                (exec.stdin_socket, " (stdin socket)"),
+                (exec.stdout_socket, " (stdout socket)"),
+            ] {
+                if set {
+                    text.push_str(note);
+                }
+            }
+            text
         }
         Body::Exit(exit) => match (exit.exit_status, exit.signal) {
             (_, Some(signal)) => format!("signal {signal}"),
@@ -400,10 +410,7 @@ fn what(event: &Event) -> String {
         Body::File(file) => {
             let op = match file.op {
                 FileOperation::Open if file.write => "write-open",
-                FileOperation::Open => "open",
-                FileOperation::Unlink => "unlink",
-                FileOperation::Chmod => "chmod",
-                FileOperation::Rename => "rename",
+                op => op.as_str(),
             };
             let mut text = format!("{op} {}", shorten(clean(&file.path)));
             if let Some(target) = &file.target {
@@ -418,8 +425,18 @@ fn what(event: &Event) -> String {
             if file.suppressed > 0 {
                 let _ = write!(text, " (+{} repeats)", file.suppressed);
             }
+            for (set, note) in [
+                (file.log, " (log)"),
+                (file.io_uring, " (io_uring)"),
+                (file.unresolved, " (unresolved)"),
+            ] {
+                if set {
+                    text.push_str(note);
+                }
+            }
             text
         }
+        Body::Syscall(call) => syscall(call),
         Body::Connect(connect) => {
             let address = match connect.daddr {
                 IpAddr::V4(ip) => format!("{ip}:{}", connect.dport),
@@ -446,6 +463,52 @@ fn what(event: &Event) -> String {
             text
         }
     }
+}
+
+/// A syscall event: the operation, what it acted on, its tags and, when refused, the error:
+/// `mount /host [bind rec fstype:none]`, `setuid euid 0 [to_root from_non_root]`.
+fn syscall(call: &Syscall) -> String {
+    let mut text = call.op.as_str().to_owned();
+    if let Some(pid) = call.target_pid {
+        let _ = write!(text, " pid {pid}");
+    }
+    if let Some(path) = &call.path {
+        let _ = write!(text, " {}", shorten(clean(path)));
+    }
+    if let Some(name) = &call.name {
+        let _ = write!(text, " {}", quote(name));
+    }
+    if let Some(fd) = call.fd {
+        let _ = write!(text, " fd {fd}");
+    }
+    if let (Some(old), Some(new)) = (call.old_fd, call.new_fd) {
+        let _ = write!(text, " fd {old} -> {new}");
+    }
+    for (id, value) in [
+        ("ruid", call.ruid),
+        ("euid", call.euid),
+        ("suid", call.suid),
+    ] {
+        if let Some(value) = value {
+            let _ = write!(text, " {id} {value}");
+        }
+    }
+    if let Some(entries) = call.entries {
+        let _ = write!(text, " entries {entries}");
+    }
+    let tags: Vec<String> = call
+        .tags
+        .iter()
+        .filter(|t| *t != "refused")
+        .map(|t| clean(t))
+        .collect();
+    if !tags.is_empty() {
+        let _ = write!(text, " [{}]", tags.join(" "));
+    }
+    if call.result < 0 {
+        let _ = write!(text, " (failed: errno {})", call.result.unsigned_abs());
+    }
+    text
 }
 
 fn severity(severity: Severity) -> (&'static str, Paint) {
@@ -881,6 +944,77 @@ mod tests {
             assert!(text.starts_with("22:13:20.123 "), "{text}");
             assert!(!text.contains('\x1b'), "{text}");
         }
+    }
+
+    /// The fixture event whose compact line's `what` starts with `start`.
+    fn what_starting(start: &str) -> String {
+        events()
+            .iter()
+            .map(what)
+            .find(|w| w.starts_with(start))
+            .unwrap_or_else(|| panic!("no event whose line starts with {start:?}"))
+    }
+
+    #[test]
+    fn a_syscall_line_is_the_operation_its_object_tags_and_failure() {
+        let setuid = events()
+            .into_iter()
+            .find(|e| matches!(&e.body, Body::Syscall(c) if c.op.as_str() == "setuid"))
+            .unwrap();
+        assert_eq!(
+            event(&setuid, PLAIN),
+            "22:13:20.123 syscall       100 sh              setuid euid 0 [to_root from_non_root]  role=exec_session  shop/web-7d9f"
+        );
+        // The operation leads the fact, as a file event's.
+        assert_eq!(fact(&setuid), "setuid euid 0 [to_root from_non_root]");
+        for line in [
+            "ptrace pid 4242 [attach]",
+            "ptrace [traceme]",
+            "socket [inet raw] (failed: errno 1)",
+            "mount /host [bind rec fstype:none]",
+            "umount /proc [detach]",
+            "pivot_root /new (failed: errno 1)",
+            "setns fd 3 [newnet]",
+            "memfd_create x [cloexec]",
+            "module_load fd 5 [finit_module]",
+            "module_load [init_module] (failed: errno 1)",
+            "bpf_prog_load [kprobe]",
+            "dup_socket fd 3 -> 0 [stdin]",
+            "io_uring_setup entries 64",
+            "mknod /dev/sda [block]",
+        ] {
+            assert_eq!(what_starting(line), line);
+        }
+        // A name the process chose is quoted and escaped.
+        let mut memfd = Syscall::new(
+            crate::event::SyscallOperation::MemfdCreate,
+            "memfd_create",
+            3,
+        );
+        memfd.name = Some("a b\x1b[2J".into());
+        assert_eq!(syscall(&memfd), r"memfd_create 'a b\u{1b}[2J'");
+        memfd.result = i64::MIN;
+        assert!(syscall(&memfd).ends_with("(failed: errno 9223372036854775808)"));
+    }
+
+    #[test]
+    fn new_file_operations_and_exec_flags_are_shown() {
+        assert_eq!(
+            what_starting("truncate"),
+            "truncate /var/log/auth.log (+2 repeats) (log) (io_uring) (unresolved)"
+        );
+        assert_eq!(
+            what_starting("link"),
+            "link /etc/shadow -> /tmp/s (+2 repeats) (io_uring) (unresolved)"
+        );
+        assert_eq!(
+            what_starting("symlink"),
+            "symlink /etc/shadow -> /tmp/l (+2 repeats) (io_uring) (unresolved)"
+        );
+        assert_eq!(
+            what_starting("/bin/sh -c id ("),
+            "/bin/sh -c id (fileless) (stdin socket)"
+        );
     }
 
     #[test]

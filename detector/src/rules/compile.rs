@@ -8,10 +8,13 @@ use ipnet::IpNet;
 
 use super::{
     Problem, Rule, RuleMeta, RuleSet,
-    matcher::{ALL_KINDS, Condition, KIND_NAMES, PathMatcher, StrSet, role_bit},
+    matcher::{
+        ALL_KINDS, Condition, KIND_NAMES, PathMatcher, StrSet, file_op_bit, role_bit,
+        syscall_op_bit,
+    },
     spec::{ConditionSpec, PathSpec, RuleFile, Strings},
 };
-use crate::event::Role;
+use crate::event::{FileOperation, Role, SyscallOperation};
 
 /// The ATT&CK Enterprise tactics a rule may name.
 const TACTICS: [&str; 14] = [
@@ -202,6 +205,13 @@ impl Compiler {
             write: spec.write,
             sensitive: spec.sensitive,
             read_sensitive: spec.read_sensitive,
+            log_path: spec.log_path,
+            unresolved: spec.unresolved,
+            io_uring: spec.io_uring,
+            fileless: spec.fileless,
+            stdio_socket: spec.stdio_socket,
+            syscall_ops: self.syscall_ops(file, &format!("{at}.syscall_op"), &spec.syscall_op),
+            syscall_tags: self.set(file, &format!("{at}.syscall_tags"), &spec.syscall_tags),
             daddr: self.networks(file, &format!("{at}.daddr"), &spec.daddr),
             dport: spec.dport.clone(),
             namespace: self.set(file, &format!("{at}.namespace"), &spec.namespace),
@@ -314,16 +324,36 @@ impl Compiler {
 
     fn file_ops(&mut self, file: &str, at: &str, items: &Strings) -> u8 {
         let mut mask = 0;
-        for op in self.expand(file, at, items) {
-            match ["open", "unlink", "chmod", "rename"]
-                .iter()
-                .position(|o| *o == op)
-            {
-                Some(i) => mask |= 1 << i,
+        for name in self.expand(file, at, items) {
+            match FileOperation::ALL.iter().find(|o| o.as_str() == name) {
+                Some(&op) => mask |= file_op_bit(op),
                 None => self.problem(
                     file,
                     at,
-                    format!("unknown file operation {op:?} (open, unlink, chmod or rename)"),
+                    format!(
+                        "unknown file operation {name:?} (one of {})",
+                        FileOperation::ALL.map(FileOperation::as_str).join(", ")
+                    ),
+                ),
+            }
+        }
+        mask
+    }
+
+    fn syscall_ops(&mut self, file: &str, at: &str, items: &Strings) -> u16 {
+        let mut mask = 0;
+        for name in self.expand(file, at, items) {
+            match SyscallOperation::ALL.iter().find(|o| o.as_str() == name) {
+                Some(&op) => mask |= syscall_op_bit(op),
+                None => self.problem(
+                    file,
+                    at,
+                    format!(
+                        "unknown syscall operation {name:?} (one of {})",
+                        SyscallOperation::ALL
+                            .map(SyscallOperation::as_str)
+                            .join(", ")
+                    ),
                 ),
             }
         }

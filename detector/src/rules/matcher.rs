@@ -5,13 +5,15 @@ use std::net::IpAddr;
 use globset::{Candidate, GlobSet};
 use ipnet::IpNet;
 
-use crate::event::{Body, Event, FileOperation, Role};
+use crate::event::{Body, Event, FileOperation, Role, SyscallOperation};
 
 /// Number of event kinds; rules are indexed by kind.
-pub const KINDS: usize = 6;
+pub const KINDS: usize = 7;
 
 /// The `kind` strings in index order.
-pub const KIND_NAMES: [&str; KINDS] = ["exec", "exit", "file", "connect", "egress", "loss"];
+pub const KIND_NAMES: [&str; KINDS] = [
+    "exec", "exit", "file", "connect", "egress", "loss", "syscall",
+];
 
 /// Bit mask of every kind.
 pub const ALL_KINDS: u8 = (1 << KINDS) - 1;
@@ -25,6 +27,7 @@ pub fn kind_index(body: &Body) -> usize {
         Body::Connect(_) => 3,
         Body::Egress(_) => 4,
         Body::Loss(_) => 5,
+        Body::Syscall(_) => 6,
     }
 }
 
@@ -100,9 +103,9 @@ pub struct Condition {
     pub parent: Option<PathMatcher>,
     /// Any ancestor executable.
     pub ancestor: Option<PathMatcher>,
-    /// File path (or rename target).
+    /// File path (or the second path of a rename, link or symlink).
     pub path: Option<PathMatcher>,
-    /// File operations (bit per operation).
+    /// File operations (bit per [`file_op_bit`]); 0: any.
     pub file_ops: u8,
     /// Write intent.
     pub write: Option<bool>,
@@ -110,6 +113,20 @@ pub struct Condition {
     pub sensitive: Option<bool>,
     /// Read-sensitive flag.
     pub read_sensitive: Option<bool>,
+    /// The path is a log or a shell history.
+    pub log_path: Option<bool>,
+    /// The kernel could not resolve the path.
+    pub unresolved: Option<bool>,
+    /// Submitted through io_uring.
+    pub io_uring: Option<bool>,
+    /// An exec of a file with no name left.
+    pub fileless: Option<bool>,
+    /// An exec with a socket on standard input or output.
+    pub stdio_socket: Option<bool>,
+    /// Syscall operations (bit per [`syscall_op_bit`]); 0: any.
+    pub syscall_ops: u16,
+    /// Syscall tags, one of which the event must have.
+    pub syscall_tags: Option<StrSet>,
     /// Destination networks.
     pub daddr: Vec<IpNet>,
     /// Destination ports.
@@ -136,14 +153,17 @@ pub struct Condition {
     pub any: Vec<Condition>,
 }
 
-/// Bit of a file operation in [`Condition::file_ops`].
+/// Bit of a file operation in [`Condition::file_ops`]: its place in [`FileOperation::ALL`].
 pub fn file_op_bit(op: FileOperation) -> u8 {
-    match op {
-        FileOperation::Open => 1,
-        FileOperation::Unlink => 2,
-        FileOperation::Chmod => 4,
-        FileOperation::Rename => 8,
-    }
+    const _: () = assert!(FileOperation::ALL.len() <= u8::BITS as usize);
+    1 << op as u8
+}
+
+/// Bit of a syscall operation in [`Condition::syscall_ops`]: its place in
+/// [`SyscallOperation::ALL`].
+pub fn syscall_op_bit(op: SyscallOperation) -> u16 {
+    const _: () = assert!(SyscallOperation::ALL.len() <= u16::BITS as usize);
+    1 << op as u16
 }
 
 /// Bit of a lineage role in [`Condition::lineage`].
@@ -192,10 +212,13 @@ impl Condition {
     fn matches_body(&self, body: &Body) -> bool {
         match body {
             Body::Exec(exec) => {
-                self.path.is_none()
-                    && self.file_ops == 0
-                    && self.file_flags_unset()
+                self.file_unset()
                     && self.connect_unset()
+                    && self.syscall_unset()
+                    && self.fileless.is_none_or(|f| f == exec.fileless)
+                    && self
+                        .stdio_socket
+                        .is_none_or(|s| s == (exec.stdin_socket || exec.stdout_socket))
                     && self.exe.as_ref().is_none_or(|m| m.matches(&exec.filename))
                     && (self.argv_contains.is_empty()
                         || exec.argv.iter().skip(1).any(|arg| {
@@ -207,10 +230,15 @@ impl Condition {
             Body::File(file) => {
                 self.exec_unset()
                     && self.connect_unset()
+                    && self.syscall_unset()
                     && (self.file_ops == 0 || self.file_ops & file_op_bit(file.op) != 0)
                     && self.write.is_none_or(|w| w == file.write)
                     && self.sensitive.is_none_or(|s| s == file.sensitive)
                     && self.read_sensitive.is_none_or(|s| s == file.read_sensitive)
+                    && self.log_path.is_none_or(|l| l == file.log)
+                    && self.unresolved.is_none_or(|u| u == file.unresolved)
+                    && self.io_uring.is_none_or(|u| u == file.io_uring)
+                    // A rename, link or symlink matches by either of its paths.
                     && self.path.as_ref().is_none_or(|m| {
                         m.matches(&file.path)
                             || file.target.as_deref().is_some_and(|t| m.matches(t))
@@ -219,32 +247,58 @@ impl Condition {
             }
             Body::Connect(connect) => {
                 self.exec_unset()
-                    && self.path.is_none()
-                    && self.file_ops == 0
-                    && self.file_flags_unset()
+                    && self.file_unset()
+                    && self.syscall_unset()
                     && (self.dport.is_empty() || self.dport.contains(&connect.dport))
                     && (self.daddr.is_empty() || in_networks(&self.daddr, connect.daddr))
             }
+            Body::Syscall(call) => {
+                self.exec_unset()
+                    && self.file_unset()
+                    && self.connect_unset()
+                    && (self.syscall_ops == 0 || self.syscall_ops & syscall_op_bit(call.op) != 0)
+                    && self
+                        .syscall_tags
+                        .as_ref()
+                        .is_none_or(|set| call.tags.iter().any(|t| set.contains(t)))
+            }
             Body::Exit(_) | Body::Egress(_) | Body::Loss(_) => {
                 self.exec_unset()
-                    && self.path.is_none()
-                    && self.file_ops == 0
-                    && self.file_flags_unset()
+                    && self.file_unset()
                     && self.connect_unset()
+                    && self.syscall_unset()
             }
         }
     }
 
+    /// No condition about exec events only.
     fn exec_unset(&self) -> bool {
-        self.exe.is_none() && self.argv_contains.is_empty()
+        self.exe.is_none()
+            && self.argv_contains.is_empty()
+            && self.fileless.is_none()
+            && self.stdio_socket.is_none()
     }
 
+    /// No condition about connect events only.
     fn connect_unset(&self) -> bool {
         self.daddr.is_empty() && self.dport.is_empty()
     }
 
-    fn file_flags_unset(&self) -> bool {
-        self.write.is_none() && self.sensitive.is_none() && self.read_sensitive.is_none()
+    /// No condition about file events only.
+    fn file_unset(&self) -> bool {
+        self.path.is_none()
+            && self.file_ops == 0
+            && self.write.is_none()
+            && self.sensitive.is_none()
+            && self.read_sensitive.is_none()
+            && self.log_path.is_none()
+            && self.unresolved.is_none()
+            && self.io_uring.is_none()
+    }
+
+    /// No condition about syscall events only.
+    fn syscall_unset(&self) -> bool {
+        self.syscall_ops == 0 && self.syscall_tags.is_none()
     }
 
     fn matches_process(&self, event: &Event) -> bool {
@@ -339,6 +393,16 @@ mod tests {
         assert!(m.matches("/home/bob/.ssh/id_rsa"));
         assert!(!m.matches("/home/bob/x/.ssh/id_rsa"));
         assert!(!m.matches("/usr/bin/dash"));
+    }
+
+    #[test]
+    fn operation_bits_are_their_places_in_the_lists() {
+        for (i, op) in FileOperation::ALL.into_iter().enumerate() {
+            assert_eq!(file_op_bit(op), 1 << i, "{op:?}");
+        }
+        for (i, op) in SyscallOperation::ALL.into_iter().enumerate() {
+            assert_eq!(syscall_op_bit(op), 1 << i, "{op:?}");
+        }
     }
 
     #[test]

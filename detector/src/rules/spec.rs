@@ -112,7 +112,7 @@ pub struct ConditionSpec {
     pub uses: Strings,
     /// At least one of these conditions must hold.
     pub any: Vec<ConditionSpec>,
-    /// Event kinds: `exec`, `exit`, `file`, `connect`, `egress`, `loss`.
+    /// Event kinds: `exec`, `exit`, `file`, `connect`, `egress`, `loss`, `syscall`.
     pub kind: Strings,
     /// Command name of the process.
     pub comm: Strings,
@@ -124,9 +124,11 @@ pub struct ConditionSpec {
     pub parent: Option<PathSpec>,
     /// Any ancestor's executable.
     pub ancestor: Option<PathSpec>,
-    /// The path of a file event (or the new path of a rename).
+    /// The path of a file event; for a rename, link or symlink, either of its two paths (the
+    /// old and the new name; the existing file and the new name; what the symlink points to
+    /// and the link). Not the paths of syscall events.
     pub path: Option<PathSpec>,
-    /// File operations: `open`, `unlink`, `chmod`, `rename`.
+    /// File operations: `open`, `unlink`, `chmod`, `rename`, `truncate`, `link`, `symlink`.
     pub file_op: Strings,
     /// The open asked for write, create or truncate.
     pub write: Option<bool>,
@@ -134,6 +136,35 @@ pub struct ConditionSpec {
     pub sensitive: Option<bool>,
     /// The path is under a read-sensitive prefix of the sensors.
     pub read_sensitive: Option<bool>,
+    /// The path of a file event is a log or a shell history (the sensors' log class, and any
+    /// name ending in `_history`).
+    pub log_path: Option<bool>,
+    /// The kernel could not resolve the path of a file event within its bounds: the path is
+    /// the argument as passed and the classes are conservative.
+    pub unresolved: Option<bool>,
+    /// The file operation was submitted through an io_uring ring, not made by a system call.
+    pub io_uring: Option<bool>,
+    /// An exec of a file with no name left on any filesystem (a memfd, or a file unlinked
+    /// before or while it ran): fileless execution.
+    pub fileless: Option<bool>,
+    /// An exec whose standard input or output is an IPv4 or IPv6 socket (a reverse shell).
+    pub stdio_socket: Option<bool>,
+    /// Operations of syscall events: `ptrace`, `socket`, `mount`, `umount`, `unshare`,
+    /// `setns`, `pivot_root`, `memfd_create`, `module_load`, `bpf_prog_load`, `setuid`,
+    /// `dup_socket`, `io_uring_setup`, `mknod`.
+    pub syscall_op: Strings,
+    /// A syscall event has one of these tags (compared whole): the names of its arguments,
+    /// such as `attach`, `seize`, `traceme` (ptrace); `packet`, `inet`, `inet6`, `raw`,
+    /// `packet_type` (socket); `bind`, `remount`, `move`, `rec`, `rdonly`, `nosuid`, `nodev`,
+    /// `noexec`, `private`, `shared`, `slave`, `unbindable` and `fstype:<type>` (mount);
+    /// `force`, `detach`, `expire` (umount); `newns`, `newuser`, `newpid`, `newnet`,
+    /// `newuts`, `newipc`, `newcgroup`, `newtime` (unshare, setns) and `any` (setns of any
+    /// type); `to_root` and `from_non_root` (setuid); `stdin`, `stdout`, `stderr`
+    /// (dup_socket); `init_module`, `finit_module` (module_load); the program type, e.g.
+    /// `kprobe`, `xdp`, `lsm` (bpf_prog_load); `cloexec`, `allow_sealing`, `hugetlb`,
+    /// `noexec_seal`, `exec` (memfd_create); `block`, `char` (mknod); and `refused` for any
+    /// call that failed.
+    pub syscall_tags: Strings,
     /// Destination networks of a connect (CIDR or address).
     pub daddr: Strings,
     /// Destination ports of a connect.

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use super::*;
 use crate::event::{
     Ancestor, Body, Connect, Container, Event, Exec, FileActivity, FileOperation, Lineage, Pod,
-    ProcessFields, Role,
+    ProcessFields, Role, Syscall, SyscallOperation,
 };
 
 fn event(body: Body) -> Event {
@@ -40,6 +40,9 @@ fn exec(filename: &str, argv: &[&str], parents: &[&str]) -> Event {
         filename_truncated: false,
         tty: false,
         parent_cgroup_id: None,
+        fileless: false,
+        stdin_socket: false,
+        stdout_socket: false,
     }));
     e.ancestry = parents
         .iter()
@@ -71,6 +74,9 @@ fn open_write(path: &str) -> Event {
         original_path: None,
         original_target: None,
         self_path: None,
+        log: false,
+        unresolved: false,
+        io_uring: false,
     }))
 }
 
@@ -319,10 +325,7 @@ fn shells_by_lineage() {
         leader: true,
     });
     let got = ids(&set, &terminal);
-    assert!(
-        got.contains(&"terminal-shell-in-container".to_owned()),
-        "{got:?}"
-    );
+    assert!(got.contains(&"terminal-shell".to_owned()), "{got:?}");
     // An exec probe's `sh -c`, started by the runtime without a terminal.
     let mut probe = exec("/bin/sh", &["sh", "-c", "test -f /tmp/ok"], &[]);
     probe.lineage = Some(lineage(Role::Probe, true));
@@ -335,7 +338,11 @@ fn shells_by_lineage() {
     assert_eq!(ids(&set, &probe), ["shell-in-container"]);
     // In the workload: logrotate's postrotate shell is the workload's own, a shell a Python
     // app starts (a web shell) is not.
-    let mut postrotate = exec("/bin/sh", &["sh", "-c", "kill -HUP 1"], &["/usr/sbin/logrotate"]);
+    let mut postrotate = exec(
+        "/bin/sh",
+        &["sh", "-c", "kill -HUP 1"],
+        &["/usr/sbin/logrotate"],
+    );
     postrotate.lineage = Some(lineage(Role::Entrypoint, false));
     assert!(ids(&set, &postrotate).is_empty());
     let mut webshell = exec("/bin/sh", &["sh", "-c", "id"], &["/usr/bin/python3"]);
@@ -347,7 +354,11 @@ fn shells_by_lineage() {
 fn tools_are_unexpected_in_sessions_and_under_servers() {
     let set = RuleSet::defaults().unwrap();
     // The workload's own backup job: tar from its entrypoint's shell.
-    let mut job = exec("/usr/bin/tar", &["tar", "czf", "/b.tgz", "data"], &["/bin/sh"]);
+    let mut job = exec(
+        "/usr/bin/tar",
+        &["tar", "czf", "/b.tgz", "data"],
+        &["/bin/sh"],
+    );
     job.lineage = Some(lineage(Role::Entrypoint, false));
     assert!(ids(&set, &job).is_empty());
     // The same in an exec session, or under a server (command injection).
@@ -364,3 +375,193 @@ fn tools_are_unexpected_in_sessions_and_under_servers() {
     probe.lineage = Some(lineage(Role::Probe, true));
     assert!(ids(&set, &probe).is_empty());
 }
+
+/// A file event of `op` on `path` (and `target`, for the operations with two paths).
+fn file_op(op: FileOperation, path: &str, target: Option<&str>) -> Event {
+    let mut e = open_write(path);
+    if let Body::File(file) = &mut e.body {
+        file.op = op;
+        file.write = false;
+        file.sensitive = false;
+        file.target = target.map(Into::into);
+    }
+    e
+}
+
+/// A syscall event of `op` with `tags`.
+fn syscall(op: SyscallOperation, tags: &[&str]) -> Event {
+    let mut call = Syscall::new(op, op.as_str(), 0);
+    call.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+    event(Body::Syscall(call))
+}
+
+/// A rule `x` with this condition (YAML flow mapping).
+fn rule_when(when: &str) -> Result<RuleSet, RulesError> {
+    one(&format!(
+        "rules:\n  - id: x\n    description: d\n    mitre: {{tactic: Execution, technique: T1059}}\n    severity: low\n    weight: 1\n    when: {when}\n"
+    ))
+}
+
+#[test]
+fn syscall_operations_and_tags() {
+    let set = rule_when(
+        "{kind: syscall, syscall_op: [setuid, ptrace], syscall_tags: [from_non_root, attach]}",
+    )
+    .unwrap();
+    let escalated = syscall(SyscallOperation::Setuid, &["to_root", "from_non_root"]);
+    assert_eq!(ids(&set, &escalated), ["x"]);
+    // A root process asking for root again, another operation, another kind.
+    assert!(ids(&set, &syscall(SyscallOperation::Setuid, &["to_root"])).is_empty());
+    assert_eq!(
+        ids(&set, &syscall(SyscallOperation::Ptrace, &["attach"])),
+        ["x"]
+    );
+    assert!(ids(&set, &syscall(SyscallOperation::Mount, &["from_non_root"])).is_empty());
+    assert!(ids(&set, &open_write("/etc/passwd")).is_empty());
+    // Tags are compared whole.
+    let set = rule_when("{syscall_tags: [fstype]}").unwrap();
+    assert!(ids(&set, &syscall(SyscallOperation::Mount, &["fstype:proc"])).is_empty());
+    let set = rule_when("{syscall_tags: [\"fstype:proc\"]}").unwrap();
+    assert_eq!(
+        ids(
+            &set,
+            &syscall(SyscallOperation::Mount, &["bind", "fstype:proc"])
+        ),
+        ["x"]
+    );
+    // Every operation has its name; the kind alone matches every syscall.
+    let set = rule_when("{kind: syscall}").unwrap();
+    for op in SyscallOperation::ALL {
+        let names = rule_when(&format!("{{syscall_op: {}}}", op.as_str())).unwrap();
+        assert_eq!(ids(&names, &syscall(op, &[])), ["x"], "{op:?}");
+        assert_eq!(ids(&set, &syscall(op, &[])), ["x"], "{op:?}");
+    }
+}
+
+#[test]
+fn an_unknown_syscall_operation_is_an_error_naming_the_rule() {
+    let Err(RulesError::Invalid { problems }) =
+        rule_when("{kind: syscall, syscall_op: [setuid, ptrase]}")
+    else {
+        panic!("expected problems");
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].at, "rules[0].when.syscall_op");
+    assert!(
+        problems[0]
+            .message
+            .contains("unknown syscall operation \"ptrase\""),
+        "{problems:?}"
+    );
+    assert!(
+        problems[0].message.contains("bpf_prog_load"),
+        "{problems:?}"
+    );
+    let err = rule_when("{kind: [syscal]}").unwrap_err().to_string();
+    assert!(err.contains("unknown kind \"syscal\""), "{err}");
+}
+
+#[test]
+fn conditions_of_one_kind_do_not_match_another() {
+    // A syscall condition never holds for a file event, and a file one never for a syscall.
+    let set = rule_when("{syscall_tags: [refused]}").unwrap();
+    assert!(ids(&set, &open_write("/etc/passwd")).is_empty());
+    for when in [
+        "{path: {prefix: /}}",
+        "{log_path: false}",
+        "{io_uring: false}",
+        "{fileless: false}",
+        "{stdio_socket: false}",
+    ] {
+        let set = rule_when(when).unwrap();
+        assert!(
+            ids(&set, &syscall(SyscallOperation::Mount, &[])).is_empty(),
+            "{when}"
+        );
+    }
+    let set = rule_when("{unresolved: false}").unwrap();
+    assert!(ids(&set, &exec("/bin/sh", &["sh"], &[])).is_empty());
+}
+
+#[test]
+fn truncate_link_and_symlink_operations_and_their_paths() {
+    let set = rule_when("{file_op: [truncate, link, symlink]}").unwrap();
+    assert_eq!(
+        ids(
+            &set,
+            &file_op(FileOperation::Truncate, "/var/log/auth.log", None)
+        ),
+        ["x"]
+    );
+    assert!(
+        ids(
+            &set,
+            &file_op(FileOperation::Unlink, "/var/log/auth.log", None)
+        )
+        .is_empty()
+    );
+    let err = rule_when("{file_op: [hardlink]}").unwrap_err().to_string();
+    assert!(err.contains("unknown file operation \"hardlink\""), "{err}");
+    assert!(err.contains("symlink"), "{err}");
+    // `ln /etc/shadow /tmp/s` and `ln -s /etc/shadow /tmp/s` match by the existing file (or
+    // what the link points to) and by the new name, as a rename by either of its paths.
+    let set = rule_when("{path: {exact: /etc/shadow}}").unwrap();
+    let by_name = rule_when("{path: {prefix: /tmp}}").unwrap();
+    for op in [
+        FileOperation::Link,
+        FileOperation::Symlink,
+        FileOperation::Rename,
+    ] {
+        let e = file_op(op, "/etc/shadow", Some("/tmp/s"));
+        assert_eq!(ids(&set, &e), ["x"], "{op:?}");
+        assert_eq!(ids(&by_name, &e), ["x"], "{op:?}");
+        let other = file_op(op, "/etc/hosts", Some("/var/s"));
+        assert!(
+            ids(&set, &other).is_empty() && ids(&by_name, &other).is_empty(),
+            "{op:?}"
+        );
+    }
+}
+
+#[test]
+fn log_unresolved_and_io_uring_file_conditions() {
+    let set = rule_when("{kind: file, log_path: true, unresolved: true, io_uring: true}").unwrap();
+    let mut e = file_op(FileOperation::Truncate, "/root/.bash_history", None);
+    assert!(ids(&set, &e).is_empty());
+    if let Body::File(file) = &mut e.body {
+        (file.log, file.unresolved, file.io_uring) = (true, true, true);
+    }
+    assert_eq!(ids(&set, &e), ["x"]);
+    for flag in 0..3 {
+        let mut one_off = e.clone();
+        if let Body::File(file) = &mut one_off.body {
+            match flag {
+                0 => file.log = false,
+                1 => file.unresolved = false,
+                _ => file.io_uring = false,
+            }
+        }
+        assert!(ids(&set, &one_off).is_empty(), "{flag}");
+    }
+}
+
+#[test]
+fn fileless_and_stdio_socket_exec_conditions() {
+    let fileless = rule_when("{kind: exec, fileless: true}").unwrap();
+    let stdio = rule_when("{kind: exec, stdio_socket: true}").unwrap();
+    let mut e = exec("/memfd:x", &["x"], &[]);
+    assert!(ids(&fileless, &e).is_empty() && ids(&stdio, &e).is_empty());
+    if let Body::Exec(exec) = &mut e.body {
+        exec.fileless = true;
+    }
+    assert_eq!(ids(&fileless, &e), ["x"]);
+    assert!(ids(&stdio, &e).is_empty());
+    for (stdin, stdout) in [(true, false), (false, true), (true, true)] {
+        if let Body::Exec(exec) = &mut e.body {
+            (exec.stdin_socket, exec.stdout_socket) = (stdin, stdout);
+        }
+        assert_eq!(ids(&stdio, &e), ["x"], "{stdin} {stdout}");
+    }
+}
+
+mod defaults;

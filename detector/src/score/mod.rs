@@ -152,7 +152,11 @@ impl Engine {
             Body::File(file) => {
                 let written = match file.op {
                     FileOperation::Open if file.write => Some(file.path.as_str()),
-                    FileOperation::Rename => file.target.as_deref(),
+                    // A new name for a file (`ln /bin/sh /tmp/x`, `ln -s`) is what `cp`
+                    // would have written: executed by it, it is drift too.
+                    FileOperation::Rename | FileOperation::Link | FileOperation::Symlink => {
+                        file.target.as_deref()
+                    }
                     FileOperation::Chmod => Some(file.path.as_str()),
                     _ => None,
                 };

@@ -42,6 +42,9 @@ fn exec(seconds: i64, pod: &str, filename: &str) -> Event {
             filename_truncated: false,
             tty: false,
             parent_cgroup_id: None,
+            fileless: false,
+            stdin_socket: false,
+            stdout_socket: false,
         }),
     )
 }
@@ -69,6 +72,9 @@ fn write(seconds: i64, pod: &str, path: &str) -> Event {
             original_path: None,
             original_target: None,
             self_path: None,
+            log: false,
+            unresolved: false,
+            io_uring: false,
         }),
     )
 }

@@ -159,6 +159,9 @@ impl Workload {
                 filename_truncated: false,
                 tty: false,
                 parent_cgroup_id: None,
+                fileless: false,
+                stdin_socket: false,
+                stdout_socket: false,
             }),
         )
     }
@@ -200,6 +203,9 @@ impl Workload {
                 original_path: None,
                 original_target: None,
                 self_path: None,
+                log: false,
+                unresolved: false,
+                io_uring: false,
             }),
         )
     }

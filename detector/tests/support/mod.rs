@@ -251,6 +251,9 @@ pub fn event(id: u64) -> Record {
             filename_truncated: false,
             tty: false,
             parent_cgroup_id: None,
+            fileless: false,
+            stdin_socket: false,
+            stdout_socket: false,
         }),
     })
 }

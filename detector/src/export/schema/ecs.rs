@@ -1,13 +1,20 @@
 //! Elastic Common Schema 8 mapping: `@timestamp`, `event.*` (kind, category, type, action,
-//! severity, id), `process.*`, `file.*`, `destination.*`, `network.*`, `container.*`,
-//! `orchestrator.*`, `host.*`, `rule.*`; the native record under `detector` for the rest.
+//! outcome, severity, id), `process.*`, `file.*`, `destination.*`, `network.*`,
+//! `container.*`, `orchestrator.*`, `host.*`, `rule.*`; the native record under `detector`
+//! for the rest (the whole exec, file or syscall part of an event among it).
+//!
+//! Syscall events: ptrace, unshare, setns, setuid and a socket on standard I/O are `process`
+//! changes (ptrace an access), sockets `network` info, mounts and pivot_root `host` changes,
+//! module and BPF program loads `driver` starts, memfd_create and mknod `file` creations,
+//! io_uring_setup `process` info; `event.action` is the operation, `event.outcome` whether
+//! the call succeeded.
 
 use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::{Context, basename, command_line, event_extras, put};
 use crate::{
-    event::{Body, Event, FileOperation},
+    event::{Body, Event, FileOperation, SyscallOperation},
     export::record::{Envelope, Record},
 };
 
@@ -31,8 +38,9 @@ pub fn map(envelope: &Envelope, ctx: &Context) -> Value {
         "observer",
         json!({"product": "detector", "vendor": "detector", "type": "host", "version": ctx.version}),
     );
+    let mut outcome = None;
     let (kind, category, kind_type, action) = match record {
-        Record::Event(event) => event_fields(event, &mut doc),
+        Record::Event(event) => event_fields(event, &mut doc, &mut outcome),
         Record::Verdict(f) | Record::Action(f) | Record::Evidence(f) => {
             put(&mut doc, "message", f.summary.as_str());
             put(
@@ -56,6 +64,7 @@ pub fn map(envelope: &Envelope, ctx: &Context) -> Value {
     put(&mut ev, "type", json!([kind_type]));
     put(&mut ev, "action", action);
     put(&mut ev, "severity", record.severity().ocsf_id());
+    put(&mut ev, "outcome", outcome);
     put(&mut ev, "module", "detector");
     put(
         &mut ev,
@@ -75,9 +84,12 @@ fn record_tag(record: &Record) -> &'static str {
     }
 }
 
+/// Fills `doc` from an event; returns `event.kind`, `event.category`, `event.type` and
+/// `event.action`, and sets `outcome` when the event says whether it succeeded.
 fn event_fields(
     event: &Event,
     doc: &mut Map<String, Value>,
+    outcome: &mut Option<&'static str>,
 ) -> (&'static str, &'static str, &'static str, String) {
     let mut process = Map::new();
     let p = &event.process;
@@ -135,6 +147,12 @@ fn event_fields(
             put(&mut process, "args", json!(exec.argv));
             put(&mut process, "args_count", exec.argv.len());
             put(&mut process, "command_line", command_line(&exec.argv));
+            if let Value::Object(x) = &mut extras {
+                x.insert(
+                    "exec".into(),
+                    serde_json::to_value(exec).unwrap_or_default(),
+                );
+            }
             ("event", "process", "start", "exec".to_owned())
         }
         Body::Exit(exit) => {
@@ -165,14 +183,68 @@ fn event_fields(
                     serde_json::to_value(file).unwrap_or_default(),
                 );
             }
-            let (kind_type, action) = match file.op {
-                FileOperation::Open if file.write => ("change", "open"),
-                FileOperation::Open => ("access", "open"),
-                FileOperation::Unlink => ("deletion", "unlink"),
-                FileOperation::Chmod => ("change", "chmod"),
-                FileOperation::Rename => ("change", "rename"),
+            let kind_type = match file.op {
+                FileOperation::Open if file.write => "change",
+                FileOperation::Open => "access",
+                FileOperation::Unlink => "deletion",
+                FileOperation::Chmod | FileOperation::Rename | FileOperation::Truncate => "change",
+                FileOperation::Link | FileOperation::Symlink => "creation",
             };
-            ("event", "file", kind_type, action.to_owned())
+            ("event", "file", kind_type, file.op.as_str().to_owned())
+        }
+        Body::Syscall(call) => {
+            if let Some(path) = &call.path {
+                let mut f = Map::new();
+                put(&mut f, "path", path.as_str());
+                put(&mut f, "name", basename(path));
+                if matches!(
+                    call.op,
+                    SyscallOperation::Mount
+                        | SyscallOperation::Umount
+                        | SyscallOperation::PivotRoot
+                ) {
+                    put(&mut f, "type", "dir");
+                }
+                doc.insert("file".into(), Value::Object(f));
+            } else if let Some(name) = &call.name {
+                put(doc, "file", json!({"name": format!("memfd:{name}")}));
+            }
+            if call.op == SyscallOperation::Socket {
+                let family = match call.family {
+                    Some(2) => Some("ipv4"),
+                    Some(10) => Some("ipv6"),
+                    _ => None,
+                };
+                if let Some(family) = family {
+                    put(doc, "network", json!({"type": family}));
+                }
+            }
+            if let Value::Object(x) = &mut extras {
+                x.insert(
+                    "syscall".into(),
+                    serde_json::to_value(call).unwrap_or_default(),
+                );
+            }
+            let (category, kind_type) = match call.op {
+                SyscallOperation::Ptrace => ("process", "access"),
+                SyscallOperation::Unshare
+                | SyscallOperation::Setns
+                | SyscallOperation::Setuid
+                | SyscallOperation::DupSocket => ("process", "change"),
+                SyscallOperation::IoUringSetup => ("process", "info"),
+                SyscallOperation::Socket => ("network", "info"),
+                SyscallOperation::Mount
+                | SyscallOperation::Umount
+                | SyscallOperation::PivotRoot => ("host", "change"),
+                SyscallOperation::ModuleLoad | SyscallOperation::BpfProgLoad => ("driver", "start"),
+                SyscallOperation::MemfdCreate | SyscallOperation::Mknod => ("file", "creation"),
+            };
+            *outcome = Some(if call.result < 0 {
+                "failure"
+            } else {
+                "success"
+            });
+            ("event", category, kind_type, call.op.as_str().to_owned())
         }
         Body::Connect(connect) => {
             put(
@@ -255,5 +327,57 @@ mod tests {
         assert_eq!(verdict["rule"]["name"], "shell_in_container");
         assert_eq!(verdict["event"]["severity"], 4);
         assert_eq!(verdict["detector"]["verdict"]["score"], 80);
+    }
+
+    #[test]
+    fn syscalls_have_their_category_outcome_and_native_form() {
+        let ctx = Context::new("node-1");
+        let docs: Vec<Value> = fixtures::all().iter().map(|e| map(e, &ctx)).collect();
+        let syscall = |op: &str| {
+            docs.iter()
+                .find(|d| d["detector"]["syscall"]["op"] == op)
+                .unwrap_or_else(|| panic!("no {op} fixture"))
+        };
+        for (op, category, kind_type) in [
+            ("ptrace", "process", "access"),
+            ("setuid", "process", "change"),
+            ("socket", "network", "info"),
+            ("mount", "host", "change"),
+            ("module_load", "driver", "start"),
+            ("bpf_prog_load", "driver", "start"),
+            ("memfd_create", "file", "creation"),
+            ("io_uring_setup", "process", "info"),
+        ] {
+            let doc = syscall(op);
+            assert_eq!(doc["event"]["category"][0], category, "{op}");
+            assert_eq!(doc["event"]["type"][0], kind_type, "{op}");
+            assert_eq!(doc["event"]["action"], op);
+            assert_eq!(doc["process"]["pid"], 100);
+        }
+        assert_eq!(syscall("setuid")["event"]["outcome"], "success");
+        assert_eq!(
+            syscall("setuid")["detector"]["syscall"]["tags"][1],
+            "from_non_root"
+        );
+        assert_eq!(syscall("pivot_root")["event"]["outcome"], "failure");
+        assert_eq!(syscall("mount")["file"]["path"], "/host");
+        assert_eq!(syscall("mount")["file"]["type"], "dir");
+        assert_eq!(syscall("memfd_create")["file"]["name"], "memfd:x");
+        assert_eq!(syscall("socket")["detector"]["syscall"]["family"], 17);
+        // Events without an outcome have none.
+        assert!(docs[0]["event"].get("outcome").is_none());
+        // The exec's and the file's own flags are kept.
+        let fileless = docs
+            .iter()
+            .find(|d| d["detector"]["exec"]["fileless"] == true)
+            .expect("a fileless exec");
+        assert_eq!(fileless["detector"]["exec"]["stdin_socket"], true);
+        let link = docs
+            .iter()
+            .find(|d| d["event"]["action"] == "link")
+            .expect("a link");
+        assert_eq!(link["event"]["type"][0], "creation");
+        assert_eq!(link["file"]["target_path"], "/tmp/s");
+        assert_eq!(link["detector"]["file"]["unresolved"], true);
     }
 }

@@ -115,6 +115,10 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             put(fields, "evt.type", "execve");
             put(fields, "proc.exepath", exec.filename.as_str());
             put(fields, "proc.cmdline", command_line(&exec.argv));
+            put(fields, "proc.is_exe_from_memfd", exec.fileless);
+            put(fields, "detector.exec.fileless", exec.fileless);
+            put(fields, "detector.exec.stdin_socket", exec.stdin_socket);
+            put(fields, "detector.exec.stdout_socket", exec.stdout_socket);
             (
                 "Detector process launched",
                 format!("Process launched {} {who}", exec.filename),
@@ -133,6 +137,9 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             put(fields, "fd.name", file.path.as_str());
             put(fields, "evt.arg.flags", file.flags);
             put(fields, "evt.arg.newpath", file.target.clone());
+            put(fields, "detector.file.log", file.log);
+            put(fields, "detector.file.unresolved", file.unresolved);
+            put(fields, "detector.file.io_uring", file.io_uring);
             (
                 "Detector file activity",
                 format!("File {op} {} {who}", file.path),
@@ -151,6 +158,30 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             (
                 "Detector outbound connection",
                 format!("Connect to {}:{} {who}", connect.daddr, connect.dport),
+            )
+        }
+        Body::Syscall(call) => {
+            put(fields, "evt.type", call.syscall.as_str());
+            put(fields, "evt.rawres", call.result);
+            put(fields, "evt.failed", call.result < 0);
+            put(fields, "detector.syscall.op", call.op.as_str());
+            put(fields, "detector.syscall.tags", json!(call.tags));
+            // The typed arguments, under Falco's `evt.arg.` prefix with the native names.
+            if let Ok(Value::Object(native)) = serde_json::to_value(call) {
+                for (key, value) in native {
+                    if !matches!(key.as_str(), "op" | "syscall" | "result" | "tags") {
+                        put(fields, &format!("evt.arg.{key}"), value);
+                    }
+                }
+            }
+            (
+                "Detector system call",
+                format!(
+                    "System call {} ({}) [{}] {who}",
+                    call.syscall,
+                    call.op.as_str(),
+                    call.tags.join(" ")
+                ),
             )
         }
         Body::Egress(egress) => {
@@ -241,5 +272,49 @@ mod tests {
         assert_eq!(verdict["rule"], "shell_in_container");
         assert_eq!(verdict["priority"], "Error");
         assert_eq!(verdict["output_fields"]["pod.name"], "web-7d9f");
+    }
+
+    #[test]
+    fn syscalls_have_their_name_result_and_arguments() {
+        let ctx = Context::new("node-1");
+        let docs: Vec<Value> = fixtures::all().iter().map(|e| map(e, &ctx)).collect();
+        let setuid = docs
+            .iter()
+            .find(|d| d["output_fields"]["detector.syscall.op"] == "setuid")
+            .expect("a setuid");
+        let fields = &setuid["output_fields"];
+        assert_eq!(setuid["rule"], "Detector system call");
+        assert_eq!(setuid["priority"], "Notice");
+        assert_eq!(fields["evt.type"], "setresuid");
+        assert_eq!(fields["evt.rawres"], 0);
+        assert_eq!(fields["evt.failed"], false);
+        assert_eq!(fields["evt.arg.euid"], 0);
+        assert!(fields.get("evt.arg.ruid").is_none());
+        assert_eq!(
+            fields["detector.syscall.tags"],
+            json!(["to_root", "from_non_root"])
+        );
+        assert_eq!(fields["k8s.ns.name"], "shop");
+        assert!(
+            setuid["output"]
+                .as_str()
+                .unwrap()
+                .contains("System call setresuid (setuid) [to_root from_non_root]"),
+            "{setuid}"
+        );
+        let mount = docs
+            .iter()
+            .find(|d| d["output_fields"]["evt.type"] == "mount")
+            .expect("a mount");
+        assert_eq!(mount["output_fields"]["evt.arg.path"], "/host");
+        assert_eq!(mount["output_fields"]["evt.arg.fstype"], "none");
+        let fileless = docs
+            .iter()
+            .find(|d| d["output_fields"]["proc.is_exe_from_memfd"] == true)
+            .expect("a fileless exec");
+        assert_eq!(
+            fileless["output_fields"]["detector.exec.stdin_socket"],
+            true
+        );
     }
 }

@@ -122,7 +122,8 @@ pub(crate) mod fixtures {
         },
         event::{
             Ancestor, Body, Connect, Container, Egress, Event, Exec, Exit, FileActivity,
-            FileOperation, Lineage, Loss, Owner, Pod, ProcessFields, Role,
+            FileOperation, Lineage, Loss, Owner, Pod, ProcessFields, Role, Syscall,
+            SyscallOperation,
         },
         export::record::{Envelope, Finding, Record, Severity},
         score::Subject,
@@ -201,15 +202,143 @@ pub(crate) mod fixtures {
         crate::respond::action_finding(&entry, Some(&subject()))
     }
 
-    /// One envelope of each record kind.
+    /// A syscall of `op` by the pod's shell, with `tags`, `result` and the arguments `set`
+    /// gives it.
+    fn syscall(
+        op: SyscallOperation,
+        syscall: &str,
+        tags: &[&str],
+        result: i64,
+        set: impl FnOnce(&mut Syscall),
+    ) -> Event {
+        let mut call = Syscall::new(op, syscall, result);
+        call.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        set(&mut call);
+        event(Body::Syscall(call), true)
+    }
+
+    /// An exec, file events of the operations and flags the first kinds lacked, and a syscall
+    /// event of each operation (and each mapping of an operation), after [`all`]'s first
+    /// twelve records.
+    pub fn newer_events() -> Vec<Event> {
+        use SyscallOperation as Op;
+        let Record::Event(mut exec) = all_first()[0].clone() else {
+            unreachable!("the first record is an exec")
+        };
+        if let Body::Exec(e) = &mut exec.body {
+            (e.fileless, e.stdin_socket, e.stdout_socket) = (true, true, false);
+        }
+        let file = |op: FileOperation, path: &str, target: Option<&str>| {
+            let Record::Event(mut e) = all_first()[3].clone() else {
+                unreachable!("the fourth record is a rename")
+            };
+            if let Body::File(f) = &mut e.body {
+                (f.op, f.path, f.target) = (op, path.into(), target.map(Into::into));
+                (f.log, f.unresolved, f.io_uring) = (op == FileOperation::Truncate, true, true);
+            }
+            e
+        };
+        vec![
+            exec,
+            file(FileOperation::Truncate, "/var/log/auth.log", None),
+            file(FileOperation::Link, "/etc/shadow", Some("/tmp/s")),
+            file(FileOperation::Symlink, "/etc/shadow", Some("/tmp/l")),
+            syscall(Op::Ptrace, "ptrace", &["attach"], 0, |c| {
+                (c.request, c.target_pid) = (Some("attach".into()), Some(4242));
+            }),
+            syscall(Op::Ptrace, "ptrace", &["traceme"], 0, |c| {
+                c.request = Some("traceme".into());
+            }),
+            syscall(Op::Socket, "socket", &["packet", "raw"], 3, |c| {
+                (c.family, c.socket_type, c.protocol) = (Some(17), Some(3), Some(0x0300));
+            }),
+            syscall(Op::Socket, "socket", &["inet", "raw", "refused"], -1, |c| {
+                (c.family, c.socket_type, c.protocol) = (Some(2), Some(3), Some(1));
+            }),
+            syscall(
+                Op::Mount,
+                "mount",
+                &["bind", "rec", "fstype:none"],
+                0,
+                |c| {
+                    c.path = Some("/host".into());
+                    c.fstype = Some("none".into());
+                    c.flags = Some(4096 | 16384);
+                },
+            ),
+            syscall(Op::Umount, "umount2", &["detach"], 0, |c| {
+                (c.path, c.flags) = (Some("/proc".into()), Some(2));
+            }),
+            syscall(Op::PivotRoot, "pivot_root", &["refused"], -1, |c| {
+                c.path = Some("/new".into());
+            }),
+            syscall(Op::Unshare, "unshare", &["newns", "newuser"], 0, |c| {
+                c.flags = Some(0x1002_0000);
+            }),
+            syscall(Op::Setns, "setns", &["newnet"], 0, |c| {
+                (c.fd, c.flags) = (Some(3), Some(0x4000_0000));
+            }),
+            syscall(Op::MemfdCreate, "memfd_create", &["cloexec"], 4, |c| {
+                (c.name, c.flags) = (Some("x".into()), Some(1));
+            }),
+            syscall(Op::ModuleLoad, "finit_module", &["finit_module"], 0, |c| {
+                (c.fd, c.flags) = (Some(5), Some(0));
+            }),
+            syscall(
+                Op::ModuleLoad,
+                "init_module",
+                &["init_module", "refused"],
+                -1,
+                |c| {
+                    c.length = Some(4096);
+                },
+            ),
+            syscall(Op::BpfProgLoad, "bpf", &["kprobe"], 7, |c| {
+                c.prog_type = Some(2);
+            }),
+            syscall(
+                Op::Setuid,
+                "setresuid",
+                &["to_root", "from_non_root"],
+                0,
+                |c| {
+                    c.euid = Some(0);
+                },
+            ),
+            syscall(Op::DupSocket, "dup2", &["stdin"], 0, |c| {
+                (c.old_fd, c.new_fd, c.family) = (Some(3), Some(0), Some(2));
+            }),
+            syscall(Op::IoUringSetup, "io_uring_setup", &[], 4, |c| {
+                (c.entries, c.flags) = (Some(64), Some(0));
+            }),
+            syscall(Op::Mknod, "mknodat", &["block"], 0, |c| {
+                (c.path, c.mode, c.dev) = (Some("/dev/sda".into()), Some(0o060_600), Some(0x800));
+            }),
+        ]
+    }
+
+    /// One envelope of each record kind, then [`newer_events`].
     pub fn all() -> Vec<Envelope> {
+        all_first()
+            .into_iter()
+            .chain(newer_events().into_iter().map(Record::Event))
+            .enumerate()
+            .map(|(i, record)| Envelope {
+                uid: format!("test-{i}"),
+                record,
+            })
+            .collect()
+    }
+
+    /// The first twelve records: one of each kind.
+    fn all_first() -> Vec<Record> {
         let node = |body: Body| Event {
             process: ProcessFields::default(),
             ancestry: Vec::new(),
             lineage: None,
             ..event(body, false)
         };
-        let records = vec![
+        vec![
             Record::Event(event(
                 Body::Exec(Exec {
                     filename: "/bin/sh".into(),
@@ -218,6 +347,9 @@ pub(crate) mod fixtures {
                     filename_truncated: false,
                     tty: false,
                     parent_cgroup_id: None,
+                    fileless: false,
+                    stdin_socket: false,
+                    stdout_socket: false,
                 }),
                 true,
             )),
@@ -249,6 +381,9 @@ pub(crate) mod fixtures {
                     original_path: None,
                     original_target: None,
                     self_path: None,
+                    log: false,
+                    unresolved: false,
+                    io_uring: false,
                 }),
                 true,
             )),
@@ -272,6 +407,9 @@ pub(crate) mod fixtures {
                     original_path: None,
                     original_target: None,
                     self_path: None,
+                    log: false,
+                    unresolved: false,
+                    io_uring: false,
                 }),
                 false,
             )),
@@ -314,14 +452,6 @@ pub(crate) mod fixtures {
                 },
             })),
             Record::Evidence(finding(Severity::Medium, "evidence_manifest")),
-        ];
-        records
-            .into_iter()
-            .enumerate()
-            .map(|(i, record)| Envelope {
-                uid: format!("test-{i}"),
-                record,
-            })
-            .collect()
+        ]
     }
 }

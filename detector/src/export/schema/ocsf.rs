@@ -3,21 +3,32 @@
 //! | record | class | activity |
 //! | --- | --- | --- |
 //! | exec, exit | Process Activity (1007) | Launch (1), Terminate (2) |
-//! | file | File System Activity (1001) | Open (14), Delete (4), Set Security (7), Rename (5) |
+//! | file | File System Activity (1001) | Open (14), Delete (4), Set Security (7), Rename (5), Update (3, truncate), Create (1, link, symlink) |
 //! | connect, egress | Network Activity (4001) | Open (1), Traffic (6) |
+//! | syscall: ptrace | Process Activity (1007) | Open (3) the target process; Other (99) for `traceme` |
+//! | syscall: setuid | Process Activity (1007) | Set User ID (5) |
+//! | syscall: unshare, setns, dup_socket | Process Activity (1007) | Other (99) |
+//! | syscall: mount, umount, pivot_root | File System Activity (1001) | Mount (12), Unmount (13), Other (99) |
+//! | syscall: memfd_create, mknod | File System Activity (1001) | Create (1) |
+//! | syscall: socket | Network Activity (4001) | Other (99) |
+//! | syscall: module_load | Kernel Extension Activity (1002) | Load (1) |
+//! | syscall: bpf_prog_load, io_uring_setup | Kernel Activity (1003) | Create (1) |
 //! | loss | Base Event (0) | Other (99) |
 //! | verdict | Detection Finding (2004) | Create (1) |
 //! | evidence | Detection Finding (2004) | Update (2), the manifest in `evidences` |
 //! | action | Remediation Activity (7001) | Isolate (1), Evict (2), Other (99) |
 //!
-//! What has no OCSF attribute (pod metadata, cgroup id, kernel time, file flags) goes to
-//! `unmapped`, so a record is never poorer in OCSF than in the native form.
+//! A syscall event's `status` says whether the call succeeded (`status_code` the `-errno`);
+//! its activity name for Other (99) is the operation. What has no OCSF attribute (pod
+//! metadata, cgroup id, kernel time, file and exec flags, a syscall's arguments and tags,
+//! whole, under `unmapped.syscall`) goes to `unmapped`, so a record is never poorer in OCSF
+//! than in the native form.
 
 use serde_json::{Map, Value, json};
 
 use super::{Context, basename, command_line, epoch_ms, event_extras, put};
 use crate::{
-    event::{Body, Event, FileOperation},
+    event::{Body, Event, FileOperation, Syscall, SyscallOperation},
     export::record::{Envelope, Finding, Record},
 };
 
@@ -40,6 +51,18 @@ const PROCESS_ACTIVITY: Class = Class {
 const FILE_ACTIVITY: Class = Class {
     uid: 1001,
     name: "File System Activity",
+    category_uid: 1,
+    category_name: "System Activity",
+};
+const KERNEL_EXTENSION_ACTIVITY: Class = Class {
+    uid: 1002,
+    name: "Kernel Extension Activity",
+    category_uid: 1,
+    category_name: "System Activity",
+};
+const KERNEL_ACTIVITY: Class = Class {
+    uid: 1003,
+    name: "Kernel Activity",
     category_uid: 1,
     category_name: "System Activity",
 };
@@ -175,6 +198,9 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
                 put(u, "filename_truncated", exec.filename_truncated);
                 put(u, "tty", exec.tty);
                 put(u, "parent_cgroup_id", exec.parent_cgroup_id);
+                put(u, "fileless", exec.fileless);
+                put(u, "stdin_socket", exec.stdin_socket);
+                put(u, "stdout_socket", exec.stdout_socket);
             }
             fields.insert("actor".into(), json!({"process": parent(event)}));
             fields.insert("process".into(), Value::Object(process));
@@ -204,6 +230,10 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
                 FileOperation::Unlink => (4, "Delete"),
                 FileOperation::Chmod => (7, "Set Security"),
                 FileOperation::Rename => (5, "Rename"),
+                FileOperation::Truncate => (3, "Update"),
+                // A new name: `file` the existing file (or what a symlink points to),
+                // `file_result` the name created, as a rename's.
+                FileOperation::Link | FileOperation::Symlink => (1, "Create"),
             };
             fields.insert("file".into(), file_object(&file.path));
             if let Some(target) = &file.target {
@@ -228,8 +258,22 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
                 put(u, "original_path", file.original_path.clone());
                 put(u, "original_target", file.original_target.clone());
                 put(u, "self_path", file.self_path.clone());
+                put(u, "operation", file.op.as_str());
+                put(u, "log", file.log);
+                put(u, "unresolved", file.unresolved);
+                put(u, "io_uring", file.io_uring);
             }
             (&FILE_ACTIVITY, id, name)
+        }
+        Body::Syscall(call) => {
+            if let Value::Object(u) = &mut unmapped {
+                put(
+                    u,
+                    "syscall",
+                    serde_json::to_value(call).unwrap_or(Value::Null),
+                );
+            }
+            syscall_fields(event, call, process.unwrap_or_default(), ctx, &mut fields)
         }
         Body::Connect(connect) => {
             let (number, version) = (
@@ -296,6 +340,145 @@ fn event_fields(event: &Event, ctx: &Context) -> (&'static Class, u32, &'static 
     };
     fields.insert("unmapped".into(), unmapped);
     (class, activity_id, activity_name, fields)
+}
+
+/// The class and activity of a syscall event, and its fields: the calling process as the
+/// actor, what the call acted on in the class's own object, and whether it succeeded.
+fn syscall_fields(
+    event: &Event,
+    call: &Syscall,
+    caller: Map<String, Value>,
+    ctx: &Context,
+    fields: &mut Fields,
+) -> (&'static Class, u32, &'static str) {
+    let (status_id, status) = if call.result < 0 {
+        (2, "Failure")
+    } else {
+        (1, "Success")
+    };
+    put(fields, "status_id", status_id);
+    put(fields, "status", status);
+    if call.result < 0 {
+        put(fields, "status_code", call.result.to_string());
+    }
+    let mut message = call.syscall.clone();
+    if !call.tags.is_empty() {
+        message = format!("{message} {}", call.tags.join(" "));
+    }
+    put(fields, "message", message);
+    fields.insert(
+        "actor".into(),
+        json!({"process": Value::Object(caller.clone())}),
+    );
+    let op = call.op.as_str();
+    match call.op {
+        SyscallOperation::Ptrace => {
+            if let Some(pid) = call.target_pid {
+                fields.insert("process".into(), json!({"pid": pid}));
+                (&PROCESS_ACTIVITY, 3, "Open")
+            } else {
+                // PTRACE_TRACEME: the caller offers itself to its parent.
+                fields.insert("process".into(), Value::Object(caller));
+                (&PROCESS_ACTIVITY, 99, op)
+            }
+        }
+        SyscallOperation::Setuid => {
+            fields.insert("process".into(), Value::Object(caller));
+            (&PROCESS_ACTIVITY, 5, "Set User ID")
+        }
+        SyscallOperation::Unshare | SyscallOperation::Setns | SyscallOperation::DupSocket => {
+            fields.insert("process".into(), Value::Object(caller));
+            (&PROCESS_ACTIVITY, 99, op)
+        }
+        SyscallOperation::Mount | SyscallOperation::Umount | SyscallOperation::PivotRoot => {
+            let path = call.path.as_deref().unwrap_or_default();
+            fields.insert(
+                "file".into(),
+                json!({"path": path, "name": basename(path), "type_id": 2, "type": "Folder"}),
+            );
+            match call.op {
+                SyscallOperation::Mount => (&FILE_ACTIVITY, 12, "Mount"),
+                SyscallOperation::Umount => (&FILE_ACTIVITY, 13, "Unmount"),
+                _ => (&FILE_ACTIVITY, 99, op),
+            }
+        }
+        SyscallOperation::MemfdCreate => {
+            // An anonymous file: `memfd:<name>` is how the kernel names it in `/proc`.
+            let name = format!("memfd:{}", call.name.as_deref().unwrap_or_default());
+            fields.insert(
+                "file".into(),
+                json!({"name": name, "type_id": 1, "type": "Regular File"}),
+            );
+            (&FILE_ACTIVITY, 1, "Create")
+        }
+        SyscallOperation::Mknod => {
+            let path = call.path.as_deref().unwrap_or_default();
+            let (type_id, type_name) = if call.has_tag("block") {
+                (4, "Block Device")
+            } else if call.has_tag("char") {
+                (3, "Character Device")
+            } else {
+                (0, "Unknown")
+            };
+            fields.insert(
+                "file".into(),
+                json!({"path": path, "name": basename(path), "type_id": type_id, "type": type_name}),
+            );
+            (&FILE_ACTIVITY, 1, "Create")
+        }
+        SyscallOperation::Socket => {
+            let mut info = Map::new();
+            put(&mut info, "direction_id", 0);
+            put(&mut info, "direction", "Unknown");
+            let version = match call.family {
+                Some(2) => Some(4),
+                Some(10) => Some(6),
+                _ => None,
+            };
+            if let Some(version) = version {
+                put(&mut info, "protocol_ver_id", version);
+                put(&mut info, "protocol_num", call.protocol);
+            }
+            fields.insert("connection_info".into(), Value::Object(info));
+            fields.insert("src_endpoint".into(), source_endpoint(event, ctx));
+            // A socket being created has no peer yet.
+            fields.insert(
+                "dst_endpoint".into(),
+                json!({"name": "any", "type_id": 0, "type": "Unknown"}),
+            );
+            (&NETWORK_ACTIVITY, 99, op)
+        }
+        SyscallOperation::ModuleLoad => {
+            // The sensors see the descriptor or the length of the image, not a path.
+            let file = match (call.fd, call.length) {
+                (Some(fd), _) => {
+                    json!({"name": format!("fd {fd}"), "type_id": 1, "type": "Regular File"})
+                }
+                (None, length) => {
+                    let mut file = json!({"name": "module image", "type_id": 0, "type": "Unknown"});
+                    if let Some(length) = length {
+                        file["size"] = length.into();
+                    }
+                    file
+                }
+            };
+            fields.insert("driver".into(), json!({ "file": file }));
+            (&KERNEL_EXTENSION_ACTIVITY, 1, "Load")
+        }
+        SyscallOperation::BpfProgLoad | SyscallOperation::IoUringSetup => {
+            let (name, kind) = if call.op == SyscallOperation::BpfProgLoad {
+                let prog_type = call.tags.first().map_or("", String::as_str);
+                (format!("{prog_type} program"), "BPF program")
+            } else {
+                ("io_uring".to_owned(), "io_uring instance")
+            };
+            fields.insert(
+                "kernel".into(),
+                json!({"name": name, "type_id": 99, "type": kind, "system_call": call.syscall}),
+            );
+            (&KERNEL_ACTIVITY, 1, "Create")
+        }
+    }
 }
 
 /// The sending side: the node, and the container when there is one.
@@ -503,8 +686,148 @@ mod tests {
                 (7001, 700_199),
                 (7001, 700_103),
                 (2004, 200_402),
+                // The newer events: exec, truncate, link, symlink.
+                (1007, 100_701),
+                (1001, 100_103),
+                (1001, 100_101),
+                (1001, 100_101),
+                // ptrace attach, traceme; two sockets; mount, umount, pivot_root.
+                (1007, 100_703),
+                (1007, 100_799),
+                (4001, 400_199),
+                (4001, 400_199),
+                (1001, 100_112),
+                (1001, 100_113),
+                (1001, 100_199),
+                // unshare, setns, memfd_create, finit_module, init_module, bpf.
+                (1007, 100_799),
+                (1007, 100_799),
+                (1001, 100_101),
+                (1002, 100_201),
+                (1002, 100_201),
+                (1003, 100_301),
+                // setuid, dup_socket, io_uring_setup, mknod.
+                (1007, 100_705),
+                (1007, 100_799),
+                (1003, 100_301),
+                (1001, 100_101),
             ]
         );
+    }
+
+    /// The OCSF form of the first fixture that is a syscall of `op` (and `tag`, if given).
+    fn syscall_doc(op: &str, tag: Option<&str>) -> Value {
+        mapped_fixtures()
+            .into_iter()
+            .find(|d| {
+                let call = &d["unmapped"]["syscall"];
+                call["op"] == op
+                    && tag.is_none_or(|t| call["tags"].as_array().unwrap().contains(&t.into()))
+            })
+            .unwrap_or_else(|| panic!("no {op} fixture"))
+    }
+
+    #[test]
+    fn syscalls_carry_the_caller_what_they_acted_on_and_their_status() {
+        let attach = syscall_doc("ptrace", Some("attach"));
+        assert_eq!(attach["activity_name"], "Open");
+        assert_eq!(attach["process"]["pid"], 4242);
+        assert_eq!(attach["actor"]["process"]["pid"], 100);
+        assert_eq!(attach["status"], "Success");
+        assert_eq!(attach["message"], "ptrace attach");
+        assert_eq!(attach["unmapped"]["syscall"]["target_pid"], 4242);
+        let traceme = syscall_doc("ptrace", Some("traceme"));
+        assert_eq!(traceme["activity_name"], "ptrace");
+        assert_eq!(traceme["process"]["pid"], 100);
+
+        let setuid = syscall_doc("setuid", None);
+        assert_eq!(setuid["activity_name"], "Set User ID");
+        assert_eq!(
+            setuid["unmapped"]["syscall"]["tags"],
+            json!(["to_root", "from_non_root"])
+        );
+        assert_eq!(setuid["unmapped"]["syscall"]["syscall"], "setresuid");
+        assert_eq!(setuid["unmapped"]["syscall"]["euid"], 0);
+
+        let refused = syscall_doc("socket", Some("refused"));
+        assert_eq!(
+            (refused["status_id"].clone(), refused["status"].clone()),
+            (2.into(), "Failure".into())
+        );
+        assert_eq!(refused["status_code"], "-1");
+        assert_eq!(refused["connection_info"]["protocol_ver_id"], 4);
+        assert_eq!(refused["connection_info"]["protocol_num"], 1);
+        assert_eq!(refused["src_endpoint"]["container"]["uid"], "c0ffee");
+
+        let mount = syscall_doc("mount", None);
+        assert_eq!(mount["activity_name"], "Mount");
+        assert_eq!(mount["file"]["path"], "/host");
+        assert_eq!(mount["file"]["type"], "Folder");
+        assert_eq!(mount["unmapped"]["syscall"]["fstype"], "none");
+        let mknod = syscall_doc("mknod", None);
+        assert_eq!(
+            (
+                mknod["file"]["path"].clone(),
+                mknod["file"]["type_id"].clone()
+            ),
+            ("/dev/sda".into(), 4.into())
+        );
+        assert_eq!(syscall_doc("memfd_create", None)["file"]["name"], "memfd:x");
+
+        let finit = syscall_doc("module_load", Some("finit_module"));
+        assert_eq!(finit["class_name"], "Kernel Extension Activity");
+        assert_eq!(finit["driver"]["file"]["name"], "fd 5");
+        let init = syscall_doc("module_load", Some("init_module"));
+        assert_eq!(init["driver"]["file"]["size"], 4096);
+        let bpf = syscall_doc("bpf_prog_load", None);
+        assert_eq!(bpf["kernel"]["name"], "kprobe program");
+        assert_eq!(bpf["kernel"]["system_call"], "bpf");
+        assert_eq!(
+            syscall_doc("io_uring_setup", None)["kernel"]["name"],
+            "io_uring"
+        );
+        // Every syscall event says whether it succeeded, and keeps the whole native form.
+        for doc in mapped_fixtures()
+            .iter()
+            .filter(|d| d["unmapped"]["syscall"].is_object())
+        {
+            assert!(doc["status_id"] == 1 || doc["status_id"] == 2, "{doc}");
+            assert!(doc["unmapped"]["syscall"]["tags"].is_array(), "{doc}");
+            assert_eq!(doc["severity"], "Low", "{doc}");
+        }
+    }
+
+    #[test]
+    fn new_file_operations_and_flags_are_kept() {
+        let docs = mapped_fixtures();
+        let by_op = |op: &str| {
+            docs.iter()
+                .find(|d| d["unmapped"]["operation"] == op)
+                .unwrap_or_else(|| panic!("no {op} fixture"))
+        };
+        let truncate = by_op("truncate");
+        assert_eq!(truncate["activity_name"], "Update");
+        assert_eq!(truncate["unmapped"]["log"], true);
+        assert_eq!(truncate["unmapped"]["io_uring"], true);
+        assert_eq!(truncate["unmapped"]["unresolved"], true);
+        for op in ["link", "symlink"] {
+            let doc = by_op(op);
+            assert_eq!(doc["activity_name"], "Create");
+            assert_eq!(doc["file"]["path"], "/etc/shadow");
+            assert!(
+                doc["file_result"]["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/tmp/")
+            );
+        }
+        let fileless = docs
+            .iter()
+            .find(|d| d["unmapped"]["fileless"] == true)
+            .expect("a fileless exec");
+        assert_eq!(fileless["activity_name"], "Launch");
+        assert_eq!(fileless["unmapped"]["stdin_socket"], true);
+        assert_eq!(fileless["unmapped"]["stdout_socket"], false);
     }
 
     #[test]

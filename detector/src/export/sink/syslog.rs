@@ -382,6 +382,23 @@ pub fn cef(item: &Item, host: &str, version: &str) -> String {
                     ext.push(("proto", connect.protocol.to_uppercase()));
                     "Outbound connection".to_owned()
                 }
+                Body::Syscall(call) => {
+                    ext.push(("act", call.op.as_str().to_owned()));
+                    ext.push(("cs3Label", "syscall".into()));
+                    ext.push(("cs3", call.syscall.clone()));
+                    ext.push(("cs4Label", "tags".into()));
+                    ext.push(("cs4", call.tags.join(" ")));
+                    if let Some(path) = &call.path {
+                        ext.push(("filePath", path.clone()));
+                    }
+                    let outcome = if call.result < 0 {
+                        "failure"
+                    } else {
+                        "success"
+                    };
+                    ext.push(("outcome", outcome.to_owned()));
+                    "System call".to_owned()
+                }
                 Body::Egress(egress) => {
                     ext.push(("out", egress.bytes.to_string()));
                     "Egress volume".to_owned()
@@ -482,6 +499,21 @@ mod tests {
             verdict.contains("cs6={\"pod\":{\"name\":\"web-7d9f\"},\"score\":80}"),
             "{verdict}"
         );
+        // The mount fixture: the operation, the call, its tags and path, whether it worked.
+        let mount = cef(&item(20), "node-1", "0.1.0");
+        assert!(
+            mount.starts_with("CEF:0|detector|detector|0.1.0|syscall|System call|3|"),
+            "{mount}"
+        );
+        for part in [
+            "act=mount",
+            "cs3Label=syscall cs3=mount",
+            "cs4Label=tags cs4=bind rec fstype:none",
+            "filePath=/host",
+            "outcome=success",
+        ] {
+            assert!(mount.contains(part), "{part} missing from {mount}");
+        }
         assert_eq!(cef_value("a=b\\c\nd"), "a\\=b\\\\c\\nd");
         assert_eq!(cef_header("a|b"), "a\\|b");
     }
