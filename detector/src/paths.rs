@@ -59,6 +59,9 @@ pub fn lexical(path: &str) -> Option<String> {
     Some(format!("/{}", parts.join("/")))
 }
 
+/// `S_ISUID | S_ISGID`.
+const SET_ID_BITS: u32 = 0o6000;
+
 /// The configured prefix classes, as the kernel's trie holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathClasses {
@@ -143,8 +146,20 @@ impl PathClasses {
                 .map_or(0, |target| self.classify(target));
         file.sensitive = class & path_class::SENSITIVE_WRITE != 0;
         file.read_sensitive = class & path_class::READ_SENSITIVE != 0;
+        file.log = class & path_class::LOG != 0;
+        // What the kernel reports whatever the class: a write-open anywhere, a chmod setting
+        // the setuid or setgid bit, the removal of a log, a path it could not resolve.
         let write_open = file.op == FileOperation::Open && file.write;
-        class & path_class::EXCLUDED == 0 && (write_open || file.sensitive || file.read_sensitive)
+        let set_id = file.op == FileOperation::Chmod && file.flags & SET_ID_BITS != 0;
+        let log_removed =
+            file.log && !matches!(file.op, FileOperation::Open | FileOperation::Chmod);
+        class & path_class::EXCLUDED == 0
+            && (write_open
+                || file.sensitive
+                || file.read_sensitive
+                || set_id
+                || log_removed
+                || file.unresolved)
     }
 }
 
@@ -237,7 +252,40 @@ mod tests {
             original_path: original.map(Into::into),
             original_target: None,
             self_path: None,
+            log: false,
+            unresolved: false,
+            io_uring: false,
         }
+    }
+
+    #[test]
+    fn normalized_log_removals_setid_chmods_and_history_are_kept() {
+        let classes = PathClasses::new(&SensorsConfig::default());
+        let mut unlink = chmod("/var/log/../log/app.log", Some("/var/log/./app.log"));
+        unlink.op = FileOperation::Unlink;
+        assert!(classes.reclassify(&mut unlink));
+        assert!(unlink.log);
+        let mut history = chmod("/root/.bash_history", Some("/tmp/../root/.bash_history"));
+        history.op = FileOperation::Truncate;
+        assert!(classes.reclassify(&mut history));
+        assert!(history.log);
+        let mut set_id = chmod("/tmp/x", Some("/tmp/./x"));
+        set_id.flags = 0o4755;
+        assert!(classes.reclassify(&mut set_id));
+        let mut plain = chmod("/tmp/x", Some("/tmp/./x"));
+        plain.flags = 0o755;
+        assert!(!classes.reclassify(&mut plain));
+        assert!(classes.classify("/proc/1/environ") & path_class::READ_SENSITIVE != 0);
+        assert!(classes.classify("/proc/1/task/2/environ") & path_class::READ_SENSITIVE != 0);
+        assert!(classes.classify("/home/a/.ssh/id_rsa") & path_class::READ_SENSITIVE != 0);
+        assert_eq!(
+            classes.classify("/proc/1/stat") & path_class::READ_SENSITIVE,
+            0
+        );
+        assert_eq!(
+            classes.classify("/home/a/app.js") & path_class::READ_SENSITIVE,
+            0
+        );
     }
 
     #[test]
@@ -247,7 +295,7 @@ mod tests {
         assert!(classes.reclassify(&mut into));
         assert!(into.sensitive && !into.read_sensitive, "{into:?}");
         let mut out = chmod("/tmp/x", Some("/etc/../tmp/x"));
-        out.sensitive = true;
+        (out.sensitive, out.flags) = (true, 0o755);
         assert!(!classes.reclassify(&mut out), "{out:?}");
         // An open with write intent is reported anywhere, unless excluded.
         let mut write = chmod("/tmp/x", Some("/etc/../tmp/x"));
