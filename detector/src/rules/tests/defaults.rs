@@ -1222,6 +1222,11 @@ fn look_alikes_of_attacks_in_the_workload() {
         &[SHIM],
     );
     assert!(ids(&set, &sshd).is_empty());
+    // `[`, the test program, is not a bracketed kernel thread's name; `[kthreadd]` is.
+    let test = typed("/usr/bin/[", &["[", "-f", "/tmp/ready", "]"]);
+    assert!(!ids(&set, &test).contains(&"process-masquerading".to_owned()));
+    let thread = typed("/tmp/[kthreadd]", &["[kthreadd]"]);
+    assert!(ids(&set, &thread).contains(&"process-masquerading".to_owned()));
     // Xvfb's lock file.
     assert!(ids(&set, &by(write("/tmp/.X99-lock"), "Xvfb")).is_empty());
 }
