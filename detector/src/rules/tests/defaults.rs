@@ -1222,6 +1222,46 @@ fn look_alikes_of_attacks_in_the_workload() {
         &[SHIM],
     );
     assert!(ids(&set, &sshd).is_empty());
+    // `[`, the test program, is not a bracketed kernel thread's name; `[kthreadd]` is.
+    let test = typed("/usr/bin/[", &["[", "-f", "/tmp/ready", "]"]);
+    assert!(!ids(&set, &test).contains(&"process-masquerading".to_owned()));
+    let thread = typed("/tmp/[kthreadd]", &["[kthreadd]"]);
+    assert!(ids(&set, &thread).contains(&"process-masquerading".to_owned()));
     // Xvfb's lock file.
     assert!(ids(&set, &by(write("/tmp/.X99-lock"), "Xvfb")).is_empty());
+}
+
+/// The README's table of default rules lists every rule with its weight, and nothing else.
+#[test]
+fn the_readme_lists_every_default_rule_with_its_weight() {
+    const README: &str = include_str!("../../../../README.md");
+    let start = README
+        .find("### Default rules")
+        .expect("README has the table");
+    let section = &README[start..];
+    let section = &section[..section[4..].find("\n### ").map_or(section.len(), |i| i + 4)];
+    let listed: Vec<(String, f64)> = section
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            let id = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            let weight = cells.next()?.parse().ok()?;
+            Some((id.to_owned(), weight))
+        })
+        .collect();
+    let set = RuleSet::defaults().unwrap();
+    let defaults: Vec<(String, f64)> = set
+        .rules()
+        .iter()
+        .map(|r| (r.meta().id.clone(), r.meta().weight))
+        .collect();
+    for rule in &defaults {
+        assert!(listed.contains(rule), "the README does not list {rule:?}");
+    }
+    for rule in &listed {
+        assert!(
+            defaults.contains(rule),
+            "the README lists {rule:?}, not a default rule"
+        );
+    }
 }
