@@ -239,13 +239,16 @@ pub mod exec_flags {
     /// The process has a controlling terminal (`signal_struct::tty` is set): an interactive
     /// session.
     pub const TTY: u32 = 1 << 3;
-    /// The executable has no name left on any filesystem: a memfd, or a file unlinked before
-    /// (or while) it was executed (fileless execution; `linux_binprm::file`'s link count is 0).
+    /// The executable is a file of a kernel-internal mount (a memfd): fileless execution,
+    /// nothing on any filesystem.
     pub const FILELESS: u32 = 1 << 4;
     /// Descriptor 0 of the new program is an `AF_INET`/`AF_INET6` socket.
     pub const STDIN_SOCKET: u32 = 1 << 5;
     /// Descriptor 1 of the new program is an `AF_INET`/`AF_INET6` socket.
     pub const STDOUT_SOCKET: u32 = 1 << 6;
+    /// The executable was unlinked before (or while) it was executed: its link count is 0
+    /// (run through `/proc/self/fd/N` or `execveat`).
+    pub const DELETED: u32 = 1 << 7;
 }
 
 /// A successful exec, taken at `sched_process_exec`.

@@ -57,9 +57,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
     event.parent_cgroup_id = parent_cgroup_id(task).unwrap_or(0);
 
     let bprm: *const u8 = ctx.arg(2);
-    if fileless(bprm) {
-        event.flags |= exec_flags::FILELESS;
-    }
+    event.flags |= nameless(bprm);
     event.flags |= stdio_sockets(task);
     let filename_at = offset!(bprm_filename) as usize;
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
@@ -153,28 +151,32 @@ fn parent_cgroup_id(task: *const u8) -> Option<u64> {
     }
 }
 
-/// Whether the executable `bprm->file` has no name on any filesystem: a memfd (on the
-/// kernel-internal shmem mount) or a file unlinked before it was executed (no link left).
+/// [`exec_flags::FILELESS`] when the executable `bprm->file` is on a kernel-internal mount (a
+/// memfd on the shmem mount), [`exec_flags::DELETED`] when it was unlinked (no link left).
 #[inline(always)]
-fn fileless(bprm: *const u8) -> bool {
+fn nameless(bprm: *const u8) -> u32 {
     let (file_at, path_at) = (offset!(bprm_file) as usize, offset!(file_path) as usize);
     let (mnt_at, flags_at) = (offset!(path_mnt) as usize, offset!(vfsmount_flags) as usize);
     let (inode_at, nlink_at) = (offset!(file_inode) as usize, offset!(inode_nlink) as usize);
     // SAFETY: probe reads of kernel memory; a bad address returns an error.
     unsafe {
         let Ok(file) = bpf_probe_read_kernel::<*const u8>(bprm.add(file_at).cast()) else {
-            return false;
+            return 0;
         };
         if let Ok(mnt) = bpf_probe_read_kernel::<*const u8>(file.add(path_at + mnt_at).cast())
             && bpf_probe_read_kernel::<u32>(mnt.add(flags_at).cast())
                 .is_ok_and(|flags| flags & MNT_INTERNAL != 0)
         {
-            return true;
+            return exec_flags::FILELESS;
         }
         let Ok(inode) = bpf_probe_read_kernel::<*const u8>(file.add(inode_at).cast()) else {
-            return false;
+            return 0;
         };
-        bpf_probe_read_kernel::<u32>(inode.add(nlink_at).cast()).is_ok_and(|nlink| nlink == 0)
+        if bpf_probe_read_kernel::<u32>(inode.add(nlink_at).cast()).is_ok_and(|nlink| nlink == 0) {
+            exec_flags::DELETED
+        } else {
+            0
+        }
     }
 }
 

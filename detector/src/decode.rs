@@ -180,6 +180,7 @@ fn exec(event: &ExecEvent) -> Body {
         fileless: event.flags & exec_flags::FILELESS != 0,
         stdin_socket: event.flags & exec_flags::STDIN_SOCKET != 0,
         stdout_socket: event.flags & exec_flags::STDOUT_SOCKET != 0,
+        deleted: event.flags & exec_flags::DELETED != 0,
     })
 }
 

@@ -227,8 +227,8 @@ pub struct Exec {
     /// cgroup2 id of the parent at the exec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_cgroup_id: Option<u64>,
-    /// The executable has no name left on any filesystem: a memfd, or a file unlinked before
-    /// or while it was executed (fileless execution).
+    /// The executable is a memfd (on a kernel-internal mount): fileless execution, nothing on
+    /// any filesystem.
     #[serde(default)]
     pub fileless: bool,
     /// Descriptor 0 of the new program is an IPv4 or IPv6 socket (a reverse shell's stdin).
@@ -237,6 +237,10 @@ pub struct Exec {
     /// Descriptor 1 of the new program is an IPv4 or IPv6 socket.
     #[serde(default)]
     pub stdout_socket: bool,
+    /// The executable had been unlinked (run through `/proc/self/fd/N` or `execveat`): a
+    /// binary dropped and removed, or replaced while it ran.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// A process exit.
@@ -656,6 +660,7 @@ mod tests {
                 fileless: false,
                 stdin_socket: false,
                 stdout_socket: false,
+                deleted: false,
             }),
         };
         let value: serde_json::Value = serde_json::to_value(&event).unwrap();

@@ -162,6 +162,7 @@ fn record(id: u64) -> Record {
             fileless: false,
             stdin_socket: false,
             stdout_socket: false,
+            deleted: false,
         }),
     })
 }

@@ -98,6 +98,7 @@ fn exec_event(pid: u32, cgroup_id: u64) -> Event {
             fileless: false,
             stdin_socket: false,
             stdout_socket: false,
+            deleted: false,
         }),
     }
 }

@@ -65,6 +65,7 @@ fn exec(filename: &str) -> Body {
         fileless: false,
         stdin_socket: false,
         stdout_socket: false,
+        deleted: false,
     })
 }
 

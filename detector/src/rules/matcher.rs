@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use globset::{Candidate, GlobSet};
 use ipnet::IpNet;
 
-use crate::event::{Body, Event, FileOperation, Role, SyscallOperation};
+use crate::event::{Body, Event, FileActivity, FileOperation, Role, SyscallOperation};
 
 /// Number of event kinds; rules are indexed by kind.
 pub const KINDS: usize = 7;
@@ -119,8 +119,14 @@ pub struct Condition {
     pub unresolved: Option<bool>,
     /// Submitted through io_uring.
     pub io_uring: Option<bool>,
-    /// An exec of a file with no name left.
+    /// An exec of a memfd.
     pub fileless: Option<bool>,
+    /// An exec of an unlinked file.
+    pub deleted: Option<bool>,
+    /// A chmod setting the setuid or setgid bit.
+    pub set_id: Option<bool>,
+    /// A file event that truncates.
+    pub truncate: Option<bool>,
     /// An exec with a socket on standard input or output.
     pub stdio_socket: Option<bool>,
     /// Syscall operations (bit per [`syscall_op_bit`]); 0: any.
@@ -216,6 +222,7 @@ impl Condition {
                     && self.connect_unset()
                     && self.syscall_unset()
                     && self.fileless.is_none_or(|f| f == exec.fileless)
+                    && self.deleted.is_none_or(|d| d == exec.deleted)
                     && self
                         .stdio_socket
                         .is_none_or(|s| s == (exec.stdin_socket || exec.stdout_socket))
@@ -238,6 +245,8 @@ impl Condition {
                     && self.log_path.is_none_or(|l| l == file.log)
                     && self.unresolved.is_none_or(|u| u == file.unresolved)
                     && self.io_uring.is_none_or(|u| u == file.io_uring)
+                    && self.set_id.is_none_or(|s| s == sets_id(file))
+                    && self.truncate.is_none_or(|t| t == truncates(file))
                     // A rename, link or symlink matches by either of its paths.
                     && self.path.as_ref().is_none_or(|m| {
                         m.matches(&file.path)
@@ -276,6 +285,7 @@ impl Condition {
         self.exe.is_none()
             && self.argv_contains.is_empty()
             && self.fileless.is_none()
+            && self.deleted.is_none()
             && self.stdio_socket.is_none()
     }
 
@@ -294,6 +304,8 @@ impl Condition {
             && self.log_path.is_none()
             && self.unresolved.is_none()
             && self.io_uring.is_none()
+            && self.set_id.is_none()
+            && self.truncate.is_none()
     }
 
     /// No condition about syscall events only.
@@ -414,4 +426,20 @@ mod tests {
         ));
         assert!(!in_networks(&nets, "10.0.0.1".parse().unwrap()));
     }
+}
+
+/// `S_ISUID | S_ISGID`.
+const SET_ID_BITS: u32 = 0o6000;
+/// `O_TRUNC`.
+const O_TRUNC: u32 = 0o1000;
+
+/// A chmod that sets the setuid or setgid bit.
+fn sets_id(file: &FileActivity) -> bool {
+    file.op == FileOperation::Chmod && file.flags & SET_ID_BITS != 0
+}
+
+/// An open with `O_TRUNC`, or a `truncate(2)`.
+fn truncates(file: &FileActivity) -> bool {
+    file.op == FileOperation::Truncate
+        || (file.op == FileOperation::Open && file.write && file.flags & O_TRUNC != 0)
 }

@@ -144,9 +144,14 @@ pub struct ConditionSpec {
     pub unresolved: Option<bool>,
     /// The file operation was submitted through an io_uring ring, not made by a system call.
     pub io_uring: Option<bool>,
-    /// An exec of a file with no name left on any filesystem (a memfd, or a file unlinked
-    /// before or while it ran): fileless execution.
+    /// An exec of a memfd: fileless execution, nothing on any filesystem.
     pub fileless: Option<bool>,
+    /// An exec of a file unlinked before (or while) it ran.
+    pub deleted: Option<bool>,
+    /// A chmod setting the setuid or setgid bit.
+    pub set_id: Option<bool>,
+    /// A file event that truncates: an open with `O_TRUNC`, or `truncate(2)`.
+    pub truncate: Option<bool>,
     /// An exec whose standard input or output is an IPv4 or IPv6 socket (a reverse shell).
     pub stdio_socket: Option<bool>,
     /// Operations of syscall events: `ptrace`, `socket`, `mount`, `umount`, `unshare`,

@@ -43,6 +43,7 @@ fn exec(filename: &str, argv: &[&str], parents: &[&str]) -> Event {
         fileless: false,
         stdin_socket: false,
         stdout_socket: false,
+        deleted: false,
     }));
     e.ancestry = parents
         .iter()
@@ -562,6 +563,48 @@ fn fileless_and_stdio_socket_exec_conditions() {
         }
         assert_eq!(ids(&stdio, &e), ["x"], "{stdin} {stdout}");
     }
+}
+
+#[test]
+fn deleted_exec_set_id_chmod_and_truncating_file_conditions() {
+    let deleted = rule_when("{kind: exec, deleted: true}").unwrap();
+    let mut e = exec("/proc/self/fd/3", &["x"], &[]);
+    assert!(ids(&deleted, &e).is_empty());
+    if let Body::Exec(exec) = &mut e.body {
+        exec.deleted = true;
+    }
+    assert_eq!(ids(&deleted, &e), ["x"]);
+
+    let set_id = rule_when("{kind: file, set_id: true}").unwrap();
+    let mut chmod = file_op(FileOperation::Chmod, "/tmp/x", None);
+    for (mode, hit) in [
+        (0o4755, true),
+        (0o2755, true),
+        (0o755, false),
+        (0o1777, false),
+    ] {
+        if let Body::File(file) = &mut chmod.body {
+            file.flags = mode;
+        }
+        assert_eq!(!ids(&set_id, &chmod).is_empty(), hit, "{mode:o}");
+    }
+    // An open whose flags happen to hold those bits is not a chmod.
+    let mut open = open_write("/tmp/x");
+    if let Body::File(file) = &mut open.body {
+        file.flags = 0o4001;
+    }
+    assert!(ids(&set_id, &open).is_empty());
+
+    let truncate = rule_when("{kind: file, truncate: true}").unwrap();
+    let mut trunc_open = open_write("/var/log/app.log");
+    for (flags, hit) in [(0o1001, true), (0o2001, false)] {
+        if let Body::File(file) = &mut trunc_open.body {
+            file.flags = flags;
+        }
+        assert_eq!(!ids(&truncate, &trunc_open).is_empty(), hit, "{flags:o}");
+    }
+    let call = file_op(FileOperation::Truncate, "/var/log/app.log", None);
+    assert_eq!(ids(&truncate, &call), ["x"]);
 }
 
 mod defaults;

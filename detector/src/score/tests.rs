@@ -45,6 +45,7 @@ fn exec(seconds: i64, pod: &str, filename: &str) -> Event {
             fileless: false,
             stdin_socket: false,
             stdout_socket: false,
+            deleted: false,
         }),
     )
 }

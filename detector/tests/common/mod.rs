@@ -162,6 +162,7 @@ impl Workload {
                 fileless: false,
                 stdin_socket: false,
                 stdout_socket: false,
+                deleted: false,
             }),
         )
     }

@@ -254,6 +254,7 @@ pub fn event(id: u64) -> Record {
             fileless: false,
             stdin_socket: false,
             stdout_socket: false,
+            deleted: false,
         }),
     })
 }

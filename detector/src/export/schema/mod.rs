@@ -350,6 +350,7 @@ pub(crate) mod fixtures {
                     fileless: false,
                     stdin_socket: false,
                     stdout_socket: false,
+                    deleted: false,
                 }),
                 true,
             )),
