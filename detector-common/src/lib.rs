@@ -456,8 +456,8 @@ const _: () = assert!(size_of::<ConnectEvent>() == 64 + 16 + 16);
 pub enum SyscallOp {
     /// `ptrace` `PTRACE_ATTACH`, `PTRACE_SEIZE` or `PTRACE_TRACEME`: args request, pid.
     Ptrace = 1,
-    /// `socket` of `AF_PACKET`, or of type `SOCK_RAW`/`SOCK_PACKET`: args family, type,
-    /// protocol.
+    /// `socket` of `AF_PACKET`, or an `AF_INET`/`AF_INET6` one of type `SOCK_RAW` or
+    /// `SOCK_PACKET`: args family, type, protocol.
     Socket = 2,
     /// `mount`: args flags; text the target, aux the filesystem type.
     Mount = 3,

@@ -79,8 +79,12 @@ fn try_syscall(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         }
         nr::SOCKET => {
             let [family, kind, protocol] = regs.first3();
+            // Raw IP sockets and every packet socket; netlink's raw sockets (every `ip`,
+            // `ss` and name lookup) are not raw access to the network.
             let kind_bits = kind & SOCK_TYPE_MASK;
-            if family != AF_PACKET && kind_bits != SOCK_RAW && kind_bits != SOCK_PACKET {
+            let inet = family == AF_INET || family == AF_INET6;
+            if family != AF_PACKET && !(inet && (kind_bits == SOCK_RAW || kind_bits == SOCK_PACKET))
+            {
                 return Ok(0);
             }
             (SyscallOp::Socket, [family, kind, protocol, 0], NO_STRINGS)
