@@ -459,7 +459,9 @@ pub enum SyscallOp {
     /// `socket` of `AF_PACKET`, or an `AF_INET`/`AF_INET6` one of type `SOCK_RAW` or
     /// `SOCK_PACKET`: args family, type, protocol.
     Socket = 2,
-    /// `mount`: args flags; text the target, aux the filesystem type.
+    /// `mount`: args flags; text the target, aux the filesystem type. Also the mount API's
+    /// `fsopen` (aux the filesystem type), `open_tree` (text the tree's path) and
+    /// `move_mount` (text the target), with no flags.
     Mount = 3,
     /// `umount2`: args flags; text the target.
     Umount = 4,

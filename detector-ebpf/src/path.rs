@@ -494,6 +494,10 @@ fn compare_entries() -> u32 {
     let len = unsafe { core::ptr::read_volatile(&READ_PREFILTER.len) };
     let (mut may, mut decided) = (0u64, 0u64);
     for i in 0..READ_PREFILTER_SLOTS {
+        // `len` is a constant to the verifier (a frozen global): this branch does not fork.
+        if i as u32 >= len {
+            break;
+        }
         // SAFETY: reading a global set at load time; `i` is in bounds.
         let entry = unsafe { &*core::ptr::addr_of!(READ_PREFILTER.entries[i]) };
         let mut may_miss = 0;
@@ -510,8 +514,7 @@ fn compare_entries() -> u32 {
         }
         // SAFETY: as above.
         let decides = u64::from(unsafe { core::ptr::read_volatile(&entry.decides) } != 0);
-        let in_use = nonzero(u64::from(len.saturating_sub(i as u32)));
-        let hit = (nonzero(may_miss) ^ 1) & in_use;
+        let hit = nonzero(may_miss) ^ 1;
         may |= hit;
         decided |= hit & decides & (nonzero(sure_miss) ^ 1);
     }

@@ -72,6 +72,9 @@ pub mod nr {
     pub const IO_URING_SETUP: i64 = 425;
     pub const MKNOD: i64 = 133;
     pub const MKNODAT: i64 = 259;
+    pub const OPEN_TREE: i64 = 428;
+    pub const MOVE_MOUNT: i64 = 429;
+    pub const FSOPEN: i64 = 430;
 }
 
 /// Syscall numbers (arm64 uses include/uapi/asm-generic/unistd.h; no legacy open, unlink,
@@ -114,6 +117,9 @@ pub mod nr {
     pub const IO_URING_SETUP: i64 = 425;
     pub const MKNOD: i64 = -9;
     pub const MKNODAT: i64 = 33;
+    pub const OPEN_TREE: i64 = 428;
+    pub const MOVE_MOUNT: i64 = 429;
+    pub const FSOPEN: i64 = 430;
 }
 
 /// Byte offsets in `struct pt_regs` of the syscall arguments, as they stand at syscall exit.
@@ -254,7 +260,10 @@ fn other(ctx: &BtfTracePointContext, nr: i64) -> Result<i32, i32> {
         | nr::DUP3
         | nr::IO_URING_SETUP
         | nr::MKNOD
-        | nr::MKNODAT => PATH_OP_SYSCALL,
+        | nr::MKNODAT
+        | nr::OPEN_TREE
+        | nr::MOVE_MOUNT
+        | nr::FSOPEN => PATH_OP_SYSCALL,
         _ => return Ok(0),
     };
     // SAFETY: jumps to a program of the same type on the same hook, with the same context;

@@ -97,6 +97,33 @@ fn try_syscall(ctx: &BtfTracePointContext) -> Result<i32, i32> {
                 aux: regs.arg(2),
             },
         ),
+        // The mount API of Linux 5.2 (util-linux 2.39 and later mount with it): creating a
+        // filesystem context, cloning a tree, and attaching either. Their flags are not
+        // `MS_*` ones: left out.
+        nr::FSOPEN => (
+            SyscallOp::Mount,
+            [0; 4],
+            Strings {
+                text: 0,
+                aux: regs.arg(0),
+            },
+        ),
+        nr::OPEN_TREE => (
+            SyscallOp::Mount,
+            [0; 4],
+            Strings {
+                text: regs.arg(1),
+                aux: 0,
+            },
+        ),
+        nr::MOVE_MOUNT => (
+            SyscallOp::Mount,
+            [0; 4],
+            Strings {
+                text: regs.arg(3),
+                aux: 0,
+            },
+        ),
         nr::UMOUNT2 => (
             SyscallOp::Umount,
             [regs.arg(1), 0, 0, 0],

@@ -31,6 +31,9 @@ const X86_64: &[(u32, &str)] = &[
     (319, "memfd_create"),
     (321, "bpf"),
     (425, "io_uring_setup"),
+    (428, "open_tree"),
+    (429, "move_mount"),
+    (430, "fsopen"),
 ];
 
 /// The system calls the sensors report on aarch64, by number (aarch64 has no `dup2` nor
@@ -53,6 +56,9 @@ const AARCH64: &[(u32, &str)] = &[
     (279, "memfd_create"),
     (280, "bpf"),
     (425, "io_uring_setup"),
+    (428, "open_tree"),
+    (429, "move_mount"),
+    (430, "fsopen"),
 ];
 
 /// The table of the architecture the daemon (and so the kernel programs) runs on; none
@@ -201,7 +207,9 @@ pub(super) fn decode(event: &SyscallEvent) -> Result<Body, DecodeError> {
             if let Some(fstype) = &fstype {
                 tags.push(format!("fstype:{fstype}"));
             }
-            call.path = Some(text_arg());
+            // `fsopen` names only a filesystem type; `open_tree` and `move_mount` carry no
+            // `MS_*` flags (the kernel sends none).
+            call.path = (event.text_len > 0).then(text_arg);
             call.fstype = fstype;
             call.flags = Some(a0);
         }
@@ -400,6 +408,8 @@ mod tests {
             (AARCH64, 39, "umount2"),
             (AARCH64, 33, "mknodat"),
             (AARCH64, 425, "io_uring_setup"),
+            (X86_64, 429, "move_mount"),
+            (AARCH64, 430, "fsopen"),
         ] {
             assert_eq!(syscall_name(table, nr), name);
         }
