@@ -484,8 +484,8 @@ fn compare_entries() -> u32 {
     // SAFETY: the per-CPU slot is used by one program run at a time on its CPU.
     let record = unsafe { &mut *record };
     let top = get!(record.top);
-    for i in 0..TOP_COMPONENTS {
-        put!(record.names[i], Name::of(top[i]));
+    for (i, dentry) in top.into_iter().enumerate() {
+        put!(record.names[i], Name::of(dentry));
     }
     let leaf = Name::of(get!(record.leaf));
     put!(record.names[TOP_COMPONENTS], leaf);

@@ -368,6 +368,22 @@ fn in_networks(networks: &[IpNet], addr: IpAddr) -> bool {
     networks.iter().any(|net| net.contains(&addr))
 }
 
+/// `S_ISUID | S_ISGID`.
+const SET_ID_BITS: u32 = 0o6000;
+/// `O_TRUNC`.
+const O_TRUNC: u32 = 0o1000;
+
+/// A chmod that sets the setuid or setgid bit.
+fn sets_id(file: &FileActivity) -> bool {
+    file.op == FileOperation::Chmod && file.flags & SET_ID_BITS != 0
+}
+
+/// An open with `O_TRUNC`, or a `truncate(2)`.
+fn truncates(file: &FileActivity) -> bool {
+    file.op == FileOperation::Truncate
+        || (file.op == FileOperation::Open && file.write && file.flags & O_TRUNC != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use globset::{GlobBuilder, GlobSetBuilder};
@@ -426,20 +442,4 @@ mod tests {
         ));
         assert!(!in_networks(&nets, "10.0.0.1".parse().unwrap()));
     }
-}
-
-/// `S_ISUID | S_ISGID`.
-const SET_ID_BITS: u32 = 0o6000;
-/// `O_TRUNC`.
-const O_TRUNC: u32 = 0o1000;
-
-/// A chmod that sets the setuid or setgid bit.
-fn sets_id(file: &FileActivity) -> bool {
-    file.op == FileOperation::Chmod && file.flags & SET_ID_BITS != 0
-}
-
-/// An open with `O_TRUNC`, or a `truncate(2)`.
-fn truncates(file: &FileActivity) -> bool {
-    file.op == FileOperation::Truncate
-        || (file.op == FileOperation::Open && file.write && file.flags & O_TRUNC != 0)
 }
