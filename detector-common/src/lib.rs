@@ -40,6 +40,14 @@ pub const MAP_QUARANTINE: &str = "QUARANTINE";
 /// the lookups while nothing is quarantined.
 pub const MAP_QUARANTINE_ACTIVE: &str = "QUARANTINE_ACTIVE";
 
+/// Global: bytes waiting in [`MAP_EVENTS`] from which a record wakes the reader (`u64`); below,
+/// records are submitted without a wakeup and the reader drains them on its own tick
+/// ([`RING_DRAIN_INTERVAL_MS`]). 0 wakes the reader for every record.
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+/// How often the reader drains the ring buffer without being woken, in milliseconds: the most a
+/// record waits below the wakeup threshold.
+pub const RING_DRAIN_INTERVAL_MS: u64 = 5;
+
 /// Global: tgid of the daemon, whose own activity is never reported.
 pub const GLOBAL_DAEMON_TGID: &str = "DAEMON_TGID";
 /// Global: [`WatchMode`] as `u32`.

@@ -1,6 +1,7 @@
 //! Maps, globals and helpers shared by every program.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
@@ -16,6 +17,25 @@ use detector_common::{
     EventHeader, EventKind, KernelOffsets, STAT_COUNT, Stat, WATCH_KNOWN_MAX, WATCH_MAX_DEPTH,
     WATCH_ROOT_MAX_LEVEL, WatchDecision, WatchMode, header_flags,
 };
+
+/// Bytes waiting in [`EVENTS`] from which a record wakes the reader; 0 wakes it every time.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
+
+/// The submit flags of a record: a wakeup only once enough is waiting. A wakeup for every record
+/// cost a context switch of the reader per event (on two CPUs, most of what an exec loop paid
+/// for the sensors); the reader drains on its own tick too, so nothing waits long.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    let threshold = global(&WAKEUP_BYTES);
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 /// Every record goes through this ring buffer; its size is set by user space at load.
 #[map(name = "EVENTS")]

@@ -38,7 +38,10 @@ use detector_common::{
 };
 
 use crate::{
-    common::{EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, watching_all},
+    common::{
+        EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, wakeup_flags,
+        watching_all,
+    },
     kernel::Task,
     path::{self, AT_FDCWD, BUILT_LEN, BUILT_TRUNCATED, Reached, Resolution, Resolved},
     sys_exit::{PATH_OPS, Regs, nr, open_args},
@@ -502,7 +505,7 @@ fn rename(
     }
     event.target_dirfd = new_dirfd;
     event.file.header.kind = EventKind::Rename as u32;
-    if EVENTS.output::<RenameEvent>(event, 0).is_err() {
+    if EVENTS.output::<RenameEvent>(event, wakeup_flags()).is_err() {
         count_lost(EventKind::Rename);
     }
     Ok(0)
@@ -800,7 +803,7 @@ fn output(event: &FileEvent) {
     // SAFETY: `len` is at most the record's size; the bytes are the record's own.
     let bytes =
         unsafe { core::slice::from_raw_parts((event as *const FileEvent).cast::<u8>(), len) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
         count_lost(EventKind::File);
     }
 }

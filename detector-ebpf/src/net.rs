@@ -15,7 +15,7 @@ use detector_common::{ConnectEvent, EventKind, Stat, TrafficCounters};
 
 use crate::common::{
     EVENTS, count, count_lost, current_cgroup_watched, current_quarantined, current_tgid,
-    fill_header, is_daemon, quarantined,
+    fill_header, is_daemon, quarantined, wakeup_flags,
 };
 
 /// Egress bytes and packets per cgroup id, summed over CPUs by user space.
@@ -86,7 +86,7 @@ fn try_connect(ctx: &SockAddrContext, family: u32) -> Result<i32, i32> {
             event.daddr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     Ok(verdict)
 }
 

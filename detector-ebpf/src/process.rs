@@ -18,7 +18,7 @@ use detector_common::{
 
 use crate::common::{
     EVENTS, count, count_lost, current_cgroup_watched, current_task, current_tgid, fill_header,
-    is_daemon, offset,
+    is_daemon, offset, wakeup_flags,
 };
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`.
@@ -107,7 +107,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<i32, i32> {
         }
         _ => event.flags |= exec_flags::ARGS_UNREADABLE,
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     Ok(0)
 }
 
@@ -297,6 +297,6 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<i32, i32> {
     fill_header(&mut event.header, EventKind::Exit);
     event.exit_code = exit_code;
     event._pad = 0;
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     Ok(0)
 }

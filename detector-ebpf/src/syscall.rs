@@ -19,7 +19,8 @@ use detector_common::{
 
 use crate::{
     common::{
-        EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, offset, watching_all,
+        EVENTS, cgroup_watched, count, count_lost, fill_header, is_daemon, offset, wakeup_flags,
+        watching_all,
     },
     kernel::Task,
     path::open_file,
@@ -248,7 +249,7 @@ fn try_syscall(ctx: &BtfTracePointContext) -> Result<i32, i32> {
     event.args = args;
     event.text_len = read_str(strings.text, event.text.as_mut_ptr(), SYSCALL_TEXT_BYTES);
     event.aux_len = read_str(strings.aux, event.aux.as_mut_ptr(), SYSCALL_AUX_BYTES);
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     Ok(0)
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use detector_common::{EventKind, STAT_COUNT, Stat, TrafficCounters};
+use detector_common::{EventKind, RING_DRAIN_INTERVAL_MS, STAT_COUNT, Stat, TrafficCounters};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
@@ -118,9 +118,18 @@ async fn read_ring(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut decode_losses: HashMap<String, u64> = HashMap::new();
+    // The kernel wakes the reader only once a sixteenth of the ring waits (see
+    // `GLOBAL_WAKEUP_BYTES`); below that, records are drained on this tick.
+    let mut tick = tokio::time::interval(Duration::from_millis(RING_DRAIN_INTERVAL_MS));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
+            _ = tick.tick() => {
+                if !drain(ring.get_mut(), &clock, &classes, &tx, &mut decode_losses).await {
+                    return;
+                }
+            }
             guard = ring.readable_mut() => {
                 let Ok(mut guard) = guard else { break };
                 if !drain(guard.get_inner_mut(), &clock, &classes, &tx, &mut decode_losses).await {

@@ -28,10 +28,10 @@ use aya::{
 };
 use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
-    GLOBAL_READ_PREFILTER, GLOBAL_WATCH_MODE, MAP_EGRESS, MAP_EVENTS, MAP_PATH_CLASS, MAP_PATH_OPS,
-    MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE, MAP_WATCH_GENERATION,
-    MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS, PathClassData,
-    TaskCacheEntry, TrafficCounters, WatchMode,
+    GLOBAL_READ_PREFILTER, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_MODE, MAP_EGRESS, MAP_EVENTS,
+    MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
+    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS,
+    PathClassData, TaskCacheEntry, TrafficCounters, WatchMode,
 };
 use tracing::{debug, info};
 
@@ -239,10 +239,14 @@ impl Sensors {
         } as u32;
         let dedup_ns = config.write_dedup_window_ms.saturating_mul(1_000_000);
         let prefilter = read_prefilter(&config.read_sensitive_paths);
+        // A sixteenth of the ring: the reader is woken long before it fills, and drains what
+        // waits below that on its own tick (`RING_DRAIN_INTERVAL_MS`).
+        let wakeup_bytes = u64::from(config.ring_buffer_bytes / 16);
         let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_DAEMON_TGID, &tgid, true)
             .override_global(GLOBAL_WATCH_MODE, &watch_mode, true)
             .override_global(GLOBAL_DEDUP_WINDOW_NS, &dedup_ns, true)
+            .override_global(GLOBAL_WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(GLOBAL_OFFSETS, &layout.offsets, true)
             .override_global(GLOBAL_KERNEL_TYPES, &layout.types, true)
             .override_global(GLOBAL_READ_PREFILTER, &prefilter, true)
