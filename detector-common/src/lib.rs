@@ -553,6 +553,35 @@ pub struct SyscallEvent {
 const _: () =
     assert!(size_of::<SyscallEvent>() == 64 + 48 + 8 + SYSCALL_TEXT_BYTES + SYSCALL_AUX_BYTES);
 
+/// Linux ABI values the programs filter on and user space decodes, in one place for both.
+pub mod linux {
+    /// `AF_INET`.
+    pub const AF_INET: u64 = 2;
+    /// `AF_INET6`.
+    pub const AF_INET6: u64 = 10;
+    /// `AF_PACKET`.
+    pub const AF_PACKET: u64 = 17;
+    /// The type bits of `socket`'s type argument (the rest are `SOCK_NONBLOCK` and
+    /// `SOCK_CLOEXEC`).
+    pub const SOCK_TYPE_MASK: u64 = 0xf;
+    /// `SOCK_RAW`.
+    pub const SOCK_RAW: u64 = 3;
+    /// `SOCK_PACKET`.
+    pub const SOCK_PACKET: u64 = 10;
+    /// `S_IFMT`: the file type bits of a mode.
+    pub const S_IFMT: u64 = 0o170_000;
+    /// `S_IFSOCK`.
+    pub const S_IFSOCK: u64 = 0o140_000;
+    /// `S_IFBLK`.
+    pub const S_IFBLK: u64 = 0o060_000;
+    /// `S_IFCHR`.
+    pub const S_IFCHR: u64 = 0o020_000;
+    /// `S_ISUID | S_ISGID`.
+    pub const SET_ID_BITS: u32 = 0o6000;
+    /// `O_TRUNC`.
+    pub const O_TRUNC: u32 = 0o1000;
+}
+
 /// Data of a [`MAP_PATH_CLASS`] LPM trie key: the first path bytes. A prefix entry covers
 /// every path starting with it; an entry whose bytes end with the NUL matches one path exactly.
 pub type PathClassData = [u8; PATH_CLASS_KEY_BYTES];

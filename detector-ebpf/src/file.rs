@@ -34,7 +34,9 @@ use aya_ebpf::{
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
     PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_FAILED_OPEN, PathClassData,
-    RenameEvent, Stat, file_flags, path_class,
+    RenameEvent, Stat, file_flags,
+    linux::{O_TRUNC, SET_ID_BITS},
+    path_class,
 };
 
 use crate::{
@@ -85,10 +87,7 @@ static DEDUP_WINDOW_NS: u64 = 0;
 
 const O_ACCMODE: u32 = 0o3;
 pub const O_CREAT: u32 = 0o100;
-pub const O_TRUNC: u32 = 0o1000;
 pub const O_WRONLY: u32 = 0o1;
-/// `S_ISUID | S_ISGID`.
-const SET_ID_BITS: u32 = 0o6000;
 
 /// `tp_btf/sys_exit`, reached by a tail call from [`crate::sys_exit`]: unlink, chmod and
 /// truncate.

@@ -14,6 +14,7 @@ use aya_ebpf::{
 use detector_common::{
     ARGS_MAX_BYTES, EventKind, ExecEvent, ExitEvent, FILENAME_MAX_BYTES, MNT_INTERNAL, Stat,
     exec_flags,
+    linux::{AF_INET, AF_INET6, S_IFMT, S_IFSOCK},
 };
 
 use crate::common::{
@@ -180,11 +181,6 @@ fn nameless(bprm: *const u8) -> u32 {
     }
 }
 
-const S_IFMT: u16 = 0o170000;
-const S_IFSOCK: u16 = 0o140000;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-
 /// [`exec_flags::STDIN_SOCKET`] and [`exec_flags::STDOUT_SOCKET`] for descriptors 0 and 1 of
 /// `task` that are `AF_INET`/`AF_INET6` sockets: a program started on a network connection
 /// (a reverse or bind shell).
@@ -239,7 +235,7 @@ fn inet_socket(file: *const u8) -> bool {
             return false;
         };
         if !bpf_probe_read_kernel::<u16>(inode.add(mode_at).cast())
-            .is_ok_and(|mode| mode & S_IFMT == S_IFSOCK)
+            .is_ok_and(|mode| u64::from(mode) & S_IFMT == S_IFSOCK)
         {
             return false;
         }
@@ -250,7 +246,7 @@ fn inet_socket(file: *const u8) -> bool {
             return false;
         };
         bpf_probe_read_kernel::<u16>(sock.add(family_at).cast())
-            .is_ok_and(|family| family == AF_INET || family == AF_INET6)
+            .is_ok_and(|family| u64::from(family) == AF_INET || u64::from(family) == AF_INET6)
     }
 }
 

@@ -18,12 +18,12 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use detector_common::{
-    PATH_OP_PROGRAMS, PATH_OP_RENAME, PATH_OP_SYSCALL, PATH_OP_UNLINK_CHMOD, Stat,
+    PATH_OP_PROGRAMS, PATH_OP_RENAME, PATH_OP_SYSCALL, PATH_OP_UNLINK_CHMOD, Stat, linux::O_TRUNC,
 };
 
 use crate::{
     common::count,
-    file::{O_CREAT, O_TRUNC, O_WRONLY, open, read_only_open, write_intent},
+    file::{O_CREAT, O_WRONLY, open, read_only_open, write_intent},
     path::AT_FDCWD,
 };
 

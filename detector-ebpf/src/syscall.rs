@@ -15,6 +15,10 @@ use aya_ebpf::{
 };
 use detector_common::{
     EventKind, SYSCALL_AUX_BYTES, SYSCALL_TEXT_BYTES, Stat, SyscallEvent, SyscallOp,
+    linux::{
+        AF_INET, AF_INET6, AF_PACKET, S_IFBLK, S_IFCHR, S_IFMT, S_IFSOCK, SOCK_PACKET, SOCK_RAW,
+        SOCK_TYPE_MASK,
+    },
 };
 
 use crate::{
@@ -30,19 +34,7 @@ use crate::{
 const PTRACE_TRACEME: u64 = 0;
 const PTRACE_ATTACH: u64 = 16;
 const PTRACE_SEIZE: u64 = 0x4206;
-const AF_INET: u64 = 2;
-const AF_INET6: u64 = 10;
-const AF_PACKET: u64 = 17;
-/// The socket type's bits of `socket`'s type argument (the rest are `SOCK_NONBLOCK` and
-/// `SOCK_CLOEXEC`).
-const SOCK_TYPE_MASK: u64 = 0xf;
-const SOCK_RAW: u64 = 3;
-const SOCK_PACKET: u64 = 10;
 const BPF_PROG_LOAD: u64 = 5;
-const S_IFMT: u64 = 0o170000;
-const S_IFSOCK: u64 = 0o140000;
-const S_IFBLK: u64 = 0o060000;
-const S_IFCHR: u64 = 0o020000;
 /// `(uid_t)-1`: leave this id unchanged.
 const UNCHANGED: u64 = u32::MAX as u64;
 /// Offset of `flags` in `struct io_uring_params` (after `sq_entries` and `cq_entries`).

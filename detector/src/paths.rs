@@ -7,7 +7,7 @@
 //! [`crate::decode`] normalizes it with [`lexical`], keeping what the kernel saw, and the
 //! pipeline classifies it again with [`PathClasses`], dropping what is not sensitive after all.
 
-use detector_common::{PATH_CLASS_KEY_BYTES, TOP_COMPONENTS, path_class};
+use detector_common::{PATH_CLASS_KEY_BYTES, TOP_COMPONENTS, linux::SET_ID_BITS, path_class};
 
 use crate::{
     config::{SensorsConfig, is_pattern},
@@ -58,9 +58,6 @@ pub fn lexical(path: &str) -> Option<String> {
     }
     Some(format!("/{}", parts.join("/")))
 }
-
-/// `S_ISUID | S_ISGID`.
-const SET_ID_BITS: u32 = 0o6000;
 
 /// The configured prefix classes, as the kernel's trie holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,13 @@
 //! memfd,bpf}.h`, `include/uapi/linux/stat.h`); the system call numbers are those of
 //! `arch/x86/entry/syscalls/syscall_64.tbl` and `include/uapi/asm-generic/unistd.h` (aarch64).
 
-use detector_common::{SyscallEvent, SyscallOp};
+use detector_common::{
+    SyscallEvent, SyscallOp,
+    linux::{
+        AF_INET, AF_INET6, AF_PACKET, S_IFBLK, S_IFCHR, S_IFMT, SOCK_PACKET, SOCK_RAW,
+        SOCK_TYPE_MASK,
+    },
+};
 
 use super::{DecodeError, text};
 use crate::event::{Body, Syscall, SyscallOperation};
@@ -150,17 +156,6 @@ const BPF_PROG_TYPES: [&str; 33] = [
     "syscall",
     "netfilter",
 ];
-
-const AF_INET: u64 = 2;
-const AF_INET6: u64 = 10;
-const AF_PACKET: u64 = 17;
-const SOCK_RAW: u64 = 3;
-const SOCK_PACKET: u64 = 10;
-/// The type bits of a socket type (the rest are `SOCK_NONBLOCK` and `SOCK_CLOEXEC`).
-const SOCK_TYPE_MASK: u64 = 0xf;
-const S_IFMT: u64 = 0o170_000;
-const S_IFBLK: u64 = 0o060_000;
-const S_IFCHR: u64 = 0o020_000;
 
 /// The name of system call `nr` on `table`'s architecture, or the number.
 fn syscall_name(table: &[(u32, &str)], nr: u32) -> String {

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use detector_common::linux::{O_TRUNC, SET_ID_BITS};
 use globset::{Candidate, GlobSet};
 use ipnet::IpNet;
 
@@ -367,11 +368,6 @@ fn in_networks(networks: &[IpNet], addr: IpAddr) -> bool {
     };
     networks.iter().any(|net| net.contains(&addr))
 }
-
-/// `S_ISUID | S_ISGID`.
-const SET_ID_BITS: u32 = 0o6000;
-/// `O_TRUNC`.
-const O_TRUNC: u32 = 0o1000;
 
 /// A chmod that sets the setuid or setgid bit.
 fn sets_id(file: &FileActivity) -> bool {
