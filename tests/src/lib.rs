@@ -169,6 +169,11 @@ pub struct Collector {
     quarantine: Option<KernelQuarantine>,
 }
 
+/// Whether `event` is the exit of process `pid`.
+pub fn is_exit_of(event: &Event, pid: u32) -> bool {
+    matches!(event.body, detector::event::Body::Exit(_)) && event.process.pid == Some(pid)
+}
+
 impl Collector {
     /// Loads and attaches the sensors with `config` and starts the pipeline.
     pub fn start(config: &SensorsConfig, sample_interval: Duration) -> anyhow::Result<Self> {
@@ -238,6 +243,14 @@ impl Collector {
                 Ok(None) | Err(_) => return done(&self.seen),
             }
         }
+    }
+
+    /// Waits up to `timeout` for the exit of `pid`, then collects what trails it (records
+    /// from other CPUs may arrive slightly after); false when the exit never came.
+    pub fn wait_for_exit(&mut self, timeout: Duration, pid: u32) -> bool {
+        let done = self.wait_until(timeout, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
+        self.collect_for(Duration::from_millis(300));
+        done
     }
 
     /// Receives everything that arrives within `duration`.

@@ -15,24 +15,12 @@ use detector::{
     event::{Body, Event, FileOperation},
     sensors::{ProgramSet, Sensors},
 };
-use tests::{Collector, TestCgroup, dump, privileged};
+use tests::{Collector, TestCgroup, dump, is_exit_of, privileged};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn collector(config: &SensorsConfig) -> Collector {
     Collector::start(config, Duration::from_millis(200)).expect("sensors load and attach")
-}
-
-fn is_exit_of(event: &Event, pid: u32) -> bool {
-    matches!(event.body, Body::Exit(_)) && event.process.pid == Some(pid)
-}
-
-/// Waits for the exit of `pid`, then collects what trails it (records from other CPUs may
-/// arrive slightly after); false when the exit never came.
-fn wait_for_exit(collector: &mut Collector, pid: u32) -> bool {
-    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
-    collector.collect_for(Duration::from_millis(300));
-    done
 }
 
 #[test]
@@ -144,7 +132,7 @@ fn write_opens_are_reported_and_harmless_or_read_only_opens_are_not() {
         ordinary.display()
     );
     let pid = cgroup.run_shell(&script).unwrap();
-    let done = wait_for_exit(&mut collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     std::fs::remove_file(&ordinary).unwrap();
     let events = collector.from_cgroup(cgroup.id());
     assert!(done, "no exit event for pid {pid}");
@@ -190,7 +178,7 @@ fn write_opens_carry_the_path_the_kernel_opened() {
          (cd sub && echo f > ../missing/dotted) 2>/dev/null; true"
     );
     let pid = cgroup.run_shell(&script).unwrap();
-    let done = wait_for_exit(&mut collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(done, "no exit event for pid {pid}");
     let events = collector.from_cgroup(cgroup.id());
@@ -259,7 +247,7 @@ fn reads_of_read_sensitive_paths_are_reported() {
     let pid = cgroup
         .run_shell(&format!("cat {} /etc/shadow > /dev/null", secret.display()))
         .unwrap();
-    let done = wait_for_exit(&mut collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     std::fs::remove_dir_all(&secret_dir).unwrap();
     assert!(done, "no exit event for pid {pid}");
     let events = collector.from_cgroup(cgroup.id());
@@ -324,7 +312,7 @@ fn unlink_chmod_and_rename_of_sensitive_paths_are_reported_relative_ones_joined(
          chmod 600 {guarded}/../plain/dotplain"
     );
     let pid = cgroup.run_shell(&script).unwrap();
-    let done = wait_for_exit(&mut collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(done, "no exit event for pid {pid}");
     let events = collector.from_cgroup(cgroup.id());
@@ -553,7 +541,7 @@ fn repeated_write_opens_are_suppressed_and_counted() {
             "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i >> {path}; done; sleep 1.5; echo 11 >> {path}"
         ))
         .unwrap();
-    let done = wait_for_exit(&mut collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     std::fs::remove_file(&path).unwrap();
     assert!(done);
     let events = collector.from_cgroup(cgroup.id());
@@ -635,7 +623,7 @@ fn assert_each_read_of_shadow_reported(
     readers: &[u32],
 ) {
     let last = *readers.last().unwrap();
-    let done = wait_for_exit(collector, last);
+    let done = collector.wait_for_exit(WAIT, last);
     assert!(done, "no exit event for pid {last}");
     let watched = collector.from_cgroup(cgroup.id());
     let missed: Vec<u32> = readers
@@ -823,7 +811,7 @@ fn a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace() 
         .unwrap();
     let pid = child.id();
     let status = child.wait().unwrap();
-    let done = wait_for_exit(&mut collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     let on_disk = (outside.exists(), root.join("inside").exists());
     std::fs::remove_dir_all(&base).unwrap();
     assert!(status.success(), "chroot-writes: {status}");

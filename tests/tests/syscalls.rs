@@ -38,18 +38,6 @@ fn collector(config: &SensorsConfig) -> Collector {
     Collector::start(config, Duration::from_millis(200)).expect("sensors load and attach")
 }
 
-fn is_exit_of(event: &Event, pid: u32) -> bool {
-    matches!(event.body, Body::Exit(_)) && event.process.pid == Some(pid)
-}
-
-/// Waits for the exit of `pid`, then collects what trails it (records from other CPUs may
-/// arrive slightly after); false when the exit never came.
-fn wait_for_exit(collector: &mut Collector, pid: u32) -> bool {
-    let done = collector.wait_until(WAIT, |seen| seen.iter().any(|e| is_exit_of(e, pid)));
-    collector.collect_for(Duration::from_millis(300));
-    done
-}
-
 /// Fails, never skips, off x86_64: the perl triggers call `syscall()` with x86_64 numbers and
 /// the tests assert that table's names.
 fn assert_x86_64(test: &str) {
@@ -95,7 +83,7 @@ fn run(collector: &mut Collector, cgroup: &TestCgroup, script: &str, env: &[(&st
         .unwrap();
     let pid = child.id();
     let output = child.wait_with_output().unwrap();
-    let done = wait_for_exit(collector, pid);
+    let done = collector.wait_for_exit(WAIT, pid);
     let run = Run {
         pid,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
