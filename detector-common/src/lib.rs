@@ -76,12 +76,16 @@ pub const PATH_OP_RENAME: u32 = 1;
 pub const PATH_OP_FAILED_OPEN: u32 = 2;
 /// Slot of [`MAP_PATH_OPS`] for the system calls of [`SyscallOp`].
 pub const PATH_OP_SYSCALL: u32 = 3;
+/// Slot of [`MAP_PATH_OPS`] for opens that may be reported: with write intent, or read-only
+/// past the read-sensitive prefilter (their path resolved and classified).
+pub const PATH_OP_OPEN: u32 = 4;
 /// The programs of [`MAP_PATH_OPS`], by slot: loaded on `sys_exit`, never attached.
-pub const PATH_OP_PROGRAMS: [&str; 4] = [
+pub const PATH_OP_PROGRAMS: [&str; 5] = [
     "sys_exit_path_op",
     "sys_exit_rename",
     "sys_exit_as_passed",
     "sys_exit_syscall",
+    "sys_exit_open",
 ];
 /// Global: kernel structure offsets read from BTF in user space ([`KernelOffsets`]).
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";

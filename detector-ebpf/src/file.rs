@@ -218,10 +218,38 @@ pub fn read_only_open(
 /// The tail call is made here, in a function of its own, not on `sys_exit`'s
 /// own path: a branch there for it, however placed, took `sys_exit` past the verifier's
 /// 1M-instruction limit (from ~660k).
+#[cfg(not(feature = "probe-read"))]
 #[inline(never)]
 pub fn open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> i32 {
     // A plain return value: a `Result` would travel through a sixth, stack argument.
     match try_open(ctx, dirfd, flags, ret) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+/// The `probe-read` build's [`open`]: on to [`sys_exit_open`] by tail call, the same work with a
+/// verifier budget of its own. There, `sys_exit`'s prefilter and the climb and path building
+/// together exceed the 1M-instruction limit (a probe read is a helper call where the typed
+/// build has a load); in the typed build the tail call would cost `sys_exit` more than it
+/// saves (measured: past the limit, from ~780k).
+#[cfg(feature = "probe-read")]
+#[inline(never)]
+pub fn open(ctx: &BtfTracePointContext, _dirfd: i32, _flags: u32, _ret: i64) -> i32 {
+    // SAFETY: as in `sys_exit`'s other tail calls.
+    unsafe { PATH_OPS.tail_call(ctx, detector_common::PATH_OP_OPEN) };
+    count(Stat::TailCallFailures);
+    0
+}
+
+/// `tp_btf/sys_exit`, reached by a tail call from [`open`]: the `probe-read` build only (the
+/// typed build does the same work in [`open`] itself).
+#[cfg(feature = "probe-read")]
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_open(ctx: BtfTracePointContext) -> i32 {
+    let regs = Regs::of(&ctx);
+    let ret: i64 = ctx.arg(1);
+    let (dirfd, _path, flags) = open_args!(regs, regs.nr(), return 0);
+    match try_open(&ctx, dirfd, flags, ret) {
         Ok(ret) | Err(ret) => ret,
     }
 }

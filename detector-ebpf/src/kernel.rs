@@ -1,17 +1,27 @@
-//! Reading kernel memory with plain loads: pointers the verifier knows by their BTF type.
+//! Reading kernel memory: plain loads through pointers the verifier knows by their BTF type,
+//! or, in the `probe-read` build, a `bpf_probe_read_kernel` call per load.
 //!
 //! A load through a typed pointer is checked by the verifier against the kernel's structure
 //! layout and compiled to a fault-safe load: about a nanosecond, where a `bpf_probe_read_kernel`
 //! call costs tens. Pointers start typed from the current task; an address that is not (a
 //! descriptor slot, a `struct mount` around its `vfsmount`) becomes typed through the kernel
 //! function `bpf_rdonly_cast`, which the verifier replaces by a plain move.
+//!
+//! `bpf_rdonly_cast` came with Linux 6.2 and `bpf_get_current_task_btf` with 5.11, so the
+//! crate is built twice: the typed build, and the `probe-read` feature's, where [`Btf`] is
+//! a plain address read through the helper (5.5 and later) and a cast changes nothing. The
+//! programs are the same source either way; user space loads the build the kernel can run.
 
+#[cfg(not(feature = "probe-read"))]
+use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task, bpf_get_current_task_btf},
+    helpers::generated::bpf_get_current_task,
     macros::map,
     maps::{Array, PerCpuArray},
 };
-use detector_common::{KFUNC_RDONLY_CAST_MARKER, KernelTypes, TaskCacheEntry};
+#[cfg(not(feature = "probe-read"))]
+use detector_common::KFUNC_RDONLY_CAST_MARKER;
+use detector_common::{KernelTypes, TaskCacheEntry};
 
 use crate::common::offset;
 
@@ -50,9 +60,42 @@ pub fn count_thread_exit() {
     }
 }
 
-/// A pointer the verifier knows by its BTF type (possibly null).
+/// A pointer the verifier knows by its BTF type (possibly null); in the `probe-read` build,
+/// an address read through `bpf_probe_read_kernel`.
 #[derive(Clone, Copy)]
 pub struct Btf(pub *const u8);
+
+/// The `T` at `addr`: a typed load, checked by the verifier and fault-safe (a bad address reads
+/// as zero).
+#[cfg(not(feature = "probe-read"))]
+#[inline(always)]
+fn load<T: Copy>(addr: *const u8) -> T {
+    // SAFETY: a typed load (see above); the verifier rejects any it cannot prove safe.
+    unsafe { core::ptr::read(addr.cast::<T>()) }
+}
+
+/// The `T` at `addr`, read by `bpf_probe_read_kernel`; zero when the read faults, as a typed
+/// load reads.
+///
+/// The helper's result is not looked at: it zeroes the destination when the read faults, and
+/// a branch on the result would double the paths the verifier walks at every load (measured:
+/// the path-operation programs went past its 1M-instruction limit with one).
+#[cfg(feature = "probe-read")]
+#[inline(always)]
+fn load<T: Copy>(addr: *const u8) -> T {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes `size_of::<T>()` bytes to `value` whatever happens: the
+    // kernel's memory at `addr`, or zeroes when that faults; every `T` read here (integers,
+    // pointers) may be all zeroes.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            addr.cast(),
+        );
+        value.assume_init()
+    }
+}
 
 impl Btf {
     /// The address.
@@ -72,30 +115,25 @@ impl Btf {
     /// The pointer member at `off`: typed again when it points to a structure.
     #[inline(always)]
     pub fn ptr(self, off: u32) -> Self {
-        // SAFETY: a typed load: the verifier checks the offset against the BTF layout of the
-        // pointee and makes the load fault-safe (a bad address reads as zero).
-        Self(unsafe { core::ptr::read(self.0.add(off as usize).cast::<*const u8>()) })
+        Self(load(self.at(off).0))
     }
 
     /// The 64-bit member at `off`.
     #[inline(always)]
     pub fn u64_at(self, off: u32) -> u64 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read(self.0.add(off as usize).cast::<u64>()) }
+        load(self.at(off).0)
     }
 
     /// The 32-bit member at `off`.
     #[inline(always)]
     pub fn u32_at(self, off: u32) -> u32 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read(self.0.add(off as usize).cast::<u32>()) }
+        load(self.at(off).0)
     }
 
     /// The 16-bit member at `off`.
     #[inline(always)]
     pub fn u16_at(self, off: u32) -> u16 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read(self.0.add(off as usize).cast::<u16>()) }
+        load(self.at(off).0)
     }
 }
 
@@ -103,6 +141,7 @@ impl Btf {
 /// with that BTF id. Rust has no syntax for a kernel-function call, so this emits a helper call
 /// to [`KFUNC_RDONLY_CAST_MARKER`], which user space rewrites into the kfunc call (source
 /// register `BPF_PSEUDO_KFUNC_CALL`, immediate the function's BTF id) before loading.
+#[cfg(not(feature = "probe-read"))]
 #[inline(always)]
 fn rdonly_cast(addr: u64, btf_id: u32) -> Btf {
     let out: u64;
@@ -121,6 +160,13 @@ fn rdonly_cast(addr: u64, btf_id: u32) -> Btf {
         );
     }
     Btf(out as *const u8)
+}
+
+/// The `probe-read` build's cast: the address itself, every load through it being a probe read.
+#[cfg(feature = "probe-read")]
+#[inline(always)]
+fn rdonly_cast(addr: u64, _btf_id: u32) -> Btf {
+    Btf(addr as *const u8)
 }
 
 /// The `struct file *` stored at `slot` (an entry of a descriptor table), typed: the slot is
@@ -213,10 +259,20 @@ impl Task {
     }
 
     /// `current`, from the helper.
+    #[cfg(not(feature = "probe-read"))]
     #[inline(always)]
     pub fn current() -> Self {
         // SAFETY: a helper without arguments; it returns the task as a typed pointer.
         Self(Btf(unsafe { bpf_get_current_task_btf() } as *const u8))
+    }
+
+    /// `current`, from the helper that returns its address (`bpf_get_current_task_btf` is
+    /// 5.11's).
+    #[cfg(feature = "probe-read")]
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: a helper without arguments.
+        Self(Btf(unsafe { bpf_get_current_task() } as *const u8))
     }
 
     /// The thread-group id.

@@ -34,11 +34,6 @@ pub enum BtfError {
         /// The member.
         member: &'static str,
     },
-    /// A kernel function the programs call is absent.
-    #[error(
-        "kernel BTF has no function {0}: the file sensor needs Linux 6.2 or later (kernel functions for tracing programs)"
-    )]
-    NoFunction(&'static str),
     /// No structure starts with a `struct file *` member.
     #[error("kernel BTF has none of {0:?} starting with a struct file pointer")]
     NoFileSlot(&'static [&'static str]),
@@ -51,8 +46,9 @@ pub struct KernelLayout {
     pub offsets: KernelOffsets,
     /// Ids of the structures cast to.
     pub types: KernelTypes,
-    /// Id of the kernel function `bpf_rdonly_cast`.
-    pub rdonly_cast: u32,
+    /// Id of the kernel function `bpf_rdonly_cast`; `None` before Linux 6.2, where only the
+    /// `probe-read` build of the programs runs.
+    pub rdonly_cast: Option<u32>,
 }
 
 /// Structures whose first member has long been a `struct file *`: a descriptor-table slot cast
@@ -71,7 +67,7 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
             dentry: struct_id(&btf, "dentry")?,
             task: struct_id(&btf, "task_struct")?,
         },
-        rdonly_cast: function_id(&btf, "bpf_rdonly_cast")?,
+        rdonly_cast: function_id(&btf, "bpf_rdonly_cast"),
     })
 }
 
@@ -99,12 +95,11 @@ fn struct_size(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
     }
 }
 
-fn function_id(btf: &Btf, name: &'static str) -> Result<u32, BtfError> {
+fn function_id(btf: &Btf, name: &'static str) -> Option<u32> {
     btf.resolve_ids_by_name(name)
         .unwrap_or_default()
         .into_iter()
         .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Func(_))))
-        .ok_or(BtfError::NoFunction(name))
 }
 
 /// The first of [`FILE_SLOT_CANDIDATES`] whose member at offset 0 is a `struct file *`.
@@ -258,7 +253,11 @@ mod tests {
         }
         let layout = kernel_layout(path).expect("layout");
         let offsets = layout.offsets;
-        assert!(layout.rdonly_cast > 0 && layout.types.mount > 0 && layout.types.file_slot > 0);
+        assert!(
+            layout.rdonly_cast.is_some_and(|id| id > 0)
+                && layout.types.mount > 0
+                && layout.types.file_slot > 0
+        );
         assert!(layout.types.task > 0 && layout.types.task != layout.types.mount);
         assert!(offsets.task_real_parent > 0 && offsets.task_tgid > 0);
         assert!(offsets.mm_arg_end == offsets.mm_arg_start + 8);

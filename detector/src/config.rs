@@ -105,6 +105,31 @@ pub enum Watch {
     Containers,
 }
 
+/// Which build of the kernel programs to load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgramVariant {
+    /// `typed` where the kernel offers `bpf_rdonly_cast` (Linux 6.2 and later), else
+    /// `probe-read`.
+    #[default]
+    Auto,
+    /// Plain loads through BTF-typed pointers: the cheaper build, Linux 6.2 and later.
+    Typed,
+    /// A `bpf_probe_read_kernel` call per kernel-memory load: Linux 5.10 and later.
+    ProbeRead,
+}
+
+impl ProgramVariant {
+    /// The name in the configuration, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Typed => "typed",
+            Self::ProbeRead => "probe-read",
+        }
+    }
+}
+
 /// Kernel sensor settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -137,6 +162,12 @@ pub struct SensorsConfig {
     pub cgroup2_path: Option<PathBuf>,
     /// Kernel BTF.
     pub btf_path: PathBuf,
+    /// Which build of the kernel programs to load (`auto` picks by what the kernel offers).
+    pub program_variant: ProgramVariant,
+    /// Refuse to start when any kernel program fails to load or attach. By default the daemon
+    /// runs with the programs that did, names the others with the kernel's reason in its log,
+    /// `/metrics` and `/readyz`, and goes on.
+    pub require_all_programs: bool,
 }
 
 impl Default for SensorsConfig {
@@ -196,6 +227,8 @@ impl Default for SensorsConfig {
             ]),
             cgroup2_path: None,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            program_variant: ProgramVariant::Auto,
+            require_all_programs: false,
         }
     }
 }

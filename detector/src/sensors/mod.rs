@@ -1,8 +1,11 @@
 //! Loading, configuring and attaching the kernel programs.
 //!
 //! [`Sensors::load`] checks the node first (privileges, BTF, cgroup2), reads kernel offsets from
-//! BTF, loads the embedded object with its globals set, fills the configuration maps and attaches
-//! every program. [`Sensors::detach`] and [`Sensors::attach`] take the programs off their hooks
+//! BTF, picks the build of the programs the kernel can run (typed loads from Linux 6.2, probe
+//! reads before: [`ProgramVariant`]), loads the embedded object with its globals set, fills the
+//! configuration maps and attaches every program. A program the kernel refuses is named with the
+//! kernel's reason ([`Sensors::programs`]) and the others run, unless
+//! `sensors.require_all_programs` makes that fatal. [`Sensors::detach`] and [`Sensors::attach`] take the programs off their hooks
 //! and put them back without loading them again. Dropping [`Sensors`] detaches them all, in
 //! the reverse order of attaching (`sys_exit` before the exit program its task cache relies on).
 
@@ -30,10 +33,10 @@ use detector_common::{
     GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
     GLOBAL_READ_PREFILTER, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_MODE, MAP_EGRESS, MAP_EVENTS,
     MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
-    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PATH_OP_PROGRAMS,
-    PathClassData, TaskCacheEntry, TrafficCounters, WatchMode,
+    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PATH_OP_OPEN,
+    PATH_OP_PROGRAMS, PathClassData, TaskCacheEntry, TrafficCounters, WatchMode,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 mod classes;
 mod kfunc;
@@ -44,13 +47,17 @@ use kfunc::with_kfunc_calls;
 use crate::{
     btf::{BtfError, kernel_layout},
     cgroup,
-    config::{SensorsConfig, Watch},
+    config::{ProgramVariant, SensorsConfig, Watch},
     paths::PathClasses,
     quarantine::KernelQuarantine,
 };
 
-/// The eBPF object built by `build.rs` from `detector-ebpf`.
+/// The eBPF object built by `build.rs` from `detector-ebpf`: typed loads, for Linux 6.2 and
+/// later.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+/// The same programs built with the `probe-read` feature, for kernels from 5.10 to 6.1.
+static EBPF_OBJECT_PROBE_READ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-read/detector"));
 
 /// Failure to bring up the sensors.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +100,24 @@ pub enum SensorError {
     /// The ring buffer's fd could not be registered for polling.
     #[error("cannot poll the ring buffer: {0}")]
     RingPoll(#[source] io::Error),
+    /// `sensors.program_variant` asks for a build this kernel cannot run.
+    #[error(
+        "sensors.program_variant is typed, but the kernel's BTF has no function bpf_rdonly_cast (Linux 6.2 and later): use auto or probe-read"
+    )]
+    TypedUnsupported,
+    /// A program could not be loaded or attached and `sensors.require_all_programs` is set.
+    #[error(
+        "eBPF program {program} is not running ({reason}), and sensors.require_all_programs is set"
+    )]
+    Required {
+        /// The program.
+        program: &'static str,
+        /// The kernel's reason.
+        reason: String,
+    },
+    /// Not one program could be loaded and attached.
+    #[error("no eBPF program runs on this kernel: {0}")]
+    NothingRunning(String),
     /// The embedded object could not be loaded.
     #[error("cannot load the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
@@ -150,9 +175,23 @@ pub struct ProgramStats {
     pub run_time: std::time::Duration,
 }
 
+/// One program of the set on this kernel: running, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStatus {
+    /// The program.
+    pub name: &'static str,
+    /// `None` when it is loaded and attached (or, for a tail-called program, in its slot);
+    /// else the stage that failed and the kernel's reason (the verifier's last words).
+    pub missing: Option<String>,
+}
+
 /// The loaded and attached programs.
 pub struct Sensors {
     ebpf: Ebpf,
+    variant: ProgramVariant,
+    require_all: bool,
+    /// Every program of the set in load order, with why it is not running.
+    status: Vec<ProgramStatus>,
     cgroup2: PathBuf,
     set: ProgramSet,
     /// The set's programs and their hooks, loaded.
@@ -230,7 +269,19 @@ impl Sensors {
         };
         let layout = kernel_layout(&config.btf_path)?;
         debug!(?layout, "kernel layout from BTF");
-        let object = with_kfunc_calls(EBPF_OBJECT, layout.rdonly_cast)?;
+        let (variant, patched) = match (config.program_variant, layout.rdonly_cast) {
+            (ProgramVariant::Auto | ProgramVariant::Typed, Some(cast)) => (
+                ProgramVariant::Typed,
+                Some(with_kfunc_calls(EBPF_OBJECT, cast)?),
+            ),
+            (ProgramVariant::Typed, None) => return Err(SensorError::TypedUnsupported),
+            (ProgramVariant::Auto | ProgramVariant::ProbeRead, _) => {
+                (ProgramVariant::ProbeRead, None)
+            }
+        };
+        let object = patched
+            .as_ref()
+            .map_or(EBPF_OBJECT_PROBE_READ, |patched| patched.bytes());
 
         let tgid = std::process::id();
         let watch_mode = match config.watch {
@@ -251,10 +302,13 @@ impl Sensors {
             .override_global(GLOBAL_KERNEL_TYPES, &layout.types, true)
             .override_global(GLOBAL_READ_PREFILTER, &prefilter, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
-            .load(object.bytes())
+            .load(object)
             .map_err(SensorError::Object)?;
         let mut sensors = Self {
             ebpf,
+            variant,
+            require_all: config.require_all_programs,
+            status: Vec::new(),
             cgroup2,
             set,
             hooks: Vec::new(),
@@ -268,13 +322,74 @@ impl Sensors {
         sensors.refresh_watch_roots()?;
         sensors.load_programs()?;
         sensors.attach()?;
+        if sensors.links.is_empty() {
+            let reasons: Vec<String> = sensors
+                .status
+                .iter()
+                .filter_map(|p| Some(format!("{} ({})", p.name, p.missing.as_ref()?)))
+                .collect();
+            return Err(SensorError::NothingRunning(reasons.join("; ")));
+        }
+        let missing: Vec<_> = sensors
+            .status
+            .iter()
+            .filter(|status| status.missing.is_some())
+            .map(|status| status.name)
+            .collect();
         info!(
             programs = ?sensors.attached(),
+            ?missing,
+            variant = variant.as_str(),
             cgroup2 = %sensors.cgroup2.display(),
             watch = ?config.watch,
             "eBPF programs attached (BTF and raw tracepoints, cgroup hooks; tracefs not needed)"
         );
         Ok(sensors)
+    }
+
+    /// The build of the programs loaded: [`ProgramVariant::Typed`] or
+    /// [`ProgramVariant::ProbeRead`].
+    pub fn variant(&self) -> ProgramVariant {
+        self.variant
+    }
+
+    /// Every program of the set, in load order, with why it is not running.
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.status
+    }
+
+    /// Records that `name` failed at `stage`: an error when every program is required, else
+    /// a warning and its status, and the others go on.
+    fn missing(
+        &mut self,
+        name: &'static str,
+        stage: &'static str,
+        reason: String,
+    ) -> Result<(), SensorError> {
+        let reason = format!("{stage}: {reason}");
+        if self.require_all {
+            return Err(SensorError::Required {
+                program: name,
+                reason,
+            });
+        }
+        warn!(program = name, %reason, variant = self.variant.as_str(), "eBPF program not running; the others go on");
+        match self.status.iter_mut().find(|status| status.name == name) {
+            Some(status) => status.missing = Some(reason),
+            None => self.status.push(ProgramStatus {
+                name,
+                missing: Some(reason),
+            }),
+        }
+        Ok(())
+    }
+
+    /// Records that `name` loaded.
+    fn loaded(&mut self, name: &'static str) {
+        self.status.push(ProgramStatus {
+            name,
+            missing: None,
+        });
     }
 
     /// Names of the loaded programs, attached unless [`Sensors::detach`]ed.
@@ -321,30 +436,62 @@ impl Sensors {
         // cache of the current task relies on: it is attached first and detached last.
         for &(name, tracepoint) in tracepoints {
             let program: &mut RawTracePoint = self.program(name)?;
-            program.load().map_err(program_error(name, "load"))?;
-            self.hooks.push(Hook::RawTracePoint(name, tracepoint));
+            match program.load() {
+                Ok(()) => {
+                    self.loaded(name);
+                    self.hooks.push(Hook::RawTracePoint(name, tracepoint));
+                }
+                Err(err) => self.missing(name, "load", reason(&err))?,
+            }
         }
+        // `sys_exit`'s task cache is only right while every thread exit is counted.
+        let exits_counted = self
+            .hooks
+            .iter()
+            .any(|hook| hook.program() == "sched_process_exit" || self.set == ProgramSet::Noop);
         for &(name, tracepoint) in btf_tracepoints {
+            if !exits_counted {
+                self.missing(
+                    name,
+                    "load",
+                    "needs sched_process_exit, which counts the thread exits its task cache relies on"
+                        .to_owned(),
+                )?;
+                continue;
+            }
             let program: &mut BtfTracePoint = self.program(name)?;
-            program
-                .load(tracepoint, &btf)
-                .map_err(program_error(name, "load"))?;
-            self.hooks.push(Hook::BtfTracePoint(name));
+            match program.load(tracepoint, &btf) {
+                Ok(()) => {
+                    self.loaded(name);
+                    self.hooks.push(Hook::BtfTracePoint(name));
+                }
+                Err(err) => self.missing(name, "load", reason(&err))?,
+            }
         }
         if self.set == ProgramSet::Sensors {
             self.load_path_op_programs(&btf)?;
             for name in ["connect4", "connect6"] {
                 let program: &mut CgroupSockAddr = self.program(name)?;
-                program.load().map_err(program_error(name, "load"))?;
-                self.hooks.push(Hook::CgroupSockAddr(name));
+                match program.load() {
+                    Ok(()) => {
+                        self.loaded(name);
+                        self.hooks.push(Hook::CgroupSockAddr(name));
+                    }
+                    Err(err) => self.missing(name, "load", reason(&err))?,
+                }
             }
             for (name, direction) in [
                 ("egress", CgroupSkbAttachType::Egress),
                 ("ingress", CgroupSkbAttachType::Ingress),
             ] {
                 let program: &mut CgroupSkb = self.program(name)?;
-                program.load().map_err(program_error(name, "load"))?;
-                self.hooks.push(Hook::CgroupSkb(name, direction));
+                match program.load() {
+                    Ok(()) => {
+                        self.loaded(name);
+                        self.hooks.push(Hook::CgroupSkb(name, direction));
+                    }
+                    Err(err) => self.missing(name, "load", reason(&err))?,
+                }
             }
         }
         // How close each program came to the verifier's limit of 1,000,000 instructions.
@@ -365,18 +512,37 @@ impl Sensors {
     /// attached themselves. The map stays open with the object: the kernel empties a program
     /// array when user space closes its last descriptor.
     fn load_path_op_programs(&mut self, btf: &Btf) -> Result<(), SensorError> {
+        let dispatch = self.hooks.iter().any(|hook| hook.program() == "sys_exit");
         for (slot, name) in (0u32..).zip(PATH_OP_PROGRAMS) {
+            if slot == PATH_OP_OPEN && self.variant == ProgramVariant::Typed {
+                // The typed build resolves opens in `sys_exit` itself; the slot stays empty.
+                continue;
+            }
+            if !dispatch {
+                self.missing(
+                    name,
+                    "load",
+                    "tail-called from sys_exit, which is not running".to_owned(),
+                )?;
+                continue;
+            }
             let program: &mut BtfTracePoint = self.program(name)?;
-            program
-                .load("sys_exit", btf)
-                .map_err(program_error(name, "load"))?;
+            if let Err(err) = program.load("sys_exit", btf) {
+                self.missing(name, "load", reason(&err))?;
+                continue;
+            }
             let fd = program
                 .fd()
                 .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
                 .map_err(program_error(name, "load"))?;
             let mut array: ProgramArray<_> = ProgramArray::try_from(self.map_mut(MAP_PATH_OPS)?)
                 .map_err(map_error(MAP_PATH_OPS))?;
-            array.set(slot, &fd, 0).map_err(map_error(MAP_PATH_OPS))?;
+            match array.set(slot, &fd, 0) {
+                Ok(()) => self.loaded(name),
+                Err(err) => {
+                    self.missing(name, "load", format!("{MAP_PATH_OPS} slot {slot}: {err}"))?
+                }
+            }
         }
         Ok(())
     }
@@ -395,44 +561,44 @@ impl Sensors {
             path: self.cgroup2.clone(),
             source,
         })?;
+        let mut refused = Vec::new();
         for hook in self.hooks.clone() {
             let link = match hook {
                 Hook::BtfTracePoint(name) => {
                     let program: &mut BtfTracePoint = self.program(name)?;
-                    Link::BtfTracePoint(
-                        name,
-                        program.attach().map_err(program_error(name, "attach"))?,
-                    )
+                    program.attach().map(|id| Link::BtfTracePoint(name, id))
                 }
                 Hook::RawTracePoint(name, tracepoint) => {
                     let program: &mut RawTracePoint = self.program(name)?;
-                    Link::RawTracePoint(
-                        name,
-                        program
-                            .attach(tracepoint)
-                            .map_err(program_error(name, "attach"))?,
-                    )
+                    program
+                        .attach(tracepoint)
+                        .map(|id| Link::RawTracePoint(name, id))
                 }
                 Hook::CgroupSockAddr(name) => {
                     let program: &mut CgroupSockAddr = self.program(name)?;
-                    Link::CgroupSockAddr(
-                        name,
-                        program
-                            .attach(&root, CgroupAttachMode::Single)
-                            .map_err(program_error(name, "attach"))?,
-                    )
+                    program
+                        .attach(&root, CgroupAttachMode::Single)
+                        .map(|id| Link::CgroupSockAddr(name, id))
                 }
                 Hook::CgroupSkb(name, direction) => {
                     let program: &mut CgroupSkb = self.program(name)?;
-                    Link::CgroupSkb(
-                        name,
-                        program
-                            .attach(&root, direction, CgroupAttachMode::Single)
-                            .map_err(program_error(name, "attach"))?,
-                    )
+                    program
+                        .attach(&root, direction, CgroupAttachMode::Single)
+                        .map(|id| Link::CgroupSkb(name, id))
                 }
             };
-            self.links.push(link);
+            match link {
+                Ok(link) => self.links.push(link),
+                Err(err) if self.require_all => {
+                    return Err(program_error(hook.program(), "attach")(err));
+                }
+                Err(err) => refused.push((hook.program(), reason(&err))),
+            }
+        }
+        // A program the kernel will not attach is not tried again on the next attach.
+        for (name, reason) in refused {
+            self.hooks.retain(|hook| hook.program() != name);
+            self.missing(name, "attach", reason)?;
         }
         Ok(())
     }
@@ -646,6 +812,31 @@ fn program_error(
         program,
         stage,
         source,
+    }
+}
+
+/// A program error in a line or a few: for a verifier rejection, the syscall's error and the
+/// verifier's last lines (where it says what it refused and how far it got), not its whole log.
+fn reason(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect();
+            let last = &lines[lines.len().saturating_sub(3)..];
+            if last.is_empty() {
+                format!("the verifier refused it ({io_error})")
+            } else {
+                format!("the verifier refused it ({io_error}): {}", last.join(" | "))
+            }
+        }
+        other => other.to_string(),
     }
 }
 
