@@ -220,7 +220,23 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         );
     }
     let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
-    metrics.set_programs_attached(&sensors.attached());
+    let variant = sensors.variant().as_str();
+    let (running, missing): (Vec<_>, Vec<_>) = sensors
+        .programs()
+        .iter()
+        .partition(|program| program.missing.is_none());
+    metrics.set_programs_attached(&running.iter().map(|p| p.name).collect::<Vec<_>>());
+    for program in &missing {
+        metrics.set_program_attached(program.name, false);
+    }
+    metrics.set_program_variant(variant);
+    readiness.set_programs(
+        variant,
+        missing
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.missing.as_deref().unwrap_or_default()))
+            .collect(),
+    );
     readiness.set_attached(true);
     let quarantine = sensors.take_quarantine()?;
     let kube = if config.attribution.kubernetes {

@@ -8,7 +8,9 @@
 //! - `/metrics`: the OpenMetrics text exposition of every figure;
 //! - `/healthz`: 200 while the process answers;
 //! - `/readyz`: 200 once the kernel programs are attached and, in cluster mode, the pod cache
-//!   has synced; 503 with the reason otherwise.
+//!   has synced, naming the build of the programs loaded and any program the kernel refused
+//!   (the daemon runs without it unless `sensors.require_all_programs` is set); 503 with the
+//!   reason otherwise.
 //!
 //! Wiring it into the daemon:
 //!
@@ -172,6 +174,11 @@ struct VersionLabel {
     version: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VariantLabel {
+    variant: &'static str,
+}
+
 /// Every figure the daemon exports. Clones share the same figures.
 #[derive(Clone)]
 pub struct Metrics {
@@ -198,6 +205,7 @@ struct Inner {
     analysis_batch: Histogram,
     pods_tracked: Gauge,
     programs_attached: Family<ProgramLabel, Gauge>,
+    program_variant: Family<VariantLabel, Gauge>,
     /// Every program name marked so far, to mark the missing ones detached.
     programs_known: Mutex<BTreeSet<String>>,
     /// The kernel's cumulative counters as last seen, to turn them into increments.
@@ -331,6 +339,12 @@ impl Metrics {
             "1 when the kernel program is attached, 0 when it is not",
             programs_attached.clone(),
         );
+        let program_variant = Family::<VariantLabel, Gauge>::default();
+        registry.register(
+            "program_variant",
+            "1 for the build of the kernel programs loaded: typed (Linux 6.2 and later) or probe-read",
+            program_variant.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -359,6 +373,7 @@ impl Metrics {
                 analysis_batch,
                 pods_tracked,
                 programs_attached,
+                program_variant,
                 programs_known: Mutex::default(),
                 kernel_stats_seen: Mutex::new(vec![0; STAT_COUNT as usize]),
             }),
@@ -533,6 +548,14 @@ impl Metrics {
         }
     }
 
+    /// Marks the build of the kernel programs loaded (`typed` or `probe-read`).
+    pub fn set_program_variant(&self, variant: &'static str) {
+        self.inner
+            .program_variant
+            .get_or_create(&VariantLabel { variant })
+            .set(1);
+    }
+
     /// The OpenMetrics text exposition of every figure.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -555,6 +578,8 @@ pub struct Readiness {
 #[derive(Debug, Default)]
 struct ReadinessInner {
     attached: AtomicBool,
+    /// The build of the programs loaded, and the programs not running with their reasons.
+    programs: Mutex<(Option<&'static str>, Vec<String>)>,
     pod_cache_synced: AtomicBool,
     cluster_mode: AtomicBool,
 }
@@ -568,6 +593,34 @@ impl Readiness {
     /// Whether the kernel programs are attached.
     pub fn set_attached(&self, attached: bool) {
         self.inner.attached.store(attached, Ordering::Relaxed);
+    }
+
+    /// The build of the kernel programs loaded, and each program not running as
+    /// `name (reason)`: said by `/readyz`, ready or not.
+    pub fn set_programs(&self, variant: &'static str, missing: Vec<String>) {
+        *self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = (Some(variant), missing);
+    }
+
+    /// What `/readyz` says besides ready or not: the programs' build and what is missing.
+    pub fn programs(&self) -> String {
+        let programs = self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &*programs {
+            (None, _) => String::new(),
+            (Some(variant), missing) if missing.is_empty() => {
+                format!("{variant} programs, all running")
+            }
+            (Some(variant), missing) => {
+                format!("{variant} programs; not running: {}", missing.join("; "))
+            }
+        }
     }
 
     /// Whether the pod watcher has listed this node's pods at least once.
@@ -682,11 +735,17 @@ async fn serve_health() -> &'static str {
 }
 
 async fn serve_ready(State(state): State<AppState>) -> Response {
+    let programs = state.readiness.programs();
+    let programs = if programs.is_empty() {
+        programs
+    } else {
+        format!(" ({programs})")
+    };
     match state.readiness.check() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+        Ok(()) => (StatusCode::OK, format!("ready{programs}\n")).into_response(),
         Err(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", reasons.join("; ")),
+            format!("not ready: {}{programs}\n", reasons.join("; ")),
         )
             .into_response(),
     }
@@ -791,6 +850,19 @@ mod tests {
         assert_eq!(ready.check(), Err(vec!["pod cache not synced"]));
         ready.set_pod_cache_synced(true);
         assert_eq!(ready.check(), Ok(()));
+        assert_eq!(ready.programs(), "");
+        ready.set_programs("typed", Vec::new());
+        assert_eq!(ready.programs(), "typed programs, all running");
+        ready.set_programs(
+            "probe-read",
+            vec!["sys_exit (load: the verifier refused it)".to_owned()],
+        );
+        assert_eq!(
+            ready.programs(),
+            "probe-read programs; not running: sys_exit (load: the verifier refused it)"
+        );
+        // Degraded is still ready: the other programs run.
+        assert_eq!(ready.check(), Ok(()));
     }
 
     #[test]
@@ -805,6 +877,13 @@ mod tests {
         );
         assert!(
             text.contains("detector_program_attached{program=\"file\"} 0"),
+            "{text}"
+        );
+        metrics.set_program_variant("probe-read");
+        assert!(
+            metrics
+                .encode()
+                .contains("detector_program_variant{variant=\"probe-read\"} 1"),
             "{text}"
         );
     }

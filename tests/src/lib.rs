@@ -27,11 +27,11 @@ use std::{
 
 use detector::{
     cgroup::{cgroup_id, cgroup2_mount},
-    config::SensorsConfig,
+    config::{ProgramVariant, SensorsConfig},
     event::Event,
     pipeline::Pipeline,
     quarantine::KernelQuarantine,
-    sensors::{ProgramSet, Sensors},
+    sensors::{ProgramSet, ProgramStatus, Sensors},
 };
 use tokio::sync::mpsc;
 
@@ -166,6 +166,8 @@ pub struct Collector {
     batches: mpsc::Receiver<Vec<Event>>,
     seen: Vec<Event>,
     attached: Vec<&'static str>,
+    programs: Vec<ProgramStatus>,
+    variant: ProgramVariant,
     quarantine: Option<KernelQuarantine>,
 }
 
@@ -188,6 +190,8 @@ impl Collector {
             .enable_all()
             .build()?;
         let attached = sensors.attached();
+        let programs = sensors.programs().to_vec();
+        let variant = sensors.variant();
         let quarantine = sensors.take_quarantine()?;
         let (pipeline, batches) = {
             let _guard = runtime.enter();
@@ -199,6 +203,8 @@ impl Collector {
             batches,
             seen: Vec::new(),
             attached,
+            programs,
+            variant,
             quarantine: Some(quarantine),
         })
     }
@@ -221,6 +227,16 @@ impl Collector {
     /// Names of the attached programs.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached
+    }
+
+    /// Every program of the set, with why it is not running.
+    pub fn programs(&self) -> &[ProgramStatus] {
+        &self.programs
+    }
+
+    /// The build of the programs loaded.
+    pub fn variant(&self) -> ProgramVariant {
+        self.variant
     }
 
     /// Receives events until `done` holds over everything seen so far, or `timeout` passes.
