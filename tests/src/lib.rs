@@ -171,6 +171,17 @@ pub struct Collector {
     quarantine: Option<KernelQuarantine>,
 }
 
+/// The build of the programs asked for by `DETECTOR_TEST_PROGRAM_VARIANT`, if set.
+pub fn test_program_variant() -> anyhow::Result<Option<ProgramVariant>> {
+    let Some(value) = std::env::var_os("DETECTOR_TEST_PROGRAM_VARIANT") else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    serde_json::from_value(serde_json::Value::String(value.clone().into_owned()))
+        .map(Some)
+        .map_err(|err| anyhow::anyhow!("DETECTOR_TEST_PROGRAM_VARIANT={value}: {err}"))
+}
+
 /// Whether `event` is the exit of process `pid`.
 pub fn is_exit_of(event: &Event, pid: u32) -> bool {
     matches!(event.body, detector::event::Body::Exit(_)) && event.process.pid == Some(pid)
@@ -178,8 +189,19 @@ pub fn is_exit_of(event: &Event, pid: u32) -> bool {
 
 impl Collector {
     /// Loads and attaches the sensors with `config` and starts the pipeline.
+    ///
+    /// `DETECTOR_TEST_PROGRAM_VARIANT` (`typed`, `probe-read`) overrides the build of the
+    /// programs: `cargo xtask test` runs the sensor tests once more with `probe-read`, the build
+    /// for kernels before 6.2, on this kernel.
     pub fn start(config: &SensorsConfig, sample_interval: Duration) -> anyhow::Result<Self> {
-        Self::with_sensors(Sensors::load(config, ProgramSet::Sensors)?, sample_interval)
+        let mut config = config.clone();
+        if let Some(variant) = test_program_variant()? {
+            config.program_variant = variant;
+        }
+        Self::with_sensors(
+            Sensors::load(&config, ProgramSet::Sensors)?,
+            sample_interval,
+        )
     }
 
     /// Starts the pipeline on sensors loaded by the caller; what they recorded before is

@@ -11,7 +11,7 @@ use std::{
 };
 
 use detector::{
-    config::{SensorsConfig, Watch},
+    config::{ProgramVariant, SensorsConfig, Watch},
     event::{Body, Event, FileOperation},
     sensors::{ProgramSet, Sensors},
 };
@@ -73,6 +73,39 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
         unreachable!()
     };
     assert_eq!(exit.exit_status, Some(3));
+}
+
+#[test]
+fn the_build_asked_for_is_loaded_and_every_program_runs() {
+    if !privileged("the_build_asked_for_is_loaded_and_every_program_runs") {
+        return;
+    }
+    let collector = collector(&SensorsConfig::default());
+    let expected = tests::test_program_variant()
+        .unwrap()
+        .unwrap_or(ProgramVariant::Typed);
+    assert_eq!(collector.variant(), expected);
+    let missing: Vec<_> = collector
+        .programs()
+        .iter()
+        .filter(|p| p.missing.is_some())
+        .collect();
+    assert!(missing.is_empty(), "programs not running: {missing:?}");
+    // Every hook and every tail-called program the build has.
+    let names: Vec<_> = collector.programs().iter().map(|p| p.name).collect();
+    for name in [
+        "sys_exit",
+        "sys_exit_path_op",
+        "sys_exit_rename",
+        "sys_exit_as_passed",
+    ] {
+        assert!(names.contains(&name), "{name} not among {names:?}");
+    }
+    assert_eq!(
+        names.contains(&"sys_exit_open"),
+        expected == ProgramVariant::ProbeRead,
+        "the probe-read build resolves opens in a tail-called program: {names:?}"
+    );
 }
 
 #[test]
