@@ -220,25 +220,29 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    status(
-        Command::new("rustup")
-            .current_dir(workspace())
-            .args(["run", NIGHTLY, "cargo", "clippy", "-p", "detector-ebpf"])
-            .args([
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-            ])
-            .args(["--", "-D", "warnings"])
-            .env(
-                "CARGO_ENCODED_RUSTFLAGS",
-                format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
-            )
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
-    )?;
+    // Both builds of the programs: typed, and probe-read for kernels before 6.2.
+    for features in [&[][..], &["--features", "probe-read"][..]] {
+        status(
+            Command::new("rustup")
+                .current_dir(workspace())
+                .args(["run", NIGHTLY, "cargo", "clippy", "-p", "detector-ebpf"])
+                .args([
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ])
+                .args(features)
+                .args(["--", "-D", "warnings"])
+                .env(
+                    "CARGO_ENCODED_RUSTFLAGS",
+                    format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
+                )
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+        )?;
+    }
     if is_root() {
         install_test_packages()?;
     } else {
