@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{
         Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, ProgramArray,
         RingBuf, lpm_trie::Key,
@@ -294,6 +294,10 @@ impl Sensors {
         // waits below that on its own tick (`RING_DRAIN_INTERVAL_MS`).
         let wakeup_bytes = u64::from(config.ring_buffer_bytes / 16);
         let ebpf = EbpfLoader::new()
+            // The verifier's verdict and its statistics, not its walk: a rejected program's
+            // walk fills any buffer before Linux 6.4 (no rotating log), and each bigger
+            // buffer is another whole verification, minutes on a slow machine.
+            .verifier_log_level(VerifierLogLevel::STATS)
             .override_global(GLOBAL_DAEMON_TGID, &tgid, true)
             .override_global(GLOBAL_WATCH_MODE, &watch_mode, true)
             .override_global(GLOBAL_DEDUP_WINDOW_NS, &dedup_ns, true)
