@@ -33,8 +33,8 @@ use aya_ebpf::{
 };
 use detector_common::{
     DedupKey, DedupValue, EventKind, FNV_OFFSET, FNV_PRIME, FileEvent, FileOp,
-    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_OP_FAILED_OPEN, PathClassData,
-    RenameEvent, Stat, file_flags,
+    PATH_CLASS_KEY_BYTES, PATH_MAX_BYTES, PATH_OP_FAILED_OPEN, PathClassData, RenameEvent, Stat,
+    file_flags,
     linux::{O_TRUNC, SET_ID_BITS},
     path_class,
 };
@@ -325,7 +325,7 @@ fn resolvable(top: &Resolved) -> bool {
 /// `OTHER_ROOT` and `PATH_TRUNCATED` flags); false when it could not be built.
 #[inline(always)]
 fn build_path(top: &Resolved, record: &Resolution, scratch: &mut FileScratch) -> bool {
-    if top.depth as usize > PATH_MAX_COMPONENTS {
+    if top.depth as usize > path::MAX_COMPONENTS {
         count(Stat::UnresolvedPaths);
         return false;
     }
@@ -671,7 +671,7 @@ unsafe fn join_relative(task: Task, dirfd: i32, user_path: u64, dst: *mut u8) ->
     let Some((top, record)) = Resolved::read() else {
         return 0;
     };
-    if !resolvable(&top) || top.depth as usize > PATH_MAX_COMPONENTS {
+    if !resolvable(&top) || top.depth as usize > path::MAX_COMPONENTS {
         return 0;
     }
     let outside = if top.reached == Reached::OtherRoot {

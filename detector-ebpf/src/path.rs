@@ -15,14 +15,27 @@
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel_str, macros::map, maps::PerCpuArray};
 use detector_common::{
-    MNT_INTERNAL, NameWord, PATH_MAX_BYTES, PATH_MAX_COMPONENTS, PATH_MAX_MOUNTS,
-    READ_PREFILTER_SLOTS, ReadPrefilter, TOP_COMPONENTS, TopComponents,
+    MNT_INTERNAL, NameWord, PATH_MAX_BYTES, READ_PREFILTER_SLOTS, ReadPrefilter, TOP_COMPONENTS,
+    TopComponents,
 };
 
 use crate::{
     common::offset,
     kernel::{Btf, Task, dentry_at, file_at, mount_at, vfsmount_at},
 };
+
+/// Components a climb records. The typed build takes [`detector_common::PATH_MAX_COMPONENTS`];
+/// the `probe-read` build fewer, for older kernels' verifiers (deeper paths are reported with
+/// the path as passed, flagged unresolved when it cannot be joined either).
+#[cfg(not(feature = "probe-read"))]
+pub const MAX_COMPONENTS: usize = detector_common::PATH_MAX_COMPONENTS;
+#[cfg(feature = "probe-read")]
+pub const MAX_COMPONENTS: usize = 16;
+/// Mounts a climb crosses (see [`MAX_COMPONENTS`]).
+#[cfg(not(feature = "probe-read"))]
+pub const MAX_MOUNTS: usize = detector_common::PATH_MAX_MOUNTS;
+#[cfg(feature = "probe-read")]
+pub const MAX_MOUNTS: usize = 4;
 
 const ANY: NameWord = NameWord {
     value: 0,
@@ -65,8 +78,8 @@ pub struct Resolution {
     _pad: u32,
     /// The names of `top` and `leaf`, as [`compare_entries`] compares them.
     names: [Name; TOP_COMPONENTS + 1],
-    name: [u64; PATH_MAX_COMPONENTS],
-    len: [u32; PATH_MAX_COMPONENTS],
+    name: [u64; MAX_COMPONENTS],
+    len: [u32; MAX_COMPONENTS],
 }
 
 /// Volatile access to a [`Resolution`] member: the verifier sees what is read back as any
@@ -259,9 +272,9 @@ fn climb(task: Task, path: Btf, record: &mut Resolution) -> Reached {
     // loop meets the outer one in the same state. What changes from step to step and is not
     // a pointer being followed (the depth) lives in `record`, and a crossing recasts the
     // parent's `vfsmount`: every step then has one verifier state.
-    for _ in 0..=PATH_MAX_MOUNTS {
+    for _ in 0..=MAX_MOUNTS {
         let mut at_mount_root = false;
-        for _ in 0..PATH_MAX_COMPONENTS {
+        for _ in 0..MAX_COMPONENTS {
             let here = dentry.addr();
             if here == root_dentry && mnt.addr() == root_mnt {
                 return Reached::Root;
@@ -277,7 +290,7 @@ fn climb(task: Task, path: Btf, record: &mut Resolution) -> Reached {
                 return Reached::Unresolved;
             }
             let depth = get!(record.depth) as usize;
-            if depth >= PATH_MAX_COMPONENTS {
+            if depth >= MAX_COMPONENTS {
                 return Reached::Unresolved;
             }
             let qstr = dentry.at(name_at);
@@ -358,9 +371,9 @@ fn top_components(task: Task, file: Btf) -> Option<[u64; TOP_COMPONENTS]> {
     }
     let mut mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
     let (mut first, mut second, mut third) = (0, 0, 0);
-    for _ in 0..=PATH_MAX_MOUNTS {
+    for _ in 0..=MAX_MOUNTS {
         let mut at_mount_root = false;
-        for _ in 0..PATH_MAX_COMPONENTS {
+        for _ in 0..MAX_COMPONENTS {
             let here = dentry.addr();
             if here == root_dentry && mnt.addr() == root_mnt {
                 return Some([first, second, third]);
@@ -578,12 +591,12 @@ pub fn build(record: &Resolution, depth: u32, dst: *mut u8) -> u64 {
         }
         return 1;
     }
-    for step in 0..PATH_MAX_COMPONENTS {
+    for step in 0..MAX_COMPONENTS {
         if step as u32 >= depth {
             break;
         }
         // Top-down: the last recorded component is the one just below the root.
-        let i = (depth as usize - 1 - step) & (PATH_MAX_COMPONENTS - 1);
+        let i = (depth as usize - 1 - step) & (MAX_COMPONENTS - 1);
         if pos >= PATH_MAX_BYTES - 1 {
             truncated = true;
             break;

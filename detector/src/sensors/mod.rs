@@ -183,6 +183,9 @@ pub struct ProgramStatus {
     /// `None` when it is loaded and attached (or, for a tail-called program, in its slot);
     /// else the stage that failed and the kernel's reason (the verifier's last words).
     pub missing: Option<String>,
+    /// Instructions the verifier walked to accept it (its limit is 1,000,000): how close the
+    /// program came on this kernel.
+    pub verified_instructions: Option<u32>,
 }
 
 /// The loaded and attached programs.
@@ -383,6 +386,7 @@ impl Sensors {
             None => self.status.push(ProgramStatus {
                 name,
                 missing: Some(reason),
+                verified_instructions: None,
             }),
         }
         Ok(())
@@ -390,9 +394,16 @@ impl Sensors {
 
     /// Records that `name` loaded.
     fn loaded(&mut self, name: &'static str) {
+        let verified_instructions = self
+            .ebpf
+            .program(name)
+            .and_then(|program| program.info().ok())
+            .and_then(|info| info.verified_instruction_count());
+        debug!(program = name, ?verified_instructions, "loaded");
         self.status.push(ProgramStatus {
             name,
             missing: None,
+            verified_instructions,
         });
     }
 
@@ -496,16 +507,6 @@ impl Sensors {
                     }
                     Err(err) => self.missing(name, "load", reason(&err))?,
                 }
-            }
-        }
-        // How close each program came to the verifier's limit of 1,000,000 instructions.
-        for (name, program) in self.ebpf.programs() {
-            if let Ok(info) = program.info() {
-                debug!(
-                    program = name,
-                    verified_instructions = info.verified_instruction_count(),
-                    "loaded"
-                );
             }
         }
         Ok(())
