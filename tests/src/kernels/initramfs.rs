@@ -264,7 +264,7 @@ echo "{GUEST_MARK} booted $(cut -d ' ' -f 1 /proc/uptime)"
 {GUEST_CHECKER} --timeout {timeout}
 echo "{GUEST_MARK} checked $(cut -d ' ' -f 1 /proc/uptime) status $?"
 echo "{GUEST_MARK} kernel messages of note:"
-dmesg | grep -i -E 'bpf|warn|error|bug|oops|call trace' | tail -n 20
+dmesg | grep -E 'WARNING|BUG|Oops|Call Trace|general protection|segfault' | tail -n 20
 poweroff -f
 "#
     )
