@@ -10,6 +10,8 @@
 //! - [`corpus`]: the attack and benign corpora (`tests/corpus/`) played in real containers.
 //! - [`daemon`]: the real `detector run` binary, started, waited for and stopped.
 //! - [`host`]: stopping a child the test started, removing a directory with mounts below.
+//! - [`kernels`]: the kernel matrix: Debian's kernels booted under qemu, each running
+//!   `detector-kernel-check` against the real sensors in its guest, and this machine's own.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
 //!   wait for events.
@@ -43,6 +45,7 @@ pub mod daemon;
 pub mod docker;
 pub mod host;
 pub mod image;
+pub mod kernels;
 pub mod s3;
 
 /// True when this process may load eBPF programs. Under `CI=true` a missing privilege panics:
