@@ -29,11 +29,6 @@ use clap::{Parser, Subcommand};
 const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to build with aya-ebpf 0.2.1 and LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Whether `test` ends with the kernel matrix (`cargo xtask kernels`, about a minute once the
-/// kernels are cached), one passed or failed count per kernel. Off until the file programs
-/// load on kernels before 6.2 (no `bpf_rdonly_cast` there: 5.10 and 6.1 fail today); turning
-/// it on is this one line.
-const KERNEL_MATRIX_IN_TEST: bool = false;
 
 #[derive(Parser)]
 #[command(about = "Project tasks")]
@@ -307,7 +302,9 @@ fn test() -> anyhow::Result<()> {
             counts.failed += 1;
         }
     }
-    if is_root() && KERNEL_MATRIX_IN_TEST {
+    if is_root() {
+        // The kernel matrix (`cargo xtask kernels`, about a minute once the kernels are
+        // cached): one passed or failed count per kernel.
         match kernel_matrix(&[]) {
             Ok((passed, failed)) => {
                 counts.passed += passed;

@@ -631,6 +631,7 @@ fn main() -> ExitCode {
             CheckReport {
                 kernel,
                 load_error: Some(error),
+                variant: None,
                 programs: Vec::new(),
                 checks: CHECKS
                     .iter()
@@ -648,15 +649,16 @@ fn main() -> ExitCode {
                 started.elapsed().as_secs_f64(),
                 collector.attached()
             );
-            // Every program the sensors hold is attached (loading fails otherwise).
+            let variant = collector.variant().as_str().to_owned();
+            // Every program, the tail-called ones too, running or why not.
             let programs = collector
-                .attached()
+                .programs()
                 .iter()
-                .map(|name| ProgramStatus {
-                    name: (*name).to_owned(),
-                    attached: true,
-                    error: None,
-                    variant: None,
+                .map(|program| ProgramStatus {
+                    name: program.name.to_owned(),
+                    attached: program.missing.is_none(),
+                    error: program.missing.clone(),
+                    verified_instructions: program.verified_instructions,
                 })
                 .collect();
             let mut ctx = Context {
@@ -673,6 +675,7 @@ fn main() -> ExitCode {
             CheckReport {
                 kernel,
                 load_error: None,
+                variant: Some(variant),
                 programs,
                 checks,
             }

@@ -12,7 +12,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
-use tests::kernels::{self, HOST, KERNELS, Plan, report};
+use tests::kernels::{self, HOST, HOST_PROBE_READ, KERNELS, Plan, report};
 
 /// The plan from the command line, or `None` when `--list` printed the kernels.
 fn parse_args() -> anyhow::Result<Option<Plan>> {
@@ -31,7 +31,7 @@ fn parse_args() -> anyhow::Result<Option<Plan>> {
         match arg.as_str() {
             "--kernel" => {
                 let name = value()?;
-                if name != HOST && kernels::kernel(&name).is_none() {
+                if !kernels::is_host_row(&name) && kernels::kernel(&name).is_none() {
                     bail!("unknown kernel {name}: `--list` names them");
                 }
                 rows.push(name);
@@ -56,6 +56,7 @@ fn parse_args() -> anyhow::Result<Option<Plan>> {
             );
         }
         println!("{HOST:<15} this machine's own kernel, the checker run directly");
+        println!("{HOST_PROBE_READ:<15} the same with the probe-read build of the programs");
         return Ok(None);
     }
     if !rows.is_empty() {

@@ -75,6 +75,14 @@ pub const KERNELS: [Kernel; 4] = [
 
 /// The row of this machine's own kernel (the checker run directly, no guest).
 pub const HOST: &str = "host";
+/// This machine's own kernel again, with the build of the programs for kernels before 6.2
+/// (`probe-read`) instead of the one it would pick: both builds are checked on one kernel.
+pub const HOST_PROBE_READ: &str = "host-probe-read";
+
+/// Whether `name` is one of the rows run on this machine.
+pub fn is_host_row(name: &str) -> bool {
+    name == HOST || name == HOST_PROBE_READ
+}
 
 /// What to run and where.
 #[derive(Debug, Clone)]
@@ -100,6 +108,7 @@ impl Plan {
     pub fn new() -> Self {
         let mut rows: Vec<String> = KERNELS.iter().map(|k| k.name.to_owned()).collect();
         rows.push(HOST.to_owned());
+        rows.push(HOST_PROBE_READ.to_owned());
         Self {
             rows,
             checker: sibling_binary("detector-kernel-check"),
@@ -156,7 +165,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Matrix> {
     let started = Instant::now();
     let mut guests = Vec::new();
     for name in &plan.rows {
-        if name == HOST {
+        if is_host_row(name) {
             continue;
         }
         let known =
@@ -176,8 +185,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<Matrix> {
     let download_seconds = fetch_started.elapsed().as_secs_f64();
 
     let mut rows = Vec::new();
-    if plan.rows.iter().any(|r| r == HOST) {
-        rows.push(host_row(plan));
+    for name in [HOST, HOST_PROBE_READ] {
+        if plan.rows.iter().any(|r| r == name) {
+            rows.push(host_row(plan, name));
+        }
     }
 
     let mut initramfs_seconds = 0.0;
@@ -380,16 +391,20 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Runs the checker on this machine's own kernel.
-fn host_row(plan: &Plan) -> Row {
+fn host_row(plan: &Plan, name: &str) -> Row {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     eprintln!(
-        "{HOST}: running the checker on this machine's kernel {}",
+        "{name}: running the checker on this machine's kernel {}",
         release.trim()
     );
+    let variant = (name == HOST_PROBE_READ).then_some("probe-read");
     let started = Instant::now();
     let mut row = Row {
-        name: HOST.to_owned(),
-        about: "this machine's own kernel".to_owned(),
+        name: name.to_owned(),
+        about: match variant {
+            Some(variant) => format!("this machine's own kernel, the {variant} build"),
+            None => "this machine's own kernel".to_owned(),
+        },
         package: None,
         seconds: 0.0,
         boot_seconds: None,
@@ -400,7 +415,7 @@ fn host_row(plan: &Plan) -> Row {
     };
     // Eight checks at most their limit each, and the load.
     let limit = plan.host_check_timeout * 8 + Duration::from_secs(60);
-    match run_checker(&plan.checker, plan.host_check_timeout, limit) {
+    match run_checker(&plan.checker, plan.host_check_timeout, limit, variant) {
         Ok(stdout) => match CheckReport::find(&stdout) {
             Some(Ok(report)) => row.report = Some(report),
             Some(Err(err)) => row.error = Some(format!("unreadable report line: {err}")),
@@ -414,17 +429,27 @@ fn host_row(plan: &Plan) -> Row {
     row.seconds = started.elapsed().as_secs_f64();
     row.check_seconds = Some(row.seconds);
     eprintln!(
-        "{HOST}: {} in {:.1} s",
+        "{name}: {} in {:.1} s",
         if row.passed() { "passed" } else { "FAILED" },
         row.seconds
     );
     row
 }
 
-/// Runs `checker --timeout check_timeout` here, its human lines passed through to standard
-/// error; its standard output, or an error once `limit` has passed (it is killed then).
-fn run_checker(checker: &Path, check_timeout: Duration, limit: Duration) -> anyhow::Result<String> {
-    let mut child = Command::new(checker)
+/// Runs `checker --timeout check_timeout` here (with the build of the programs `variant` when
+/// given), its human lines passed through to standard error; its standard output, or an error
+/// once `limit` has passed (it is killed then).
+fn run_checker(
+    checker: &Path,
+    check_timeout: Duration,
+    limit: Duration,
+    variant: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut command = Command::new(checker);
+    if let Some(variant) = variant {
+        command.env("DETECTOR_TEST_PROGRAM_VARIANT", variant);
+    }
+    let mut child = command
         .arg("--timeout")
         .arg(check_timeout.as_secs().max(1).to_string())
         .stdin(Stdio::null())
@@ -483,9 +508,9 @@ mod tests {
     #[test]
     fn every_kernel_has_a_distinct_name() {
         let mut names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
-        names.push(HOST);
+        names.extend([HOST, HOST_PROBE_READ]);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), KERNELS.len() + 1);
+        assert_eq!(names.len(), KERNELS.len() + 2);
     }
 }

@@ -15,6 +15,9 @@ pub struct CheckReport {
     /// Why the sensors did not load (the whole error chain, the verifier's log included);
     /// `None` when they loaded.
     pub load_error: Option<String>,
+    /// The build of the programs loaded (`typed`, `probe-read`); `None` when none loaded.
+    #[serde(default)]
+    pub variant: Option<String>,
     /// Each program of the sensors, attached or why not.
     pub programs: Vec<ProgramStatus>,
     /// Each check, in the order run.
@@ -30,9 +33,9 @@ pub struct ProgramStatus {
     pub attached: bool,
     /// Why it is not attached.
     pub error: Option<String>,
-    /// Which of the program's variants was loaded, when it has several; absent otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    /// Instructions the verifier walked to accept it (its limit is 1,000,000).
+    #[serde(default)]
+    pub verified_instructions: Option<u32>,
 }
 
 /// One check's outcome.
@@ -172,7 +175,10 @@ pub fn render(matrix: &Matrix) -> String {
             }
             Some(report) => {
                 cells.push(match &report.load_error {
-                    None => "ok".to_owned(),
+                    None => match &report.variant {
+                        Some(variant) => format!("ok {variant}"),
+                        None => "ok".to_owned(),
+                    },
                     Some(error) => {
                         reasons.push(format!("{}: load: {error}", row.name));
                         format!("FAIL: {}", shorten(error))
@@ -181,9 +187,9 @@ pub fn render(matrix: &Matrix) -> String {
                 for name in &programs {
                     cells.push(match report.programs.iter().find(|p| p.name == *name) {
                         None => "-".to_owned(),
-                        Some(p) if p.attached => match &p.variant {
-                            Some(variant) => format!("attached ({variant})"),
-                            None => "attached".to_owned(),
+                        Some(p) if p.attached => match p.verified_instructions {
+                            Some(n) => format!("ok {}k", n.div_ceil(1000)),
+                            None => "ok".to_owned(),
                         },
                         Some(p) => {
                             let why = p.error.as_deref().unwrap_or("not attached");
@@ -286,6 +292,7 @@ mod tests {
         CheckReport {
             kernel: "6.12.0-1-amd64".into(),
             load_error: load_error.map(str::to_owned),
+            variant: load_error.is_none().then(|| "typed".to_owned()),
             programs: if load_error.is_some() {
                 Vec::new()
             } else {
@@ -293,7 +300,7 @@ mod tests {
                     name: "sys_exit".into(),
                     attached: true,
                     error: None,
-                    variant: None,
+                    verified_instructions: Some(91_525),
                 }]
             },
             checks: vec![CheckResult {
@@ -330,7 +337,8 @@ mod tests {
         .unwrap();
         assert_eq!(json["load_error"], serde_json::Value::Null);
         assert_eq!(json["programs"][0]["attached"], true);
-        assert!(json["programs"][0].get("variant").is_none());
+        assert_eq!(json["variant"], "typed");
+        assert_eq!(json["programs"][0]["verified_instructions"], 91_525);
         assert_eq!(json["checks"][0]["name"], "exec");
         assert!(CheckReport::find("no line here\n").is_none());
     }
@@ -388,8 +396,8 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains("| -        | not run | FAIL"), "{text}");
-        assert!(lines[3].contains("| ok "), "{text}");
-        assert!(lines[3].ends_with("| attached | ok      | PASS"), "{text}");
+        assert!(lines[3].contains("| ok typed "), "{text}");
+        assert!(lines[3].ends_with("| ok 92k   | ok      | PASS"), "{text}");
         assert!(lines[4].starts_with("bookworm ? "), "{text}");
         assert!(
             lines[4].ends_with("| -                              | -        | -       | FAIL"),
