@@ -304,3 +304,127 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     );
     drop(cgroup);
 }
+
+/// One HTTP/1.1 GET on loopback with `Connection: close`: the status code and the body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+#[test]
+fn programs_the_kernel_refuses_are_named_and_the_rest_run_unless_all_are_required() {
+    if !privileged("programs_the_kernel_refuses_are_named_and_the_rest_run_unless_all_are_required")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("events.jsonl");
+    // A directory that is not a cgroup: the kernel refuses to attach the cgroup programs
+    // (connect4, connect6, egress, ingress) there; the tracepoint programs do not need it.
+    let not_a_cgroup = dir.path().join("not-a-cgroup");
+    std::fs::create_dir(&not_a_cgroup).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("config.yaml");
+    let write_config = |require_all: bool| {
+        std::fs::write(
+            &config,
+            format!(
+                "contain:\n  enabled: false\nevidence:\n  on_contain: false\n\
+                 metrics:\n  enabled: true\n  listen: 127.0.0.1:{port}\n\
+                 sensors:\n  cgroup2_path: {}\n  require_all_programs: {require_all}\n",
+                not_a_cgroup.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config(false);
+    let binary = Path::new(env!("CARGO_BIN_EXE_detector"));
+    let mut daemon = Daemon::start(binary, &config, &output, &[]).unwrap();
+
+    let (status, body) = http_get(port, "/readyz");
+    assert_eq!(
+        status, 200,
+        "degraded is ready: the other programs run: {body}"
+    );
+    assert!(
+        body.starts_with("ready (typed programs; not running: "),
+        "{body}"
+    );
+    for program in ["connect4", "connect6", "egress", "ingress"] {
+        assert!(body.contains(&format!("{program} (attach: ")), "{body}");
+    }
+    let (_, metrics) = http_get(port, "/metrics");
+    for program in ["connect4", "connect6", "egress", "ingress"] {
+        let line = format!("detector_program_attached{{program=\"{program}\"}} 0\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    for program in ["sys_exit", "sys_exit_path_op", "sched_process_exec"] {
+        let line = format!("detector_program_attached{{program=\"{program}\"}} 1\n");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics.contains("detector_program_variant{variant=\"typed\"} 1\n"),
+        "{metrics}"
+    );
+    // The programs that run report: a process's exec and exit.
+    let cgroup = TestCgroup::for_test("degraded").unwrap();
+    let pid = cgroup.run_shell("true").unwrap();
+    let lines = daemon.wait_for(Duration::from_secs(15), |line| {
+        line["kind"] == "exit" && line["pid"] == pid
+    });
+    let (_, log) = daemon.stop();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["kind"] == "exit" && line["pid"] == pid),
+        "no exit of pid {pid}; log:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.contains("not running") && line.contains("connect4")),
+        "the log names the refused program:\n{}",
+        log.join("\n")
+    );
+
+    // Every program required: the same refusal stops the start, naming the program.
+    write_config(true);
+    let started = Instant::now();
+    let refused = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&output)
+        .env_remove("POD_UID")
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started anyway: {stderr}");
+    assert!(
+        stderr.contains("connect4") && stderr.contains("require_all_programs"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

@@ -595,7 +595,10 @@ impl Sensors {
             match link {
                 Ok(link) => self.links.push(link),
                 Err(err) if self.require_all => {
-                    return Err(program_error(hook.program(), "attach")(err));
+                    return Err(SensorError::Required {
+                        program: hook.program(),
+                        reason: format!("attach: {}", reason(&err)),
+                    });
                 }
                 Err(err) => refused.push((hook.program(), reason(&err))),
             }
@@ -841,7 +844,17 @@ fn reason(err: &ProgramError) -> String {
                 format!("the verifier refused it ({io_error}): {}", last.join(" | "))
             }
         }
-        other => other.to_string(),
+        other => {
+            // The syscall's own error sits below aya's (`bpf_link_create` failed: EBADF...).
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(err) = source {
+                text.push_str(": ");
+                text.push_str(&err.to_string());
+                source = err.source();
+            }
+            text
+        }
     }
 }
 
