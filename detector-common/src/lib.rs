@@ -847,6 +847,41 @@ pub struct KernelTypes {
 }
 const _: () = assert!(size_of::<KernelTypes>() == 20);
 
+/// Where the `io_uring_complete` tracepoint keeps what the io_uring program reads, per kernel:
+/// read from the tracepoint's BTF prototype and the request's structures by user space
+/// (`GLOBAL_IO_URING`). Offsets in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoUringLayout {
+    /// Argument of the tracepoint holding the completion's result: an `int res` (Linux 5.19 to
+    /// 6.3), or, when [`IoUringLayout::res_in_cqe`] is 1, a `struct io_uring_cqe *` (6.4 on).
+    pub res_arg: u32,
+    /// 1 when the result is read from the completion entry at [`IoUringLayout::cqe_res`].
+    pub res_in_cqe: u32,
+    /// `struct io_uring_cqe`'s `res`.
+    pub cqe_res: u32,
+    /// `struct io_kiocb`'s `opcode` (a byte).
+    pub req_opcode: u32,
+    /// `struct io_kiocb`'s command area (`cmd`), where an open keeps its `struct io_open`.
+    pub req_cmd: u32,
+    /// `struct io_open`'s `dfd`.
+    pub open_dfd: u32,
+    /// `struct io_open`'s `file_slot` (non-zero: a direct descriptor, no file descriptor).
+    pub open_file_slot: u32,
+    /// `struct io_open`'s `how.flags` (a 64-bit `open_how` member).
+    pub open_flags: u32,
+}
+const _: () = assert!(size_of::<IoUringLayout>() == 32);
+/// Global: the `io_uring_complete` layout ([`IoUringLayout`]).
+pub const GLOBAL_IO_URING: &str = "IO_URING";
+/// io_uring operation codes the io_uring program reports (include/uapi/linux/io_uring.h).
+pub mod io_uring_op {
+    /// `IORING_OP_OPENAT`.
+    pub const OPENAT: u8 = 18;
+    /// `IORING_OP_OPENAT2`.
+    pub const OPENAT2: u8 = 28;
+}
+
 /// An entry of [`MAP_TASK_CACHE`]: the task whose syscall registers are at `regs` (its kernel
 /// stack's top, unique among live tasks), valid while no thread has exited since (`exits` is
 /// [`MAP_TASK_EXITS`] when it was filled). Zero: empty.
@@ -893,6 +928,8 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IoUringLayout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelTypes {}
     // SAFETY: as above.

@@ -173,7 +173,7 @@ pub fn sys_exit_rename(ctx: BtfTracePointContext) -> i32 {
 
 /// The daemon itself and unwatched cgroups are left at once.
 #[inline(always)]
-fn skip(task: Task) -> bool {
+pub(crate) fn skip(task: Task) -> bool {
     is_daemon(task.tgid()) || (!watching_all() && !cgroup_watched(task.cgroup_id()))
 }
 
@@ -265,12 +265,41 @@ fn try_open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> Res
         count(Stat::TailCallFailures);
         return Ok(0);
     }
-    let write = write_intent(flags);
     let task = Task::current();
     if skip(task) {
         return Ok(0);
     }
-    path::resolve(task, ret);
+    if report_opened(task, dirfd, flags, ret, 0)? == Opened::Unresolved {
+        // Beyond the bounds of the climb: the path as passed, flagged unresolved.
+        // SAFETY: as above.
+        unsafe { PATH_OPS.tail_call(ctx, PATH_OP_FAILED_OPEN) };
+        count(Stat::TailCallFailures);
+    }
+    Ok(0)
+}
+
+/// What [`report_opened`] made of an opened file.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// Reported, or of no interest (not sensitive, excluded, a repeat, no path: a pipe...).
+    Done,
+    /// Its path could not be resolved within the climb's bounds.
+    Unresolved,
+}
+
+/// The report of file descriptor `fd`, just opened by `task` with `flags` (relative to
+/// `dirfd`): its path resolved and classified; reported when written to (unless excluded or a
+/// repeat) or read-sensitive. `extra_flags` are added to the record's (`IO_URING`).
+#[inline(always)]
+pub(crate) fn report_opened(
+    task: Task,
+    dirfd: i32,
+    flags: u32,
+    fd: i64,
+    extra_flags: u32,
+) -> Result<Opened, i32> {
+    let write = write_intent(flags);
+    path::resolve(task, fd);
     let resolved = Resolved::read();
     let scratch = scratch(&FILE_SCRATCH)?;
     let has_path = match &resolved {
@@ -281,13 +310,9 @@ fn try_open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> Res
         if matches!(&resolved, Some((top, _)) if matches!(top.reached, Reached::Internal | Reached::NoFile))
         {
             // A pipe, a socket, a memfd: no path to report.
-            return Ok(0);
+            return Ok(Opened::Done);
         }
-        // Beyond the bounds of the climb: the path as passed, flagged unresolved.
-        // SAFETY: as above.
-        unsafe { PATH_OPS.tail_call(ctx, PATH_OP_FAILED_OPEN) };
-        count(Stat::TailCallFailures);
-        return Ok(0);
+        return Ok(Opened::Unresolved);
     }
     let event = &mut scratch.event;
     let mut class = classify(&event.path, event.path_len);
@@ -295,17 +320,18 @@ fn try_open(ctx: &BtfTracePointContext, dirfd: i32, flags: u32, ret: i64) -> Res
         class |= path_class::READ_SENSITIVE;
     }
     if class & path_class::EXCLUDED != 0 || (!write && class & path_class::READ_SENSITIVE == 0) {
-        return Ok(0);
+        return Ok(Opened::Done);
     }
-    fill_file(event, FileOp::Open, dirfd, class, flags, ret);
+    fill_file(event, FileOp::Open, dirfd, class, flags, fd);
+    event.flags |= extra_flags;
     if write {
         event.flags |= file_flags::WRITE_INTENT;
         if suppress_repeat(event) {
-            return Ok(0);
+            return Ok(Opened::Done);
         }
     }
     output(event);
-    Ok(0)
+    Ok(Opened::Done)
 }
 
 /// Whether a climb ended somewhere a path means something; counts those it could not finish.

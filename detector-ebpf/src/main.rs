@@ -7,6 +7,8 @@
 //!   with the path as passed, in `sys_exit_path_op`, `sys_exit_rename` and
 //!   `sys_exit_as_passed`, tail-called from `sys_exit`; `path` resolves an opened file's path
 //!   in the kernel, and `kernel` reads kernel memory (typed loads or probe reads).
+//! - `io_uring`: `tp_btf/io_uring_complete`: opens submitted through an io_uring ring, which
+//!   make no system call, checked as an `openat(2)` is.
 //! - `syscall`: `sys_exit_syscall`, tail-called from `sys_exit`: ptrace, raw sockets, mounts
 //!   and namespaces, memfd, module and BPF loads, setuid to 0, sockets onto standard I/O,
 //!   io_uring set-up, device nodes.
@@ -24,6 +26,7 @@
 
 mod common;
 mod file;
+mod io_uring;
 mod kernel;
 mod net;
 mod noop;

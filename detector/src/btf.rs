@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, BtfType, Type};
-use detector_common::{KernelOffsets, KernelTypes};
+use detector_common::{IoUringLayout, KernelOffsets, KernelTypes};
 
 /// Failure to read offsets from BTF.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum BtfError {
 }
 
 /// What the programs need of the kernel's layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelLayout {
     /// Member offsets.
     pub offsets: KernelOffsets,
@@ -49,6 +49,9 @@ pub struct KernelLayout {
     /// Id of the kernel function `bpf_rdonly_cast`; `None` before Linux 6.2, where only the
     /// `probe-read` build of the programs runs.
     pub rdonly_cast: Option<u32>,
+    /// Where the io_uring program finds a completed request, or why this kernel has no
+    /// tracepoint it can use.
+    pub io_uring: Result<IoUringLayout, String>,
 }
 
 /// Structures whose first member has long been a `struct file *`: a descriptor-table slot cast
@@ -68,6 +71,74 @@ pub fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
             task: struct_id(&btf, "task_struct")?,
         },
         rdonly_cast: function_id(&btf, "bpf_rdonly_cast"),
+        io_uring: io_uring_layout(&btf),
+    })
+}
+
+/// The `io_uring_complete` tracepoint's layout on this kernel: from 5.19 it passes the request
+/// (`ctx, req, user_data, res, ...`), from 6.4 the completion entry (`ctx, req, cqe`); before,
+/// only the submitter's `user_data`, which does not say what the operation was.
+fn io_uring_layout(btf: &Btf) -> Result<IoUringLayout, String> {
+    const TRACEPOINT: &str = "btf_trace_io_uring_complete";
+    let prototype = btf
+        .resolve_types_by_name(TRACEPOINT)
+        .ok()
+        .and_then(|types| {
+            types.into_iter().find_map(|ty| {
+                let Type::Typedef(typedef) = ty else {
+                    return None;
+                };
+                let Ok(Type::Ptr(ptr)) = btf.resolve_chained_type(&typedef) else {
+                    return None;
+                };
+                match btf.resolve_chained_type(&ptr) {
+                    Ok(Type::FuncProto(proto)) => Some(proto),
+                    _ => None,
+                }
+            })
+        })
+        .ok_or_else(|| format!("the kernel has no io_uring_complete tracepoint ({TRACEPOINT})"))?;
+    // The first parameter is the tracepoint's own `void *__data`.
+    let kinds: Vec<Option<Type>> = prototype
+        .parameters
+        .iter()
+        .skip(1)
+        .map(|p| resolve(btf, p).ok())
+        .collect();
+    let pointee = |ty: &Option<Type>| match ty {
+        Some(Type::Ptr(ptr)) => Some(
+            btf.resolve_chained_type(ptr)
+                .ok()
+                .and_then(|t| match t {
+                    Type::Struct(s) => btf.resolve_name(&s).ok(),
+                    _ => None,
+                })
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    };
+    let req_is_pointer = kinds.get(1).is_some_and(|k| pointee(k).is_some());
+    let (res_arg, res_in_cqe) = match (req_is_pointer, kinds.get(2).map(pointee)) {
+        (true, Some(Some(name))) if name == "io_uring_cqe" => (2, 1),
+        (true, Some(None)) if kinds.len() >= 4 => (3, 0),
+        _ => {
+            return Err(
+                "io_uring_complete does not pass the request on this kernel (before Linux 5.19): io_uring opens are not seen"
+                    .to_owned(),
+            );
+        }
+    };
+    let offset =
+        |structure, member| member_offset(btf, structure, member).map_err(|e| e.to_string());
+    Ok(IoUringLayout {
+        res_arg,
+        res_in_cqe,
+        cqe_res: offset("io_uring_cqe", "res")?,
+        req_opcode: offset("io_kiocb", "opcode")?,
+        req_cmd: offset("io_kiocb", "cmd")?,
+        open_dfd: offset("io_open", "dfd")?,
+        open_file_slot: offset("io_open", "file_slot")?,
+        open_flags: offset("io_open", "how")? + offset("open_how", "flags")?,
     })
 }
 
@@ -252,6 +323,10 @@ mod tests {
             return;
         }
         let layout = kernel_layout(path).expect("layout");
+        // This kernel (6.18) passes the completion entry.
+        let uring = layout.io_uring.clone().expect("io_uring_complete layout");
+        assert_eq!((uring.res_arg, uring.res_in_cqe, uring.cqe_res), (2, 1, 8));
+        assert!(uring.req_opcode > 0 && uring.open_flags > uring.open_dfd);
         let offsets = layout.offsets;
         assert!(
             layout.rdonly_cast.is_some_and(|id| id > 0)

@@ -13,6 +13,7 @@
 //! - [`kernels`]: the kernel matrix: Debian's kernels booted under qemu, each running
 //!   `detector-kernel-check` against the real sensors in its guest, and this machine's own.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
+//! - [`uring`]: opening a file through an io_uring ring (no `openat` system call).
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
 //!   wait for events.
 //! - [`apiserver`]: a small stateful Kubernetes API server over real HTTP on loopback, for
@@ -47,6 +48,7 @@ pub mod host;
 pub mod image;
 pub mod kernels;
 pub mod s3;
+pub mod uring;
 
 /// True when this process may load eBPF programs. Under `CI=true` a missing privilege panics:
 /// CI runs as root, and a privileged test that cannot run there is a failure, not a skip.

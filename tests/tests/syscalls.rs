@@ -778,6 +778,54 @@ fn io_uring_setup_is_reported() {
 }
 
 #[test]
+fn opens_submitted_through_an_io_uring_ring_are_reported_like_openat() {
+    const TEST: &str = "opens_submitted_through_an_io_uring_ring_are_reported_like_openat";
+    if !privileged(TEST) {
+        return;
+    }
+    let mut collector = collector(&SensorsConfig::default());
+    let uring = collector
+        .programs()
+        .iter()
+        .find(|p| p.name == "io_uring_complete")
+        .expect("the io_uring program is in the set");
+    assert_eq!(uring.missing, None, "this kernel (6.18) has the tracepoint");
+    let written = format!("/etc/detector-uring-{}", std::process::id());
+    let cgroup = TestCgroup::for_test("uring-open").unwrap();
+    // No openat system call: the helper's opens go through the ring (IORING_OP_OPENAT).
+    let run = run(
+        &mut collector,
+        &cgroup,
+        r#"echo "write $("$HELPER" uring-open "$WRITTEN" write)"; echo "read $("$HELPER" uring-open /etc/shadow read)"; echo "plain $("$HELPER" uring-open /etc/hostname read)""#,
+        &[
+            ("HELPER", env!("CARGO_BIN_EXE_detector-test-helper")),
+            ("WRITTEN", &written),
+        ],
+    );
+    let _ = std::fs::remove_file(&written);
+    let [fd] = run.printed("write")[..] else {
+        panic!("{:?}", run.stdout)
+    };
+    let (_, write) = run.file("io_uring write-open", |f| f.path == written);
+    assert!(
+        write.io_uring && write.write && write.sensitive,
+        "{write:?}"
+    );
+    assert_eq!(write.result, Some(fd as i32), "{write:?}");
+    let (_, read) = run.file("io_uring read of /etc/shadow", |f| f.path == "/etc/shadow");
+    assert!(
+        read.io_uring && read.read_sensitive && !read.write,
+        "{read:?}"
+    );
+    // A read-only open of a plain file is not reported, through a ring or not.
+    assert!(
+        run.files().all(|(_, f)| f.path != "/etc/hostname"),
+        "{:?}",
+        run.files().collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn mknod_of_a_character_device_is_reported_and_a_fifo_is_not() {
     const TEST: &str = "mknod_of_a_character_device_is_reported_and_a_fifo_is_not";
     if !privileged(TEST) {

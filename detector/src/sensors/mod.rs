@@ -30,11 +30,11 @@ use aya::{
     },
 };
 use detector_common::{
-    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_KERNEL_TYPES, GLOBAL_OFFSETS,
-    GLOBAL_READ_PREFILTER, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_MODE, MAP_EGRESS, MAP_EVENTS,
-    MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS, MAP_TASK_CACHE,
-    MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES, PATH_OP_OPEN,
-    PATH_OP_PROGRAMS, PathClassData, TaskCacheEntry, TrafficCounters, WatchMode,
+    GLOBAL_DAEMON_TGID, GLOBAL_DEDUP_WINDOW_NS, GLOBAL_IO_URING, GLOBAL_KERNEL_TYPES,
+    GLOBAL_OFFSETS, GLOBAL_READ_PREFILTER, GLOBAL_WAKEUP_BYTES, GLOBAL_WATCH_MODE, MAP_EGRESS,
+    MAP_EVENTS, MAP_PATH_CLASS, MAP_PATH_OPS, MAP_QUARANTINE, MAP_QUARANTINE_ACTIVE, MAP_STATS,
+    MAP_TASK_CACHE, MAP_WATCH_GENERATION, MAP_WATCH_KNOWN, MAP_WATCH_ROOTS, PATH_CLASS_KEY_BYTES,
+    PATH_OP_OPEN, PATH_OP_PROGRAMS, PathClassData, TaskCacheEntry, TrafficCounters, WatchMode,
 };
 use tracing::{debug, info, warn};
 
@@ -186,6 +186,8 @@ pub struct ProgramStatus {
     /// Instructions the verifier walked to accept it (its limit is 1,000,000): how close the
     /// program came on this kernel.
     pub verified_instructions: Option<u32>,
+    /// Not tried: the kernel lacks what it needs (`missing` says what); not a refusal.
+    pub unsupported: bool,
 }
 
 /// The loaded and attached programs.
@@ -193,6 +195,8 @@ pub struct Sensors {
     ebpf: Ebpf,
     variant: ProgramVariant,
     require_all: bool,
+    /// Whether this kernel's io_uring tracepoint can be used, or why not.
+    io_uring: Result<(), String>,
     /// Every program of the set in load order, with why it is not running.
     status: Vec<ProgramStatus>,
     cgroup2: PathBuf,
@@ -253,6 +257,8 @@ const SENSOR_TRACEPOINTS: [(&str, &str); 2] = [
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_exit", "sched_process_exit"),
 ];
+/// The io_uring program, on the `io_uring_complete` BTF tracepoint (Linux 5.19 and later).
+const IO_URING_PROGRAM: &str = "io_uring_complete";
 const NOOP_BTF_TRACEPOINTS: [(&str, &str); 1] = [("noop_sys_exit", "sys_exit")];
 const NOOP_TRACEPOINTS: [(&str, &str); 2] = [
     ("noop_sched_process_exec", "sched_process_exec"),
@@ -307,6 +313,11 @@ impl Sensors {
             .override_global(GLOBAL_WAKEUP_BYTES, &wakeup_bytes, true)
             .override_global(GLOBAL_OFFSETS, &layout.offsets, true)
             .override_global(GLOBAL_KERNEL_TYPES, &layout.types, true)
+            .override_global(
+                GLOBAL_IO_URING,
+                &layout.io_uring.clone().unwrap_or_default(),
+                true,
+            )
             .override_global(GLOBAL_READ_PREFILTER, &prefilter, true)
             .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
             .load(object)
@@ -315,6 +326,7 @@ impl Sensors {
             ebpf,
             variant,
             require_all: config.require_all_programs,
+            io_uring: layout.io_uring.clone().map(|_| ()),
             status: Vec::new(),
             cgroup2,
             set,
@@ -387,8 +399,29 @@ impl Sensors {
                 name,
                 missing: Some(reason),
                 verified_instructions: None,
+                unsupported: false,
             }),
         }
+        Ok(())
+    }
+
+    /// Records that `name` is not tried on this kernel, which lacks what it needs (`reason`):
+    /// an error when every program is required, else a warning and its status.
+    fn unsupported(&mut self, name: &'static str, reason: String) -> Result<(), SensorError> {
+        let reason = format!("not on this kernel: {reason}");
+        if self.require_all {
+            return Err(SensorError::Required {
+                program: name,
+                reason,
+            });
+        }
+        warn!(program = name, %reason, "eBPF program not loaded; the others go on");
+        self.status.push(ProgramStatus {
+            name,
+            missing: Some(reason),
+            verified_instructions: None,
+            unsupported: true,
+        });
         Ok(())
     }
 
@@ -404,6 +437,7 @@ impl Sensors {
             name,
             missing: None,
             verified_instructions,
+            unsupported: false,
         });
     }
 
@@ -485,6 +519,20 @@ impl Sensors {
         }
         if self.set == ProgramSet::Sensors {
             self.load_path_op_programs(&btf)?;
+            let name = IO_URING_PROGRAM;
+            match self.io_uring.clone() {
+                Err(reason) => self.unsupported(name, reason)?,
+                Ok(_) => {
+                    let program: &mut BtfTracePoint = self.program(name)?;
+                    match program.load("io_uring_complete", &btf) {
+                        Ok(()) => {
+                            self.loaded(name);
+                            self.hooks.push(Hook::BtfTracePoint(name));
+                        }
+                        Err(err) => self.missing(name, "load", reason(&err))?,
+                    }
+                }
+            }
             for name in ["connect4", "connect6"] {
                 let program: &mut CgroupSockAddr = self.program(name)?;
                 match program.load() {

@@ -10,6 +10,9 @@
 //! detector-test-helper chroot-writes ROOT OUTSIDE INSIDE
 //!     # chroot to ROOT, then write-open OUTSIDE (through a directory fd opened before, so
 //!     # outside the new root) and INSIDE (a path in the new root); needs root
+//! detector-test-helper uring-open PATH read|write
+//!     # opens PATH through an io_uring ring (IORING_OP_OPENAT, no openat system call),
+//!     # read-only or write-only with O_CREAT; prints the descriptor the ring returned
 //! ```
 
 use std::{ffi::CString, process::ExitCode, time::Instant};
@@ -22,8 +25,10 @@ fn main() -> ExitCode {
         ["write-loop", path, n] => open_loop(path, n, libc::O_WRONLY | libc::O_CREAT),
         ["exec-loop", n] => exec_loop(n),
         ["chroot-writes", root, outside, inside] => chroot_writes(root, outside, inside),
+        ["uring-open", path, mode] => uring_open(path, mode),
         _ => Err("usage: detector-test-helper open-loop|write-loop PATH N | \
-             open-server PATH | exec-loop N | chroot-writes ROOT OUTSIDE INSIDE"
+             open-server PATH | exec-loop N | chroot-writes ROOT OUTSIDE INSIDE | \
+             uring-open PATH read|write"
             .into()),
     };
     match result {
@@ -181,4 +186,16 @@ fn exec_loop(n: &str) -> Result<u128, String> {
         }
     }
     Ok(start.elapsed().as_nanos())
+}
+
+/// Opens `path` through an io_uring ring and returns the descriptor (see [`tests::uring`]).
+fn uring_open(path: &str, mode: &str) -> Result<u128, String> {
+    let write = match mode {
+        "read" => false,
+        "write" => true,
+        other => return Err(format!("uring-open: mode {other}: read or write")),
+    };
+    tests::uring::open(path, write)
+        .map(|fd| fd as u128)
+        .map_err(|err| format!("uring-open {path}: {err}"))
 }

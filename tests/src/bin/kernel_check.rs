@@ -58,11 +58,12 @@ const CLONE_NEWUTS: u64 = 0x0400_0000;
 type Check = fn(&mut Context) -> anyhow::Result<String>;
 
 /// The checks, in the order run.
-const CHECKS: [(&str, Check); 8] = [
+const CHECKS: [(&str, Check); 9] = [
     ("exec", exec),
     ("file-write", file_write),
     ("read-sensitive", read_sensitive),
     ("path-ops", path_ops),
+    ("io-uring", io_uring_open),
     ("syscall", syscall),
     ("connect", connect),
     ("egress", egress),
@@ -300,6 +301,43 @@ fn file_write(ctx: &mut Context) -> anyhow::Result<String> {
         "the write-open of {path} is not sensitive: {file:?}"
     );
     Ok(format!("write-open of {path}, sensitive"))
+}
+
+/// A write-open under `/etc` submitted through an io_uring ring (no `openat` call), by this
+/// binary run again in the cgroup (`uring-open PATH`). On a kernel whose tracepoint the io_uring
+/// program cannot use, it says so instead ("n/a").
+fn io_uring_open(ctx: &mut Context) -> anyhow::Result<String> {
+    if let Some(program) = ctx
+        .collector
+        .programs()
+        .iter()
+        .find(|p| p.name == "io_uring_complete" && p.unsupported)
+    {
+        return Ok(format!(
+            "n/a: {}",
+            program.missing.as_deref().unwrap_or("not on this kernel")
+        ));
+    }
+    let cgroup = cgroup("io-uring")?;
+    let path = format!("/etc/detector-kernel-check-uring-{}", ctx.pid);
+    let _cleanup = Cleanup(vec![PathBuf::from(&path)]);
+    let exe = std::env::current_exe().context("this checker's own path")?;
+    let (_, out) = run_child(
+        cgroup.command(&exe)?.args(["uring-open", &path]),
+        ctx.left(),
+    )?;
+    ensure!(
+        out.status.success(),
+        "the ring's open of {path} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    ctx.wait_for(
+        &cgroup,
+        &format!("io_uring write-open of {path}"),
+        |e| matches!(&e.body, Body::File(f) if f.path == path && f.write && f.io_uring),
+    )?;
+    Ok(format!("io_uring write-open of {path}"))
 }
 
 fn read_sensitive(ctx: &mut Context) -> anyhow::Result<String> {
@@ -603,6 +641,21 @@ fn parse_args() -> anyhow::Result<Duration> {
 }
 
 fn main() -> ExitCode {
+    // The io-uring check's child: this binary again, in the check's cgroup.
+    if let [_, command, path] = &std::env::args().collect::<Vec<_>>()[..]
+        && command == "uring-open"
+    {
+        return match tests::uring::open(path, true) {
+            Ok(fd) => {
+                println!("{fd}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("uring-open {path}: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let timeout = match parse_args() {
         Ok(timeout) => timeout,
         Err(err) => {
@@ -659,6 +712,7 @@ fn main() -> ExitCode {
                     attached: program.missing.is_none(),
                     error: program.missing.clone(),
                     verified_instructions: program.verified_instructions,
+                    unsupported: program.unsupported,
                 })
                 .collect();
             let mut ctx = Context {

@@ -36,6 +36,10 @@ pub struct ProgramStatus {
     /// Instructions the verifier walked to accept it (its limit is 1,000,000).
     #[serde(default)]
     pub verified_instructions: Option<u32>,
+    /// Not tried: the kernel lacks what the program needs (the error says what). Such a row
+    /// still passes; the table says `n/a`.
+    #[serde(default)]
+    pub unsupported: bool,
 }
 
 /// One check's outcome.
@@ -53,7 +57,7 @@ impl CheckReport {
     /// Everything loaded, every program is attached and every check passed.
     pub fn passed(&self) -> bool {
         self.load_error.is_none()
-            && self.programs.iter().all(|p| p.attached)
+            && self.programs.iter().all(|p| p.attached || p.unsupported)
             && !self.checks.is_empty()
             && self.checks.iter().all(|c| c.ok)
     }
@@ -191,6 +195,11 @@ pub fn render(matrix: &Matrix) -> String {
                             Some(n) => format!("ok {}k", n.div_ceil(1000)),
                             None => "ok".to_owned(),
                         },
+                        Some(p) if p.unsupported => {
+                            let why = p.error.as_deref().unwrap_or("not on this kernel");
+                            reasons.push(format!("{}: program {} n/a: {why}", row.name, p.name));
+                            "n/a".to_owned()
+                        }
                         Some(p) => {
                             let why = p.error.as_deref().unwrap_or("not attached");
                             reasons.push(format!("{}: program {}: {why}", row.name, p.name));
@@ -201,6 +210,7 @@ pub fn render(matrix: &Matrix) -> String {
                 for name in &checks {
                     cells.push(match report.checks.iter().find(|c| c.name == *name) {
                         None => "-".to_owned(),
+                        Some(c) if c.ok && c.detail.starts_with("n/a") => "n/a".to_owned(),
                         Some(c) if c.ok => "ok".to_owned(),
                         Some(_) if report.load_error.is_some() => "not run".to_owned(),
                         Some(c) => {
@@ -301,6 +311,7 @@ mod tests {
                     attached: true,
                     error: None,
                     verified_instructions: Some(91_525),
+                    unsupported: false,
                 }]
             },
             checks: vec![CheckResult {

@@ -1265,3 +1265,41 @@ fn the_readme_lists_every_default_rule_with_its_weight() {
         );
     }
 }
+
+/// `e` as the io_uring program reports it: submitted through a ring.
+fn through_ring(mut e: Event) -> Event {
+    if let Body::File(file) = &mut e.body {
+        file.io_uring = true;
+    }
+    e
+}
+
+#[test]
+fn sensitive_files_opened_through_an_io_uring_ring_alert_and_others_do_not() {
+    let (ids, decision) = score(&[through_ring(write("/etc/ld.so.preload"))]);
+    assert!(
+        ids.iter().any(|id| id == "io-uring-sensitive-file"),
+        "{ids:?}"
+    );
+    assert!(decision >= Decision::Alert, "{decision:?}");
+    let (ids, _) = score(&[through_ring(read("/etc/shadow"))]);
+    assert!(
+        ids.iter().any(|id| id == "io-uring-sensitive-file"),
+        "{ids:?}"
+    );
+    // The same opens made by system calls, and a ring's write of a plain file, do not.
+    let (ids, _) = score(&[write("/etc/ld.so.preload"), read("/etc/shadow")]);
+    assert!(
+        !ids.iter().any(|id| id == "io-uring-sensitive-file"),
+        "{ids:?}"
+    );
+    let mut plain = through_ring(write("/tmp/data"));
+    if let Body::File(file) = &mut plain.body {
+        file.sensitive = false;
+    }
+    let (ids, _) = score(&[plain]);
+    assert!(
+        !ids.iter().any(|id| id == "io-uring-sensitive-file"),
+        "{ids:?}"
+    );
+}
