@@ -35,6 +35,7 @@ fn exec_of_a_shell_appears_with_argv_cgroup_and_exit_code() {
             "sched_process_exec",
             "sched_process_exit",
             "sys_exit",
+            "io_uring_complete",
             "connect4",
             "connect6",
             "egress",
