@@ -458,6 +458,9 @@ fn rbac_names_the_service_account_the_daemonset_uses() {
 /// The oldest and the newest Kubernetes the manifests are for.
 const VERSIONS: [&str; 2] = ["1.26", "1.34"];
 
+/// The ServiceMonitor's CRD kind (`apiVersion kind`).
+const SERVICE_MONITOR_CRD: &str = "monitoring.coreos.com/v1 ServiceMonitor";
+
 /// Each component of deploy/components, with the kinds it adds that need a CRD
 /// (`apiVersion kind`).
 const COMPONENTS: [(&str, &[&str]); 2] = [
@@ -610,9 +613,7 @@ impl Tools {
 fn user_kustomization(components: &[&str], own: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
-    let deploy = deploy_dir().canonicalize().unwrap();
-    let up = "../".repeat(root.components().count() - 1);
-    let deploy = format!("{up}{}", deploy.strip_prefix("/").unwrap().display());
+    let deploy = deploy_from(&root);
     let mut text = format!(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {deploy}\n"
     );
@@ -628,6 +629,13 @@ fn user_kustomization(components: &[&str], own: &[(&str, &str)]) -> tempfile::Te
     }
     std::fs::write(root.join("kustomization.yaml"), text).unwrap();
     dir
+}
+
+/// deploy/ as a path relative to `dir` (kustomize takes no absolute one).
+fn deploy_from(dir: &Path) -> String {
+    let deploy = deploy_dir().canonicalize().unwrap();
+    let up = "../".repeat(dir.components().count() - 1);
+    format!("{up}{}", deploy.strip_prefix("/").unwrap().display())
 }
 
 fn the_daemonset_in(objects: &[Value]) -> &Value {
@@ -813,5 +821,43 @@ fn the_check_catches_what_failed_on_real_clusters() {
             .iter()
             .all(|p| p.contains("'clusterIp' was unexpected")),
         "{problems:#?}"
+    );
+}
+
+/// The README's kustomization (deploy/ with both components and an image of one's own) renders
+/// to what it says.
+#[test]
+fn the_readme_kustomization_is_real() {
+    let Some(tools) = Tools::find("the_readme_kustomization_is_real") else {
+        return;
+    };
+    let readme = std::fs::read_to_string(deploy_dir().join("../README.md")).unwrap();
+    let section = &readme[readme.find("## Deploying").expect("a Deploying section")..];
+    let section = &section[..section[3..]
+        .find("\n## ")
+        .map_or(section.len(), |end| end + 3)];
+    let [block] = section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|block| &block[..block.find("```").expect("closed block")])
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("one yaml block in Deploying");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let text = block.replace("../deploy", &deploy_from(&root));
+    std::fs::write(root.join("kustomization.yaml"), text).unwrap();
+    let objects = tools.render(&root).unwrap_or_else(|err| panic!("{err}"));
+    assert!(objects.iter().any(|o| o["kind"] == "ServiceMonitor"));
+    let container = &the_daemonset_in(&objects)["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example.com/detector:0.1.0");
+    assert_eq!(
+        container["securityContext"]["appArmorProfile"]["type"],
+        "Unconfined"
+    );
+    let problems = tools.problems(&objects, &[SERVICE_MONITOR_CRD]);
+    assert!(
+        problems.len() == 1 && problems[0].contains("Kubernetes 1.26"),
+        "only 1.26 refuses it (the AppArmor field): {problems:#?}"
     );
 }
