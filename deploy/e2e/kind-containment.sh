@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end detection and containment on a real cluster: kind with Calico (a CNI that enforces
 # NetworkPolicy). Not run in CI (no cluster can be installed there). Needs kind, kubectl, docker
-# and a detector image built from deploy/Dockerfile:
+# and a detector image (deploy/image.sh, offline, or deploy/Dockerfile):
 #
-#   docker build -f deploy/Dockerfile -t detector:dev .
+#   deploy/image.sh detector:dev     # or: docker build -f deploy/Dockerfile -t detector:dev .
 #   DETECTOR_IMAGE=detector:dev deploy/e2e/kind-containment.sh
 #
 # It creates the cluster `detector-e2e` (KIND_IMAGE picks the node image, hence the Kubernetes
