@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end detection and containment on a real cluster: kind with Calico (a CNI that enforces
 # NetworkPolicy). Not run in CI (no cluster can be installed there). Needs kind, kubectl, docker
-# and a detector image built from deploy/Dockerfile:
+# and a detector image (deploy/image.sh, offline, or deploy/Dockerfile):
 #
-#   docker build -f deploy/Dockerfile -t detector:dev .
+#   deploy/image.sh detector:dev     # or: docker build -f deploy/Dockerfile -t detector:dev .
 #   DETECTOR_IMAGE=detector:dev deploy/e2e/kind-containment.sh
 #
-# It creates the cluster `detector-e2e`, deploys the detector DaemonSet from deploy/ (the
-# kustomization, with the image), a two-replica web Deployment with a
+# It creates the cluster `detector-e2e` (KIND_IMAGE picks the node image, hence the Kubernetes
+# version, e.g. kindest/node:v1.26.15), deploys the detector DaemonSet from deploy/ (the
+# kustomization, with the image and the components in COMPONENTS), a two-replica web Deployment with a
 # Service and a PodDisruptionBudget, and a client pod. Then it attacks one web pod the way the
 # playbooks describe (a shell reading /etc/shadow, a download piped into a shell) and lets the
 # detector contain it on its own: it checks every effect the playbook promises, releases the
@@ -34,7 +35,7 @@ until_ok() {
     return 1
 }
 
-cat <<YAML | kind create cluster --name "$CLUSTER" --config -
+cat <<YAML | kind create cluster --name "$CLUSTER" ${KIND_IMAGE:+--image "$KIND_IMAGE"} --config -
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 networking: { disableDefaultCNI: true, podSubnet: 192.168.0.0/16 }
@@ -44,15 +45,20 @@ kubectl apply -f "$CALICO"
 kubectl -n kube-system rollout status ds/calico-node --timeout=300s
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
-# The detector, as shipped, with the test image.
-cp -r "$deploy"/. "$work"/
-cat >>"$work/kustomization.yaml" <<YAML
-images:
-  - name: detector
-    newName: ${IMAGE%:*}
-    newTag: ${IMAGE##*:}
-YAML
-kubectl apply -k "$work"
+# The detector, as shipped, with the test image: a kustomization of our own over deploy/, as a
+# user writes one, with the components named in COMPONENTS (e.g. "apparmor-field" on
+# Kubernetes 1.30+; "servicemonitor" needs the Prometheus Operator's CRDs).
+mkdir -p "$work/detector"
+{
+    echo "resources: [$(realpath --relative-to="$work/detector" "$deploy")]"
+    echo "components:"
+    for component in ${COMPONENTS:-}; do
+        echo "  - $(realpath --relative-to="$work/detector" "$deploy/components/$component")"
+    done
+    echo "images:"
+    echo "  - { name: detector, newName: ${IMAGE%:*}, newTag: ${IMAGE##*:} }"
+} >"$work/detector/kustomization.yaml"
+kubectl apply -k "$work/detector"
 kubectl -n detector-system rollout status ds/detector --timeout=300s
 
 kubectl create namespace shop

