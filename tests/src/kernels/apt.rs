@@ -10,7 +10,9 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
+
+use super::command_output;
 
 /// The suites of [`super::KERNELS`]: one sources line each, main only.
 const SUITES: [&str; 3] = ["bullseye", "bookworm", "trixie"];
@@ -97,7 +99,7 @@ impl PrivateApt {
 
     /// `apt-get update` with the private sources.
     pub fn update(&self) -> anyhow::Result<()> {
-        run(self.command("apt-get").args(["-q", "update"]))
+        command_output(self.command("apt-get").args(["-q", "update"]))
             .context("apt-get update with the private sources")
             .map(drop)
     }
@@ -105,10 +107,11 @@ impl PrivateApt {
     /// The versioned image package `metapackage` of `suite` depends on
     /// (`linux-image-amd64` of bookworm: `linux-image-6.1.0-50-amd64`).
     pub fn image_package(&self, metapackage: &str, suite: &str) -> anyhow::Result<String> {
-        let out = run(self
-            .command("apt-cache")
-            .arg("depends")
-            .arg(format!("{metapackage}/{suite}")))?;
+        let out = command_output(
+            self.command("apt-cache")
+                .arg("depends")
+                .arg(format!("{metapackage}/{suite}")),
+        )?;
         image_dependency(&out).with_context(|| {
             format!("{metapackage} of {suite} depends on no linux-image package:\n{out}")
         })
@@ -123,7 +126,7 @@ impl PrivateApt {
         for (package, suite) in packages {
             cmd.arg(format!("{package}/{suite}"));
         }
-        run(&mut cmd).context("apt-get download of the kernel images")?;
+        command_output(&mut cmd).context("apt-get download of the kernel images")?;
         packages
             .iter()
             .map(|(package, _)| {
@@ -154,7 +157,7 @@ pub fn extract_kernel(deb: &Path, into: &Path) -> anyhow::Result<PathBuf> {
     let staging = into.with_extension("unpack");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    let unpacked = run(Command::new("dpkg").arg("-x").arg(deb).arg(&staging));
+    let unpacked = command_output(Command::new("dpkg").arg("-x").arg(deb).arg(&staging));
     let kept = unpacked.and_then(|_| {
         fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
         let boot = staging.join("boot");
@@ -234,21 +237,6 @@ fn archive_from_indextargets(text: &str) -> Option<String> {
         let plain = !release.contains('-') && !uri.contains("security");
         plain.then(|| uri.trim_end_matches('/').to_owned())
     })
-}
-
-/// Runs `cmd`, returns its standard output; its standard error is in the error.
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

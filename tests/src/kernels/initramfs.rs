@@ -228,7 +228,7 @@ fn fill<W: Write>(
     }
 
     add_host_file(cpio, Path::new(BUSYBOX), "bin/busybox", 0o755)?;
-    let applets = run_text(Command::new(BUSYBOX).arg("--list-full"))?;
+    let applets = super::command_output(Command::new(BUSYBOX).arg("--list-full"))?;
     for applet in applets.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if !cpio.contains(applet) {
             cpio.symlink(applet, "/bin/busybox")?;
@@ -284,7 +284,7 @@ fn add_host_file<W: Write>(
 
 /// The shared libraries (and the loader) `ldd` lists for `binary`, at the paths it lists.
 fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let out = run_text(Command::new("ldd").arg(binary))
+    let out = super::command_output(Command::new("ldd").arg(binary))
         .with_context(|| format!("cannot list the libraries of {}", binary.display()))?;
     parse_ldd(&out).with_context(|| format!("ldd {}", binary.display()))
 }
@@ -304,19 +304,6 @@ fn parse_ldd(out: &str) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(paths)
-}
-
-fn run_text(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

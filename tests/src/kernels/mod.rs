@@ -313,20 +313,14 @@ const CONSOLE_TAIL: usize = 40;
 /// Boots one guest and reads its report from the console.
 fn guest_row(plan: &Plan, kernel: &Kernel, image: &Image, initrd: &Path) -> Row {
     eprintln!("{}: booting {}", kernel.name, image.vmlinuz.display());
-    let mut row = Row {
-        name: kernel.name.to_owned(),
-        about: format!(
+    let mut row = Row::new(
+        kernel.name.to_owned(),
+        format!(
             "{} ({} of {})",
             kernel.about, kernel.metapackage, kernel.suite
         ),
-        package: image.package.clone(),
-        seconds: 0.0,
-        boot_seconds: None,
-        check_seconds: None,
-        error: None,
-        console_tail: None,
-        report: None,
-    };
+        image.package.clone(),
+    );
     let log = plan.dir.join(kernel.name).join("console.log");
     let run = match qemu::boot(&image.vmlinuz, initrd, &log, plan.guest_timeout) {
         Ok(run) => run,
@@ -399,20 +393,14 @@ fn host_row(plan: &Plan, name: &str) -> Row {
     );
     let variant = (name == HOST_PROBE_READ).then_some("probe-read");
     let started = Instant::now();
-    let mut row = Row {
-        name: name.to_owned(),
-        about: match variant {
+    let mut row = Row::new(
+        name.to_owned(),
+        match variant {
             Some(variant) => format!("this machine's own kernel, the {variant} build"),
             None => "this machine's own kernel".to_owned(),
         },
-        package: None,
-        seconds: 0.0,
-        boot_seconds: None,
-        check_seconds: None,
-        error: None,
-        console_tail: None,
-        report: None,
-    };
+        None,
+    );
     // Eight checks at most their limit each, and the load.
     let limit = plan.host_check_timeout * 8 + Duration::from_secs(60);
     match run_checker(&plan.checker, plan.host_check_timeout, limit, variant) {
@@ -490,6 +478,21 @@ fn run_checker(
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("the reader of the checker's output panicked"))
+}
+
+/// Runs `cmd`, returns its standard output; its standard error is in the error.
+pub(crate) fn command_output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -107,6 +107,21 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row not run yet: no times, no error, no report.
+    pub fn new(name: String, about: String, package: Option<String>) -> Self {
+        Self {
+            name,
+            about,
+            package,
+            seconds: 0.0,
+            boot_seconds: None,
+            check_seconds: None,
+            error: None,
+            console_tail: None,
+            report: None,
+        }
+    }
+
     /// The harness saw no trouble and the report passed.
     pub fn passed(&self) -> bool {
         self.error.is_none() && self.report.as_ref().is_some_and(CheckReport::passed)
