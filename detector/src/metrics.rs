@@ -880,10 +880,9 @@ mod tests {
             "{text}"
         );
         metrics.set_program_variant("probe-read");
+        let text = metrics.encode();
         assert!(
-            metrics
-                .encode()
-                .contains("detector_program_variant{variant=\"probe-read\"} 1"),
+            text.contains("detector_program_variant{variant=\"probe-read\"} 1"),
             "{text}"
         );
     }

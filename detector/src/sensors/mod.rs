@@ -195,8 +195,6 @@ pub struct Sensors {
     ebpf: Ebpf,
     variant: ProgramVariant,
     require_all: bool,
-    /// Whether this kernel's io_uring tracepoint can be used, or why not.
-    io_uring: Result<(), String>,
     /// Every program of the set in load order, with why it is not running.
     status: Vec<ProgramStatus>,
     cgroup2: PathBuf,
@@ -257,7 +255,7 @@ const SENSOR_TRACEPOINTS: [(&str, &str); 2] = [
     ("sched_process_exec", "sched_process_exec"),
     ("sched_process_exit", "sched_process_exit"),
 ];
-/// The io_uring program, on the `io_uring_complete` BTF tracepoint (Linux 5.19 and later).
+/// The io_uring program, on the BTF tracepoint of the same name (Linux 5.19 and later).
 const IO_URING_PROGRAM: &str = "io_uring_complete";
 const NOOP_BTF_TRACEPOINTS: [(&str, &str); 1] = [("noop_sys_exit", "sys_exit")];
 const NOOP_TRACEPOINTS: [(&str, &str); 2] = [
@@ -326,7 +324,6 @@ impl Sensors {
             ebpf,
             variant,
             require_all: config.require_all_programs,
-            io_uring: layout.io_uring.clone().map(|_| ()),
             status: Vec::new(),
             cgroup2,
             set,
@@ -339,7 +336,7 @@ impl Sensors {
         };
         sensors.fill_path_classes(config)?;
         sensors.refresh_watch_roots()?;
-        sensors.load_programs()?;
+        sensors.load_programs(layout.io_uring.as_ref().err())?;
         sensors.attach()?;
         if sensors.links.is_empty() {
             let reasons: Vec<String> = sensors
@@ -385,7 +382,24 @@ impl Sensors {
         stage: &'static str,
         reason: String,
     ) -> Result<(), SensorError> {
-        let reason = format!("{stage}: {reason}");
+        self.not_running(name, format!("{stage}: {reason}"), false)
+    }
+
+    /// Records that `name` is not tried on this kernel, which lacks what it needs (`reason`):
+    /// an error when every program is required, else a warning and its status.
+    fn unsupported(&mut self, name: &'static str, reason: &str) -> Result<(), SensorError> {
+        self.not_running(name, format!("not on this kernel: {reason}"), true)
+    }
+
+    /// [`Sensors::missing`] and [`Sensors::unsupported`]: `name`'s status (replaced when it
+    /// loaded before and failed to attach), or the start's error when every program is
+    /// required.
+    fn not_running(
+        &mut self,
+        name: &'static str,
+        reason: String,
+        unsupported: bool,
+    ) -> Result<(), SensorError> {
         if self.require_all {
             return Err(SensorError::Required {
                 program: name,
@@ -393,36 +407,35 @@ impl Sensors {
             });
         }
         warn!(program = name, %reason, variant = self.variant.as_str(), "eBPF program not running; the others go on");
+        let status = ProgramStatus {
+            name,
+            missing: Some(reason),
+            verified_instructions: None,
+            unsupported,
+        };
         match self.status.iter_mut().find(|status| status.name == name) {
-            Some(status) => status.missing = Some(reason),
-            None => self.status.push(ProgramStatus {
-                name,
-                missing: Some(reason),
-                verified_instructions: None,
-                unsupported: false,
-            }),
+            Some(known) => *known = status,
+            None => self.status.push(status),
         }
         Ok(())
     }
 
-    /// Records that `name` is not tried on this kernel, which lacks what it needs (`reason`):
-    /// an error when every program is required, else a warning and its status.
-    fn unsupported(&mut self, name: &'static str, reason: String) -> Result<(), SensorError> {
-        let reason = format!("not on this kernel: {reason}");
-        if self.require_all {
-            return Err(SensorError::Required {
-                program: name,
-                reason,
-            });
+    /// Records the outcome of loading the program of `hook`: loaded, it is attached with the
+    /// others; refused, it is [`Sensors::missing`].
+    fn record_load(
+        &mut self,
+        hook: Hook,
+        loaded: Result<(), ProgramError>,
+    ) -> Result<(), SensorError> {
+        let name = hook.program();
+        match loaded {
+            Ok(()) => {
+                self.loaded(name);
+                self.hooks.push(hook);
+                Ok(())
+            }
+            Err(err) => self.missing(name, "load", reason(&err)),
         }
-        warn!(program = name, %reason, "eBPF program not loaded; the others go on");
-        self.status.push(ProgramStatus {
-            name,
-            missing: Some(reason),
-            verified_instructions: None,
-            unsupported: true,
-        });
-        Ok(())
     }
 
     /// Records that `name` loaded.
@@ -475,7 +488,9 @@ impl Sensors {
     }
 
     /// Loads the programs of the set, verifier included; attaches nothing.
-    fn load_programs(&mut self) -> Result<(), SensorError> {
+    ///
+    /// `io_uring_unsupported`: why this kernel's io_uring tracepoint cannot be used, if so.
+    fn load_programs(&mut self, io_uring_unsupported: Option<&String>) -> Result<(), SensorError> {
         let btf = Btf::from_sys_fs().map_err(SensorError::KernelBtf)?;
         let (btf_tracepoints, tracepoints): (&[_], &[_]) = match self.set {
             ProgramSet::Sensors => (&SENSOR_BTF_TRACEPOINTS, &SENSOR_TRACEPOINTS),
@@ -484,20 +499,15 @@ impl Sensors {
         // In attach order. The exit program counts every thread exit, which `sys_exit`'s
         // cache of the current task relies on: it is attached first and detached last.
         for &(name, tracepoint) in tracepoints {
-            let program: &mut RawTracePoint = self.program(name)?;
-            match program.load() {
-                Ok(()) => {
-                    self.loaded(name);
-                    self.hooks.push(Hook::RawTracePoint(name, tracepoint));
-                }
-                Err(err) => self.missing(name, "load", reason(&err))?,
-            }
+            let loaded = self.program::<RawTracePoint>(name)?.load();
+            self.record_load(Hook::RawTracePoint(name, tracepoint), loaded)?;
         }
         // `sys_exit`'s task cache is only right while every thread exit is counted.
-        let exits_counted = self
-            .hooks
-            .iter()
-            .any(|hook| hook.program() == "sched_process_exit" || self.set == ProgramSet::Noop);
+        let exits_counted = self.set == ProgramSet::Noop
+            || self
+                .hooks
+                .iter()
+                .any(|hook| hook.program() == "sched_process_exit");
         for &(name, tracepoint) in btf_tracepoints {
             if !exits_counted {
                 self.missing(
@@ -508,53 +518,29 @@ impl Sensors {
                 )?;
                 continue;
             }
-            let program: &mut BtfTracePoint = self.program(name)?;
-            match program.load(tracepoint, &btf) {
-                Ok(()) => {
-                    self.loaded(name);
-                    self.hooks.push(Hook::BtfTracePoint(name));
-                }
-                Err(err) => self.missing(name, "load", reason(&err))?,
-            }
+            let loaded = self.program::<BtfTracePoint>(name)?.load(tracepoint, &btf);
+            self.record_load(Hook::BtfTracePoint(name), loaded)?;
         }
         if self.set == ProgramSet::Sensors {
             self.load_path_op_programs(&btf)?;
             let name = IO_URING_PROGRAM;
-            match self.io_uring.clone() {
-                Err(reason) => self.unsupported(name, reason)?,
-                Ok(_) => {
-                    let program: &mut BtfTracePoint = self.program(name)?;
-                    match program.load("io_uring_complete", &btf) {
-                        Ok(()) => {
-                            self.loaded(name);
-                            self.hooks.push(Hook::BtfTracePoint(name));
-                        }
-                        Err(err) => self.missing(name, "load", reason(&err))?,
-                    }
+            match io_uring_unsupported {
+                Some(reason) => self.unsupported(name, reason)?,
+                None => {
+                    let loaded = self.program::<BtfTracePoint>(name)?.load(name, &btf);
+                    self.record_load(Hook::BtfTracePoint(name), loaded)?;
                 }
             }
             for name in ["connect4", "connect6"] {
-                let program: &mut CgroupSockAddr = self.program(name)?;
-                match program.load() {
-                    Ok(()) => {
-                        self.loaded(name);
-                        self.hooks.push(Hook::CgroupSockAddr(name));
-                    }
-                    Err(err) => self.missing(name, "load", reason(&err))?,
-                }
+                let loaded = self.program::<CgroupSockAddr>(name)?.load();
+                self.record_load(Hook::CgroupSockAddr(name), loaded)?;
             }
             for (name, direction) in [
                 ("egress", CgroupSkbAttachType::Egress),
                 ("ingress", CgroupSkbAttachType::Ingress),
             ] {
-                let program: &mut CgroupSkb = self.program(name)?;
-                match program.load() {
-                    Ok(()) => {
-                        self.loaded(name);
-                        self.hooks.push(Hook::CgroupSkb(name, direction));
-                    }
-                    Err(err) => self.missing(name, "load", reason(&err))?,
-                }
+                let loaded = self.program::<CgroupSkb>(name)?.load();
+                self.record_load(Hook::CgroupSkb(name, direction), loaded)?;
             }
         }
         Ok(())
@@ -642,12 +628,6 @@ impl Sensors {
             };
             match link {
                 Ok(link) => self.links.push(link),
-                Err(err) if self.require_all => {
-                    return Err(SensorError::Required {
-                        program: hook.program(),
-                        reason: format!("attach: {}", reason(&err)),
-                    });
-                }
                 Err(err) => refused.push((hook.program(), reason(&err))),
             }
         }
