@@ -58,7 +58,11 @@ impl Mode {
 
     /// The sensors' configuration in this mode.
     fn config(self) -> SensorsConfig {
-        let mut config = SensorsConfig::default();
+        // A program the kernel refused would be measured as costing nothing.
+        let mut config = SensorsConfig {
+            require_all_programs: true,
+            ..SensorsConfig::default()
+        };
         if self == Self::SensorsHost {
             config.watch = Watch::Containers;
         }
