@@ -119,14 +119,20 @@ impl Responders {
         let path = path_of(cgroup_id);
         let targets = block_targets(&self.cgroup2, cgroup_id, path.as_deref());
         // Evidence follows the containment's own decision (guardrails, warm-up, one incident
-        // per pod); without containment every contain verdict is captured.
-        let admitted = self
-            .containment
-            .as_ref()
-            .is_none_or(|c| c.on_verdict(verdict, verdict.ktime_ns, targets.clone()));
-        if let (true, Some(config), Some(path)) = (admitted, &self.evidence, path) {
+        // per pod) and carries the journal's incident id; without containment every contain
+        // verdict is captured, named after its subject.
+        let incident = match &self.containment {
+            Some(containment) => containment.on_verdict(verdict, verdict.ktime_ns, targets.clone()),
+            None => Some(format!(
+                "{}-{}",
+                verdict.subject.key.replace([':', '/'], "-"),
+                verdict.time.unix_timestamp()
+            )),
+        };
+        if let (Some(incident), Some(config), Some(path)) = (incident, &self.evidence, path) {
             let dir = self.cgroup2.join(path.trim_start_matches('/'));
-            self.capture(config.clone(), verdict, dir, recent(&targets));
+            let recent = recent(&evidence_cgroups(&self.cgroup2, cgroup_id, &path));
+            self.capture(config.clone(), verdict, incident, dir, recent);
         }
     }
 
@@ -134,6 +140,7 @@ impl Responders {
         &mut self,
         config: EvidenceConfig,
         verdict: &Verdict,
+        incident: String,
         dir: PathBuf,
         recent: Vec<Event>,
     ) {
@@ -143,11 +150,6 @@ impl Responders {
         if !self.captured.insert(verdict.subject.key.clone()) {
             return;
         }
-        let incident = format!(
-            "{}-{}",
-            verdict.subject.key.replace([':', '/'], "-"),
-            verdict.time.unix_timestamp()
-        );
         let request = CaptureRequest {
             target: Target::Cgroup(dir),
             incident: Some(incident.clone()),
@@ -245,17 +247,65 @@ impl Fanout {
 /// (so sibling and restarted containers are cut off too), else the container's own cgroup.
 /// `path` is relative to the cgroup2 mount (a leading `/` is allowed).
 pub fn block_targets(cgroup2: &Path, cgroup_id: u64, path: Option<&str>) -> Vec<u64> {
-    let pod_dir = path.and_then(|path| {
-        let path = path.trim_matches('/');
-        let (parent, _) = path.rsplit_once('/')?;
-        let identity = cgroup_path::parse(parent).ok()?;
-        (identity.pod.is_some() && identity.container.is_none()).then(|| cgroup2.join(parent))
-    });
-    match pod_dir.and_then(|dir| std::fs::metadata(dir).ok()) {
+    match path
+        .and_then(|path| pod_dir(cgroup2, path))
+        .and_then(|dir| std::fs::metadata(dir).ok())
+    {
         Some(meta) => vec![meta.ino()],
         None => vec![cgroup_id],
     }
 }
+
+/// The pod-level cgroup directory of the container cgroup at `path` (relative to `cgroup2`),
+/// when its parent is one.
+fn pod_dir(cgroup2: &Path, path: &str) -> Option<PathBuf> {
+    let path = path.trim_matches('/');
+    let (parent, _) = path.rsplit_once('/')?;
+    let identity = cgroup_path::parse(parent).ok()?;
+    (identity.pod.is_some() && identity.container.is_none()).then(|| cgroup2.join(parent))
+}
+
+/// The cgroups whose recent events go into the evidence of the container cgroup `cgroup_id` at
+/// `path`: every cgroup of its pod (the ring keys events by the container cgroup they happened
+/// in; the pod-level cgroup, the one blocked, runs no process), or its own and those below it
+/// outside a pod.
+pub fn evidence_cgroups(cgroup2: &Path, cgroup_id: u64, path: &str) -> Vec<u64> {
+    let top = pod_dir(cgroup2, path).unwrap_or_else(|| cgroup2.join(path.trim_start_matches('/')));
+    let mut cgroups = cgroups_below(&top);
+    cgroups.push(cgroup_id);
+    cgroups.sort_unstable();
+    cgroups.dedup();
+    cgroups
+}
+
+/// Cgroup ids (inode numbers) of `top` and of every cgroup below it (a pod's container
+/// scopes, a few levels at most). An unreadable directory is skipped.
+fn cgroups_below(top: &Path) -> Vec<u64> {
+    let mut found = Vec::new();
+    let mut pending = vec![(top.to_path_buf(), 0)];
+    if let Ok(meta) = std::fs::metadata(top) {
+        found.push(meta.ino());
+    }
+    while let Some((dir, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                found.push(meta.ino());
+                if depth + 1 < CGROUP_WALK_DEPTH {
+                    pending.push((entry.path(), depth + 1));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// How deep [`cgroups_below`] walks: a pod's containers are its children (systemd and cgroupfs
+/// drivers alike); some runtimes nest one level more.
+const CGROUP_WALK_DEPTH: usize = 3;
 
 /// A containment journal entry as an export finding: the action's name (the step, `undo_` and
 /// the step, or the incident's transition), its outcome, and the incident and pod it concerns.
@@ -376,5 +426,36 @@ mod tests {
         std::fs::create_dir_all(root.path().join(&docker)).unwrap();
         assert_eq!(block_targets(root.path(), 78, Some(&docker)), [78]);
         assert_eq!(block_targets(root.path(), 79, None), [79]);
+    }
+
+    #[test]
+    fn evidence_of_a_pods_container_takes_the_recent_events_of_all_its_containers() {
+        let root = tempfile::tempdir().unwrap();
+        let ino = |rel: &str| std::fs::metadata(root.path().join(rel)).unwrap().ino();
+        let pod = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c4d1f9e_7a2b_4c3d_9e8f_112233445566.slice";
+        let suspect = format!("{pod}/cri-containerd-{}.scope", "ab".repeat(32));
+        let sidecar = format!("{pod}/cri-containerd-{}.scope", "cd".repeat(32));
+        let other_pod = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod99999999_7a2b_4c3d_9e8f_112233445566.slice";
+        let stranger = format!("{other_pod}/cri-containerd-{}.scope", "ef".repeat(32));
+        for dir in [&suspect, &sidecar, &stranger] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        let mut want = vec![ino(pod), ino(&suspect), ino(&sidecar)];
+        want.sort_unstable();
+        let got = evidence_cgroups(root.path(), ino(&suspect), &format!("/{suspect}"));
+        assert_eq!(got, want, "the pod's cgroups, not the other pod's");
+        assert!(!got.contains(&ino(&stranger)));
+
+        // Outside a pod: the cgroup itself and what is below it.
+        let docker = format!("system.slice/docker-{}.scope", "12".repeat(32));
+        std::fs::create_dir_all(root.path().join(&docker).join("init")).unwrap();
+        let mut want = vec![ino(&docker), ino(&format!("{docker}/init"))];
+        want.sort_unstable();
+        assert_eq!(evidence_cgroups(root.path(), ino(&docker), &docker), want);
+        // A cgroup gone since: its own id still.
+        assert_eq!(
+            evidence_cgroups(root.path(), 5, "system.slice/gone.scope"),
+            [5]
+        );
     }
 }

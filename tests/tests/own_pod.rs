@@ -188,6 +188,7 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
 
     let output = dir.path().join("events.jsonl");
     let journal = dir.path().join("incidents");
+    let bundles = dir.path().join("evidence");
     let metrics_port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
@@ -196,8 +197,9 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
     std::fs::write(
         &config,
         format!(
-            "attribution:\n  kubernetes: true\ncontain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  on_contain: false\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
-            journal.display()
+            "attribution:\n  kubernetes: true\ncontain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  on_contain: true\n  out_dir: {}\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+            journal.display(),
+            bundles.display()
         ),
     )
     .unwrap();
@@ -276,7 +278,18 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
         entries
             .iter()
             .any(|e| e["entry"] == "completed" && e["incident"] == opened["incident"])
-            .then_some(())
+            .then(|| opened["incident"].as_str().unwrap_or_default().to_owned())
+    });
+    // Its evidence bundle is named as the journal names the incident, and holds the pod's
+    // events before the verdict (they happened in its container cgroup, below the pod's).
+    let bundle = completed.as_ref().and_then(|incident| {
+        let bundle = bundles.join(incident);
+        wait_until(Duration::from_secs(30), || {
+            bundle
+                .join("manifest.json")
+                .exists()
+                .then(|| bundle.clone())
+        })
     });
     let (status, log) = daemon.stop();
     assert!(
@@ -296,6 +309,27 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
             "the refusal of {uid} is not in the log"
         );
     }
+    let bundle = bundle.unwrap_or_else(|| {
+        panic!(
+            "no evidence bundle named after incident {completed:?} in {}: {:?}",
+            bundles.display(),
+            std::fs::read_dir(&bundles)
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        )
+    });
+    let bundled = std::fs::read_dir(&bundles).unwrap().count();
+    assert_eq!(bundled, 1, "evidence of a refused incident was captured");
+    let events = read_lines(&bundle.join("events.jsonl"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "exec" && e["pod"]["uid"] == OTHER_UID),
+        "the bundle's events hold none of the pod's execs: {events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["pod"]["uid"] == OTHER_UID),
+        "the bundle holds events of other pods: {events:#?}"
+    );
     let changed = mutations(&api);
     let other = format!("/namespaces/{OTHER_NAMESPACE}/");
     assert!(

@@ -537,17 +537,20 @@ impl ContainmentHandle {
     /// I/O: the guardrails and the kernel block (a map update) run here, in microseconds, the
     /// journal and the API steps run on the dispatcher's own thread.
     /// `event_ktime_ns` is the kernel time of the deciding event; `cgroup_ids` the pod-level
-    /// cgroup (or the container cgroups) to block. Returns whether the guardrails admitted it
-    /// (a new incident was opened), so that callers act on the same decision.
-    pub fn on_verdict(&self, verdict: &Verdict, event_ktime_ns: u64, cgroup_ids: Vec<u64>) -> bool {
+    /// cgroup (or the container cgroups) to block. Returns the journal's id of the incident
+    /// when the guardrails admitted it (a new incident was opened, or refused by a disarmed
+    /// budget), so that callers act on the same decision and name it as the journal does.
+    pub fn on_verdict(
+        &self,
+        verdict: &Verdict,
+        event_ktime_ns: u64,
+        cgroup_ids: Vec<u64>,
+    ) -> Option<String> {
         if verdict.decision != Decision::Contain {
-            return false;
+            return None;
         }
-        let Some(tx) = &self.tx else { return false };
-        let Some(command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids)
-        else {
-            return false;
-        };
+        let tx = self.tx.as_ref()?;
+        let (id, command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids)?;
         if tx.try_send(command).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(
@@ -555,7 +558,7 @@ impl ContainmentHandle {
                 verdict.subject.key
             );
         }
-        true
+        Some(id)
     }
 
     /// Records every step's outcome and the containment latencies in `metrics` from now on.
@@ -809,13 +812,13 @@ async fn release_in_daemon(shared: &Arc<Shared>, id: &str) -> Result<(), Release
 
 /// The hot path, on the caller's thread and without I/O: the guardrails, then the kernel
 /// block (a map update), then the journal entries (queued to the writer). What needs the API
-/// goes to the dispatcher's runtime as the returned command.
+/// goes to the dispatcher's runtime as the returned command, with the incident's id.
 fn admit_and_block(
     shared: &Arc<Shared>,
     verdict: &Verdict,
     event_ktime_ns: u64,
     cgroup_ids: Vec<u64>,
-) -> Option<Command> {
+) -> Option<(String, Command)> {
     let id = shared.new_id();
     let admission = shared
         .guard()
@@ -848,7 +851,7 @@ fn admit_and_block(
                     why,
                 },
             );
-            return disarmed;
+            return disarmed.map(|command| (id, command));
         }
     }
     let dry_run = shared.config.dry_run;
@@ -909,10 +912,13 @@ fn admit_and_block(
             verdict.subject.key,
         );
     }
-    Some(Command::Steps {
-        incident: Box::new(incident),
-        kernel,
-    })
+    Some((
+        id,
+        Command::Steps {
+            incident: Box::new(incident),
+            kernel,
+        },
+    ))
 }
 
 /// Every step after the kernel block, in playbook order, each journaled; then `Completed`.
