@@ -2,8 +2,9 @@
 //!
 //! - [`privileged`]: whether this run may load eBPF programs; under `CI=true` a missing
 //!   privilege is a failure, elsewhere the test says why it skips.
-//! - [`TestCgroup`]: a cgroup2 directory of the test's own, to run real child processes in and to
-//!   tell their events apart from the rest of the machine. Removed on drop, failure or not.
+//! - [`TestCgroup`]: a cgroup2 directory of the test's own (or a v1 one, for the v1 freezer), to
+//!   run real child processes in and to tell their events apart from the rest of the machine.
+//!   Removed on drop, failure or not.
 //! - [`docker`]: a private, real dockerd for evidence-capture tests, cleaned up on drop.
 //! - [`containerd`]: a private, real containerd (ctr, kubepods-style cgroups), cleaned up on drop.
 //! - [`image`]: a realistic Debian image (debootstrap, cached) for Docker and containerd.
@@ -77,6 +78,24 @@ impl TestCgroup {
     pub fn create(relative: &str) -> io::Result<Self> {
         let root = cgroup2_mount()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;
+        Self::create_under(root, relative)
+    }
+
+    /// A unique cgroup for the named test under `detector-test/` in the cgroup v1 hierarchy
+    /// that carries `controller` (e.g. `freezer`, in a hybrid layout). Its id is the
+    /// directory's inode there, not a cgroup2 id.
+    pub fn v1_for_test(controller: &str, name: &str) -> io::Result<Self> {
+        let root = cgroup_v1_mount(controller).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no cgroup v1 hierarchy with the {controller} controller is mounted"),
+            )
+        })?;
+        let relative = format!("detector-test/{name}-{}", std::process::id());
+        Self::create_under(root, &relative)
+    }
+
+    fn create_under(root: PathBuf, relative: &str) -> io::Result<Self> {
         let path = root.join(relative);
         fs::create_dir_all(&path)?;
         let id = cgroup_id(&path)?;
@@ -162,6 +181,31 @@ impl Drop for TestCgroup {
             parent = dir.parent();
         }
     }
+}
+
+/// The mount point of the cgroup v1 hierarchy whose super options name `controller`.
+fn cgroup_v1_mount(controller: &str) -> Option<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut fields = right.split_whitespace();
+            let (fstype, options) = (fields.next()?, fields.nth(1)?);
+            let point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup" && options.split(',').any(|o| o == controller))
+                .then(|| PathBuf::from(point))
+        })
+}
+
+/// Says why `test` cannot run: a failure under `CI=true` (CI has every resource the
+/// privileged tests need), elsewhere a skip printed on standard error.
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: {why}, and CI=true"
+    );
+    eprintln!("skipped {test}: {why}");
 }
 
 /// The real sensors and pipeline running in this process.

@@ -10,6 +10,9 @@
 //! - [`limits`]: size and time budgets; [`config`]: the `evidence:` configuration section.
 //! - [`capture`]: one capture, start to end.
 //!
+//! Without a Docker Engine (containerd, CRI-O), from the node alone:
+//! - [`freezer`]: pausing the container through its cgroup's freezer, undone by a guard.
+//!
 //! Nothing is ever executed inside the suspect container: the runtime API answers `top` by
 //! running `ps` on the host, and everything else is read from the node.
 
@@ -17,6 +20,7 @@ pub mod bundle;
 pub mod capture;
 pub mod config;
 pub mod docker;
+pub mod freezer;
 pub mod limits;
 pub mod procfs;
 pub mod recent;
