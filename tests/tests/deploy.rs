@@ -299,6 +299,18 @@ fn the_daemonset_fits_the_daemon() {
     assert!(config.sensors.btf_path.starts_with("/sys/kernel/btf"));
     assert!(config.evidence.out_dir.starts_with("/var/lib/detector"));
     assert!(mounted_at(&config.evidence.docker_socket.to_string_lossy()).is_some());
+    // The evidence signing key's Secret is optional (an install without a key starts) and
+    // readable by its owner only.
+    let key = mounted_at("/etc/detector-evidence-key").expect("evidence key mounted");
+    assert_eq!(key.read_only, Some(true));
+    let secret = volumes
+        .iter()
+        .find(|v| v.name == key.name)
+        .and_then(|v| v.secret.as_ref())
+        .expect("the evidence key is a Secret");
+    assert_eq!(secret.secret_name.as_deref(), Some("detector-evidence-key"));
+    assert_eq!(secret.optional, Some(true));
+    assert_eq!(secret.default_mode, Some(0o400));
 
     // The config file the container is told to read is the ConfigMap's.
     let args = container.args.clone().unwrap_or_default();

@@ -2,6 +2,7 @@
 //! the test. Root; under `CI=true` nothing here may skip.
 
 use std::{
+    ffi::OsStr,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -15,6 +16,7 @@ use detector::evidence::{
     runtime::FsChange,
     store::{S3Store, StoreError},
 };
+use sha2::{Digest as _, Sha256};
 use tests::{TestCgroup, docker::Dockerd, privileged, s3::MotoServer};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -184,7 +186,7 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
     assert!(top.contains("sleep 600"), "{top}");
 
     // The bundle verifies, and no longer does after one byte of the export changed.
-    let report = bundle::verify(dir).unwrap();
+    let report = bundle::verify(dir, None).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.checked, manifest.artifacts.len());
     let bin = detector_bin();
@@ -199,7 +201,7 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
     let mut bytes = fs::read(&tar).unwrap();
     bytes[100] ^= 1;
     fs::write(&tar, bytes).unwrap();
-    let report = bundle::verify(dir).unwrap();
+    let report = bundle::verify(dir, None).unwrap();
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert!(
         report.problems[0].starts_with("runtime/filesystem.tar: sha256"),
@@ -330,7 +332,7 @@ fn cgroup_capture_without_runtime_degrades_and_uploads_to_s3() {
         "{:?}",
         p.environ
     );
-    assert!(bundle::verify(&outcome.dir).unwrap().ok());
+    assert!(bundle::verify(&outcome.dir, None).unwrap().ok());
 
     // Uploaded and confirmed; the local bundle is kept (not configured to delete it).
     let upload = outcome.upload.as_ref().unwrap();
@@ -364,4 +366,142 @@ fn cgroup_capture_without_runtime_degrades_and_uploads_to_s3() {
         "{err}"
     );
     assert!(outcome.dir.join("manifest.json").exists());
+}
+
+/// Runs the real `detector` with `args`; whether it succeeded, and its stdout then stderr.
+fn detector(bin: &Path, args: &[&OsStr]) -> (bool, String) {
+    let out = Command::new(bin).args(args).output().unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// What an attacker who can write the bundle but has no key does: change an artifact, put its
+/// new size and hash in the manifest and recompute `manifest.json.sha256`.
+fn forge_artifact(dir: &Path, artifact: &str) {
+    let path = dir.join(artifact);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"\n");
+    fs::write(&path, &bytes).unwrap();
+    let (size, sha256) = bundle::hash_file(&path).unwrap();
+    let mut manifest: serde_json::Value = read_json(&dir.join(bundle::MANIFEST));
+    let entry = manifest["artifacts"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|a| a["path"] == artifact)
+        .unwrap();
+    entry["size"] = size.into();
+    entry["sha256"] = sha256.into();
+    let text = serde_json::to_vec_pretty(&manifest).unwrap();
+    fs::write(dir.join(bundle::MANIFEST), &text).unwrap();
+    let digest = format!("{:x}", Sha256::digest(&text));
+    fs::write(
+        dir.join(bundle::MANIFEST_SHA256),
+        format!("{digest}  {}\n", bundle::MANIFEST),
+    )
+    .unwrap();
+}
+
+/// Writes the `evidence:` configuration of the signed-capture test, signing with `key`.
+fn signing_config(tmp: &Path, key: &Path) -> PathBuf {
+    let config = tmp.join("config.yaml");
+    let yaml = serde_json::json!({
+        "evidence": {
+            "out_dir": tmp.join("out"),
+            "docker_socket": tmp.join("no-docker.sock"),
+            "signing_key": key,
+        }
+    });
+    fs::write(&config, serde_yaml_ng::to_string(&yaml).unwrap()).unwrap();
+    config
+}
+
+#[test]
+fn signed_capture_verifies_with_its_key_and_a_forged_artifact_does_not() {
+    if !privileged("signed_capture") {
+        return;
+    }
+    let bin = tests::daemon::binary();
+    if !bin.is_file() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "signed_capture: no detector binary at {} and CI=true",
+            bin.display()
+        );
+        eprintln!(
+            "skipped signed_capture: no detector binary at {} (cargo build -p detector)",
+            bin.display()
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    let (ok, text) = detector(
+        &bin,
+        &[
+            "evidence".as_ref(),
+            "keygen".as_ref(),
+            "--out".as_ref(),
+            keys.as_os_str(),
+        ],
+    );
+    assert!(ok, "{text}");
+    let public = keys.join("ed25519.pub.pem");
+    let cgroup = TestCgroup::for_test("signed-capture").unwrap();
+    let capture = |config: &Path, incident: &str| {
+        let args = ["evidence", "capture", "--incident", incident, "--cgroup"].map(OsStr::new);
+        let config_args = [OsStr::new("--config"), config.as_os_str()];
+        detector(
+            &bin,
+            &[&args[..], &[cgroup.path().as_os_str()], &config_args].concat(),
+        )
+    };
+
+    // A key file that is not there is refused before anything is captured, naming the file.
+    let missing = tmp.path().join("missing.pem");
+    let (ok, text) = capture(&signing_config(tmp.path(), &missing), "refused");
+    assert!(!ok, "{text}");
+    assert!(text.contains("evidence.signing_key"), "{text}");
+    assert!(text.contains(&missing.display().to_string()), "{text}");
+    assert!(!tmp.path().join("out/refused").exists());
+
+    // Signed with the key the configuration names; verifies against the public key.
+    let config = signing_config(tmp.path(), &keys.join("ed25519.pem"));
+    let mut child = cgroup.command("sleep").unwrap().arg("60").spawn().unwrap();
+    let captured = capture(&config, "signed");
+    let _ = child.kill();
+    let _ = child.wait();
+    let (ok, text) = captured;
+    assert!(ok, "{text}");
+    assert!(text.contains("signed by key sha256:"), "{text}");
+    let dir = tmp.path().join("out/signed");
+    assert!(dir.join("manifest.json.sig").is_file());
+    let verify = |key: Option<&Path>| {
+        let mut args = vec!["evidence".as_ref(), "verify".as_ref(), dir.as_os_str()];
+        if let Some(key) = key {
+            args.extend(["--key".as_ref(), key.as_os_str()]);
+        }
+        detector(&bin, &args)
+    };
+    let (ok, text) = verify(Some(&public));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("signature: valid, by the given key"),
+        "{text}"
+    );
+    let (ok, text) = verify(None);
+    assert!(ok, "{text}");
+    assert!(text.contains("not pinned"), "{text}");
+
+    // The hashes of a forged artifact check out; the signature does not.
+    forge_artifact(&dir, "proc/processes.json");
+    let (ok, text) = verify(Some(&public));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("MISMATCH manifest.json.sig: the signature does not match"),
+        "{text}"
+    );
+    assert!(!text.contains("MISMATCH proc/processes.json"), "{text}");
+    assert!(!text.contains("MISMATCH manifest.json:"), "{text}");
 }

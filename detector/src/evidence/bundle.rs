@@ -1,14 +1,17 @@
 //! The evidence bundle: one directory per incident, every artifact hashed as it is written, a
-//! JSON manifest listing them, and the manifest's own hash beside it.
+//! JSON manifest listing them, the manifest's own hash beside it and, with a signing key, its
+//! signature ([`super::signing`]).
 //!
 //! ```text
 //! <out>/<incident>/
-//!   manifest.json          what was captured, from where, when, how big, its SHA-256
+//!   manifest.json          what was captured, from where, when, how big, its SHA-256; the
+//!                          trust statement (signing key, or why unsigned)
 //!   manifest.json.sha256   "<hex>  manifest.json", as sha256sum writes it
+//!   manifest.json.sig      base64 Ed25519 signature of manifest.json (signed bundles only)
 //!   <artifacts...>
 //! ```
 //!
-//! [`verify`] re-hashes everything and lists every difference.
+//! [`verify`] re-hashes everything, checks the signature and lists every difference.
 
 use std::{
     fs::{self, File},
@@ -16,15 +19,18 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+use super::signing::{self, SIGNATURE_FILE, Sealer, SignatureCheck, Trust};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
 /// The file holding the manifest's SHA-256.
 pub const MANIFEST_SHA256: &str = "manifest.json.sha256";
-/// Manifest format version.
-pub const FORMAT: u32 = 1;
+/// Manifest format version (2: the trust statement and the signature file).
+pub const FORMAT: u32 = 2;
 
 /// Failure to write or read a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +86,11 @@ pub struct Manifest {
     /// End of the capture (RFC 3339).
     pub finished_at: String,
     /// True only when every artifact was captured whole; otherwise see `incomplete_reasons`,
-    /// `not_captured` and the artifacts' `partial_reason`.
+    /// `not_captured` and the artifacts' `partial_reason`. Sealing keeps it equal to
+    /// `incomplete_reasons.is_empty()`.
     pub complete: bool,
-    /// Why the capture is not complete.
+    /// Why the capture is not complete: one line per partial artifact, artifact not captured
+    /// and capture-wide shortfall.
     pub incomplete_reasons: Vec<String>,
     /// Every artifact in the bundle.
     pub artifacts: Vec<Artifact>,
@@ -90,6 +98,9 @@ pub struct Manifest {
     pub not_captured: Vec<NotCaptured>,
     /// What the collector did to the container (pause, commit, unpause), in order.
     pub actions: Vec<Action>,
+    /// What vouches for this manifest: a signing key, or why there is none.
+    #[serde(default)]
+    pub trust: Trust,
 }
 
 /// The collector's identity.
@@ -339,11 +350,16 @@ impl Bundle {
         });
     }
 
-    /// Writes the manifest and its hash; returns the directory and the final manifest.
-    pub fn seal(mut self, finished_at: String) -> Result<(PathBuf, Manifest), BundleError> {
+    /// Writes the manifest with `sealer`'s trust statement, its hash and, with a key, its
+    /// signature; returns the directory and the final manifest.
+    pub fn seal(
+        mut self,
+        finished_at: String,
+        sealer: &Sealer,
+    ) -> Result<(PathBuf, Manifest), BundleError> {
         self.manifest.finished_at = finished_at;
-        self.manifest.complete =
-            self.manifest.incomplete_reasons.is_empty() && self.manifest.not_captured.is_empty();
+        self.explain_incompleteness();
+        self.manifest.trust = sealer.trust();
         let text =
             serde_json::to_vec_pretty(&self.manifest).map_err(|source| BundleError::Manifest {
                 path: self.dir.join(MANIFEST),
@@ -354,7 +370,24 @@ impl Bundle {
         let digest = format!("{:x}", Sha256::digest(&text));
         let sum = self.dir.join(MANIFEST_SHA256);
         fs::write(&sum, format!("{digest}  {MANIFEST}\n")).map_err(io_err(&sum))?;
+        if let Some(signature) = sealer.sign(&text) {
+            let sig = self.dir.join(SIGNATURE_FILE);
+            fs::write(&sig, signature).map_err(io_err(&sig))?;
+        }
         Ok((self.dir, self.manifest))
+    }
+
+    /// Adds a reason for every artifact not captured, then derives `complete` from the
+    /// reasons alone: a bundle is never incomplete without saying why.
+    fn explain_incompleteness(&mut self) {
+        let manifest = &mut self.manifest;
+        for missing in &manifest.not_captured {
+            manifest.incomplete_reasons.push(format!(
+                "{}: not captured: {}",
+                missing.artifact, missing.reason
+            ));
+        }
+        manifest.complete = manifest.incomplete_reasons.is_empty();
     }
 }
 
@@ -372,12 +405,14 @@ fn check_name(name: &str) -> Result<(), BundleError> {
 }
 
 /// What [`verify`] found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Artifacts whose size and hash were checked.
     pub checked: usize,
     /// Whether the manifest says the capture was complete.
     pub complete: bool,
+    /// What the signature check found (its failures are among the problems).
+    pub signature: SignatureCheck,
     /// Every mismatch, one sentence each.
     pub problems: Vec<String>,
 }
@@ -389,35 +424,31 @@ impl VerifyReport {
     }
 }
 
-/// Re-hashes the manifest and every artifact of the bundle at `dir`, and lists files that are
-/// not in the manifest. Only an unreadable manifest is an error; every difference is a problem
-/// in the report.
-pub fn verify(dir: &Path) -> Result<VerifyReport, BundleError> {
-    let mut report = VerifyReport::default();
+/// Re-hashes the manifest and every artifact of the bundle at `dir`, checks the manifest's
+/// signature (against `pinned` when given, else against the key the manifest names), and
+/// lists files that are not in the manifest. Only an unreadable manifest is an error; every
+/// difference is a problem in the report.
+pub fn verify(dir: &Path, pinned: Option<&VerifyingKey>) -> Result<VerifyReport, BundleError> {
     let manifest_path = dir.join(MANIFEST);
     let text = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
-    let sum_path = dir.join(MANIFEST_SHA256);
-    match fs::read_to_string(&sum_path) {
-        Ok(sum) => {
-            let expected = sum.split_whitespace().next().unwrap_or_default();
-            let actual = format!("{:x}", Sha256::digest(&text));
-            if expected != actual {
-                report.problems.push(format!(
-                    "{MANIFEST}: sha256 {actual} differs from {expected} in {MANIFEST_SHA256}"
-                ));
-            }
-        }
-        Err(err) => report
-            .problems
-            .push(format!("{MANIFEST_SHA256}: cannot read: {err}")),
-    }
+    let mut problems = Vec::new();
+    check_manifest_sum(dir, &text, &mut problems);
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|source| BundleError::Manifest {
             path: manifest_path.clone(),
             source,
         })?;
-    report.complete = manifest.complete;
+    let signature = signing::check(dir, &text, &manifest.trust, pinned, &mut problems);
+    let mut report = VerifyReport {
+        checked: 0,
+        complete: manifest.complete,
+        signature,
+        problems,
+    };
     let mut listed = vec![MANIFEST.to_owned(), MANIFEST_SHA256.to_owned()];
+    if matches!(manifest.trust, Trust::Signed { .. }) {
+        listed.push(SIGNATURE_FILE.to_owned());
+    }
     for artifact in &manifest.artifacts {
         listed.push(artifact.path.clone());
         if check_name(&artifact.path).is_err() {
@@ -455,6 +486,23 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, BundleError> {
         }
     }
     Ok(report)
+}
+
+/// Compares the manifest's bytes with [`MANIFEST_SHA256`].
+fn check_manifest_sum(dir: &Path, text: &[u8], problems: &mut Vec<String>) {
+    let sum_path = dir.join(MANIFEST_SHA256);
+    match fs::read_to_string(&sum_path) {
+        Ok(sum) => {
+            let expected = sum.split_whitespace().next().unwrap_or_default();
+            let actual = format!("{:x}", Sha256::digest(text));
+            if expected != actual {
+                problems.push(format!(
+                    "{MANIFEST}: sha256 {actual} differs from {expected} in {MANIFEST_SHA256}"
+                ));
+            }
+        }
+        Err(err) => problems.push(format!("{MANIFEST_SHA256}: cannot read: {err}")),
+    }
 }
 
 /// Size and SHA-256 of a file, streamed.
@@ -497,6 +545,8 @@ pub fn files_below(root: &Path, dir: &Path) -> io::Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    use ed25519_dalek::SigningKey;
+
     use super::*;
 
     fn manifest() -> Manifest {
@@ -513,7 +563,12 @@ mod tests {
             artifacts: Vec::new(),
             not_captured: Vec::new(),
             actions: Vec::new(),
+            trust: Trust::default(),
         }
+    }
+
+    fn unsigned() -> Sealer {
+        Sealer::Unsigned("no key in this test".into())
     }
 
     #[test]
@@ -541,19 +596,19 @@ mod tests {
 
         let mut bundle = Bundle::create(root.path(), "inc-3", manifest()).unwrap();
         bundle.add("x.txt", "test", b"abc", 10, "t".into()).unwrap();
-        let (dir, sealed) = bundle.seal("t2".into()).unwrap();
+        let (dir, sealed) = bundle.seal("t2".into(), &unsigned()).unwrap();
         assert!(sealed.complete);
         assert_eq!(
             sealed.artifacts[0].sha256,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let report = verify(&dir).unwrap();
+        let report = verify(&dir, None).unwrap();
         assert!(report.ok(), "{report:?}");
         assert_eq!(report.checked, 1);
 
         fs::write(dir.join("x.txt"), b"abd").unwrap();
         fs::write(dir.join("extra"), b"").unwrap();
-        let report = verify(&dir).unwrap();
+        let report = verify(&dir, None).unwrap();
         assert_eq!(report.problems.len(), 2, "{report:?}");
         assert!(report.problems[0].contains("x.txt: sha256"));
         assert!(report.problems[1].contains("extra"));
@@ -561,7 +616,7 @@ mod tests {
         let mut text = fs::read_to_string(dir.join(MANIFEST)).unwrap();
         text = text.replace("node-a", "node-b");
         fs::write(dir.join(MANIFEST), text).unwrap();
-        let report = verify(&dir).unwrap();
+        let report = verify(&dir, None).unwrap();
         assert!(report.problems[0].starts_with(MANIFEST), "{report:?}");
     }
 
@@ -573,9 +628,205 @@ mod tests {
             .add("big", "test", &[0u8; 10], 3, "t".into())
             .unwrap();
         bundle.not_captured("filesystem.tar", "no runtime");
-        let (_, sealed) = bundle.seal("t".into()).unwrap();
+        let (_, sealed) = bundle.seal("t".into(), &unsigned()).unwrap();
         assert!(!sealed.complete);
-        assert_eq!(sealed.incomplete_reasons.len(), 1);
+        assert_eq!(
+            sealed.incomplete_reasons,
+            [
+                "big: size limit reached: cut at 3 bytes",
+                "filesystem.tar: not captured: no runtime"
+            ]
+        );
         assert_eq!(sealed.not_captured[0].artifact, "filesystem.tar");
+    }
+
+    #[test]
+    fn incomplete_always_says_why() {
+        type Step = fn(&mut Bundle);
+        let steps: [(&str, Step); 4] = [
+            ("nothing", |_| {}),
+            ("a partial artifact", |b| {
+                b.add("cut", "test", b"abcdef", 2, "t".into()).unwrap();
+            }),
+            ("an artifact not captured", |b| {
+                b.not_captured("events.jsonl", "manual capture");
+            }),
+            ("a capture-wide shortfall", |b| b.incomplete("not paused")),
+        ];
+        for (i, (what, step)) in steps.iter().enumerate() {
+            let root = tempfile::tempdir().unwrap();
+            let mut bundle = Bundle::create(root.path(), "inc", manifest()).unwrap();
+            bundle.add("whole", "test", b"abc", 10, "t".into()).unwrap();
+            step(&mut bundle);
+            let (_, sealed) = bundle.seal("t".into(), &unsigned()).unwrap();
+            assert_eq!(sealed.complete, i == 0, "{what}: {sealed:#?}");
+            assert_eq!(
+                sealed.complete,
+                sealed.incomplete_reasons.is_empty(),
+                "{what}: {sealed:#?}"
+            );
+        }
+    }
+
+    /// A sealed bundle with one artifact, `x.txt`, signed by `key` when given.
+    fn sealed(root: &Path, key: Option<&SigningKey>) -> PathBuf {
+        let mut bundle = Bundle::create(root, "inc", manifest()).unwrap();
+        bundle.add("x.txt", "test", b"abc", 10, "t".into()).unwrap();
+        let sealer = key.map_or_else(unsigned, |k| Sealer::Key(Box::new(k.clone())));
+        bundle.seal("t2".into(), &sealer).unwrap().0
+    }
+
+    /// What an attacker without the key can do: change `x.txt`, put its new hash in the
+    /// manifest, and recompute `manifest.json.sha256`; `sign` re-signs too (with their key).
+    fn forge(dir: &Path, sign: Option<&SigningKey>) {
+        fs::write(dir.join("x.txt"), b"abd").unwrap();
+        let mut manifest: Manifest =
+            serde_json::from_slice(&fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
+        let (size, sha256) = hash_file(&dir.join("x.txt")).unwrap();
+        manifest.artifacts[0].size = size;
+        manifest.artifacts[0].sha256 = sha256;
+        if let Some(key) = sign {
+            manifest.trust = Sealer::Key(Box::new(key.clone())).trust();
+        }
+        let text = serde_json::to_vec_pretty(&manifest).unwrap();
+        fs::write(dir.join(MANIFEST), &text).unwrap();
+        let digest = format!("{:x}", Sha256::digest(&text));
+        fs::write(dir.join(MANIFEST_SHA256), format!("{digest}  {MANIFEST}\n")).unwrap();
+        if let Some(key) = sign {
+            let signature = Sealer::Key(Box::new(key.clone())).sign(&text).unwrap();
+            fs::write(dir.join(SIGNATURE_FILE), signature).unwrap();
+        }
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn signed_bundle_verifies_with_its_key_pinned_or_embedded() {
+        let root = tempfile::tempdir().unwrap();
+        let ours = key(1);
+        let dir = sealed(root.path(), Some(&ours));
+        let manifest: Manifest =
+            serde_json::from_slice(&fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
+        let Trust::Signed { key_id, .. } = &manifest.trust else {
+            panic!("{:?}", manifest.trust);
+        };
+        assert_eq!(*key_id, signing::key_id(&ours.verifying_key()));
+        let report = verify(&dir, Some(&ours.verifying_key())).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(
+            report.signature,
+            SignatureCheck::Signed {
+                key_id: key_id.clone(),
+                pinned: true
+            }
+        );
+        let report = verify(&dir, None).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert!(matches!(
+            report.signature,
+            SignatureCheck::Signed { pinned: false, .. }
+        ));
+    }
+
+    #[test]
+    fn a_forger_without_the_key_is_caught_by_the_signature() {
+        let root = tempfile::tempdir().unwrap();
+        let ours = key(1);
+        let dir = sealed(root.path(), Some(&ours));
+        forge(&dir, None);
+        let report = verify(&dir, Some(&ours.verifying_key())).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(
+            report.problems[0].starts_with("manifest.json.sig: the signature does not match"),
+            "{report:?}"
+        );
+        // The embedded key catches this forger too (they kept our statement, not our key).
+        assert!(!verify(&dir, None).unwrap().ok());
+    }
+
+    #[test]
+    fn a_signature_by_another_key_fails_against_the_pinned_key() {
+        let ours = key(1);
+        let theirs = key(2);
+        // The forger signs with their own key and names it in the manifest: self-consistent,
+        // so only the pinned key tells.
+        let root = tempfile::tempdir().unwrap();
+        let dir = sealed(root.path(), Some(&ours));
+        forge(&dir, Some(&theirs));
+        assert!(verify(&dir, None).unwrap().ok());
+        let report = verify(&dir, Some(&ours.verifying_key())).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        let expected = format!(
+            "manifest.json.sig: signed by key {}, not by the given key {}",
+            signing::key_id(&theirs.verifying_key()),
+            signing::key_id(&ours.verifying_key())
+        );
+        assert_eq!(report.problems[0], expected);
+        // Their signature under our statement does not verify either.
+        let root = tempfile::tempdir().unwrap();
+        let dir = sealed(root.path(), Some(&ours));
+        let text = fs::read(dir.join(MANIFEST)).unwrap();
+        let signature = Sealer::Key(Box::new(theirs)).sign(&text).unwrap();
+        fs::write(dir.join(SIGNATURE_FILE), signature).unwrap();
+        let report = verify(&dir, Some(&ours.verifying_key())).unwrap();
+        assert!(
+            report.problems[0].starts_with("manifest.json.sig: the signature does not match"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn unsigned_bundle_says_so_and_fails_against_a_key() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = sealed(root.path(), None);
+        assert!(!dir.join(SIGNATURE_FILE).exists());
+        let report = verify(&dir, None).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(
+            report.signature,
+            SignatureCheck::Unsigned("no key in this test".into())
+        );
+        let report = verify(&dir, Some(&key(1).verifying_key())).unwrap();
+        assert_eq!(report.problems.len(), 1, "{report:?}");
+        assert!(
+            report.problems[0].starts_with("manifest.json.sig: the manifest is unsigned"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_garbled_signature_is_a_problem_not_a_panic() {
+        let ours = key(1);
+        let root = tempfile::tempdir().unwrap();
+        let dir = sealed(root.path(), Some(&ours));
+        let good = fs::read_to_string(dir.join(SIGNATURE_FILE)).unwrap();
+        for (content, expected) in [
+            (
+                Some(&good[..good.len() / 2]),
+                "manifest.json.sig: 33 bytes, an Ed25519 signature has 64",
+            ),
+            (
+                Some("AAAA"),
+                "manifest.json.sig: 3 bytes, an Ed25519 signature has 64",
+            ),
+            (Some("%%% not a signature"), "manifest.json.sig: not base64"),
+            (Some(""), "manifest.json.sig: 0 bytes"),
+            (None, "manifest.json.sig: cannot read"),
+        ] {
+            match content {
+                Some(content) => fs::write(dir.join(SIGNATURE_FILE), content).unwrap(),
+                None => fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap(),
+            }
+            for pinned in [Some(ours.verifying_key()), None] {
+                let report = verify(&dir, pinned.as_ref()).unwrap();
+                assert_eq!(report.problems.len(), 1, "{content:?}: {report:?}");
+                assert!(
+                    report.problems[0].starts_with(expected),
+                    "{content:?}: {report:?}"
+                );
+            }
+        }
     }
 }

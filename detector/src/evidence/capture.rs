@@ -21,6 +21,7 @@ use super::{
     limits::Budget,
     procfs,
     runtime::{ByteStream, ContainerRuntime, RuntimeKind, detect},
+    signing::Sealer,
     store::{S3Store, UploadReport},
 };
 use crate::event::Event;
@@ -206,6 +207,7 @@ pub async fn capture(
         artifacts: Vec::new(),
         not_captured: Vec::new(),
         actions: Vec::new(),
+        trust: Default::default(),
     };
     let mut bundle = Bundle::create(out_dir, &incident, manifest)?;
     let limits = &config.limits;
@@ -422,7 +424,8 @@ pub async fn capture(
     if let Some(reason) = budget.exhausted(Instant::now()) {
         bundle.incomplete(reason);
     }
-    let (dir, manifest) = bundle.seal(now())?;
+    let sealer = Sealer::load(config.signing_key.as_deref());
+    let (dir, manifest) = bundle.seal(now(), &sealer)?;
     let elapsed = started.elapsed();
     let upload = match &config.s3 {
         Some(s3) => Some(

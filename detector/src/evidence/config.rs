@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::signing;
 use crate::config::Problem;
 
 /// How evidence is captured, bounded and stored.
@@ -40,6 +41,10 @@ pub struct EvidenceConfig {
     pub s3: Option<S3Config>,
     /// Remove the local bundle once every object of it is confirmed in object storage.
     pub delete_local_after_upload: bool,
+    /// Ed25519 private key (PKCS#8 PEM) that signs every bundle's manifest, e.g. a Kubernetes
+    /// Secret mounted as a file; bundles are unsigned without it. Read at start-up (so a bad
+    /// key stops the daemon) and again for each capture (so a rotated Secret applies).
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Default for EvidenceConfig {
@@ -60,6 +65,8 @@ impl Default for EvidenceConfig {
             limits: LimitsConfig::default(),
             s3: None,
             delete_local_after_upload: false,
+            // Unsigned until an operator creates a key: a key cannot have a safe default.
+            signing_key: None,
         }
     }
 }
@@ -186,6 +193,11 @@ impl EvidenceConfig {
                 problem("s3.attempts", "must be at least 1".into());
             }
         }
+        if let Some(path) = &self.signing_key
+            && let Err(err) = signing::load_signing_key(path)
+        {
+            problem("signing_key", err.to_string());
+        }
         if self.delete_local_after_upload && self.s3.is_none() {
             problem(
                 "delete_local_after_upload",
@@ -217,13 +229,11 @@ mod tests {
                 endpoint: Some("http://127.0.0.1:9".into()),
                 ..S3Config::default()
             }),
+            signing_key: Some("/nonexistent/ed25519.pem".into()),
             ..EvidenceConfig::default()
         };
-        let at: Vec<_> = config
-            .validate("evidence")
-            .into_iter()
-            .map(|p| p.at)
-            .collect();
+        let problems = config.validate("evidence");
+        let at: Vec<_> = problems.iter().map(|p| p.at.as_str()).collect();
         assert_eq!(
             at,
             [
@@ -231,7 +241,14 @@ mod tests {
                 "evidence.limits.logs_bytes",
                 "evidence.s3.bucket",
                 "evidence.s3.endpoint",
+                "evidence.signing_key",
             ]
+        );
+        // A missing key is refused at start-up, naming the file.
+        assert!(
+            problems[4].message.contains("/nonexistent/ed25519.pem"),
+            "{}",
+            problems[4].message
         );
     }
 }

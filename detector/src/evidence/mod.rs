@@ -5,7 +5,8 @@
 //!   [`docker`]: the Docker Engine implementation (bollard).
 //! - [`procfs`]: volatile artifacts of every process of the cgroup(s), read from `/proc`.
 //! - [`recent`]: the daemon's ring of recent events per cgroup.
-//! - [`bundle`]: the bundle directory, its hashed manifest, and [`bundle::verify`].
+//! - [`bundle`]: the bundle directory, its hashed manifest, and [`bundle::verify`];
+//!   [`signing`]: the manifest's Ed25519 signature, keys and key generation.
 //! - [`store`]: copying a bundle to S3-compatible object storage.
 //! - [`limits`]: size and time budgets; [`config`]: the `evidence:` configuration section.
 //! - [`capture`]: one capture, start to end.
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod procfs;
 pub mod recent;
 pub mod runtime;
+pub mod signing;
 pub mod store;
 
 use std::path::PathBuf;
