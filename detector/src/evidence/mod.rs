@@ -12,6 +12,7 @@
 //!
 //! Without a Docker Engine (containerd, CRI-O), from the node alone:
 //! - [`freezer`]: pausing the container through its cgroup's freezer, undone by a guard.
+//! - [`overlay`]: the container's overlay layers (from mountinfo) and its changed files.
 //!
 //! Nothing is ever executed inside the suspect container: the runtime API answers `top` by
 //! running `ps` on the host, and everything else is read from the node.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod docker;
 pub mod freezer;
 pub mod limits;
+pub mod overlay;
 pub mod procfs;
 pub mod recent;
 pub mod runtime;
