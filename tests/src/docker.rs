@@ -63,8 +63,11 @@ impl Dockerd {
     }
 
     fn try_start(test: &str) -> anyhow::Result<Self> {
+        // Unix socket paths are limited to 108 bytes (104 as containerd counts): keep the
+        // directory's name short.
+        let short: String = test.chars().take(32).collect();
         let dir =
-            std::env::temp_dir().join(format!("detector-dockerd-{test}-{}", std::process::id()));
+            std::env::temp_dir().join(format!("detector-dockerd-{short}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let log = fs::File::create(dir.join("dockerd.log"))?;

@@ -13,6 +13,7 @@
 //! - [`host`]: stopping a child the test started, removing a directory with mounts below.
 //! - [`kernels`]: the kernel matrix: Debian's kernels booted under qemu, each running
 //!   `detector-kernel-check` against the real sensors in its guest, and this machine's own.
+//! - [`overlay`]: a real overlay mount laid out like a container's root, unmounted on drop.
 //! - [`s3`]: a real S3-compatible server (moto) on loopback, stopped on drop.
 //! - [`uring`]: opening a file through an io_uring ring (no `openat` system call).
 //! - [`Collector`]: the real sensors and pipeline, running in the test process, with helpers to
@@ -48,6 +49,7 @@ pub mod docker;
 pub mod host;
 pub mod image;
 pub mod kernels;
+pub mod overlay;
 pub mod s3;
 pub mod uring;
 

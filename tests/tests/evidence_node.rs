@@ -6,15 +6,28 @@
 //! test, elsewhere it is skipped with the reason printed.
 
 use std::{
+    collections::BTreeMap,
     fs,
+    os::unix::fs::{PermissionsExt as _, chown},
     panic::{AssertUnwindSafe, catch_unwind},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use detector::evidence::freezer::{Freezer, freeze};
-use tests::{TestCgroup, privileged, skip_or_fail};
+use detector::evidence::{
+    freezer::{Freezer, freeze},
+    fsexport::{Truncated, export_root},
+    oci::{ImageMeta, write_image},
+    overlay::{OverlayLayers, changes},
+};
+use tests::{
+    TestCgroup,
+    containerd::{Containerd, KubePod, random_container_id},
+    docker::Dockerd,
+    overlay::{OverlayMount, write},
+    privileged, skip_or_fail,
+};
 
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -186,4 +199,269 @@ fn cgroup1_freezer_thaws_on_every_path_out() {
         Err(err) => return skip_or_fail(TEST, &format!("no v1 freezer cgroup: {err}")),
     };
     check_freezer(&cgroup, Freezer::V1);
+}
+
+/// The dropped file's owner and xattr, which the export and the image must keep.
+const DROPPED_UID: u32 = 1234;
+const DROPPED_GID: u32 = 5678;
+const DROPPED_XATTR: (&str, &[u8]) = ("user.evidence", b"dropped-by-test");
+
+/// What `docker diff` would list after [`change_like_an_attacker`].
+const EXPECTED_CHANGES: &[&str] = &[
+    "C /etc",
+    "C /etc/passwd",
+    "C /opt",
+    "C /opt/app",
+    "D /opt/app/bin",
+    "D /opt/app/lib",
+    "A /opt/app/new",
+    "C /tmp",
+    "A /tmp/dropped.sh",
+    "C /usr",
+    "C /usr/bin",
+    "D /usr/bin/tool",
+];
+
+/// Mounts the test overlay and changes it through the merged directory, so that the kernel
+/// writes the upper layer: a file dropped (with an owner and an xattr), a lower file deleted
+/// (a whiteout), a directory replaced (opaque) and a lower file modified (copied up).
+fn changed_overlay(test: &str) -> Option<OverlayMount> {
+    if !privileged(test) {
+        return None;
+    }
+    let overlay = match OverlayMount::mount(test) {
+        Ok(overlay) => overlay,
+        Err(err) => {
+            skip_or_fail(test, &format!("cannot mount an overlay: {err:#}"));
+            return None;
+        }
+    };
+    change_like_an_attacker(&overlay.merged());
+    Some(overlay)
+}
+
+fn change_like_an_attacker(root: &Path) {
+    let dropped = root.join("tmp/dropped.sh");
+    write(&dropped, b"#!/bin/sh\necho dropped payload\n").unwrap();
+    fs::set_permissions(&dropped, fs::Permissions::from_mode(0o755)).unwrap();
+    chown(&dropped, Some(DROPPED_UID), Some(DROPPED_GID)).unwrap();
+    xattr::set(&dropped, DROPPED_XATTR.0, DROPPED_XATTR.1).unwrap();
+    fs::remove_file(root.join("usr/bin/tool")).unwrap();
+    fs::remove_dir_all(root.join("opt/app")).unwrap();
+    fs::create_dir(root.join("opt/app")).unwrap();
+    write(&root.join("opt/app/new"), b"replacement\n").unwrap();
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    write(
+        &root.join("etc/passwd"),
+        format!("{passwd}backdoor:x:0:0::/:/bin/sh\n").as_bytes(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn changes_of_a_real_overlay_are_what_docker_diff_lists() {
+    const TEST: &str = "changes_of_a_real_overlay_are_what_docker_diff_lists";
+    let Some(overlay) = changed_overlay(TEST) else {
+        return;
+    };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let merged = overlay.merged();
+    let layers = OverlayLayers::from_mountinfo(&mountinfo, &merged.to_string_lossy()).unwrap();
+    assert_eq!(layers.lower, [overlay.top(), overlay.bottom()]);
+    assert_eq!(layers.upper, overlay.upper());
+    assert_eq!(layers.work, Some(overlay.work()));
+
+    let got = changes(&layers, Path::new("/"), 1000).unwrap();
+    let listed: Vec<String> = got
+        .entries
+        .iter()
+        .map(|c| format!("{} {}", c.kind, c.path))
+        .collect();
+    assert_eq!(listed, EXPECTED_CHANGES);
+    assert!(!got.truncated);
+
+    let cut = changes(&layers, Path::new("/"), 4).unwrap();
+    assert!(cut.truncated && cut.entries.len() == 4, "{cut:?}");
+}
+
+#[test]
+fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
+    const TEST: &str = "export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount";
+    let Some(overlay) = changed_overlay(TEST) else {
+        return;
+    };
+    let merged = overlay.merged();
+    // A volume below the root: its mount point is archived, its contents are not.
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(merged.join("mnt"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount -t tmpfs: {status}");
+    write(&merged.join("mnt/secret"), b"on another filesystem\n").unwrap();
+
+    let mut archive = Vec::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let summary = export_root(&merged, &mut archive, 1 << 30, deadline).unwrap();
+    eprintln!(
+        "export: {} entries, {} bytes in {:?}",
+        summary.entries,
+        summary.bytes,
+        started.elapsed()
+    );
+    assert_eq!(summary.truncated, None);
+    assert_eq!(summary.skipped_mounts, ["/mnt"]);
+    assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
+    assert_eq!(summary.bytes, archive.len() as u64);
+
+    let mut entries = BTreeMap::new();
+    for entry in tar::Archive::new(archive.as_slice()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let xattrs: Vec<(String, Vec<u8>)> = entry
+            .pax_extensions()
+            .unwrap()
+            .map(|ext| {
+                ext.map(|e| {
+                    let e = e.unwrap();
+                    (e.key().unwrap().to_owned(), e.value_bytes().to_vec())
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        let header = entry.header().clone();
+        let link = entry.link_name().unwrap().map(|l| l.into_owned());
+        entries.insert(path, (header, xattrs, link));
+    }
+    assert_eq!(entries.len() as u64, summary.entries);
+    let (dropped, xattrs, _) = &entries["tmp/dropped.sh"];
+    assert_eq!(dropped.mode().unwrap(), 0o755);
+    assert_eq!(dropped.uid().unwrap(), u64::from(DROPPED_UID));
+    assert_eq!(dropped.gid().unwrap(), u64::from(DROPPED_GID));
+    let key = format!("SCHILY.xattr.{}", DROPPED_XATTR.0);
+    assert!(
+        xattrs
+            .iter()
+            .any(|(k, v)| *k == key && v == DROPPED_XATTR.1),
+        "{xattrs:?}"
+    );
+    for gone in ["usr/bin/tool", "opt/app/bin", "opt/app/lib", "mnt/secret"] {
+        assert!(!entries.contains_key(gone), "{gone} is in the export");
+    }
+    for kept in [
+        "opt/app/new",
+        "etc/motd",
+        "srv/data.txt",
+        "mnt",
+        "usr/lib/a",
+    ] {
+        assert!(entries.contains_key(kept), "{kept} is not in the export");
+    }
+    let (sh, _, target) = &entries["bin/sh"];
+    assert_eq!(sh.entry_type(), tar::EntryType::Symlink);
+    assert_eq!(target.as_deref(), Some(Path::new("busybox")));
+    let (b, _, target) = &entries["usr/lib/b"];
+    assert_eq!(b.entry_type(), tar::EntryType::Link);
+    assert_eq!(target.as_deref(), Some(Path::new("usr/lib/a")));
+
+    let small = export_root(&merged, std::io::sink(), 64 * 1024, deadline).unwrap();
+    assert_eq!(small.truncated, Some(Truncated::Size));
+    assert!(small.bytes <= 64 * 1024, "{small:?}");
+    let late = export_root(&merged, std::io::sink(), 1 << 30, Instant::now()).unwrap();
+    assert_eq!(
+        (late.truncated, late.entries),
+        (Some(Truncated::Deadline), 0)
+    );
+}
+
+#[test]
+fn image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker() {
+    const TEST: &str = "image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker";
+    let Some(overlay) = changed_overlay(TEST) else {
+        return;
+    };
+    let layers = OverlayLayers {
+        lower: vec![overlay.top(), overlay.bottom()],
+        upper: overlay.upper(),
+        work: Some(overlay.work()),
+        data: Vec::new(),
+    };
+    let reference = format!(
+        "docker.io/library/detector-evidence:node-{}",
+        std::process::id()
+    );
+    let archive = overlay.scratch().unwrap().join("image.tar");
+    let created = time::OffsetDateTime::now_utc();
+    let mut meta = ImageMeta::for_this_node(created, "detector evidence: container changes");
+    meta.labels.insert("detector.test".into(), TEST.into());
+    let started = Instant::now();
+    let summary = write_image(
+        &layers.lower,
+        &layers.upper,
+        fs::File::create(&archive).unwrap(),
+        &reference,
+        &meta,
+    )
+    .unwrap();
+    eprintln!(
+        "image: {} layers, {} bytes in {:?}",
+        summary.layers.len(),
+        fs::metadata(&archive).unwrap().len(),
+        started.elapsed()
+    );
+    assert_eq!(summary.layers.len(), 3);
+    assert_eq!(summary.layers[0].source, overlay.bottom());
+    assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
+
+    let script = "cat /tmp/dropped.sh; test -e /usr/bin/tool || echo tool-deleted; \
+                  test -e /opt/app/bin || echo app-replaced; cat /opt/app/new; cat /etc/motd";
+    let expected = [
+        "echo dropped payload",
+        "tool-deleted",
+        "app-replaced",
+        "replacement",
+        "welcome",
+    ];
+    let Some(mut containerd) = Containerd::start(TEST) else {
+        return;
+    };
+    containerd.import(&archive, &reference).unwrap();
+    let name = format!("evidence-node-{}", std::process::id());
+    let cgroup = KubePod::new().containerd_scope(&random_container_id());
+    containerd
+        .run(&name, &reference, &cgroup, &["/bin/sh", "-c", script])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !expected.iter().all(|e| containerd.logs(&name).contains(e)) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = containerd.logs(&name);
+    assert!(
+        expected.iter().all(|e| logs.contains(e)),
+        "containerd: {logs}"
+    );
+    containerd.rm(&name).unwrap();
+    drop(containerd);
+
+    let Some(dockerd) = Dockerd::start(TEST) else {
+        return;
+    };
+    dockerd
+        .cli(&["load", "-i", &archive.to_string_lossy()])
+        .unwrap();
+    let out = dockerd
+        .cli(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &reference,
+            "sh",
+            "-c",
+            script,
+        ])
+        .unwrap();
+    assert!(expected.iter().all(|e| out.contains(e)), "docker: {out}");
 }

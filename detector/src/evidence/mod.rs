@@ -13,16 +13,23 @@
 //!
 //! Without a Docker Engine (containerd, CRI-O), from the node alone:
 //! - [`freezer`]: pausing the container through its cgroup's freezer, undone by a guard.
+//! - [`overlay`]: the container's overlay layers (from mountinfo) and its changed files.
+//! - [`fsexport`]: the container's filesystem as a tar archive, read through `/proc/<pid>/root`.
+//! - [`oci`]: a preserved image of the container, written from its layers as an OCI archive.
 //!
 //! Nothing is ever executed inside the suspect container: the runtime API answers `top` by
 //! running `ps` on the host, and everything else is read from the node.
 
+mod archive;
 pub mod bundle;
 pub mod capture;
 pub mod config;
 pub mod docker;
 pub mod freezer;
+pub mod fsexport;
 pub mod limits;
+pub mod oci;
+pub mod overlay;
 pub mod procfs;
 pub mod recent;
 pub mod runtime;

@@ -1,0 +1,189 @@
+//! The container's filesystem as a tar archive, read from the node through
+//! `/proc/<pid>/root`: what `docker export` gives, for any runtime.
+//!
+//! Only the root's own filesystem is archived: mounts below it (`/proc`, `/sys`, `/dev`,
+//! volumes, secrets, the runtime's bind-mounted `/etc/hosts`) appear as their mount point,
+//! without their contents, and are listed in the summary. Symlinks are archived as links,
+//! never followed (see [`super::archive`]). The export stops cleanly (a complete archive,
+//! shorter) at a size or a deadline, and the summary says which.
+//!
+//! [`export_root`] blocks (it reads the whole tree): an async caller runs it in
+//! `spawn_blocking`, ideally while the container is frozen ([`super::freezer`]) so that the
+//! archive is one moment's state.
+
+use std::{
+    ffi::OsStr,
+    io::{self, Write},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use super::archive::{Dir, EntryError, TarWriter};
+
+/// Bytes a tar entry takes besides its content (a header; a long name or xattrs add more,
+/// which the limit check leaves to the next entry).
+const HEADER: u64 = 512;
+
+/// A failure that ends an export with no usable archive.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The root could not be opened (the process exited, or no permission).
+    #[error("cannot open {path}: {source}")]
+    Root {
+        /// The root directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The archive could not be written to the output.
+    #[error("cannot write the archive (after {entries} entries): {source}")]
+    Write {
+        /// Entries written before the failure.
+        entries: u64,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why an export stopped before the end of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncated {
+    /// The next entry would have passed `max_bytes`.
+    Size,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// What an export wrote and what it left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Entries archived.
+    pub entries: u64,
+    /// Bytes of the archive, its end blocks included.
+    pub bytes: u64,
+    /// Set when the export stopped early.
+    pub truncated: Option<Truncated>,
+    /// Mount points below the root (paths inside the container), archived without contents.
+    pub skipped_mounts: Vec<String>,
+    /// Entries that could not be read, with the error (a file removed meanwhile, a socket).
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Archives the tree at `root` (`/proc/<pid>/root`, or any directory) to `out` as an
+/// uncompressed tar with numeric owners, modes, times and xattrs, staying on the root's
+/// filesystem; stops before `max_bytes` or at `deadline`. Entries are named relative to the
+/// root (`etc/passwd`), as `docker export` names them.
+pub fn export_root(
+    root: &Path,
+    out: impl Write,
+    max_bytes: u64,
+    deadline: Instant,
+) -> Result<ExportSummary, ExportError> {
+    let opened = |source| ExportError::Root {
+        path: root.to_owned(),
+        source,
+    };
+    let dir = Dir::open_root(root).map_err(opened)?;
+    let device = dir.metadata().map_err(opened)?.dev();
+    let mut export = Export {
+        tar: TarWriter::new(out),
+        device,
+        max_bytes,
+        deadline,
+        summary: ExportSummary::default(),
+    };
+    export.dir(&dir, Path::new(""))?;
+    let entries = export.summary.entries;
+    let (_, bytes) = export
+        .tar
+        .finish()
+        .map_err(|source| ExportError::Write { entries, source })?;
+    export.summary.bytes = bytes;
+    Ok(export.summary)
+}
+
+struct Export<W: Write> {
+    tar: TarWriter<W>,
+    device: u64,
+    max_bytes: u64,
+    deadline: Instant,
+    summary: ExportSummary,
+}
+
+impl<W: Write> Export<W> {
+    /// Archives the entries of `dir` (at `rel` in the tree) and below; false once stopped.
+    fn dir(&mut self, dir: &Dir, rel: &Path) -> Result<bool, ExportError> {
+        let names = match dir.names() {
+            Ok(names) => names,
+            Err(err) => {
+                self.unreadable(rel, &err);
+                return Ok(true);
+            }
+        };
+        for name in &names {
+            if !self.entry(dir, name, &rel.join(name))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn entry(&mut self, dir: &Dir, name: &OsStr, rel: &Path) -> Result<bool, ExportError> {
+        if Instant::now() >= self.deadline {
+            self.summary.truncated = Some(Truncated::Deadline);
+            return Ok(false);
+        }
+        let meta = match std::fs::symlink_metadata(dir.entry(name)) {
+            Ok(meta) => meta,
+            Err(err) => {
+                self.unreadable(rel, &err);
+                return Ok(true);
+            }
+        };
+        let content = if meta.is_file() {
+            meta.len().div_ceil(512) * 512
+        } else {
+            0
+        };
+        // Two end-of-archive blocks must still fit after this entry.
+        if self.tar.written() + HEADER + content + 1024 > self.max_bytes {
+            self.summary.truncated = Some(Truncated::Size);
+            return Ok(false);
+        }
+        let other_mount = meta.dev() != self.device;
+        if other_mount {
+            self.summary.skipped_mounts.push(container_path(rel));
+        }
+        let entries = self.summary.entries;
+        match self.tar.append(dir, name, rel, &meta) {
+            Ok(()) => self.summary.entries += 1,
+            Err(EntryError::Write(source)) => return Err(ExportError::Write { entries, source }),
+            Err(EntryError::Read(err)) => self.unreadable(rel, &err),
+        }
+        if !meta.is_dir() || other_mount {
+            return Ok(true);
+        }
+        match dir.open_dir(name) {
+            // The directory may have been swapped since the lstat: check it again.
+            Ok(sub) if sub.metadata().is_ok_and(|m| m.dev() == self.device) => self.dir(&sub, rel),
+            Ok(_) => Ok(true),
+            Err(err) => {
+                self.unreadable(rel, &err);
+                Ok(true)
+            }
+        }
+    }
+
+    fn unreadable(&mut self, rel: &Path, err: &io::Error) {
+        self.summary
+            .unreadable
+            .push((container_path(rel), err.to_string()));
+    }
+}
+
+fn container_path(rel: &Path) -> String {
+    format!("/{}", rel.display())
+}
