@@ -9,15 +9,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use detector::evidence::{
-    CaptureRequest, EvidenceConfig, Target, bundle, capture,
-    config::S3Config,
-    procfs::ProcessInfo,
-    runtime::FsChange,
-    store::{S3Store, StoreError},
+use detector::{
+    cgroup::cgroup2_mount,
+    evidence::{
+        CaptureRequest, EvidenceConfig, Target, bundle, capture,
+        config::S3Config,
+        procfs::ProcessInfo,
+        runtime::FsChange,
+        store::{S3Store, StoreError},
+    },
 };
 use sha2::{Digest as _, Sha256};
-use tests::{TestCgroup, docker::Dockerd, privileged, s3::MotoServer};
+use tests::{
+    TestCgroup,
+    containerd::{Containerd, KubePod, random_container_id},
+    docker::Dockerd,
+    image::{DebianImage, normalize_reference},
+    privileged,
+    s3::MotoServer,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -47,7 +57,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn docker_capture_diff_export_commit_proc_and_verify() {
+fn docker_capture_changes_export_image_proc_and_verify() {
     let Some(mut dockerd) = Dockerd::start("docker_capture") else {
         return;
     };
@@ -113,10 +123,7 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
         .iter()
         .map(|a| (a.action.as_str(), a.ok))
         .collect();
-    assert_eq!(
-        actions,
-        [("pause", true), ("commit", true), ("unpause", true)]
-    );
+    assert_eq!(actions, [("freeze", true), ("image", true), ("thaw", true)]);
     assert_eq!(
         dockerd
             .cli(&["inspect", "-f", "{{.State.Status}}", &id])
@@ -124,8 +131,19 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
         "running"
     );
 
-    // The diff lists the implant and the deleted file.
-    let changes: Vec<FsChange> = read_json(&dir.join("runtime/changes.json"));
+    // The change list, read from the container's overlay layers, has the implant and the
+    // deleted file, as `docker diff` has them.
+    let changes: Vec<FsChange> = read_json(&dir.join("node/changes.json"));
+    let docker_diff = dockerd.cli(&["diff", &id]).unwrap();
+    for line in docker_diff.lines() {
+        let (kind, path) = line.split_once(' ').unwrap();
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.kind.to_string() == kind && c.path == path),
+            "docker diff has {line:?}, the bundle's list does not: {changes:?}"
+        );
+    }
     assert!(
         changes.contains(&FsChange {
             kind: 'A',
@@ -142,7 +160,7 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
     );
 
     // The export holds the implant, with its content, and not the deleted file.
-    let tar = dir.join("runtime/filesystem.tar");
+    let tar = dir.join("node/filesystem.tar");
     let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(
@@ -163,9 +181,26 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&content.stdout), "implant\n");
 
-    // The committed image exists, named after the incident.
-    let image_name = format!("evidence-it-{me}:{}", &id[..12]);
-    dockerd.cli(&["image", "inspect", &image_name]).unwrap();
+    // The preserved image loads into Docker, named after the incident, and runs with the
+    // implant in it and without the deleted file.
+    let image_tar = dir.join("node/image.oci.tar");
+    dockerd
+        .cli(&["load", "-i", &image_tar.display().to_string()])
+        .unwrap();
+    let image_name = format!("localhost/evidence-it-{me}:{}", &id[..12]);
+    let inside = dockerd
+        .cli(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image_name,
+            "sh",
+            "-c",
+            "cat /tmp/implant; test -e /etc/victim && echo victim-present || echo victim-gone",
+        ])
+        .unwrap();
+    assert_eq!(inside, "implant\nvictim-gone", "{inside}");
 
     // The /proc artifacts list the container's process, with its secret redacted.
     let processes: Vec<ProcessInfo> = read_json(&dir.join("proc/processes.json"));
@@ -204,7 +239,7 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
     let report = bundle::verify(dir, None).unwrap();
     assert_eq!(report.problems.len(), 1, "{report:?}");
     assert!(
-        report.problems[0].starts_with("runtime/filesystem.tar: sha256"),
+        report.problems[0].starts_with("node/filesystem.tar: sha256"),
         "{report:?}"
     );
     if let Some(bin) = &bin {
@@ -214,7 +249,7 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
             .output()
             .unwrap();
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("MISMATCH runtime/filesystem.tar"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("MISMATCH node/filesystem.tar"));
     }
 
     // Capture time of a container whose filesystem is about 10 MB.
@@ -245,11 +280,11 @@ fn docker_capture_diff_export_commit_proc_and_verify() {
         .manifest
         .artifacts
         .iter()
-        .find(|a| a.path == "runtime/filesystem.tar")
+        .find(|a| a.path == "node/filesystem.tar")
         .unwrap();
     assert!(export.size > 9 << 20, "{export:?}");
     println!(
-        "evidence capture of a {:.1} MB container filesystem (pause, /proc, inspect, top, diff, logs, export, commit, unpause, manifest): {} ms",
+        "evidence capture of a {:.1} MB container filesystem on Docker (freeze, /proc, inspect, top, changes, logs, export, OCI image, thaw, manifest): {} ms",
         export.size as f64 / (1 << 20) as f64,
         outcome.elapsed.as_millis()
     );
@@ -313,12 +348,37 @@ fn cgroup_capture_without_runtime_degrades_and_uploads_to_s3() {
         manifest.target.container_id.as_deref(),
         Some(container_id.as_str())
     );
-    let export = manifest
-        .not_captured
+    let not_captured = |artifact: &str| {
+        manifest
+            .not_captured
+            .iter()
+            .find(|n| n.artifact == artifact)
+            .unwrap_or_else(|| panic!("{artifact} is not listed as not captured: {manifest:#?}"))
+            .reason
+            .clone()
+    };
+    assert!(not_captured("runtime/inspect.json").contains("containerd"));
+    // The process shares the host's root: no container filesystem to export or preserve, and
+    // the host's own is not taken for it.
+    assert!(
+        not_captured("node/filesystem.tar").contains("the host's"),
+        "{manifest:#?}"
+    );
+    assert!(
+        not_captured("node/image.oci.tar").contains("overlay"),
+        "{manifest:#?}"
+    );
+    assert!(
+        not_captured("node/changes.json").contains("overlay"),
+        "{manifest:#?}"
+    );
+    // The container was frozen and thawed, and runs on.
+    let actions: Vec<_> = manifest
+        .actions
         .iter()
-        .find(|n| n.artifact == "runtime/filesystem.tar")
-        .unwrap();
-    assert!(export.reason.contains("containerd"), "{export:?}");
+        .map(|a| (a.action.as_str(), a.ok))
+        .collect();
+    assert_eq!(actions, [("freeze", true), ("thaw", true)]);
     assert!(
         manifest
             .not_captured
@@ -504,4 +564,219 @@ fn signed_capture_verifies_with_its_key_and_a_forged_artifact_does_not() {
     );
     assert!(!text.contains("MISMATCH proc/processes.json"), "{text}");
     assert!(!text.contains("MISMATCH manifest.json:"), "{text}");
+}
+
+/// The Debian image the containerd capture runs (the realistic userland the corpora use).
+const DEBIAN_TAG: &str = "detector-debian:evidence";
+
+/// What the suspect does before the capture: an implant in /tmp, a deleted system file, an
+/// 8 MiB payload (about the 10 MB container of the Docker test, over a Debian userland).
+const SUSPECT: &str = "echo implant > /tmp/implant; rm /etc/debian_version; \
+    head -c 8388608 /dev/urandom > /payload; touch /tmp/ready; exec sleep 600";
+
+/// A tmpfs of `size` at a fresh directory, unmounted on drop: a disk that fills.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs: {status}");
+        Self { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn containerd_capture_changes_export_image_proc_and_verify() {
+    let test = "evidence_containerd";
+    let Some(image) = DebianImage::for_test(test) else {
+        return;
+    };
+    let Some(mut containerd) = Containerd::start(test) else {
+        return;
+    };
+    let name = normalize_reference(DEBIAN_TAG);
+    containerd
+        .import(&image.oci_archive(DEBIAN_TAG).unwrap(), &name)
+        .unwrap();
+    let pod = KubePod::new();
+    let id = random_container_id();
+    let scope = pod.containerd_scope(&id);
+    containerd
+        .run(&id, &name, &scope, &["sh", "-c", SUSPECT])
+        .unwrap();
+    let pid = containerd.pid(&id).unwrap();
+    wait_for("the suspect's implant", || {
+        Path::new(&format!("/proc/{pid}/root/tmp/ready")).exists()
+    });
+    let cgroup_dir = cgroup2_mount().unwrap().join(scope.trim_start_matches('/'));
+    let out = tempfile::tempdir().unwrap();
+    let config = EvidenceConfig {
+        docker_socket: out.path().join("no-docker.sock"),
+        node_name: Some("test-node".into()),
+        ..EvidenceConfig::default()
+    };
+    let me = std::process::id();
+    let request = |incident: String| CaptureRequest {
+        target: Target::Cgroup(cgroup_dir.clone()),
+        incident: Some(incident),
+        recent_events: Some(Vec::new()),
+    };
+    let outcome = runtime()
+        .block_on(capture(&config, out.path(), request(format!("ctr-{me}"))))
+        .unwrap();
+    let (dir, manifest) = (&outcome.dir, &outcome.manifest);
+    assert_eq!(manifest.target.runtime, "containerd");
+    assert_eq!(manifest.target.container_id.as_deref(), Some(id.as_str()));
+    let actions: Vec<_> = manifest
+        .actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.ok))
+        .collect();
+    assert_eq!(actions, [("freeze", true), ("image", true), ("thaw", true)]);
+    assert_eq!(containerd.status(&id).unwrap().as_deref(), Some("RUNNING"));
+    // Only what needs the runtime's API is missing, and says so.
+    let missing: Vec<&str> = manifest
+        .not_captured
+        .iter()
+        .map(|n| n.artifact.as_str())
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "runtime/inspect.json",
+            "runtime/top.json",
+            "runtime/container.log"
+        ],
+        "{manifest:#?}"
+    );
+
+    // The change list has the implant, the payload and the deleted file.
+    let changes: Vec<FsChange> = read_json(&dir.join("node/changes.json"));
+    for (kind, path) in [
+        ('A', "/tmp/implant"),
+        ('A', "/payload"),
+        ('D', "/etc/debian_version"),
+    ] {
+        assert!(
+            changes.contains(&FsChange {
+                kind,
+                path: path.into()
+            }),
+            "{kind} {path} missing: {changes:?}"
+        );
+    }
+
+    // The export holds the implant with its content, not the deleted file.
+    let tar = dir.join("node/filesystem.tar");
+    let content = Command::new("tar")
+        .arg("-xOf")
+        .arg(&tar)
+        .arg("tmp/implant")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&content.stdout), "implant\n");
+    let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l == "bin/bash" || l == "usr/bin/bash"),
+        "no Debian userland in the export"
+    );
+    assert!(
+        !listing.lines().any(|l| l.ends_with("etc/debian_version")),
+        "{listing}"
+    );
+
+    // The image imports back into containerd and runs: implant in, deleted file out.
+    let reference = format!("localhost/evidence-ctr-{me}:{}", &id[..12]);
+    containerd
+        .import(&dir.join("node/image.oci.tar"), &reference)
+        .unwrap();
+    let check = random_container_id();
+    containerd
+        .run(
+            &check,
+            &reference,
+            &pod.containerd_scope(&check),
+            &[
+                "sh",
+                "-c",
+                "cat /tmp/implant; test -e /etc/debian_version && echo present || echo gone",
+            ],
+        )
+        .unwrap();
+    wait_for("the preserved image's container to answer", || {
+        containerd.logs(&check).contains("gone") || containerd.logs(&check).contains("present")
+    });
+    assert_eq!(containerd.logs(&check).trim(), "implant\ngone");
+
+    // The /proc artifacts, and the bundle verifies.
+    let processes: Vec<ProcessInfo> = read_json(&dir.join("proc/processes.json"));
+    assert!(processes.iter().any(|p| p.pid == pid), "{processes:#?}");
+    let report = bundle::verify(dir, None).unwrap();
+    assert!(report.ok(), "{report:?}");
+    let size = |rel: &str| {
+        manifest
+            .artifacts
+            .iter()
+            .find(|a| a.path == rel)
+            .map_or(0, |a| a.size)
+    };
+    println!(
+        "evidence capture on containerd of a Debian container with an 8 MiB payload (freeze, /proc, changes, export {:.1} MB, OCI image {:.1} MB, thaw, manifest): {} ms",
+        size("node/filesystem.tar") as f64 / 1e6,
+        size("node/image.oci.tar") as f64 / 1e6,
+        outcome.elapsed.as_millis()
+    );
+
+    // A disk that fills between the freeze and the thaw: the big artifacts are given up, the
+    // bundle says why, and the container runs on.
+    let disk = SmallDisk::mount("4m");
+    let outcome = runtime()
+        .block_on(capture(
+            &config,
+            disk.dir.path(),
+            request(format!("ctr-{me}-full")),
+        ))
+        .unwrap();
+    let manifest = &outcome.manifest;
+    assert!(!manifest.complete);
+    for artifact in ["node/filesystem.tar", "node/image.oci.tar"] {
+        let entry = manifest
+            .not_captured
+            .iter()
+            .find(|n| n.artifact == artifact)
+            .unwrap_or_else(|| panic!("{artifact} not listed as not captured: {manifest:#?}"));
+        assert!(
+            entry.reason.contains("No space left on device") || entry.reason.contains("size limit"),
+            "{entry:?}"
+        );
+        assert!(
+            !outcome.dir.join(artifact).exists(),
+            "the partial {artifact} was kept"
+        );
+    }
+    assert!(outcome.dir.join("proc/processes.json").exists());
+    assert_eq!(containerd.status(&id).unwrap().as_deref(), Some("RUNNING"));
+    assert!(
+        manifest.actions.iter().any(|a| a.action == "thaw" && a.ok),
+        "{manifest:#?}"
+    );
+    assert!(bundle::verify(&outcome.dir, None).unwrap().ok());
+    drop(outcome);
+    drop(disk);
 }

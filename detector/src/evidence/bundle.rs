@@ -331,6 +331,17 @@ impl Bundle {
         });
     }
 
+    /// Gives up artifact `rel` after a failure to write it (a full disk): its file is removed
+    /// and it is listed as not captured with `reason`, so that what follows, and the manifest,
+    /// may still fit.
+    pub fn discard(&mut self, rel: &str, reason: impl Into<String>) {
+        if check_name(rel).is_ok() {
+            let _ = fs::remove_file(self.dir.join(rel));
+        }
+        self.manifest.artifacts.retain(|a| a.path != rel);
+        self.not_captured(rel, reason);
+    }
+
     /// Records why the capture as a whole is incomplete.
     pub fn incomplete(&mut self, reason: impl Into<String>) {
         self.manifest.incomplete_reasons.push(reason.into());

@@ -1,15 +1,16 @@
-//! One capture, start to end: resolve the target, pause, read `/proc`, ask the runtime for
-//! inspect, top, diff, logs, the filesystem and a commit, thaw, seal the manifest, upload.
+//! One capture, start to end: resolve the target, freeze its cgroup, run the steps (one
+//! artifact each, see [`super::steps`]), thaw, seal the manifest, upload.
 //!
-//! Order follows volatility: the process state is read first, right after the freeze, the disk
-//! last. Nothing is executed inside the container at any step.
+//! The freeze is the cgroup freezer's, whatever runs the container: a [`FreezeGuard`] thaws it
+//! on every way out, an error or a panic in a step included. The runtime's API, when one
+//! answers for the container, only adds what the runtime alone knows; nothing is executed
+//! inside the container at any step.
 
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use futures::StreamExt as _;
 use regex::Regex;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -18,13 +19,18 @@ use super::{
     bundle::{Bundle, Collector, FORMAT, Manifest, TargetInfo},
     config::EvidenceConfig,
     docker::DockerRuntime,
+    freezer::{self, FreezeGuard},
     limits::Budget,
     procfs,
-    runtime::{ByteStream, ContainerRuntime, RuntimeKind, detect},
+    runtime::{ContainerRuntime, RuntimeKind, detect},
     signing::Sealer,
+    steps::Run,
     store::{S3Store, UploadReport},
 };
 use crate::event::Event;
+
+/// How long the freezer may take to stop every task of the container.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +66,21 @@ pub struct Outcome {
     pub upload: Option<UploadReport>,
 }
 
-fn now() -> String {
+/// The target, resolved: its cgroup, the container it is, and the runtime that answers for it.
+pub struct Subject {
+    /// The cgroup2 directory.
+    pub cgroup_dir: PathBuf,
+    /// The container id, when the cgroup path or the runtime names one.
+    pub container_id: Option<String>,
+    /// The runtime the cgroup path names.
+    pub kind: RuntimeKind,
+    /// The runtime's API, when it answers for the container.
+    pub runtime: Option<Box<dyn ContainerRuntime>>,
+    /// Why no runtime answers, when none does.
+    pub runtime_missing: Option<String>,
+}
+
+pub(super) fn now() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .unwrap_or_default()
@@ -80,8 +100,8 @@ pub fn node_name(config: &EvidenceConfig) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// An image repository name for the incident: Docker references allow lowercase letters,
-/// digits and single separators.
+/// An image repository name for the incident: references allow lowercase letters, digits
+/// and single separators.
 pub fn image_repo(incident: &str) -> String {
     let mut out = String::from("evidence-");
     for c in incident.chars() {
@@ -102,325 +122,40 @@ pub async fn capture(
     request: CaptureRequest,
 ) -> Result<Outcome, EvidenceError> {
     let started = Instant::now();
-    let mut budget = Budget::new(&config.limits, started);
     let secret = Regex::new(&config.redact_env).map_err(|source| EvidenceError::Redact {
         source: Box::new(source),
     })?;
     let cgroup2 = crate::cgroup::cgroup2_mount().ok_or(EvidenceError::NoCgroup2)?;
-
-    // Resolve the target: a runtime (if one is reachable) and the cgroup directory.
-    let mut runtime: Option<DockerRuntime> = None;
-    let mut runtime_missing: Option<String> = None;
-    let (container_id, runtime_kind, cgroup_dir) = match &request.target {
-        Target::Container(id) => {
-            let docker = DockerRuntime::connect(&config.docker_socket).await?;
-            let info = docker.inspect(id).await?;
-            let full_id = info["Id"].as_str().unwrap_or(id).to_owned();
-            let pid = info["State"]["Pid"].as_u64().unwrap_or(0) as u32;
-            if pid == 0 {
-                return Err(EvidenceError::NotRunning(full_id));
-            }
-            let dir =
-                procfs::process_cgroup(&cgroup2, pid).map_err(|source| EvidenceError::Cgroup {
-                    path: PathBuf::from(format!("/proc/{pid}/cgroup")),
-                    source,
-                })?;
-            runtime = Some(docker);
-            (Some(full_id), RuntimeKind::Docker, dir)
-        }
-        Target::Cgroup(path) => {
-            let dir = if path.is_absolute() {
-                path.clone()
-            } else {
-                cgroup2.join(path)
-            };
-            if !dir.join("cgroup.procs").exists() {
-                return Err(EvidenceError::Cgroup {
-                    path: dir,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "not a cgroup2 directory",
-                    ),
-                });
-            }
-            let rel = dir.strip_prefix(&cgroup2).unwrap_or(&dir).to_string_lossy();
-            let hint = detect(&format!("/{rel}"));
-            let kind = hint.as_ref().map_or(RuntimeKind::Unknown, |h| h.kind);
-            match (&hint, kind) {
-                (Some(hint), RuntimeKind::Docker | RuntimeKind::Unknown) => {
-                    match DockerRuntime::connect(&config.docker_socket).await {
-                        Ok(docker) => match docker.inspect(&hint.container_id).await {
-                            Ok(_) => runtime = Some(docker),
-                            Err(err) => {
-                                runtime_missing =
-                                    Some(format!("the Docker socket does not know it: {err}"));
-                            }
-                        },
-                        Err(err) => runtime_missing = Some(err.to_string()),
-                    }
-                }
-                (Some(_), other) => {
-                    runtime_missing = Some(format!(
-                        "runtime {other}: this collector speaks only the Docker Engine API, and \
-                         {other} has no Docker socket; only the node-side /proc artifacts are captured"
-                    ));
-                }
-                (None, _) => {
-                    runtime_missing =
-                        Some("the cgroup path names no container, so no runtime was asked".into());
-                }
-            }
-            let kind = if runtime.is_some() {
-                RuntimeKind::Docker
-            } else {
-                kind
-            };
-            (hint.map(|h| h.container_id), kind, dir)
-        }
-    };
-
+    let subject = Subject::resolve(config, &cgroup2, &request.target).await?;
     let incident = request
         .incident
         .clone()
         .unwrap_or_else(|| format!("manual-{}", OffsetDateTime::now_utc().unix_timestamp()));
-    let manifest = Manifest {
-        format: FORMAT,
-        incident: incident.clone(),
-        collector: Collector::this(),
-        node: node_name(config),
-        target: TargetInfo {
-            container_id: container_id.clone(),
-            cgroup: Some(format!(
-                "/{}",
-                cgroup_dir
-                    .strip_prefix(&cgroup2)
-                    .unwrap_or(&cgroup_dir)
-                    .display()
-            )),
-            runtime: runtime_kind.to_string(),
-            runtime_used: runtime.is_some(),
-        },
-        started_at: now(),
-        finished_at: String::new(),
-        complete: false,
-        incomplete_reasons: Vec::new(),
-        artifacts: Vec::new(),
-        not_captured: Vec::new(),
-        actions: Vec::new(),
-        trust: Default::default(),
+    let manifest = subject.manifest(config, &cgroup2, &incident);
+    let bundle = Bundle::create(out_dir, &incident, manifest)?;
+    let mut run = Run {
+        config,
+        cgroup2,
+        subject,
+        incident,
+        secret,
+        budget: Budget::new(&config.limits, started),
+        bundle,
+        recent_events: request.recent_events,
     };
-    let mut bundle = Bundle::create(out_dir, &incident, manifest)?;
-    let limits = &config.limits;
 
-    // Freeze first, so that nothing changes while it is read.
-    let mut paused_by_us = false;
-    if let (Some(docker), Some(id)) = (&runtime, &container_id) {
-        if config.pause {
-            let result = docker.pause(id).await;
-            paused_by_us = result.is_ok();
-            bundle.action(
-                "pause",
-                now(),
-                result.map(|()| "paused".into()).map_err(|e| e.to_string()),
-            );
-        } else {
-            bundle.incomplete(
-                "container not paused (evidence.pause is off): it kept running during capture",
-            );
-        }
-    }
+    // Freeze first, so that nothing changes while it is read; thawed whatever the steps did
+    // (a panic in one included: the guard's drop thaws).
+    let frozen = freeze(&mut run).await;
+    run.steps().await;
+    thaw(&mut run, frozen).await;
 
-    // Volatile state from /proc.
-    let art = budget.artifact(limits.artifact_bytes, Instant::now());
-    match procfs::collect(
-        &cgroup2,
-        &cgroup_dir,
-        &secret,
-        limits.exe_hash_bytes,
-        art.deadline,
-    ) {
-        Ok(collected) => {
-            let text = serde_json::to_vec_pretty(&collected.processes).unwrap_or_default();
-            let a = bundle.add(
-                "proc/processes.json",
-                "procfs:/proc/PID/{status,cmdline,environ,exe,cwd,root,fd,net/*}",
-                &text,
-                art.max_bytes,
-                now(),
-            )?;
-            budget.spend(a.size);
-            if let Some(reason) = collected.cut_short {
-                bundle.incomplete(format!("proc/processes.json: {reason}"));
-            }
-            for (pid, maps) in collected.maps {
-                let art = budget.artifact(limits.artifact_bytes, Instant::now());
-                let a = bundle.add(
-                    &format!("proc/{pid}/maps"),
-                    &format!("procfs:/proc/{pid}/maps"),
-                    &maps,
-                    art.max_bytes,
-                    now(),
-                )?;
-                budget.spend(a.size);
-            }
-        }
-        Err(err) => bundle.not_captured(
-            "proc/processes.json",
-            format!("cannot read the cgroup: {err}"),
-        ),
-    }
-
-    // Recent events from the daemon's ring.
-    match &request.recent_events {
-        Some(events) => {
-            let mut text = Vec::new();
-            for event in events {
-                text.extend(serde_json::to_vec(event).unwrap_or_default());
-                text.push(b'\n');
-            }
-            let art = budget.artifact(limits.artifact_bytes, Instant::now());
-            let a = bundle.add(
-                "events.jsonl",
-                "detector:recent-events",
-                &text,
-                art.max_bytes,
-                now(),
-            )?;
-            budget.spend(a.size);
-        }
-        None => bundle.not_captured(
-            "events.jsonl",
-            "manual capture: the daemon's recent-event ring is not in this process",
-        ),
-    }
-
-    // What only the runtime can give.
-    const RUNTIME_ARTIFACTS: [&str; 6] = [
-        "runtime/inspect.json",
-        "runtime/top.json",
-        "runtime/changes.json",
-        "runtime/container.log",
-        "runtime/filesystem.tar",
-        "runtime/commit.json",
-    ];
-    match (&runtime, &container_id) {
-        (Some(docker), Some(id)) => {
-            let source = |what: &str| format!("{}/containers/{id}/{what}", docker.endpoint());
-            let json =
-                |value: serde_json::Value| serde_json::to_vec_pretty(&value).unwrap_or_default();
-            let art = budget.artifact(limits.artifact_bytes, Instant::now());
-            match within(art.deadline, docker.inspect(id)).await {
-                Ok(Ok(v)) => {
-                    let a = bundle.add(
-                        RUNTIME_ARTIFACTS[0],
-                        &source("json"),
-                        &json(v),
-                        art.max_bytes,
-                        now(),
-                    )?;
-                    budget.spend(a.size);
-                }
-                Ok(Err(e)) => bundle.not_captured(RUNTIME_ARTIFACTS[0], e.to_string()),
-                Err(()) => bundle.not_captured(RUNTIME_ARTIFACTS[0], art.time_reason()),
-            }
-            let art = budget.artifact(limits.artifact_bytes, Instant::now());
-            match within(art.deadline, docker.top(id)).await {
-                Ok(Ok(v)) => {
-                    let a = bundle.add(
-                        RUNTIME_ARTIFACTS[1],
-                        &source("top"),
-                        &json(v),
-                        art.max_bytes,
-                        now(),
-                    )?;
-                    budget.spend(a.size);
-                }
-                Ok(Err(e)) => bundle.not_captured(RUNTIME_ARTIFACTS[1], e.to_string()),
-                Err(()) => bundle.not_captured(RUNTIME_ARTIFACTS[1], art.time_reason()),
-            }
-            let art = budget.artifact(limits.artifact_bytes, Instant::now());
-            match within(art.deadline, docker.changes(id)).await {
-                Ok(Ok(changes)) => {
-                    let text = serde_json::to_vec_pretty(&changes).unwrap_or_default();
-                    let a = bundle.add(
-                        RUNTIME_ARTIFACTS[2],
-                        &source("changes"),
-                        &text,
-                        art.max_bytes,
-                        now(),
-                    )?;
-                    budget.spend(a.size);
-                }
-                Ok(Err(e)) => bundle.not_captured(RUNTIME_ARTIFACTS[2], e.to_string()),
-                Err(()) => bundle.not_captured(RUNTIME_ARTIFACTS[2], art.time_reason()),
-            }
-            stream_artifact(
-                &mut bundle,
-                &mut budget,
-                RUNTIME_ARTIFACTS[3],
-                &source("logs"),
-                limits.logs_bytes,
-                docker.logs(id),
-            )
-            .await?;
-            if config.export {
-                stream_artifact(
-                    &mut bundle,
-                    &mut budget,
-                    RUNTIME_ARTIFACTS[4],
-                    &source("export"),
-                    limits.export_bytes,
-                    docker.export(id),
-                )
-                .await?;
-            } else {
-                bundle.not_captured(RUNTIME_ARTIFACTS[4], "evidence.export is off");
-            }
-            if config.commit {
-                let repo = image_repo(&incident);
-                let tag = id.chars().take(12).collect::<String>();
-                let comment = format!("evidence of incident {incident}, container {id}");
-                let art = budget.artifact(limits.artifact_bytes, Instant::now());
-                match within(art.deadline, docker.commit(id, &repo, &tag, &comment)).await {
-                    Ok(Ok(image)) => {
-                        let record = serde_json::json!({ "image": format!("{repo}:{tag}"), "id": image, "container": id });
-                        bundle.action("commit", now(), Ok(format!("{repo}:{tag} {image}")));
-                        let a = bundle.add(
-                            RUNTIME_ARTIFACTS[5],
-                            &format!("{}/commit", docker.endpoint()),
-                            &json(record),
-                            art.max_bytes,
-                            now(),
-                        )?;
-                        budget.spend(a.size);
-                    }
-                    Ok(Err(e)) => {
-                        bundle.action("commit", now(), Err(e.to_string()));
-                        bundle.not_captured(RUNTIME_ARTIFACTS[5], e.to_string());
-                    }
-                    Err(()) => bundle.not_captured(RUNTIME_ARTIFACTS[5], art.time_reason()),
-                }
-            } else {
-                bundle.not_captured(RUNTIME_ARTIFACTS[5], "evidence.commit is off");
-            }
-            if paused_by_us && config.unpause {
-                let result = docker.unpause(id).await;
-                bundle.action(
-                    "unpause",
-                    now(),
-                    result
-                        .map(|()| "unpaused".into())
-                        .map_err(|e| e.to_string()),
-                );
-            }
-        }
-        _ => {
-            let reason = runtime_missing.unwrap_or_else(|| "no runtime".into());
-            for artifact in RUNTIME_ARTIFACTS {
-                bundle.not_captured(artifact, reason.clone());
-            }
-        }
-    }
+    let Run {
+        mut bundle,
+        budget,
+        incident,
+        ..
+    } = run;
     if let Some(reason) = budget.exhausted(Instant::now()) {
         bundle.incomplete(reason);
     }
@@ -443,50 +178,200 @@ pub async fn capture(
     })
 }
 
-/// Runs `future` until `deadline`; `Err(())` when it ran out of time.
-async fn within<T>(
-    deadline: Instant,
-    future: impl std::future::Future<Output = T>,
-) -> Result<T, ()> {
-    tokio::time::timeout_at(deadline.into(), future)
+/// Freezes the subject's cgroup when `evidence.pause` asks for it, recording the action.
+async fn freeze(run: &mut Run<'_>) -> Option<FreezeGuard> {
+    if !run.config.pause {
+        run.bundle.incomplete(
+            "container not frozen (evidence.pause is off): it kept running during capture",
+        );
+        return None;
+    }
+    let dir = run.subject.cgroup_dir.clone();
+    let result = tokio::task::spawn_blocking(move || freezer::freeze(&dir, FREEZE_TIMEOUT))
         .await
-        .map_err(|_| ())
-}
-
-/// Streams a runtime artifact to disk within its size and time budgets; a cut or failed
-/// stream leaves a partial artifact that says why.
-async fn stream_artifact(
-    bundle: &mut Bundle,
-    budget: &mut Budget,
-    rel: &str,
-    source: &str,
-    own_limit: u64,
-    mut stream: ByteStream<'_>,
-) -> Result<(), EvidenceError> {
-    let art = budget.artifact(own_limit, Instant::now());
-    let mut writer = bundle.writer(rel, source, art.max_bytes)?;
-    let mut partial = None;
-    loop {
-        match tokio::time::timeout_at(art.deadline.into(), stream.next()).await {
-            Ok(Some(Ok(chunk))) => {
-                if !writer.write(&chunk)? {
-                    break;
-                }
-            }
-            Ok(Some(Err(err))) => {
-                partial = Some(format!("stream failed: {err}"));
-                break;
-            }
-            Ok(None) => break,
-            Err(_) => {
-                partial = Some(art.time_reason());
-                break;
-            }
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+    match result {
+        Ok(guard) => {
+            let detail = if guard.was_frozen() {
+                "frozen already (left frozen afterwards)".to_owned()
+            } else {
+                format!("frozen ({:?} freezer)", guard.freezer())
+            };
+            run.bundle.action("freeze", now(), Ok(detail));
+            Some(guard)
+        }
+        Err(err) => {
+            run.bundle.action("freeze", now(), Err(err.to_string()));
+            run.bundle.incomplete(format!(
+                "container not frozen: {err}; it ran during capture"
+            ));
+            None
         }
     }
-    budget.spend(writer.written());
-    bundle.finish(writer, partial, || art.size_reason(), now())?;
-    Ok(())
+}
+
+/// Thaws what [`freeze`] froze, unless `evidence.unpause` is off (containment decides).
+async fn thaw(run: &mut Run<'_>, frozen: Option<FreezeGuard>) {
+    let Some(guard) = frozen else { return };
+    if guard.was_frozen() {
+        return;
+    }
+    if !run.config.unpause {
+        guard.keep();
+        run.bundle.action(
+            "thaw",
+            now(),
+            Ok("left frozen (evidence.unpause is off)".into()),
+        );
+        return;
+    }
+    let result = tokio::task::spawn_blocking(move || guard.thaw())
+        .await
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+    run.bundle.action(
+        "thaw",
+        now(),
+        result.map(|()| "running".into()).map_err(|e| e.to_string()),
+    );
+}
+
+impl Subject {
+    /// Resolves `target`: its cgroup directory, the container it is and the runtime that
+    /// answers for it. Only a container id that the runtime does not know is an error; a
+    /// cgroup whose runtime does not answer is captured from the node alone.
+    async fn resolve(
+        config: &EvidenceConfig,
+        cgroup2: &Path,
+        target: &Target,
+    ) -> Result<Self, EvidenceError> {
+        match target {
+            Target::Container(id) => Self::of_docker_container(config, cgroup2, id).await,
+            Target::Cgroup(path) => Self::of_cgroup(config, cgroup2, path).await,
+        }
+    }
+
+    async fn of_docker_container(
+        config: &EvidenceConfig,
+        cgroup2: &Path,
+        id: &str,
+    ) -> Result<Self, EvidenceError> {
+        let docker = DockerRuntime::connect(&config.docker_socket).await?;
+        let info = docker.inspect(id).await?;
+        let full_id = info["Id"].as_str().unwrap_or(id).to_owned();
+        let pid = info["State"]["Pid"].as_u64().unwrap_or(0) as u32;
+        if pid == 0 {
+            return Err(EvidenceError::NotRunning(full_id));
+        }
+        let cgroup_dir =
+            procfs::process_cgroup(cgroup2, pid).map_err(|source| EvidenceError::Cgroup {
+                path: PathBuf::from(format!("/proc/{pid}/cgroup")),
+                source,
+            })?;
+        Ok(Self {
+            cgroup_dir,
+            container_id: Some(full_id),
+            kind: RuntimeKind::Docker,
+            runtime: Some(Box::new(docker)),
+            runtime_missing: None,
+        })
+    }
+
+    async fn of_cgroup(
+        config: &EvidenceConfig,
+        cgroup2: &Path,
+        path: &Path,
+    ) -> Result<Self, EvidenceError> {
+        let cgroup_dir = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            cgroup2.join(path)
+        };
+        if !cgroup_dir.join("cgroup.procs").exists() {
+            return Err(EvidenceError::Cgroup {
+                path: cgroup_dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a cgroup2 directory",
+                ),
+            });
+        }
+        let rel = cgroup_dir.strip_prefix(cgroup2).unwrap_or(&cgroup_dir);
+        let hint = detect(&format!("/{}", rel.to_string_lossy()));
+        let kind = hint.as_ref().map_or(RuntimeKind::Unknown, |h| h.kind);
+        let container_id = hint.map(|h| h.container_id);
+        let (runtime, runtime_missing) = match (&container_id, kind) {
+            (Some(id), RuntimeKind::Docker | RuntimeKind::Unknown) => {
+                match docker_for(config, id).await {
+                    Ok(docker) => (Some(Box::new(docker) as Box<dyn ContainerRuntime>), None),
+                    Err(why) => (None, Some(why)),
+                }
+            }
+            (Some(_), other) => (
+                None,
+                Some(format!(
+                    "runtime {other}: its API is not asked (this collector speaks the Docker \
+                     Engine API); the node-side artifacts are captured"
+                )),
+            ),
+            (None, _) => (
+                None,
+                Some("the cgroup path names no container, so no runtime was asked".into()),
+            ),
+        };
+        let kind = if runtime.is_some() {
+            RuntimeKind::Docker
+        } else {
+            kind
+        };
+        Ok(Self {
+            cgroup_dir,
+            container_id,
+            kind,
+            runtime,
+            runtime_missing,
+        })
+    }
+
+    /// The manifest a capture of this subject starts from.
+    fn manifest(&self, config: &EvidenceConfig, cgroup2: &Path, incident: &str) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            incident: incident.to_owned(),
+            collector: Collector::this(),
+            node: node_name(config),
+            target: TargetInfo {
+                container_id: self.container_id.clone(),
+                cgroup: Some(format!(
+                    "/{}",
+                    self.cgroup_dir
+                        .strip_prefix(cgroup2)
+                        .unwrap_or(&self.cgroup_dir)
+                        .display()
+                )),
+                runtime: self.kind.to_string(),
+                runtime_used: self.runtime.is_some(),
+            },
+            started_at: now(),
+            finished_at: String::new(),
+            complete: false,
+            incomplete_reasons: Vec::new(),
+            artifacts: Vec::new(),
+            not_captured: Vec::new(),
+            actions: Vec::new(),
+            trust: Default::default(),
+        }
+    }
+}
+
+/// The Docker Engine, when it knows container `id`; else why not.
+async fn docker_for(config: &EvidenceConfig, id: &str) -> Result<DockerRuntime, String> {
+    let docker = DockerRuntime::connect(&config.docker_socket)
+        .await
+        .map_err(|err| err.to_string())?;
+    match docker.inspect(id).await {
+        Ok(_) => Ok(docker),
+        Err(err) => Err(format!("the Docker socket does not know it: {err}")),
+    }
 }
 
 #[cfg(test)]

@@ -20,14 +20,18 @@ pub struct EvidenceConfig {
     pub node_name: Option<String>,
     /// Docker Engine API socket.
     pub docker_socket: PathBuf,
-    /// Freeze the container (cgroup freezer, through the runtime) before anything is read, so
-    /// that the suspect cannot change what is being captured.
+    /// Where the host's filesystem is seen from the daemon: `/` on the node itself,
+    /// `/proc/1/root` in a pod with the host's PID namespace. The container's overlay layers
+    /// (`/var/lib/containerd/...`, `/var/lib/docker/...`) and `/proc` are read below it.
+    pub host_root: PathBuf,
+    /// Freeze the container (its cgroup's freezer, whatever the runtime) before anything is
+    /// read, so that the suspect cannot change what is being captured.
     pub pause: bool,
     /// Thaw the container again when the capture is done (containment decides its fate).
     pub unpause: bool,
-    /// Commit the container to an image named after the incident.
+    /// Preserve the container as an OCI image (what `docker commit` gives), from its layers.
     pub commit: bool,
-    /// Export the container's filesystem as a tar archive.
+    /// Export the container's filesystem as a tar archive (what `docker export` gives).
     pub export: bool,
     /// Environment variables whose name matches this regex have their value redacted.
     pub redact_env: String,
@@ -54,6 +58,7 @@ impl Default for EvidenceConfig {
             on_contain: true,
             node_name: None,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
+            host_root: PathBuf::from("/"),
             pause: true,
             unpause: true,
             commit: true,
@@ -86,6 +91,8 @@ pub struct LimitsConfig {
     pub artifact_ms: u64,
     /// Most bytes of the filesystem export.
     pub export_bytes: u64,
+    /// Most bytes of the preserved image (every layer of the container).
+    pub image_bytes: u64,
     /// Most bytes of container logs.
     pub logs_bytes: u64,
     /// Executables larger than this are hashed over their first this-many bytes only, and say so.
@@ -100,6 +107,7 @@ impl Default for LimitsConfig {
             artifact_bytes: 64 << 20,
             artifact_ms: 120_000,
             export_bytes: 2 << 30,
+            image_bytes: 2 << 30,
             logs_bytes: 16 << 20,
             exe_hash_bytes: 512 << 20,
         }
@@ -157,6 +165,12 @@ impl EvidenceConfig {
         if let Err(err) = regex::Regex::new(&self.redact_env) {
             problem("redact_env", format!("not a valid regex: {err}"));
         }
+        if !self.host_root.is_absolute() {
+            problem(
+                "host_root",
+                format!("{} is not an absolute path", self.host_root.display()),
+            );
+        }
         if self.recent_events_secs == 0 {
             problem("recent_events_secs", "must be greater than 0".into());
         }
@@ -170,6 +184,7 @@ impl EvidenceConfig {
             ("limits.artifact_bytes", l.artifact_bytes),
             ("limits.artifact_ms", l.artifact_ms),
             ("limits.export_bytes", l.export_bytes),
+            ("limits.image_bytes", l.image_bytes),
             ("limits.logs_bytes", l.logs_bytes),
             ("limits.exe_hash_bytes", l.exe_hash_bytes),
         ] {

@@ -4,11 +4,11 @@ use std::path::Path;
 
 use bollard::{
     Docker,
-    query_parameters::{CommitContainerOptionsBuilder, LogsOptionsBuilder, TopOptionsBuilder},
+    query_parameters::{LogsOptionsBuilder, TopOptionsBuilder},
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 
-use super::runtime::{BoxFuture, ByteStream, ContainerRuntime, FsChange, RuntimeError};
+use super::runtime::{BoxFuture, ByteStream, ContainerRuntime, RuntimeError};
 
 const NAME: &str = "docker";
 
@@ -77,19 +77,6 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(async move { self.docker.pause_container(id).await.map_err(api("pause")) })
-    }
-
-    fn unpause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(async move {
-            self.docker
-                .unpause_container(id)
-                .await
-                .map_err(api("unpause"))
-        })
-    }
-
     fn top<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>> {
         Box::pin(async move {
             let options = TopOptionsBuilder::default().ps_args("-ef").build();
@@ -106,29 +93,6 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    fn changes<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<FsChange>, RuntimeError>> {
-        Box::pin(async move {
-            let changes = self
-                .docker
-                .container_changes(id)
-                .await
-                .map_err(api("changes"))?
-                .unwrap_or_default();
-            Ok(changes
-                .into_iter()
-                .map(|change| FsChange {
-                    // The API's Kind: 0 modified, 1 added, 2 deleted.
-                    kind: match change.kind as u8 {
-                        0 => 'C',
-                        1 => 'A',
-                        _ => 'D',
-                    },
-                    path: change.path,
-                })
-                .collect())
-        })
-    }
-
     fn logs<'a>(&'a self, id: &'a str) -> ByteStream<'a> {
         let options = LogsOptionsBuilder::default()
             .stdout(true)
@@ -141,39 +105,5 @@ impl ContainerRuntime for DockerRuntime {
             .map_ok(bollard::container::LogOutput::into_bytes)
             .map_err(api("logs"))
             .boxed()
-    }
-
-    fn export<'a>(&'a self, id: &'a str) -> ByteStream<'a> {
-        self.docker
-            .export_container(id)
-            .map_err(api("export"))
-            .boxed()
-    }
-
-    fn commit<'a>(
-        &'a self,
-        id: &'a str,
-        repo: &'a str,
-        tag: &'a str,
-        comment: &'a str,
-    ) -> BoxFuture<'a, Result<String, RuntimeError>> {
-        Box::pin(async move {
-            // The daemon pauses for the commit only a container that is not already paused, and
-            // leaves a paused one paused.
-            let options = CommitContainerOptionsBuilder::default()
-                .container(id)
-                .repo(repo)
-                .tag(tag)
-                .comment(comment)
-                .author("detector evidence capture")
-                .pause(true)
-                .build();
-            let response = self
-                .docker
-                .commit_container(options, bollard::models::ContainerConfig::default())
-                .await
-                .map_err(api("commit"))?;
-            Ok(response.id)
-        })
     }
 }

@@ -210,6 +210,11 @@ impl FreezeGuard {
         result
     }
 
+    /// Leaves the cgroup frozen for good (`evidence.unpause: false`: containment decides).
+    pub fn keep(mut self) {
+        self.thawed = true;
+    }
+
     fn thaw_now(&self) -> Result<(), FreezerError> {
         if self.was_frozen || self.thawed {
             return Ok(());

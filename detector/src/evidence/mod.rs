@@ -34,6 +34,7 @@ pub mod procfs;
 pub mod recent;
 pub mod runtime;
 pub mod signing;
+pub mod steps;
 pub mod store;
 
 use std::path::PathBuf;

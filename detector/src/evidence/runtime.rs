@@ -131,7 +131,10 @@ pub struct FsChange {
     pub path: String,
 }
 
-/// A container runtime reached from the node.
+/// A container runtime's API, reached from the node, for what only the runtime knows: its
+/// record of the container, its process view and the logs it keeps. Everything else (the
+/// freeze, the changed files, the export, the image) is read from the node, whatever the
+/// runtime.
 pub trait ContainerRuntime: Send + Sync {
     /// The runtime's name, for the manifest.
     fn name(&self) -> &'static str;
@@ -140,26 +143,10 @@ pub trait ContainerRuntime: Send + Sync {
     /// Inspect: the runtime's full description of the container, as JSON.
     fn inspect<'a>(&'a self, id: &'a str)
     -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>>;
-    /// Freezes every process of the container.
-    fn pause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
-    /// Thaws the container.
-    fn unpause<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// The process table as the runtime sees it (from the host).
     fn top<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>>;
-    /// Filesystem changes against the image.
-    fn changes<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<FsChange>, RuntimeError>>;
     /// The container's logs (stdout and stderr, timestamped).
     fn logs<'a>(&'a self, id: &'a str) -> ByteStream<'a>;
-    /// The container's whole filesystem as an uncompressed tar archive.
-    fn export<'a>(&'a self, id: &'a str) -> ByteStream<'a>;
-    /// Commits the container to `repo:tag`; returns the image id.
-    fn commit<'a>(
-        &'a self,
-        id: &'a str,
-        repo: &'a str,
-        tag: &'a str,
-        comment: &'a str,
-    ) -> BoxFuture<'a, Result<String, RuntimeError>>;
 }
 
 #[cfg(test)]
