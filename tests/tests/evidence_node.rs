@@ -465,3 +465,68 @@ fn image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker() {
         .unwrap();
     assert!(expected.iter().all(|e| out.contains(e)), "docker: {out}");
 }
+
+/// The files of the tar archive `blob` of image archive `image`, with their modes.
+fn layer_files(image: &[u8], blob: &str) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let path = format!("blobs/{}", blob.replacen(':', "/", 1));
+    let mut outer = tar::Archive::new(image);
+    let mut layer = Vec::new();
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy() == path {
+            std::io::Read::read_to_end(&mut entry, &mut layer).unwrap();
+        }
+    }
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(layer.as_slice()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mode = entry.header().mode().unwrap();
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+        files.insert(name, (mode, content));
+    }
+    files
+}
+
+#[test]
+fn image_of_a_metacopy_overlay_carries_the_data_of_metadata_only_copy_ups() {
+    const TEST: &str = "image_of_a_metacopy_overlay_carries_the_data_of_metadata_only_copy_ups";
+    if !privileged(TEST) {
+        return;
+    }
+    // CRI-O's default: a chmod copies up the metadata only, the data stays below.
+    let overlay = match OverlayMount::mount_with(TEST, "redirect_dir=on,metacopy=on") {
+        Ok(overlay) => overlay,
+        Err(err) => return skip_or_fail(TEST, &format!("cannot mount with metacopy=on: {err:#}")),
+    };
+    let merged = overlay.merged();
+    fs::set_permissions(merged.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        merged.join("srv/data.txt"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    fs::rename(merged.join("srv/data.txt"), merged.join("srv/moved.txt")).unwrap();
+    let upper = overlay.upper();
+    for copied in ["etc/passwd", "srv/moved.txt"] {
+        let metacopy = xattr::get(upper.join(copied), "trusted.overlay.metacopy").unwrap();
+        assert!(
+            metacopy.is_some(),
+            "{copied} was copied up with its data: no metacopy"
+        );
+    }
+
+    let mut image = Vec::new();
+    let meta = ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "metacopy");
+    let lower = [overlay.top(), overlay.bottom()];
+    let summary = write_image(&lower, &upper, &mut image, "docker.io/library/m:1", &meta).unwrap();
+    assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
+    let top = layer_files(&image, &summary.layers[2].digest);
+    assert_eq!(
+        top["etc/passwd"],
+        (0o600, b"root:x:0:0:root:/root:/bin/sh\n".to_vec())
+    );
+    assert_eq!(top["srv/moved.txt"], (0o640, b"data\n".to_vec()));
+    assert!(top.contains_key("srv/.wh.data.txt"), "{:?}", top.keys());
+}

@@ -180,15 +180,20 @@ impl<W: Write> TarWriter<W> {
     /// Appends entry `name` of `dir`, archived as `path`, with `meta` (its lstat): a regular
     /// file with its content, a directory, symlink, fifo or device node, or a hard link to
     /// the first path of the same inode. Sockets cannot be archived (a `Read` error).
+    ///
+    /// `data` is a regular file's content when it is not the entry's own: an overlay entry
+    /// copied up for its metadata only (`metacopy=on`, CRI-O's default) keeps its data in a
+    /// lower layer.
     pub(crate) fn append(
         &mut self,
         dir: &Dir,
         name: &OsStr,
         path: &Path,
         meta: &fs::Metadata,
+        data: Option<fs::File>,
     ) -> Result<(), EntryError> {
         let mut read_error = None;
-        let result = self.append_entry(dir, name, path, meta, &mut read_error);
+        let result = self.append_entry(dir, name, path, meta, data, &mut read_error);
         if self.builder.get_ref().failed {
             return Err(EntryError::Write(
                 result
@@ -208,6 +213,7 @@ impl<W: Write> TarWriter<W> {
         name: &OsStr,
         path: &Path,
         meta: &fs::Metadata,
+        data: Option<fs::File>,
         read_error: &mut Option<io::Error>,
     ) -> io::Result<()> {
         let file_type = meta.file_type();
@@ -219,14 +225,20 @@ impl<W: Write> TarWriter<W> {
         }
         let linked = (!meta.is_dir() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
         let first = linked.and_then(|key| self.links.get(&key).cloned());
-        let content = match &first {
-            Some(_) => Content::None,
-            None if file_type.is_symlink() => Content::Link(fs::read_link(dir.entry(name))?),
-            None if file_type.is_file() => Content::File(dir.open_file(name)?),
-            None => Content::None,
+        let content = match (&first, data) {
+            (Some(_), _) => Content::None,
+            (None, _) if file_type.is_symlink() => Content::Link(fs::read_link(dir.entry(name))?),
+            (None, Some(data)) if file_type.is_file() => Content::File(data),
+            (None, None) if file_type.is_file() => Content::File(dir.open_file(name)?),
+            (None, _) => Content::None,
         };
         let records = xattr_records(&dir.entry(name))?;
         let mut header = header_of(meta);
+        let size = match &content {
+            Content::File(file) => file.metadata()?.len(),
+            _ => 0,
+        };
+        header.set_size(size);
         if file_type.is_char_device() || file_type.is_block_device() {
             header.set_device_major(libc::major(meta.rdev()))?;
             header.set_device_minor(libc::minor(meta.rdev()))?;
@@ -248,7 +260,7 @@ impl<W: Write> TarWriter<W> {
             Content::File(file) => {
                 let reader = Padded {
                     file,
-                    left: meta.len(),
+                    left: size,
                     error: read_error,
                 };
                 self.builder.append_data(&mut header, path, reader)
@@ -389,7 +401,6 @@ fn header_of(meta: &fs::Metadata) -> Header {
     header.set_uid(u64::from(meta.uid()));
     header.set_gid(u64::from(meta.gid()));
     header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
-    header.set_size(if file_type.is_file() { meta.len() } else { 0 });
     header
 }
 

@@ -158,7 +158,7 @@ impl<W: Write> Export<W> {
             self.summary.skipped_mounts.push(container_path(rel));
         }
         let entries = self.summary.entries;
-        match self.tar.append(dir, name, rel, &meta) {
+        match self.tar.append(dir, name, rel, &meta, None) {
             Ok(()) => self.summary.entries += 1,
             Err(EntryError::Write(source)) => return Err(ExportError::Write { entries, source }),
             Err(EntryError::Read(err)) => self.unreadable(rel, &err),

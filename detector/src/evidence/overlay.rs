@@ -500,6 +500,23 @@ pub fn is_opaque(path: &Path) -> Result<bool, OverlayError> {
     Ok(overlay_xattr(path, "opaque")?.as_deref() == Some(b"y"))
 }
 
+/// Where a metadata-only copy-up keeps its data (`metacopy=on`): `None` for an entry with
+/// data of its own; otherwise the path, relative to a layer's root, of the lower entry holding
+/// it: the `overlay.redirect` xattr when the entry was renamed, else the entry's own `rel`.
+pub fn metacopy_origin(path: &Path, rel: &Path) -> Result<Option<PathBuf>, OverlayError> {
+    if overlay_xattr(path, "metacopy")?.is_none() {
+        return Ok(None);
+    }
+    let Some(redirect) = overlay_xattr(path, "redirect")? else {
+        return Ok(Some(rel.to_owned()));
+    };
+    let redirect = PathBuf::from(OsString::from_vec(redirect));
+    Ok(Some(match redirect.strip_prefix("/") {
+        Ok(absolute) => absolute.to_owned(),
+        Err(_) => rel.with_file_name(redirect),
+    }))
+}
+
 fn overlay_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>, OverlayError> {
     for prefix in XATTR_PREFIXES {
         match xattr::get(path, format!("{prefix}{name}")) {
