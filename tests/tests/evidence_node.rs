@@ -299,6 +299,14 @@ fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
         .unwrap();
     assert!(status.success(), "mount -t tmpfs: {status}");
     write(&merged.join("mnt/secret"), b"on another filesystem\n").unwrap();
+    // A bind mount of the root's own filesystem (same st_dev), as a volume can be.
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(merged.join("etc"))
+        .arg(merged.join("proc"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount --bind: {status}");
 
     let mut archive = Vec::new();
     let started = Instant::now();
@@ -311,7 +319,7 @@ fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
         started.elapsed()
     );
     assert_eq!(summary.truncated, None);
-    assert_eq!(summary.skipped_mounts, ["/mnt"]);
+    assert_eq!(summary.skipped_mounts, ["/mnt", "/proc"]);
     assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
     assert_eq!(summary.bytes, archive.len() as u64);
 
@@ -346,7 +354,13 @@ fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
             .any(|(k, v)| *k == key && v == DROPPED_XATTR.1),
         "{xattrs:?}"
     );
-    for gone in ["usr/bin/tool", "opt/app/bin", "opt/app/lib", "mnt/secret"] {
+    for gone in [
+        "usr/bin/tool",
+        "opt/app/bin",
+        "opt/app/lib",
+        "mnt/secret",
+        "proc/passwd",
+    ] {
         assert!(!entries.contains_key(gone), "{gone} is in the export");
     }
     for kept in [

@@ -9,9 +9,10 @@
 
 use std::{
     collections::HashMap,
-    ffi::{CString, OsStr, OsString},
+    ffi::{CStr, CString, OsStr, OsString},
     fs,
     io::{self, Read, Write},
+    mem::MaybeUninit,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::{
@@ -62,6 +63,19 @@ impl Dir {
         fs::metadata(self.proc_path())
     }
 
+    /// The id of the mount this directory is on; `None` on a kernel before 5.8.
+    pub(crate) fn mount_id(&self) -> io::Result<Option<u64>> {
+        statx_mount_id(self.raw(), c"", libc::AT_EMPTY_PATH)
+    }
+
+    /// The id of the mount entry `name` is on (a symlink not followed); `None` on a kernel
+    /// before 5.8. A mount point's id differs from its directory's, even for a bind mount
+    /// of the same filesystem, which `st_dev` cannot tell apart.
+    pub(crate) fn entry_mount_id(&self, name: &OsStr) -> io::Result<Option<u64>> {
+        let c_name = c_string(name, Path::new(name))?;
+        statx_mount_id(self.raw(), &c_name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
     /// Entry names, sorted (the archive's order is the same on every run).
     pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
         let mut names = fs::read_dir(self.proc_path())?
@@ -86,13 +100,37 @@ impl Dir {
     }
 }
 
-fn open_at(dir: i32, name: &OsStr, flags: i32, shown: &Path) -> io::Result<OwnedFd> {
-    let c_name = CString::new(name.as_bytes()).map_err(|_| {
+fn c_string(name: &OsStr, shown: &Path) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} holds a NUL", shown.display()),
         )
-    })?;
+    })
+}
+
+fn statx_mount_id(dir: i32, name: &CStr, flags: i32) -> io::Result<Option<u64>> {
+    let mut buf = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: name is NUL-terminated and outlives the call; buf is a statx the kernel writes.
+    let rc = unsafe {
+        libc::statx(
+            dir,
+            name.as_ptr(),
+            flags | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed integers are a valid statx, and the kernel filled it in.
+    let buf = unsafe { buf.assume_init() };
+    Ok((buf.stx_mask & libc::STATX_MNT_ID != 0).then_some(buf.stx_mnt_id))
+}
+
+fn open_at(dir: i32, name: &OsStr, flags: i32, shown: &Path) -> io::Result<OwnedFd> {
+    let c_name = c_string(name, shown)?;
     // SAFETY: c_name is a valid NUL-terminated string that outlives the call; dir is an open
     // descriptor or AT_FDCWD.
     let fd = unsafe {
