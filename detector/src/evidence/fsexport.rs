@@ -79,6 +79,10 @@ pub struct ExportSummary {
 /// uncompressed tar with numeric owners, modes, times and xattrs, staying on the root's
 /// filesystem; stops before `max_bytes` or at `deadline`. Entries are named relative to the
 /// root (`etc/passwd`), as `docker export` names them.
+///
+/// Both bounds are checked between entries: a file is archived whole or not at all, so one
+/// large file can outlast the deadline by the time it takes to read. A file that fails to
+/// read half-way is archived padded with zeros to its size and listed as unreadable.
 pub fn export_root(
     root: &Path,
     out: impl Write,
