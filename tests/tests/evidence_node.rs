@@ -1,6 +1,8 @@
 //! Evidence from the node alone, without a Docker Engine, against real kernel objects: the
 //! cgroup freezer (v2 and v1) holding a real process, a real overlay mount changed through its
-//! merged directory, and the image written from its layers run by a real containerd.
+//! merged directory, the image written from its layers run by a real containerd (and loaded by
+//! docker), and a container containerd runs read from the node: layers from its mountinfo,
+//! changes, a freeze of its cgroup and an export of its root.
 //!
 //! Root is needed (cgroups, `mount -t overlay`); under `CI=true` a missing resource fails the
 //! test, elsewhere it is skipped with the reason printed.
@@ -457,6 +459,7 @@ fn image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker() {
         "containerd: {logs}"
     );
     containerd.rm(&name).unwrap();
+    check_live_container(&mut containerd, &reference);
     drop(containerd);
 
     let Some(dockerd) = Dockerd::start(TEST) else {
@@ -543,4 +546,67 @@ fn image_of_a_metacopy_overlay_carries_the_data_of_metadata_only_copy_ups() {
     );
     assert_eq!(top["srv/moved.txt"], (0o640, b"data\n".to_vec()));
     assert!(top.contains_key("srv/.wh.data.txt"), "{:?}", top.keys());
+}
+
+/// The four pieces on a container containerd runs (its snapshotter's mount, its runc-made
+/// cgroup): the layers from the process's mountinfo, its changes, a freeze, and an export of
+/// its root through `/proc/<pid>/root` while frozen.
+fn check_live_container(containerd: &mut Containerd, image: &str) {
+    let name = format!("evidence-live-{}", std::process::id());
+    let cgroup = KubePod::new().containerd_scope(&random_container_id());
+    let script = "echo implant > /tmp/implant; rm /etc/motd; echo ready; exec sleep 60";
+    containerd
+        .run(&name, image, &cgroup, &["/bin/sh", "-c", script])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !containerd.logs(&name).contains("ready") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = containerd.pid(&name).unwrap();
+
+    let layers = OverlayLayers::of_pid(pid, Path::new("/")).unwrap();
+    assert_eq!(layers.lower.len(), 3, "{layers:?}");
+    assert!(
+        layers
+            .upper
+            .to_string_lossy()
+            .contains("io.containerd.snapshotter.v1.overlayfs"),
+        "{layers:?}"
+    );
+    let listed: Vec<String> = changes(&layers, Path::new("/"), 1000)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|c| format!("{} {}", c.kind, c.path))
+        .collect();
+    for expected in ["C /etc", "D /etc/motd", "C /tmp", "A /tmp/implant"] {
+        assert!(
+            listed.iter().any(|l| l == expected),
+            "{expected} not in {listed:?}"
+        );
+    }
+
+    let cgroup_dir = detector::cgroup::cgroup2_mount()
+        .unwrap()
+        .join(cgroup.trim_start_matches('/'));
+    let frozen = freeze(&cgroup_dir, FREEZE_TIMEOUT).unwrap();
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut archive = Vec::new();
+    let summary = export_root(&root, &mut archive, 1 << 30, deadline).unwrap();
+    frozen.thaw().unwrap();
+    for mount in ["/dev", "/proc", "/sys"] {
+        assert!(
+            summary.skipped_mounts.iter().any(|m| m == mount),
+            "{summary:?}"
+        );
+    }
+    let names: Vec<String> = tar::Archive::new(archive.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "tmp/implant"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "etc/motd"), "{names:?}");
+    containerd.rm(&name).unwrap();
 }
