@@ -24,6 +24,11 @@ impl OverlayMount {
     /// Lays out the layers and mounts them (root is needed) under a fresh directory named
     /// after `test`.
     pub fn mount(test: &str) -> anyhow::Result<Self> {
+        Self::mount_with(test, "")
+    }
+
+    /// [`OverlayMount::mount`] with more mount options (`metacopy=on`), comma separated.
+    pub fn mount_with(test: &str, extra_options: &str) -> anyhow::Result<Self> {
         let dir =
             std::env::temp_dir().join(format!("detector-overlay-{test}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -34,13 +39,16 @@ impl OverlayMount {
         overlay.fill_bottom()?;
         write(&overlay.top().join("etc/motd"), b"welcome\n")?;
         write(&overlay.top().join("srv/data.txt"), b"data\n")?;
-        let options = format!(
+        let mut options = format!(
             "lowerdir={}:{},upperdir={},workdir={}",
             overlay.top().display(),
             overlay.bottom().display(),
             overlay.upper().display(),
             overlay.dir.join("work").display()
         );
+        if !extra_options.is_empty() {
+            options = format!("{options},{extra_options}");
+        }
         let status = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &options])
             .arg(overlay.merged())

@@ -1,6 +1,8 @@
 //! Evidence from the node alone, without a Docker Engine, against real kernel objects: the
 //! cgroup freezer (v2 and v1) holding a real process, a real overlay mount changed through its
-//! merged directory, and the image written from its layers run by a real containerd.
+//! merged directory, the image written from its layers run by a real containerd (and loaded by
+//! docker), and a container containerd runs read from the node: layers from its mountinfo,
+//! changes, a freeze of its cgroup and an export of its root.
 //!
 //! Root is needed (cgroups, `mount -t overlay`); under `CI=true` a missing resource fails the
 //! test, elsewhere it is skipped with the reason printed.
@@ -299,6 +301,14 @@ fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
         .unwrap();
     assert!(status.success(), "mount -t tmpfs: {status}");
     write(&merged.join("mnt/secret"), b"on another filesystem\n").unwrap();
+    // A bind mount of the root's own filesystem (same st_dev), as a volume can be.
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(merged.join("etc"))
+        .arg(merged.join("proc"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount --bind: {status}");
 
     let mut archive = Vec::new();
     let started = Instant::now();
@@ -311,7 +321,7 @@ fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
         started.elapsed()
     );
     assert_eq!(summary.truncated, None);
-    assert_eq!(summary.skipped_mounts, ["/mnt"]);
+    assert_eq!(summary.skipped_mounts, ["/mnt", "/proc"]);
     assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
     assert_eq!(summary.bytes, archive.len() as u64);
 
@@ -346,7 +356,13 @@ fn export_of_a_real_overlay_keeps_owners_modes_xattrs_and_its_own_mount() {
             .any(|(k, v)| *k == key && v == DROPPED_XATTR.1),
         "{xattrs:?}"
     );
-    for gone in ["usr/bin/tool", "opt/app/bin", "opt/app/lib", "mnt/secret"] {
+    for gone in [
+        "usr/bin/tool",
+        "opt/app/bin",
+        "opt/app/lib",
+        "mnt/secret",
+        "proc/passwd",
+    ] {
         assert!(!entries.contains_key(gone), "{gone} is in the export");
     }
     for kept in [
@@ -443,6 +459,7 @@ fn image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker() {
         "containerd: {logs}"
     );
     containerd.rm(&name).unwrap();
+    check_live_container(&mut containerd, &reference);
     drop(containerd);
 
     let Some(dockerd) = Dockerd::start(TEST) else {
@@ -464,4 +481,132 @@ fn image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker() {
         ])
         .unwrap();
     assert!(expected.iter().all(|e| out.contains(e)), "docker: {out}");
+}
+
+/// The files of the tar archive `blob` of image archive `image`, with their modes.
+fn layer_files(image: &[u8], blob: &str) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let path = format!("blobs/{}", blob.replacen(':', "/", 1));
+    let mut outer = tar::Archive::new(image);
+    let mut layer = Vec::new();
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy() == path {
+            std::io::Read::read_to_end(&mut entry, &mut layer).unwrap();
+        }
+    }
+    let mut files = BTreeMap::new();
+    for entry in tar::Archive::new(layer.as_slice()).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mode = entry.header().mode().unwrap();
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+        files.insert(name, (mode, content));
+    }
+    files
+}
+
+#[test]
+fn image_of_a_metacopy_overlay_carries_the_data_of_metadata_only_copy_ups() {
+    const TEST: &str = "image_of_a_metacopy_overlay_carries_the_data_of_metadata_only_copy_ups";
+    if !privileged(TEST) {
+        return;
+    }
+    // CRI-O's default: a chmod copies up the metadata only, the data stays below.
+    let overlay = match OverlayMount::mount_with(TEST, "redirect_dir=on,metacopy=on") {
+        Ok(overlay) => overlay,
+        Err(err) => return skip_or_fail(TEST, &format!("cannot mount with metacopy=on: {err:#}")),
+    };
+    let merged = overlay.merged();
+    fs::set_permissions(merged.join("etc/passwd"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        merged.join("srv/data.txt"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    fs::rename(merged.join("srv/data.txt"), merged.join("srv/moved.txt")).unwrap();
+    let upper = overlay.upper();
+    for copied in ["etc/passwd", "srv/moved.txt"] {
+        let metacopy = xattr::get(upper.join(copied), "trusted.overlay.metacopy").unwrap();
+        assert!(
+            metacopy.is_some(),
+            "{copied} was copied up with its data: no metacopy"
+        );
+    }
+
+    let mut image = Vec::new();
+    let meta = ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "metacopy");
+    let lower = [overlay.top(), overlay.bottom()];
+    let summary = write_image(&lower, &upper, &mut image, "docker.io/library/m:1", &meta).unwrap();
+    assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
+    let top = layer_files(&image, &summary.layers[2].digest);
+    assert_eq!(
+        top["etc/passwd"],
+        (0o600, b"root:x:0:0:root:/root:/bin/sh\n".to_vec())
+    );
+    assert_eq!(top["srv/moved.txt"], (0o640, b"data\n".to_vec()));
+    assert!(top.contains_key("srv/.wh.data.txt"), "{:?}", top.keys());
+}
+
+/// The four pieces on a container containerd runs (its snapshotter's mount, its runc-made
+/// cgroup): the layers from the process's mountinfo, its changes, a freeze, and an export of
+/// its root through `/proc/<pid>/root` while frozen.
+fn check_live_container(containerd: &mut Containerd, image: &str) {
+    let name = format!("evidence-live-{}", std::process::id());
+    let cgroup = KubePod::new().containerd_scope(&random_container_id());
+    let script = "echo implant > /tmp/implant; rm /etc/motd; echo ready; exec sleep 60";
+    containerd
+        .run(&name, image, &cgroup, &["/bin/sh", "-c", script])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !containerd.logs(&name).contains("ready") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = containerd.pid(&name).unwrap();
+
+    let layers = OverlayLayers::of_pid(pid, Path::new("/")).unwrap();
+    assert_eq!(layers.lower.len(), 3, "{layers:?}");
+    assert!(
+        layers
+            .upper
+            .to_string_lossy()
+            .contains("io.containerd.snapshotter.v1.overlayfs"),
+        "{layers:?}"
+    );
+    let listed: Vec<String> = changes(&layers, Path::new("/"), 1000)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|c| format!("{} {}", c.kind, c.path))
+        .collect();
+    for expected in ["C /etc", "D /etc/motd", "C /tmp", "A /tmp/implant"] {
+        assert!(
+            listed.iter().any(|l| l == expected),
+            "{expected} not in {listed:?}"
+        );
+    }
+
+    let cgroup_dir = detector::cgroup::cgroup2_mount()
+        .unwrap()
+        .join(cgroup.trim_start_matches('/'));
+    let frozen = freeze(&cgroup_dir, FREEZE_TIMEOUT).unwrap();
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut archive = Vec::new();
+    let summary = export_root(&root, &mut archive, 1 << 30, deadline).unwrap();
+    frozen.thaw().unwrap();
+    for mount in ["/dev", "/proc", "/sys"] {
+        assert!(
+            summary.skipped_mounts.iter().any(|m| m == mount),
+            "{summary:?}"
+        );
+    }
+    let names: Vec<String> = tar::Archive::new(archive.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "tmp/implant"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "etc/motd"), "{names:?}");
+    containerd.rm(&name).unwrap();
 }

@@ -9,9 +9,10 @@
 
 use std::{
     collections::HashMap,
-    ffi::{CString, OsStr, OsString},
+    ffi::{CStr, CString, OsStr, OsString},
     fs,
     io::{self, Read, Write},
+    mem::MaybeUninit,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::{
@@ -62,6 +63,19 @@ impl Dir {
         fs::metadata(self.proc_path())
     }
 
+    /// The id of the mount this directory is on; `None` on a kernel before 5.8.
+    pub(crate) fn mount_id(&self) -> io::Result<Option<u64>> {
+        statx_mount_id(self.raw(), c"", libc::AT_EMPTY_PATH)
+    }
+
+    /// The id of the mount entry `name` is on (a symlink not followed); `None` on a kernel
+    /// before 5.8. A mount point's id differs from its directory's, even for a bind mount
+    /// of the same filesystem, which `st_dev` cannot tell apart.
+    pub(crate) fn entry_mount_id(&self, name: &OsStr) -> io::Result<Option<u64>> {
+        let c_name = c_string(name, Path::new(name))?;
+        statx_mount_id(self.raw(), &c_name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
     /// Entry names, sorted (the archive's order is the same on every run).
     pub(crate) fn names(&self) -> io::Result<Vec<OsString>> {
         let mut names = fs::read_dir(self.proc_path())?
@@ -86,13 +100,37 @@ impl Dir {
     }
 }
 
-fn open_at(dir: i32, name: &OsStr, flags: i32, shown: &Path) -> io::Result<OwnedFd> {
-    let c_name = CString::new(name.as_bytes()).map_err(|_| {
+fn c_string(name: &OsStr, shown: &Path) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} holds a NUL", shown.display()),
         )
-    })?;
+    })
+}
+
+fn statx_mount_id(dir: i32, name: &CStr, flags: i32) -> io::Result<Option<u64>> {
+    let mut buf = MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: name is NUL-terminated and outlives the call; buf is a statx the kernel writes.
+    let rc = unsafe {
+        libc::statx(
+            dir,
+            name.as_ptr(),
+            flags | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_MNT_ID,
+            buf.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zeroed integers are a valid statx, and the kernel filled it in.
+    let buf = unsafe { buf.assume_init() };
+    Ok((buf.stx_mask & libc::STATX_MNT_ID != 0).then_some(buf.stx_mnt_id))
+}
+
+fn open_at(dir: i32, name: &OsStr, flags: i32, shown: &Path) -> io::Result<OwnedFd> {
+    let c_name = c_string(name, shown)?;
     // SAFETY: c_name is a valid NUL-terminated string that outlives the call; dir is an open
     // descriptor or AT_FDCWD.
     let fd = unsafe {
@@ -180,15 +218,20 @@ impl<W: Write> TarWriter<W> {
     /// Appends entry `name` of `dir`, archived as `path`, with `meta` (its lstat): a regular
     /// file with its content, a directory, symlink, fifo or device node, or a hard link to
     /// the first path of the same inode. Sockets cannot be archived (a `Read` error).
+    ///
+    /// `data` is a regular file's content when it is not the entry's own: an overlay entry
+    /// copied up for its metadata only (`metacopy=on`, CRI-O's default) keeps its data in a
+    /// lower layer.
     pub(crate) fn append(
         &mut self,
         dir: &Dir,
         name: &OsStr,
         path: &Path,
         meta: &fs::Metadata,
+        data: Option<fs::File>,
     ) -> Result<(), EntryError> {
         let mut read_error = None;
-        let result = self.append_entry(dir, name, path, meta, &mut read_error);
+        let result = self.append_entry(dir, name, path, meta, data, &mut read_error);
         if self.builder.get_ref().failed {
             return Err(EntryError::Write(
                 result
@@ -208,6 +251,7 @@ impl<W: Write> TarWriter<W> {
         name: &OsStr,
         path: &Path,
         meta: &fs::Metadata,
+        data: Option<fs::File>,
         read_error: &mut Option<io::Error>,
     ) -> io::Result<()> {
         let file_type = meta.file_type();
@@ -219,14 +263,20 @@ impl<W: Write> TarWriter<W> {
         }
         let linked = (!meta.is_dir() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
         let first = linked.and_then(|key| self.links.get(&key).cloned());
-        let content = match &first {
-            Some(_) => Content::None,
-            None if file_type.is_symlink() => Content::Link(fs::read_link(dir.entry(name))?),
-            None if file_type.is_file() => Content::File(dir.open_file(name)?),
-            None => Content::None,
+        let content = match (&first, data) {
+            (Some(_), _) => Content::None,
+            (None, _) if file_type.is_symlink() => Content::Link(fs::read_link(dir.entry(name))?),
+            (None, Some(data)) if file_type.is_file() => Content::File(data),
+            (None, None) if file_type.is_file() => Content::File(dir.open_file(name)?),
+            (None, _) => Content::None,
         };
         let records = xattr_records(&dir.entry(name))?;
         let mut header = header_of(meta);
+        let size = match &content {
+            Content::File(file) => file.metadata()?.len(),
+            _ => 0,
+        };
+        header.set_size(size);
         if file_type.is_char_device() || file_type.is_block_device() {
             header.set_device_major(libc::major(meta.rdev()))?;
             header.set_device_minor(libc::minor(meta.rdev()))?;
@@ -248,7 +298,7 @@ impl<W: Write> TarWriter<W> {
             Content::File(file) => {
                 let reader = Padded {
                     file,
-                    left: meta.len(),
+                    left: size,
                     error: read_error,
                 };
                 self.builder.append_data(&mut header, path, reader)
@@ -389,7 +439,6 @@ fn header_of(meta: &fs::Metadata) -> Header {
     header.set_uid(u64::from(meta.uid()));
     header.set_gid(u64::from(meta.gid()));
     header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
-    header.set_size(if file_type.is_file() { meta.len() } else { 0 });
     header
 }
 

@@ -219,7 +219,14 @@ impl FreezeGuard {
         if self.was_frozen || self.thawed {
             return Ok(());
         }
-        self.freezer.set(&self.dir, false, self.timeout)
+        match self.freezer.set(&self.dir, false, self.timeout) {
+            // The cgroup is gone (the container ended while frozen): nothing is left frozen.
+            Err(FreezerError::Io { source, .. }) if !self.dir.exists() => {
+                tracing::debug!(cgroup = %self.dir.display(), "cgroup gone before the thaw: {source}");
+                Ok(())
+            }
+            result => result,
+        }
     }
 }
 
@@ -278,6 +285,19 @@ mod tests {
         assert!(!Freezer::V1.settled("FREEZING\n", true));
         assert!(!Freezer::V1.settled("FREEZING\n", false));
         assert!(Freezer::V1.settled("FROZEN\n", true));
+    }
+
+    #[test]
+    fn a_cgroup_removed_while_frozen_needs_no_thaw() {
+        let dir = cgroup(&[("cgroup.freeze", "0\n"), ("cgroup.events", "frozen 1\n")]);
+        let guard = FreezeGuard {
+            dir: dir.path().join("gone"),
+            freezer: Freezer::V2,
+            timeout: Duration::from_millis(10),
+            was_frozen: false,
+            thawed: false,
+        };
+        guard.thaw().unwrap();
     }
 
     #[test]

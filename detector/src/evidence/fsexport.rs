@@ -3,7 +3,10 @@
 //!
 //! Only the root's own filesystem is archived: mounts below it (`/proc`, `/sys`, `/dev`,
 //! volumes, secrets, the runtime's bind-mounted `/etc/hosts`) appear as their mount point,
-//! without their contents, and are listed in the summary. Symlinks are archived as links,
+//! without their contents, and are listed in the summary. Mounts are told by mount id
+//! (`statx`), so a bind mount of the root's own filesystem is one too; `st_dev` would also
+//! split an overlay whose layers lie on different filesystems (its files then carry a
+//! per-layer device number). Symlinks are archived as links,
 //! never followed (see [`super::archive`]). The export stops cleanly (a complete archive,
 //! shorter) at a size or a deadline, and the summary says which.
 //!
@@ -76,6 +79,10 @@ pub struct ExportSummary {
 /// uncompressed tar with numeric owners, modes, times and xattrs, staying on the root's
 /// filesystem; stops before `max_bytes` or at `deadline`. Entries are named relative to the
 /// root (`etc/passwd`), as `docker export` names them.
+///
+/// Both bounds are checked between entries: a file is archived whole or not at all, so one
+/// large file can outlast the deadline by the time it takes to read. A file that fails to
+/// read half-way is archived padded with zeros to its size and listed as unreadable.
 pub fn export_root(
     root: &Path,
     out: impl Write,
@@ -87,10 +94,13 @@ pub fn export_root(
         source,
     };
     let dir = Dir::open_root(root).map_err(opened)?;
-    let device = dir.metadata().map_err(opened)?.dev();
+    let filesystem = match dir.mount_id().map_err(opened)? {
+        Some(id) => RootFs::Mount(id),
+        None => RootFs::Device(dir.metadata().map_err(opened)?.dev()),
+    };
     let mut export = Export {
         tar: TarWriter::new(out),
-        device,
+        filesystem,
         max_bytes,
         deadline,
         summary: ExportSummary::default(),
@@ -105,9 +115,34 @@ pub fn export_root(
     Ok(export.summary)
 }
 
+/// How the root's own filesystem is told from what is mounted below it.
+#[derive(Debug, Clone, Copy)]
+enum RootFs {
+    /// By mount id (kernel 5.8+): exact, bind mounts of the same filesystem included.
+    Mount(u64),
+    /// By `st_dev`, on older kernels.
+    Device(u64),
+}
+
+impl RootFs {
+    fn has_entry(self, dir: &Dir, name: &OsStr, meta: &std::fs::Metadata) -> io::Result<bool> {
+        match self {
+            Self::Mount(id) => Ok(dir.entry_mount_id(name)? == Some(id)),
+            Self::Device(dev) => Ok(meta.dev() == dev),
+        }
+    }
+
+    fn has_dir(self, dir: &Dir) -> io::Result<bool> {
+        match self {
+            Self::Mount(id) => Ok(dir.mount_id()? == Some(id)),
+            Self::Device(dev) => Ok(dir.metadata()?.dev() == dev),
+        }
+    }
+}
+
 struct Export<W: Write> {
     tar: TarWriter<W>,
-    device: u64,
+    filesystem: RootFs,
     max_bytes: u64,
     deadline: Instant,
     summary: ExportSummary,
@@ -153,12 +188,18 @@ impl<W: Write> Export<W> {
             self.summary.truncated = Some(Truncated::Size);
             return Ok(false);
         }
-        let other_mount = meta.dev() != self.device;
+        let other_mount = match self.filesystem.has_entry(dir, name, &meta) {
+            Ok(on_root) => !on_root,
+            Err(err) => {
+                self.unreadable(rel, &err);
+                return Ok(true);
+            }
+        };
         if other_mount {
             self.summary.skipped_mounts.push(container_path(rel));
         }
         let entries = self.summary.entries;
-        match self.tar.append(dir, name, rel, &meta) {
+        match self.tar.append(dir, name, rel, &meta, None) {
             Ok(()) => self.summary.entries += 1,
             Err(EntryError::Write(source)) => return Err(ExportError::Write { entries, source }),
             Err(EntryError::Read(err)) => self.unreadable(rel, &err),
@@ -166,10 +207,13 @@ impl<W: Write> Export<W> {
         if !meta.is_dir() || other_mount {
             return Ok(true);
         }
-        match dir.open_dir(name) {
-            // The directory may have been swapped since the lstat: check it again.
-            Ok(sub) if sub.metadata().is_ok_and(|m| m.dev() == self.device) => self.dir(&sub, rel),
-            Ok(_) => Ok(true),
+        // The directory may have been swapped since the lstat: what was opened is checked.
+        let sub = dir
+            .open_dir(name)
+            .and_then(|sub| Ok((self.filesystem.has_dir(&sub)?, sub)));
+        match sub {
+            Ok((true, sub)) => self.dir(&sub, rel),
+            Ok((false, _)) => Ok(true),
             Err(err) => {
                 self.unreadable(rel, &err);
                 Ok(true)

@@ -26,7 +26,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     archive::{Dir, EntryError, TarWriter},
-    overlay::{is_opaque, is_whiteout},
+    overlay::{is_opaque, is_whiteout, metacopy_origin},
 };
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -147,9 +147,10 @@ pub fn write_image(
     let tag = tag_of(reference)?;
     let mut unreadable = Vec::new();
     let mut layers = Vec::new();
-    for dir in lower.iter().rev().map(PathBuf::as_path).chain([upper]) {
-        layers.push(write_layer(dir, &mut unreadable)?);
+    for (i, dir) in lower.iter().enumerate().rev() {
+        layers.push(write_layer(dir, &lower[i + 1..], &mut unreadable)?);
     }
+    layers.push(write_layer(upper, lower, &mut unreadable)?);
     let config = config_json(meta, &layers);
     let config_digest = digest(&config);
     let manifest = serde_json::to_vec(&json!({
@@ -227,7 +228,13 @@ struct Layer {
     summary: LayerSummary,
 }
 
-fn write_layer(dir: &Path, unreadable: &mut Vec<(String, String)>) -> Result<Layer, OciError> {
+/// Writes layer `dir`; `below` are the layers under it (top first), where the data of its
+/// metadata-only entries is.
+fn write_layer(
+    dir: &Path,
+    below: &[PathBuf],
+    unreadable: &mut Vec<(String, String)>,
+) -> Result<Layer, OciError> {
     let root = Dir::open_root(dir).map_err(|source| OciError::Layer {
         path: dir.to_owned(),
         source,
@@ -242,6 +249,7 @@ fn write_layer(dir: &Path, unreadable: &mut Vec<(String, String)>) -> Result<Lay
         entries: 0,
         unreadable,
         source: dir,
+        below,
     };
     walk.dir(&root, Path::new(""))?;
     let entries = walk.entries;
@@ -264,6 +272,7 @@ struct LayerWalk<'a, W: Write> {
     entries: u64,
     unreadable: &'a mut Vec<(String, String)>,
     source: &'a Path,
+    below: &'a [PathBuf],
 }
 
 impl<W: Write> LayerWalk<'_, W> {
@@ -295,7 +304,12 @@ impl<W: Write> LayerWalk<'_, W> {
             Ok(false) => {}
             Err(err) => return self.skip(rel, err),
         }
-        match self.tar.append(dir, name, rel, &meta) {
+        let data = if meta.is_file() {
+            self.metacopy_data(&path, rel)?
+        } else {
+            None
+        };
+        match self.tar.append(dir, name, rel, &meta, data) {
             Ok(()) => self.entries += 1,
             Err(EntryError::Write(source)) => return Err(OciError::Temp { source }),
             Err(EntryError::Read(err)) => self.skip(rel, err)?,
@@ -314,6 +328,25 @@ impl<W: Write> LayerWalk<'_, W> {
         }
     }
 
+    /// The data of a metadata-only entry, from the highest layer below that has it. Without
+    /// it the entry is archived as it is (holes) and the gap recorded.
+    fn metacopy_data(&mut self, path: &Path, rel: &Path) -> Result<Option<fs::File>, OciError> {
+        let origin = match metacopy_origin(path, rel) {
+            Ok(Some(origin)) => origin,
+            Ok(None) => return Ok(None),
+            Err(err) => return self.skip(rel, err).map(|()| None),
+        };
+        for layer in self.below {
+            match open_in(layer, &origin) {
+                Ok(Some(file)) => return Ok(Some(file)),
+                Ok(None) => {}
+                Err(err) => return self.skip(rel, err).map(|()| None),
+            }
+        }
+        let err = format!("metacopy data {} is in no layer below", origin.display());
+        self.skip(rel, err).map(|()| None)
+    }
+
     fn marker(&mut self, path: &Path, mtime: u64) -> Result<(), OciError> {
         self.tar
             .append_marker(path, mtime)
@@ -327,6 +360,34 @@ impl<W: Write> LayerWalk<'_, W> {
         let path = self.source.join(rel).display().to_string();
         self.unreadable.push((path, err.to_string()));
         Ok(())
+    }
+}
+
+/// Opens regular file `rel` of `layer` with data of its own, component by component without
+/// following a symlink; `None` when the layer does not have it that way.
+fn open_in(layer: &Path, rel: &Path) -> io::Result<Option<fs::File>> {
+    let absent = |err: &io::Error| {
+        err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ENOTDIR)
+    };
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Ok(None);
+    };
+    let mut dir = Dir::open_root(layer)?;
+    for component in parent.iter() {
+        dir = match dir.open_dir(component) {
+            Ok(sub) => sub,
+            Err(err) if absent(&err) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+    }
+    let entry = dir.entry(name);
+    match fs::symlink_metadata(&entry) {
+        Ok(meta) if meta.is_file() && metacopy_origin(&entry, rel).is_ok_and(|o| o.is_none()) => {
+            dir.open_file(name).map(Some)
+        }
+        Ok(_) => Ok(None),
+        Err(err) if absent(&err) => Ok(None),
+        Err(err) => Err(err),
     }
 }
 

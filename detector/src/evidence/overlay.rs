@@ -484,7 +484,7 @@ const XATTR_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
 
 /// Whether an upper- or lower-layer entry is a whiteout: a 0:0 character device, or a file
 /// carrying the `overlay.whiteout` xattr (kernel 6.7+).
-pub fn is_whiteout(path: &Path, meta: &fs::Metadata) -> Result<bool, OverlayError> {
+pub(crate) fn is_whiteout(path: &Path, meta: &fs::Metadata) -> Result<bool, OverlayError> {
     if meta.file_type().is_char_device() {
         return Ok(meta.rdev() == 0);
     }
@@ -496,8 +496,25 @@ pub fn is_whiteout(path: &Path, meta: &fs::Metadata) -> Result<bool, OverlayErro
 
 /// Whether a directory is opaque (`overlay.opaque` = `y`): it replaced a lower one, whose
 /// entries do not show through. (`x` marks a directory holding xattr whiteouts; not opaque.)
-pub fn is_opaque(path: &Path) -> Result<bool, OverlayError> {
+pub(crate) fn is_opaque(path: &Path) -> Result<bool, OverlayError> {
     Ok(overlay_xattr(path, "opaque")?.as_deref() == Some(b"y"))
+}
+
+/// Where a metadata-only copy-up keeps its data (`metacopy=on`): `None` for an entry with
+/// data of its own; otherwise the path, relative to a layer's root, of the lower entry holding
+/// it: the `overlay.redirect` xattr when the entry was renamed, else the entry's own `rel`.
+pub(crate) fn metacopy_origin(path: &Path, rel: &Path) -> Result<Option<PathBuf>, OverlayError> {
+    if overlay_xattr(path, "metacopy")?.is_none() {
+        return Ok(None);
+    }
+    let Some(redirect) = overlay_xattr(path, "redirect")? else {
+        return Ok(Some(rel.to_owned()));
+    };
+    let redirect = PathBuf::from(OsString::from_vec(redirect));
+    Ok(Some(match redirect.strip_prefix("/") {
+        Ok(absolute) => absolute.to_owned(),
+        Err(_) => rel.with_file_name(redirect),
+    }))
 }
 
 fn overlay_xattr(path: &Path, name: &str) -> Result<Option<Vec<u8>>, OverlayError> {
@@ -526,7 +543,7 @@ fn lstat(path: &Path) -> Result<fs::Metadata, OverlayError> {
 }
 
 /// A directory's entry names, sorted (so a walk cut at its limit is the same on every run).
-pub fn sorted_names(dir: &Path) -> Result<Vec<OsString>, OverlayError> {
+fn sorted_names(dir: &Path) -> Result<Vec<OsString>, OverlayError> {
     let read = |source| OverlayError::Read {
         path: dir.to_owned(),
         source,
