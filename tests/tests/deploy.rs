@@ -210,6 +210,7 @@ fn the_daemonset_fits_the_daemon() {
         "NET_ADMIN",
         "SYS_ADMIN",
         "SYS_PTRACE",
+        "DAC_READ_SEARCH",
         "SYS_RESOURCE",
     ]);
     assert_eq!(added, expected);

@@ -145,6 +145,8 @@ fn the_offline_image_runs_the_daemon_read_only_as_the_daemonset_does() {
         "SYS_ADMIN",
         "--cap-add",
         "SYS_PTRACE",
+        "--cap-add",
+        "DAC_READ_SEARCH",
         "--security-opt",
         "seccomp=unconfined",
         "--security-opt",
