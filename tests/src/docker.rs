@@ -144,23 +144,7 @@ impl Dockerd {
         let rootfs = self
             .dir
             .join(format!("rootfs-{}", tag.replace([':', '/'], "-")));
-        for sub in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
-            fs::create_dir_all(rootfs.join(sub))?;
-        }
-        let busybox = which("busybox").context("no busybox")?;
-        fs::copy(&busybox, rootfs.join("bin/busybox"))?;
-        for applet in [
-            "sh", "sleep", "cat", "rm", "echo", "dd", "ls", "touch", "ps",
-        ] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-        }
-        for (path, content) in files {
-            let path = rootfs.join(path.trim_start_matches('/'));
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::write(path, content)?;
-        }
+        busybox_rootfs(&rootfs, files)?;
         let tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
@@ -182,6 +166,29 @@ impl Dockerd {
         self.cgroup_parents.push(parent.to_owned());
         parent.to_owned()
     }
+}
+
+/// Lays out at `rootfs` a minimal userland: Debian's static busybox with the applets the tests
+/// run as symlinks, and `files` (path inside, content).
+pub fn busybox_rootfs(rootfs: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<()> {
+    for sub in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
+        fs::create_dir_all(rootfs.join(sub))?;
+    }
+    let busybox = which("busybox").context("no busybox")?;
+    fs::copy(&busybox, rootfs.join("bin/busybox"))?;
+    for applet in [
+        "sh", "sleep", "cat", "rm", "echo", "dd", "ls", "touch", "ps", "head", "test",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+    }
+    for (path, content) in files {
+        let path = rootfs.join(path.trim_start_matches('/'));
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(path, content)?;
+    }
+    Ok(())
 }
 
 /// The path of an executable on `PATH`.

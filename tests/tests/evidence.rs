@@ -14,6 +14,7 @@ use detector::{
     evidence::{
         CaptureRequest, EvidenceConfig, Target, bundle, capture,
         config::S3Config,
+        oci,
         procfs::ProcessInfo,
         runtime::FsChange,
         store::{S3Store, StoreError},
@@ -23,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 use tests::{
     TestCgroup,
     containerd::{Containerd, KubePod, random_container_id},
-    docker::Dockerd,
+    docker::{Dockerd, busybox_rootfs},
     image::{DebianImage, normalize_reference},
     privileged,
     s3::MotoServer,
@@ -46,6 +47,24 @@ fn detector_bin() -> Option<PathBuf> {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// The names in a tar archive, one a line, as `tar -t` lists them.
+fn tar_listing(tar: &Path) -> String {
+    let out = Command::new("tar").arg("-tf").arg(tar).output().unwrap();
+    assert!(out.status.success(), "tar -tf {}", tar.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The content of `member` of a tar archive.
+fn tar_member(tar: &Path, member: &str) -> String {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(tar)
+        .arg(member)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -161,8 +180,7 @@ fn docker_capture_changes_export_image_proc_and_verify() {
 
     // The export holds the implant, with its content, and not the deleted file.
     let tar = dir.join("node/filesystem.tar");
-    let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
+    let listing = tar_listing(&tar);
     assert!(
         listing
             .lines()
@@ -173,13 +191,7 @@ fn docker_capture_changes_export_image_proc_and_verify() {
         !listing.lines().any(|l| l.ends_with("etc/victim")),
         "{listing}"
     );
-    let content = Command::new("tar")
-        .arg("-xOf")
-        .arg(&tar)
-        .arg("tmp/implant")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&content.stdout), "implant\n");
+    assert_eq!(tar_member(&tar, "tmp/implant"), "implant\n");
 
     // The preserved image loads into Docker, named after the incident, and runs with the
     // implant in it and without the deleted file.
@@ -681,15 +693,8 @@ fn containerd_capture_changes_export_image_proc_and_verify() {
 
     // The export holds the implant with its content, not the deleted file.
     let tar = dir.join("node/filesystem.tar");
-    let content = Command::new("tar")
-        .arg("-xOf")
-        .arg(&tar)
-        .arg("tmp/implant")
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&content.stdout), "implant\n");
-    let listing = Command::new("tar").arg("-tf").arg(&tar).output().unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(tar_member(&tar, "tmp/implant"), "implant\n");
+    let listing = tar_listing(&tar);
     assert!(
         listing
             .lines()
@@ -740,6 +745,66 @@ fn containerd_capture_changes_export_image_proc_and_verify() {
         "evidence capture on containerd of a Debian container with an 8 MiB payload (freeze, /proc, changes, export {:.1} MB, OCI image {:.1} MB, thaw, manifest): {} ms",
         size("node/filesystem.tar") as f64 / 1e6,
         size("node/image.oci.tar") as f64 / 1e6,
+        outcome.elapsed.as_millis()
+    );
+
+    // Capture time of a container whose filesystem is about 10 MB, as in the Docker test: a
+    // busybox image (made with the collector's own OCI writer from a plain directory) and an
+    // 8 MiB payload.
+    let small = tempfile::tempdir().unwrap();
+    let (rootfs, upper) = (small.path().join("rootfs"), small.path().join("upper"));
+    busybox_rootfs(&rootfs, &[]).unwrap();
+    fs::create_dir(&upper).unwrap();
+    let busybox = normalize_reference("detector-busybox:evidence");
+    let archive = small.path().join("busybox.oci.tar");
+    oci::write_image(
+        std::slice::from_ref(&rootfs),
+        &upper,
+        fs::File::create(&archive).unwrap(),
+        &busybox,
+        &oci::ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "busybox"),
+    )
+    .unwrap();
+    containerd.import(&archive, &busybox).unwrap();
+    let small_id = random_container_id();
+    let small_scope = pod.containerd_scope(&small_id);
+    containerd
+        .run(
+            &small_id,
+            &busybox,
+            &small_scope,
+            &["sh", "-c", "dd if=/dev/urandom of=/payload bs=1M count=8 2>/dev/null; touch /tmp/ready; exec sleep 600"],
+        )
+        .unwrap();
+    let small_pid = containerd.pid(&small_id).unwrap();
+    wait_for("the payload", || {
+        Path::new(&format!("/proc/{small_pid}/root/tmp/ready")).exists()
+    });
+    let outcome = runtime()
+        .block_on(capture(
+            &config,
+            out.path(),
+            CaptureRequest {
+                target: Target::Cgroup(
+                    cgroup2_mount()
+                        .unwrap()
+                        .join(small_scope.trim_start_matches('/')),
+                ),
+                incident: Some(format!("ctr-{me}-10mb")),
+                recent_events: Some(Vec::new()),
+            },
+        ))
+        .unwrap();
+    let export = outcome
+        .manifest
+        .artifacts
+        .iter()
+        .find(|a| a.path == "node/filesystem.tar")
+        .unwrap_or_else(|| panic!("{:#?}", outcome.manifest));
+    assert!(export.size > 9 << 20, "{export:?}");
+    println!(
+        "evidence capture of a {:.1} MB container filesystem on containerd (freeze, /proc, changes, export, OCI image, thaw, manifest): {} ms",
+        export.size as f64 / (1 << 20) as f64,
         outcome.elapsed.as_millis()
     );
 

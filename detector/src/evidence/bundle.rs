@@ -96,7 +96,7 @@ pub struct Manifest {
     pub artifacts: Vec<Artifact>,
     /// Artifacts that were wanted but not captured, with the reason.
     pub not_captured: Vec<NotCaptured>,
-    /// What the collector did to the container (pause, commit, unpause), in order.
+    /// What the collector did to the container (freeze, image, thaw), in order.
     pub actions: Vec<Action>,
     /// What vouches for this manifest: a signing key, or why there is none.
     #[serde(default)]
@@ -118,6 +118,28 @@ impl Collector {
         Self {
             name: env!("CARGO_PKG_NAME").into(),
             version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+impl Manifest {
+    /// The manifest a capture of `target` for `incident` on `node` starts from, begun now
+    /// (`started_at`): nothing captured yet, not sealed, not signed.
+    pub fn new(incident: &str, node: String, target: TargetInfo, started_at: String) -> Self {
+        Self {
+            format: FORMAT,
+            incident: incident.to_owned(),
+            collector: Collector::this(),
+            node,
+            target,
+            started_at,
+            finished_at: String::new(),
+            complete: false,
+            incomplete_reasons: Vec::new(),
+            artifacts: Vec::new(),
+            not_captured: Vec::new(),
+            actions: Vec::new(),
+            trust: Trust::default(),
         }
     }
 }
@@ -561,21 +583,12 @@ mod tests {
     use super::*;
 
     fn manifest() -> Manifest {
-        Manifest {
-            format: FORMAT,
-            incident: "inc-1".into(),
-            collector: Collector::this(),
-            node: "node-a".into(),
-            target: TargetInfo::default(),
-            started_at: "2026-01-01T00:00:00Z".into(),
-            finished_at: String::new(),
-            complete: false,
-            incomplete_reasons: Vec::new(),
-            artifacts: Vec::new(),
-            not_captured: Vec::new(),
-            actions: Vec::new(),
-            trust: Trust::default(),
-        }
+        Manifest::new(
+            "inc-1",
+            "node-a".into(),
+            TargetInfo::default(),
+            "2026-01-01T00:00:00Z".into(),
+        )
     }
 
     fn unsigned() -> Sealer {

@@ -16,7 +16,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
     EvidenceError,
-    bundle::{Bundle, Collector, FORMAT, Manifest, TargetInfo},
+    bundle::{Bundle, Manifest, TargetInfo},
     config::EvidenceConfig,
     docker::DockerRuntime,
     freezer::{self, FreezeGuard},
@@ -334,32 +334,17 @@ impl Subject {
 
     /// The manifest a capture of this subject starts from.
     fn manifest(&self, config: &EvidenceConfig, cgroup2: &Path, incident: &str) -> Manifest {
-        Manifest {
-            format: FORMAT,
-            incident: incident.to_owned(),
-            collector: Collector::this(),
-            node: node_name(config),
-            target: TargetInfo {
-                container_id: self.container_id.clone(),
-                cgroup: Some(format!(
-                    "/{}",
-                    self.cgroup_dir
-                        .strip_prefix(cgroup2)
-                        .unwrap_or(&self.cgroup_dir)
-                        .display()
-                )),
-                runtime: self.kind.to_string(),
-                runtime_used: self.runtime.is_some(),
-            },
-            started_at: now(),
-            finished_at: String::new(),
-            complete: false,
-            incomplete_reasons: Vec::new(),
-            artifacts: Vec::new(),
-            not_captured: Vec::new(),
-            actions: Vec::new(),
-            trust: Default::default(),
-        }
+        let cgroup = self
+            .cgroup_dir
+            .strip_prefix(cgroup2)
+            .unwrap_or(&self.cgroup_dir);
+        let target = TargetInfo {
+            container_id: self.container_id.clone(),
+            cgroup: Some(format!("/{}", cgroup.display())),
+            runtime: self.kind.to_string(),
+            runtime_used: self.runtime.is_some(),
+        };
+        Manifest::new(incident, node_name(config), target, now())
     }
 }
 

@@ -567,26 +567,12 @@ mod tests {
     #[test]
     fn a_sink_reports_the_size_limit_as_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let manifest = super::super::bundle::Manifest {
-            format: super::super::bundle::FORMAT,
-            incident: "t".into(),
-            collector: super::super::bundle::Collector::this(),
-            node: "n".into(),
-            target: super::super::bundle::TargetInfo {
-                container_id: None,
-                cgroup: None,
-                runtime: "unknown".into(),
-                runtime_used: false,
-            },
-            started_at: String::new(),
-            finished_at: String::new(),
-            complete: false,
-            incomplete_reasons: Vec::new(),
-            artifacts: Vec::new(),
-            not_captured: Vec::new(),
-            actions: Vec::new(),
-            trust: Default::default(),
-        };
+        let manifest = super::super::bundle::Manifest::new(
+            "t",
+            "n".into(),
+            super::super::bundle::TargetInfo::default(),
+            now(),
+        );
         let bundle = Bundle::create(dir.path(), "t", manifest).unwrap();
         let mut sink = Sink::new(bundle.writer("x", "test", 4).unwrap());
         assert_eq!(sink.write(b"abc").unwrap(), 3);
