@@ -554,6 +554,174 @@ async fn stream_artifact(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evidence::{
+        bundle::{Manifest, TargetInfo},
+        limits::Budget,
+        runtime::{BoxFuture, ContainerRuntime, RuntimeError, RuntimeKind},
+    };
+
+    /// A runtime that answers from memory: what `inspect` returns, or that it fails; `top`
+    /// never answers (a hung API).
+    struct FakeRuntime {
+        inspect: Result<serde_json::Value, String>,
+        logs: Vec<&'static str>,
+    }
+
+    impl ContainerRuntime for FakeRuntime {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        fn endpoint(&self) -> String {
+            "fake:memory".into()
+        }
+
+        fn inspect<'a>(
+            &'a self,
+            _id: &'a str,
+        ) -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>> {
+            let answer = self.inspect.clone().map_err(|message| RuntimeError::Api {
+                runtime: "fake",
+                operation: "inspect",
+                source: message.into(),
+            });
+            Box::pin(async move { answer })
+        }
+
+        fn top<'a>(
+            &'a self,
+            _id: &'a str,
+        ) -> BoxFuture<'a, Result<serde_json::Value, RuntimeError>> {
+            Box::pin(futures::future::pending())
+        }
+
+        fn logs<'a>(&'a self, _id: &'a str) -> ByteStream<'a> {
+            let chunks = self
+                .logs
+                .iter()
+                .map(|c| Ok(bytes::Bytes::from_static(c.as_bytes())));
+            futures::stream::iter(chunks).boxed()
+        }
+    }
+
+    /// A run over a fresh bundle in `out`, for a container the fake runtime answers for. The
+    /// cgroup is a plain directory: the node-side steps are not run here.
+    fn fake_run<'a>(config: &'a EvidenceConfig, out: &Path, runtime: FakeRuntime) -> Run<'a> {
+        let subject = Subject {
+            cgroup_dir: out.join("cgroup"),
+            container_id: Some("c0ffee".into()),
+            kind: RuntimeKind::Unknown,
+            runtime: Some(Box::new(runtime)),
+            runtime_missing: None,
+        };
+        let manifest = Manifest::new("fake", "node".into(), TargetInfo::default(), now());
+        Run {
+            config,
+            cgroup2: out.to_owned(),
+            subject,
+            incident: "fake".into(),
+            secret: Regex::new("SECRET").unwrap(),
+            budget: Budget::new(&config.limits, Instant::now()),
+            bundle: Bundle::create(out, "fake", manifest).unwrap(),
+            recent_events: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn runtime_steps_take_what_the_runtime_answers_and_say_why_when_it_does_not() {
+        let out = tempfile::tempdir().unwrap();
+        let mut config = EvidenceConfig::default();
+        config.limits.artifact_ms = 200;
+        let runtime = FakeRuntime {
+            inspect: Ok(json!({"Id": "c0ffee", "State": {"Pid": 42}})),
+            logs: vec!["line one\n", "line two\n"],
+        };
+        let mut run = fake_run(&config, out.path(), runtime);
+        run.runtime_json(Step::Inspect).await.unwrap();
+        run.runtime_json(Step::Top).await.unwrap();
+        run.logs().await.unwrap();
+        let dir = run.bundle.dir().to_owned();
+        let inspect: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("runtime/inspect.json")).unwrap())
+                .unwrap();
+        assert_eq!(inspect["State"]["Pid"], 42);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("runtime/container.log")).unwrap(),
+            "line one\nline two\n"
+        );
+        let manifest = run.bundle.manifest();
+        let sources: Vec<&str> = manifest
+            .artifacts
+            .iter()
+            .map(|a| a.source.as_str())
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                "fake:memory/containers/c0ffee/json",
+                "fake:memory/containers/c0ffee/logs"
+            ]
+        );
+        // The hung `top` is given up at the artifact's deadline, and says so.
+        assert_eq!(manifest.not_captured.len(), 1, "{manifest:#?}");
+        assert_eq!(manifest.not_captured[0].artifact, "runtime/top.json");
+        assert_eq!(
+            manifest.not_captured[0].reason,
+            "artifact time limit reached"
+        );
+
+        // A runtime that refuses: its own error is the reason.
+        let out = tempfile::tempdir().unwrap();
+        let runtime = FakeRuntime {
+            inspect: Err("no such container".into()),
+            logs: Vec::new(),
+        };
+        let mut run = fake_run(&config, out.path(), runtime);
+        run.runtime_json(Step::Inspect).await.unwrap();
+        let reason = &run.bundle.manifest().not_captured[0].reason;
+        assert!(
+            reason.contains("fake inspect failed: no such container"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_runtime_its_artifacts_say_why() {
+        let out = tempfile::tempdir().unwrap();
+        let config = EvidenceConfig::default();
+        let mut run = fake_run(
+            &config,
+            out.path(),
+            FakeRuntime {
+                inspect: Ok(json!({})),
+                logs: Vec::new(),
+            },
+        );
+        run.subject.runtime = None;
+        run.subject.runtime_missing = Some("runtime cri-o: its API is not asked".into());
+        run.runtime_json(Step::Inspect).await.unwrap();
+        run.logs().await.unwrap();
+        let missing: Vec<(&str, &str)> = run
+            .bundle
+            .manifest()
+            .not_captured
+            .iter()
+            .map(|n| (n.artifact.as_str(), n.reason.as_str()))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                (
+                    "runtime/inspect.json",
+                    "runtime cri-o: its API is not asked"
+                ),
+                (
+                    "runtime/container.log",
+                    "runtime cri-o: its API is not asked"
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn every_step_has_its_own_artifact() {
