@@ -12,7 +12,9 @@ use std::{
 use detector::{
     cgroup::cgroup2_mount,
     evidence::{
-        CaptureRequest, EvidenceConfig, Target, bundle, capture,
+        CaptureRequest, EvidenceConfig, Target,
+        bundle::{self, Manifest},
+        capture,
         config::S3Config,
         oci,
         procfs::ProcessInfo,
@@ -47,6 +49,15 @@ fn detector_bin() -> Option<PathBuf> {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+/// What the capture did to the container, and whether it worked, in order.
+fn actions(manifest: &Manifest) -> Vec<(&str, bool)> {
+    manifest
+        .actions
+        .iter()
+        .map(|a| (a.action.as_str(), a.ok))
+        .collect()
 }
 
 /// The names in a tar archive, one a line, as `tar -t` lists them.
@@ -137,12 +148,10 @@ fn docker_capture_changes_export_image_proc_and_verify() {
     assert_eq!(manifest.node, "test-node");
     assert_eq!(manifest.target.container_id.as_deref(), Some(id.as_str()));
     assert!(manifest.target.cgroup.as_deref().unwrap().contains(&id));
-    let actions: Vec<_> = manifest
-        .actions
-        .iter()
-        .map(|a| (a.action.as_str(), a.ok))
-        .collect();
-    assert_eq!(actions, [("freeze", true), ("image", true), ("thaw", true)]);
+    assert_eq!(
+        actions(manifest),
+        [("freeze", true), ("image", true), ("thaw", true)]
+    );
     assert_eq!(
         dockerd
             .cli(&["inspect", "-f", "{{.State.Status}}", &id])
@@ -385,12 +394,7 @@ fn cgroup_capture_without_runtime_degrades_and_uploads_to_s3() {
         "{manifest:#?}"
     );
     // The container was frozen and thawed, and runs on.
-    let actions: Vec<_> = manifest
-        .actions
-        .iter()
-        .map(|a| (a.action.as_str(), a.ok))
-        .collect();
-    assert_eq!(actions, [("freeze", true), ("thaw", true)]);
+    assert_eq!(actions(manifest), [("freeze", true), ("thaw", true)]);
     assert!(
         manifest
             .not_captured
@@ -652,12 +656,10 @@ fn containerd_capture_changes_export_image_proc_and_verify() {
     let (dir, manifest) = (&outcome.dir, &outcome.manifest);
     assert_eq!(manifest.target.runtime, "containerd");
     assert_eq!(manifest.target.container_id.as_deref(), Some(id.as_str()));
-    let actions: Vec<_> = manifest
-        .actions
-        .iter()
-        .map(|a| (a.action.as_str(), a.ok))
-        .collect();
-    assert_eq!(actions, [("freeze", true), ("image", true), ("thaw", true)]);
+    assert_eq!(
+        actions(manifest),
+        [("freeze", true), ("image", true), ("thaw", true)]
+    );
     assert_eq!(containerd.status(&id).unwrap().as_deref(), Some("RUNNING"));
     // Only what needs the runtime's API is missing, and says so.
     let missing: Vec<&str> = manifest
