@@ -271,41 +271,12 @@ fn pod_dir(cgroup2: &Path, path: &str) -> Option<PathBuf> {
 /// outside a pod.
 pub fn evidence_cgroups(cgroup2: &Path, cgroup_id: u64, path: &str) -> Vec<u64> {
     let top = pod_dir(cgroup2, path).unwrap_or_else(|| cgroup2.join(path.trim_start_matches('/')));
-    let mut cgroups = cgroups_below(&top);
+    let mut cgroups = crate::evidence::procfs::cgroup_ids(&top);
     cgroups.push(cgroup_id);
     cgroups.sort_unstable();
     cgroups.dedup();
     cgroups
 }
-
-/// Cgroup ids (inode numbers) of `top` and of every cgroup below it (a pod's container
-/// scopes, a few levels at most). An unreadable directory is skipped.
-fn cgroups_below(top: &Path) -> Vec<u64> {
-    let mut found = Vec::new();
-    let mut pending = vec![(top.to_path_buf(), 0)];
-    if let Ok(meta) = std::fs::metadata(top) {
-        found.push(meta.ino());
-    }
-    while let Some((dir, depth)) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                found.push(meta.ino());
-                if depth + 1 < CGROUP_WALK_DEPTH {
-                    pending.push((entry.path(), depth + 1));
-                }
-            }
-        }
-    }
-    found
-}
-
-/// How deep [`cgroups_below`] walks: a pod's containers are its children (systemd and cgroupfs
-/// drivers alike); some runtimes nest one level more.
-const CGROUP_WALK_DEPTH: usize = 3;
 
 /// A containment journal entry as an export finding: the action's name (the step, `undo_` and
 /// the step, or the incident's transition), its outcome, and the incident and pod it concerns.

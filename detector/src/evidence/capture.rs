@@ -24,7 +24,7 @@ use super::{
     procfs,
     runtime::{ContainerRuntime, RuntimeKind, detect},
     signing::Sealer,
-    steps::Run,
+    steps::{Run, blocking},
     store::{S3Store, UploadReport},
 };
 use crate::event::Event;
@@ -187,9 +187,7 @@ async fn freeze(run: &mut Run<'_>) -> Option<FreezeGuard> {
         return None;
     }
     let dir = run.subject.cgroup_dir.clone();
-    let result = tokio::task::spawn_blocking(move || freezer::freeze(&dir, FREEZE_TIMEOUT))
-        .await
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+    let result = blocking(move || freezer::freeze(&dir, FREEZE_TIMEOUT)).await;
     match result {
         Ok(guard) => {
             let detail = if guard.was_frozen() {
@@ -225,9 +223,7 @@ async fn thaw(run: &mut Run<'_>, frozen: Option<FreezeGuard>) {
         );
         return;
     }
-    let result = tokio::task::spawn_blocking(move || guard.thaw())
-        .await
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()));
+    let result = blocking(move || guard.thaw()).await;
     run.bundle.action(
         "thaw",
         now(),

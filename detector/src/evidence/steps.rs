@@ -274,17 +274,16 @@ impl Run<'_> {
     }
 
     /// The overlay layers of the container's root filesystem.
-    fn layers(&self) -> Result<(u32, OverlayLayers), String> {
+    fn layers(&self) -> Result<OverlayLayers, String> {
         let pid = self.process()?;
-        let layers = OverlayLayers::of_pid(pid, &self.config.host_root)
-            .map_err(|err| format!("the container's root is not read from its layers: {err}"))?;
-        Ok((pid, layers))
+        OverlayLayers::of_pid(pid, &self.config.host_root)
+            .map_err(|err| format!("the container's root is not read from its layers: {err}"))
     }
 
     async fn changes(&mut self) -> Result<(), EvidenceError> {
         let rel = Step::Changes.artifact();
         let layers = match self.layers() {
-            Ok((_, layers)) => layers,
+            Ok(layers) => layers,
             Err(why) => {
                 self.bundle.not_captured(rel, why);
                 return Ok(());
@@ -371,7 +370,7 @@ impl Run<'_> {
             return Ok(());
         }
         let layers = match self.layers() {
-            Ok((_, layers)) => layers.under(&self.config.host_root),
+            Ok(layers) => layers.under(&self.config.host_root),
             Err(why) => {
                 self.bundle.not_captured(rel, why);
                 return Ok(());
@@ -501,7 +500,7 @@ impl Write for Sink {
 }
 
 /// Runs blocking work off the async workers; a panic in it goes on in the caller.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
