@@ -156,9 +156,10 @@ fn setup() -> anyhow::Result<()> {
         .and_then(|v| v.split('.').next())
         .context("the nightly rustc does not say its LLVM version")?
         .to_owned();
+    ensure_protoc()?;
     if bpf_linker_ok() {
         eprintln!(
-            "setup: nightly (LLVM {llvm_major}), rust-src and bpf-linker {BPF_LINKER_VERSION} are in place"
+            "setup: nightly (LLVM {llvm_major}), rust-src, protoc and bpf-linker {BPF_LINKER_VERSION} are in place"
         );
         return Ok(());
     }
@@ -212,6 +213,50 @@ fn install_bpf_linker(sysroot: &Path, llvm_major: &str) -> anyhow::Result<()> {
         format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
     );
     status(&mut cmd)
+}
+
+/// `protoc`, which the container runtimes' gRPC bindings (containerd's API, the CRI API) are
+/// generated with at build time: the one on `PATH` or in `PROTOC` when there is one, else the
+/// release bundled in the `protoc-bin-vendored` crate, installed beside bpf-linker in cargo's
+/// `bin` directory (the google/protobuf imports those bindings need come with them).
+fn ensure_protoc() -> anyhow::Result<()> {
+    let runs = |protoc: &std::ffi::OsStr| {
+        Command::new(protoc)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if env::var_os("PROTOC").is_some_and(|p| runs(&p)) || runs("protoc".as_ref()) {
+        return Ok(());
+    }
+    let bundled = protoc_bin_vendored::protoc_bin_path().context(
+        "protoc-bin-vendored has no protoc for this platform: install protobuf-compiler",
+    )?;
+    let home = env::var_os("CARGO_HOME").map_or_else(
+        || Path::new(&env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        PathBuf::from,
+    );
+    let installed = home.join("bin/protoc");
+    std::fs::create_dir_all(home.join("bin"))?;
+    std::fs::copy(&bundled, &installed).with_context(|| {
+        format!(
+            "cannot install {} as {}",
+            bundled.display(),
+            installed.display()
+        )
+    })?;
+    ensure!(
+        runs(installed.as_os_str()),
+        "{} was installed but does not run",
+        installed.display()
+    );
+    ensure!(
+        runs("protoc".as_ref()),
+        "protoc is installed as {} but that directory is not on PATH",
+        installed.display()
+    );
+    eprintln!("setup: protoc installed as {}", installed.display());
+    Ok(())
 }
 
 /// Every workspace member but the eBPF crate.
