@@ -20,6 +20,10 @@ pub struct EvidenceConfig {
     pub node_name: Option<String>,
     /// Docker Engine API socket.
     pub docker_socket: PathBuf,
+    /// containerd's API socket (its own API, and the CRI API when its CRI plugin is on).
+    pub containerd_socket: PathBuf,
+    /// CRI-O's CRI API socket.
+    pub crio_socket: PathBuf,
     /// Where the host's filesystem is seen from the daemon: `/` on the node itself,
     /// `/proc/1/root` in a pod with the host's PID namespace. The container's overlay layers
     /// (`/var/lib/containerd/...`, `/var/lib/docker/...`) and `/proc` are read below it.
@@ -58,6 +62,8 @@ impl Default for EvidenceConfig {
             on_contain: true,
             node_name: None,
             docker_socket: PathBuf::from("/var/run/docker.sock"),
+            containerd_socket: PathBuf::from("/run/containerd/containerd.sock"),
+            crio_socket: PathBuf::from("/var/run/crio/crio.sock"),
             host_root: PathBuf::from("/"),
             pause: true,
             unpause: true,
