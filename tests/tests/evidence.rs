@@ -25,7 +25,7 @@ use detector::{
 use sha2::{Digest as _, Sha256};
 use tests::{
     TestCgroup,
-    containerd::{Containerd, KubePod, random_container_id},
+    containerd::{Containerd, KubePod, NAMESPACE, random_container_id},
     docker::{Dockerd, busybox_rootfs},
     image::{DebianImage, normalize_reference},
     privileged,
@@ -338,6 +338,8 @@ fn cgroup_capture_without_runtime_degrades_and_uploads_to_s3() {
     let out = tempfile::tempdir().unwrap();
     let config = EvidenceConfig {
         docker_socket: out.path().join("no-docker.sock"),
+        containerd_socket: out.path().join("no-containerd.sock"),
+        crio_socket: out.path().join("no-crio.sock"),
         s3: Some(S3Config {
             bucket: "evidence".into(),
             endpoint: Some(moto.endpoint()),
@@ -585,9 +587,9 @@ fn signed_capture_verifies_with_its_key_and_a_forged_artifact_does_not() {
 /// The Debian image the containerd capture runs (the realistic userland the corpora use).
 const DEBIAN_TAG: &str = "detector-debian:evidence";
 
-/// What the suspect does before the capture: an implant in /tmp, a deleted system file, an
+/// What the suspect does before the capture: a line of output, an implant in /tmp, a deleted system file, an
 /// 8 MiB payload (about the 10 MB container of the Docker test, over a Debian userland).
-const SUSPECT: &str = "echo implant > /tmp/implant; rm /etc/debian_version; \
+const SUSPECT: &str = "echo suspect started; echo implant > /tmp/implant; rm /etc/debian_version; \
     head -c 8388608 /dev/urandom > /payload; touch /tmp/ready; exec sleep 600";
 
 /// A tmpfs of `size` at a fresh directory, unmounted on drop: a disk that fills.
@@ -641,6 +643,8 @@ fn containerd_capture_changes_export_image_proc_and_verify() {
     let out = tempfile::tempdir().unwrap();
     let config = EvidenceConfig {
         docker_socket: out.path().join("no-docker.sock"),
+        containerd_socket: containerd.socket(),
+        crio_socket: out.path().join("no-crio.sock"),
         node_name: Some("test-node".into()),
         ..EvidenceConfig::default()
     };
@@ -661,20 +665,42 @@ fn containerd_capture_changes_export_image_proc_and_verify() {
         [("freeze", true), ("image", true), ("thaw", true)]
     );
     assert_eq!(containerd.status(&id).unwrap().as_deref(), Some("RUNNING"));
-    // Only what needs the runtime's API is missing, and says so.
-    let missing: Vec<&str> = manifest
-        .not_captured
-        .iter()
-        .map(|n| n.artifact.as_str())
-        .collect();
+    assert!(manifest.target.runtime_used);
+    assert!(manifest.not_captured.is_empty(), "{manifest:#?}");
+    assert!(manifest.complete, "{manifest:#?}");
+
+    // containerd's own record: the container in the namespace that holds it, its image,
+    // snapshotter and task (paused by the freezer while it was asked, or running).
+    let inspect: serde_json::Value = read_json(&dir.join("runtime/inspect.json"));
+    let record = &inspect["containerd"];
+    assert_eq!(record["namespace"], NAMESPACE, "{inspect:#}");
+    assert_eq!(record["container"]["id"], id.as_str());
+    assert_eq!(record["container"]["image"], name.as_str());
+    assert_eq!(record["container"]["snapshotter"], "overlayfs");
+    assert_eq!(record["container"]["spec"]["process"]["args"][0], "sh");
+    assert_eq!(record["task"]["pid"], pid);
+    assert!(
+        ["running", "paused"].contains(&record["task"]["status"].as_str().unwrap_or("")),
+        "{inspect:#}"
+    );
+    assert_eq!(record["image"]["name"], name.as_str());
+    assert!(
+        record["image"]["target"]["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    let top: serde_json::Value = read_json(&dir.join("runtime/top.json"));
+    assert!(
+        top["pids"]
+            .as_array()
+            .is_some_and(|pids| pids.iter().any(|p| p["pid"] == pid)),
+        "{top:#}"
+    );
+    // The output went to a file (`ctr run --log-uri file://`), named by the task.
+    assert!(containerd.logs(&id).contains("suspect started"));
     assert_eq!(
-        missing,
-        [
-            "runtime/inspect.json",
-            "runtime/top.json",
-            "runtime/container.log"
-        ],
-        "{manifest:#?}"
+        fs::read_to_string(dir.join("runtime/container.log")).unwrap(),
+        containerd.logs(&id)
     );
 
     // The change list has the implant, the payload and the deleted file.

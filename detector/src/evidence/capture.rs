@@ -18,6 +18,8 @@ use super::{
     EvidenceError,
     bundle::{Bundle, Manifest, TargetInfo},
     config::EvidenceConfig,
+    containerd::ContainerdRuntime,
+    cri::CriRuntime,
     docker::DockerRuntime,
     freezer::{self, FreezeGuard},
     limits::Budget,
@@ -35,7 +37,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What to capture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A container id (or name) known to the Docker socket.
+    /// A container id known to a runtime (containerd, CRI-O, Docker), or a Docker name.
     Container(String),
     /// A cgroup2 directory: absolute, or relative to the cgroup2 mount.
     Cgroup(PathBuf),
@@ -241,20 +243,46 @@ impl Subject {
         target: &Target,
     ) -> Result<Self, EvidenceError> {
         match target {
-            Target::Container(id) => Self::of_docker_container(config, cgroup2, id).await,
+            Target::Container(id) => Self::of_container(config, cgroup2, id).await,
             Target::Cgroup(path) => Self::of_cgroup(config, cgroup2, path).await,
         }
     }
 
-    async fn of_docker_container(
+    /// A container named by its id (or, on Docker, its name): the runtime that knows it says
+    /// which process is its first, whose cgroup is the container's.
+    async fn of_container(
         config: &EvidenceConfig,
         cgroup2: &Path,
         id: &str,
     ) -> Result<Self, EvidenceError> {
-        let docker = DockerRuntime::connect(&config.docker_socket).await?;
-        let info = docker.inspect(id).await?;
-        let full_id = info["Id"].as_str().unwrap_or(id).to_owned();
-        let pid = info["State"]["Pid"].as_u64().unwrap_or(0) as u32;
+        // Docker first: only it resolves a name.
+        let order = [
+            RuntimeKind::Docker,
+            RuntimeKind::Containerd,
+            RuntimeKind::Crio,
+        ];
+        let (found, why) = find_runtime(config, &order, id).await;
+        let Some((kind, runtime)) = found else {
+            return Err(EvidenceError::UnknownContainer {
+                id: id.to_owned(),
+                why,
+            });
+        };
+        let info = runtime.inspect(id).await?;
+        let full_id = info["Id"]
+            .as_str()
+            .or_else(|| info["containerd"]["container"]["id"].as_str())
+            .or_else(|| info["cri"]["status"]["id"].as_str())
+            .unwrap_or(id)
+            .to_owned();
+        let pid = [
+            &info["State"]["Pid"],
+            &info["containerd"]["task"]["pid"],
+            &info["cri"]["info"]["pid"],
+        ]
+        .into_iter()
+        .find_map(serde_json::Value::as_u64)
+        .unwrap_or(0) as u32;
         if pid == 0 {
             return Err(EvidenceError::NotRunning(full_id));
         }
@@ -266,8 +294,8 @@ impl Subject {
         Ok(Self {
             cgroup_dir,
             container_id: Some(full_id),
-            kind: RuntimeKind::Docker,
-            runtime: Some(Box::new(docker)),
+            kind,
+            runtime: Some(runtime),
             runtime_missing: None,
         })
     }
@@ -292,36 +320,25 @@ impl Subject {
             });
         }
         let rel = cgroup_dir.strip_prefix(cgroup2).unwrap_or(&cgroup_dir);
-        let hint = detect(&format!("/{}", rel.to_string_lossy()));
-        let kind = hint.as_ref().map_or(RuntimeKind::Unknown, |h| h.kind);
-        let container_id = hint.map(|h| h.container_id);
-        let (runtime, runtime_missing) = match (&container_id, kind) {
-            (Some(id), RuntimeKind::Docker | RuntimeKind::Unknown) => {
-                match docker_for(config, id).await {
-                    Ok(docker) => (Some(Box::new(docker) as Box<dyn ContainerRuntime>), None),
-                    Err(why) => (None, Some(why)),
-                }
-            }
-            (Some(_), other) => (
-                None,
-                Some(format!(
-                    "runtime {other}: its API is not asked (this collector speaks the Docker \
-                     Engine API); the node-side artifacts are captured"
-                )),
-            ),
-            (None, _) => (
-                None,
-                Some("the cgroup path names no container, so no runtime was asked".into()),
-            ),
+        let Some(hint) = detect(&format!("/{}", rel.to_string_lossy())) else {
+            return Ok(Self {
+                cgroup_dir,
+                container_id: None,
+                kind: RuntimeKind::Unknown,
+                runtime: None,
+                runtime_missing: Some(
+                    "the cgroup path names no container, so no runtime was asked".into(),
+                ),
+            });
         };
-        let kind = if runtime.is_some() {
-            RuntimeKind::Docker
-        } else {
-            kind
+        let (found, why) = find_runtime(config, candidates(hint.kind), &hint.container_id).await;
+        let (kind, runtime, runtime_missing) = match found {
+            Some((kind, runtime)) => (kind, Some(runtime), None),
+            None => (hint.kind, None, Some(why)),
         };
         Ok(Self {
             cgroup_dir,
-            container_id,
+            container_id: Some(hint.container_id),
             kind,
             runtime,
             runtime_missing,
@@ -344,14 +361,81 @@ impl Subject {
     }
 }
 
-/// The Docker Engine, when it knows container `id`; else why not.
-async fn docker_for(config: &EvidenceConfig, id: &str) -> Result<DockerRuntime, String> {
-    let docker = DockerRuntime::connect(&config.docker_socket)
-        .await
-        .map_err(|err| err.to_string())?;
-    match docker.inspect(id).await {
-        Ok(_) => Ok(docker),
-        Err(err) => Err(format!("the Docker socket does not know it: {err}")),
+/// The runtimes to ask about a container whose cgroup path names `kind`: that one, or when
+/// the path names none (the kubelet's cgroupfs layout) every runtime a node may run, the
+/// kubelet's first.
+fn candidates(kind: RuntimeKind) -> &'static [RuntimeKind] {
+    match kind {
+        RuntimeKind::Docker => &[RuntimeKind::Docker],
+        RuntimeKind::Containerd => &[RuntimeKind::Containerd],
+        RuntimeKind::Crio => &[RuntimeKind::Crio],
+        RuntimeKind::Podman => &[],
+        RuntimeKind::Unknown => &[
+            RuntimeKind::Containerd,
+            RuntimeKind::Crio,
+            RuntimeKind::Docker,
+        ],
+    }
+}
+
+/// The first of `candidates` that knows container `id`; without one, why each said no.
+async fn find_runtime(
+    config: &EvidenceConfig,
+    candidates: &[RuntimeKind],
+    id: &str,
+) -> (Option<(RuntimeKind, Box<dyn ContainerRuntime>)>, String) {
+    let mut why = Vec::new();
+    for &candidate in candidates {
+        match ask(config, candidate, id).await {
+            Ok(runtime) => return (Some((candidate, runtime)), String::new()),
+            Err(reason) => why.push(reason),
+        }
+    }
+    if why.is_empty() {
+        why.push("no API of this runtime is asked; the node-side artifacts are captured".into());
+    }
+    (None, why.join("; "))
+}
+
+/// Runtime `kind` at its configured socket, when it knows container `id`; else why not.
+async fn ask(
+    config: &EvidenceConfig,
+    kind: RuntimeKind,
+    id: &str,
+) -> Result<Box<dyn ContainerRuntime>, String> {
+    match kind {
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime::connect(&config.docker_socket)
+                .await
+                .map_err(|err| err.to_string())?;
+            match docker.inspect(id).await {
+                Ok(_) => Ok(Box::new(docker)),
+                Err(err) => Err(format!("the Docker socket does not know it: {err}")),
+            }
+        }
+        RuntimeKind::Containerd => {
+            let socket = &config.containerd_socket;
+            match ContainerdRuntime::find(socket, &config.host_root, id).await {
+                Ok(Some(containerd)) => Ok(Box::new(containerd)),
+                Ok(None) => Err(format!(
+                    "containerd at {} has it in no namespace",
+                    socket.display()
+                )),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        RuntimeKind::Crio => {
+            let socket = &config.crio_socket;
+            let cri = CriRuntime::connect("cri-o", socket, &config.host_root)
+                .await
+                .map_err(|err| err.to_string())?;
+            match cri.knows(id).await {
+                Ok(true) => Ok(Box::new(cri)),
+                Ok(false) => Err(format!("CRI-O at {} does not know it", socket.display())),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+        RuntimeKind::Podman | RuntimeKind::Unknown => Err(format!("runtime {kind}: no API to ask")),
     }
 }
 

@@ -2,7 +2,8 @@
 //! container runtime.
 //!
 //! - [`runtime`]: the [`runtime::ContainerRuntime`] trait and which runtime a cgroup path names;
-//!   [`docker`]: the Docker Engine implementation (bollard).
+//!   its implementations: [`containerd`] (containerd's own API, and the CRI plugin's view of
+//!   the containers it created), [`cri`] (the CRI API: CRI-O) and [`docker`] (bollard).
 //! - [`procfs`]: volatile artifacts of every process of the cgroup(s), read from `/proc`.
 //! - [`recent`]: the daemon's ring of recent events per cgroup.
 //! - [`bundle`]: the bundle directory, its hashed manifest, and [`bundle::verify`];
@@ -24,6 +25,8 @@ mod archive;
 pub mod bundle;
 pub mod capture;
 pub mod config;
+pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod freezer;
 pub mod fsexport;
@@ -68,6 +71,14 @@ pub enum EvidenceError {
         /// What went wrong.
         #[source]
         source: std::io::Error,
+    },
+    /// No runtime knows the container.
+    #[error("no runtime knows container {id}: {why}")]
+    UnknownContainer {
+        /// The id or name asked for.
+        id: String,
+        /// What each runtime answered.
+        why: String,
     },
     /// The container has no running process to capture.
     #[error("container {0} is not running")]

@@ -147,6 +147,45 @@ pub fn redact_environ(entries: Vec<String>, secret: &Regex) -> Vec<String> {
         .collect()
 }
 
+/// Redacts the environment wherever a runtime's JSON holds one: lists of `NAME=value` under
+/// an `Env`/`env` key (Docker's `Config.Env`, an OCI spec's `process.env`) and lists of
+/// `{"key", "value"}` under `envs` (a CRI container config).
+pub fn redact_environ_json(value: &mut serde_json::Value, secret: &Regex) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match (key.to_ascii_lowercase().as_str(), &mut *inner) {
+                    ("env", Value::Array(list)) => {
+                        for entry in list.iter_mut() {
+                            if let Value::String(text) = entry
+                                && let Some((name, _)) = text.split_once('=')
+                                && secret.is_match(name)
+                            {
+                                *text = format!("{name}={REDACTED}");
+                            }
+                        }
+                    }
+                    ("envs", Value::Array(list)) => {
+                        for entry in list.iter_mut() {
+                            if entry["key"]
+                                .as_str()
+                                .is_some_and(|name| secret.is_match(name))
+                                && entry.get("value").is_some()
+                            {
+                                entry["value"] = REDACTED.into();
+                            }
+                        }
+                    }
+                    _ => redact_environ_json(inner, secret),
+                }
+            }
+        }
+        Value::Array(list) => list.iter_mut().for_each(|v| redact_environ_json(v, secret)),
+        _ => {}
+    }
+}
+
 /// The inode of a `socket:[N]` descriptor target.
 pub fn socket_inode(target: &str) -> Option<u64> {
     target
@@ -551,6 +590,26 @@ mod tests {
                 "db_password=<redacted>",
                 "HOME=/"
             ]
+        );
+        // The runtimes' own records: Docker's Config.Env, an OCI spec's process.env, a CRI
+        // config's envs.
+        let mut record = serde_json::json!({
+            "Config": {"Env": ["PATH=/bin", "API_TOKEN=abc"]},
+            "containerd": {"container": {"spec": {"process": {"env": ["AWS_SECRET_KEY=x", "TERM=xterm"]}}}},
+            "cri": {"info": {"config": {"envs": [{"key": "DB_PASSWORD", "value": "y"}, {"key": "LANG", "value": "C"}]}}},
+        });
+        redact_environ_json(&mut record, &secret);
+        assert_eq!(
+            record["Config"]["Env"],
+            serde_json::json!(["PATH=/bin", "API_TOKEN=<redacted>"])
+        );
+        assert_eq!(
+            record["containerd"]["container"]["spec"]["process"]["env"],
+            serde_json::json!(["AWS_SECRET_KEY=<redacted>", "TERM=xterm"])
+        );
+        assert_eq!(
+            record["cri"]["info"]["config"]["envs"],
+            serde_json::json!([{"key": "DB_PASSWORD", "value": "<redacted>"}, {"key": "LANG", "value": "C"}])
         );
         assert_eq!(socket_inode("socket:[12345]"), Some(12345));
         assert_eq!(socket_inode("pipe:[1]"), None);

@@ -231,7 +231,8 @@ impl Run<'_> {
         };
         let source = format!("{}/containers/{id}/{what}", runtime.endpoint());
         match answer {
-            Ok(Ok(value)) => {
+            Ok(Ok(mut value)) => {
+                procfs::redact_environ_json(&mut value, &self.secret);
                 let text = serde_json::to_vec_pretty(&value).unwrap_or_default();
                 self.add(rel, &source, &text)?;
             }
@@ -632,7 +633,9 @@ mod tests {
         let mut config = EvidenceConfig::default();
         config.limits.artifact_ms = 200;
         let runtime = FakeRuntime {
-            inspect: Ok(json!({"Id": "c0ffee", "State": {"Pid": 42}})),
+            inspect: Ok(
+                json!({"Id": "c0ffee", "State": {"Pid": 42}, "Config": {"Env": ["MY_SECRET=s3"]}}),
+            ),
             logs: vec!["line one\n", "line two\n"],
         };
         let mut run = fake_run(&config, out.path(), runtime);
@@ -644,6 +647,8 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join("runtime/inspect.json")).unwrap())
                 .unwrap();
         assert_eq!(inspect["State"]["Pid"], 42);
+        // The runtime's record of the environment is redacted as /proc's is.
+        assert_eq!(inspect["Config"]["Env"][0], "MY_SECRET=<redacted>");
         assert_eq!(
             std::fs::read_to_string(dir.join("runtime/container.log")).unwrap(),
             "line one\nline two\n"
