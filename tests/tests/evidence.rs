@@ -791,6 +791,10 @@ fn containerd_capture_changes_export_image_proc_and_verify() {
         fs::File::create(&archive).unwrap(),
         &busybox,
         &oci::ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "busybox"),
+        oci::Staging {
+            dir: small.path(),
+            max_bytes: u64::MAX,
+        },
     )
     .unwrap();
     containerd.import(&archive, &busybox).unwrap();

@@ -20,7 +20,7 @@ use std::{
 use detector::evidence::{
     freezer::{Freezer, freeze},
     fsexport::{Truncated, export_root},
-    oci::{ImageMeta, write_image},
+    oci::{ImageMeta, Staging, write_image},
     overlay::{OverlayLayers, changes},
 };
 use tests::{
@@ -418,6 +418,10 @@ fn image_of_a_real_overlay_runs_in_containerd_and_loads_in_docker() {
         fs::File::create(&archive).unwrap(),
         &reference,
         &meta,
+        Staging {
+            dir: &overlay.scratch().unwrap(),
+            max_bytes: u64::MAX,
+        },
     )
     .unwrap();
     eprintln!(
@@ -537,7 +541,20 @@ fn image_of_a_metacopy_overlay_carries_the_data_of_metadata_only_copy_ups() {
     let mut image = Vec::new();
     let meta = ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "metacopy");
     let lower = [overlay.top(), overlay.bottom()];
-    let summary = write_image(&lower, &upper, &mut image, "docker.io/library/m:1", &meta).unwrap();
+    let scratch = overlay.scratch().unwrap();
+    let staging = Staging {
+        dir: &scratch,
+        max_bytes: u64::MAX,
+    };
+    let summary = write_image(
+        &lower,
+        &upper,
+        &mut image,
+        "docker.io/library/m:1",
+        &meta,
+        staging,
+    )
+    .unwrap();
     assert!(summary.unreadable.is_empty(), "{:?}", summary.unreadable);
     let top = layer_files(&image, &summary.layers[2].digest);
     assert_eq!(

@@ -134,6 +134,18 @@ pub struct ImageSummary {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// Where the layers are staged before the archive is assembled (each layer's digest must be
+/// known before the archive's index names it).
+#[derive(Debug, Clone, Copy)]
+pub struct Staging<'a> {
+    /// The directory of the staged files: on the disk the image goes to, never a memory-backed
+    /// `/tmp` (a DaemonSet's is small).
+    pub dir: &'a Path,
+    /// Most bytes of all staged layers together; past it the image is given up (the archive
+    /// could not hold them anyway).
+    pub max_bytes: u64,
+}
+
 /// Writes the image made of `lower` (top first, as [`super::overlay::OverlayLayers`] has them)
 /// and `upper` to `out`, as an OCI image layout in a tar archive that names the image
 /// `reference` (`docker.io/library/name:tag`: containerd needs the full form).
@@ -143,14 +155,24 @@ pub fn write_image(
     out: impl Write,
     reference: &str,
     meta: &ImageMeta,
+    staging: Staging<'_>,
 ) -> Result<ImageSummary, OciError> {
     let tag = tag_of(reference)?;
     let mut unreadable = Vec::new();
     let mut layers = Vec::new();
+    let mut room = staging.max_bytes;
     for (i, dir) in lower.iter().enumerate().rev() {
-        layers.push(write_layer(dir, &lower[i + 1..], &mut unreadable)?);
+        let layer = write_layer(dir, &lower[i + 1..], &mut unreadable, staging.dir, room)?;
+        room -= layer.summary.size;
+        layers.push(layer);
     }
-    layers.push(write_layer(upper, lower, &mut unreadable)?);
+    layers.push(write_layer(
+        upper,
+        lower,
+        &mut unreadable,
+        staging.dir,
+        room,
+    )?);
     let config = config_json(meta, &layers);
     let config_digest = digest(&config);
     let manifest = serde_json::to_vec(&json!({
@@ -228,23 +250,26 @@ struct Layer {
     summary: LayerSummary,
 }
 
-/// Writes layer `dir`; `below` are the layers under it (top first), where the data of its
-/// metadata-only entries is.
+/// Writes layer `dir` to a file staged in `scratch`, at most `room` bytes; `below` are the
+/// layers under it (top first), where the data of its metadata-only entries is.
 fn write_layer(
     dir: &Path,
     below: &[PathBuf],
     unreadable: &mut Vec<(String, String)>,
+    scratch: &Path,
+    room: u64,
 ) -> Result<Layer, OciError> {
     let root = Dir::open_root(dir).map_err(|source| OciError::Layer {
         path: dir.to_owned(),
         source,
     })?;
     let temp = |source| OciError::Temp { source };
-    let file = tempfile::tempfile().map_err(temp)?;
+    let file = tempfile::tempfile_in(scratch).map_err(temp)?;
     let mut walk = LayerWalk {
         tar: TarWriter::new(Hashing {
             file,
             hash: Sha256::new(),
+            room,
         }),
         entries: 0,
         unreadable,
@@ -395,12 +420,21 @@ fn open_in(layer: &Path, rel: &Path) -> io::Result<Option<fs::File>> {
 struct Hashing {
     file: fs::File,
     hash: Sha256,
+    /// Bytes the layer may still take.
+    room: u64,
 }
 
 impl Write for Hashing {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.room {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "the layers exceed the image's size limit",
+            ));
+        }
         let n = self.file.write(buf)?;
         self.hash.update(&buf[..n]);
+        self.room -= n as u64;
         Ok(n)
     }
 
@@ -502,6 +536,43 @@ impl<W: Write> Outer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layers_are_staged_in_the_given_directory_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper, scratch) = (
+            dir.path().join("lower"),
+            dir.path().join("upper"),
+            dir.path().join("scratch"),
+        );
+        for d in [&lower, &upper, &scratch] {
+            fs::create_dir(d).unwrap();
+        }
+        fs::write(lower.join("big"), vec![7u8; 64 << 10]).unwrap();
+        fs::write(upper.join("implant"), b"x").unwrap();
+        let meta = ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "t");
+        let write = |max_bytes| {
+            let staging = Staging {
+                dir: &scratch,
+                max_bytes,
+            };
+            write_image(
+                std::slice::from_ref(&lower),
+                &upper,
+                io::sink(),
+                "docker.io/library/t:1",
+                &meta,
+                staging,
+            )
+        };
+        let summary = write(u64::MAX).unwrap();
+        assert_eq!(summary.layers.len(), 2);
+        // A budget smaller than the layers stops the staging, and says why.
+        let err = write(16 << 10).unwrap_err();
+        assert!(err.to_string().contains("size limit"), "{err}");
+        // The staged files are anonymous: nothing is left in the directory either way.
+        assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    }
 
     #[test]
     fn tags_of_references() {

@@ -399,10 +399,23 @@ impl Run<'_> {
             art.max_bytes,
         )?;
         let image_ref = reference.clone();
+        // The layers are staged beside the bundle, on its disk, within the image's budget.
+        let scratch = self.bundle.dir().to_owned();
+        let max_bytes = art.max_bytes;
         let (sink, written) = blocking(move || {
             let mut sink = Sink::new(writer);
-            let written =
-                oci::write_image(&layers.lower, &layers.upper, &mut sink, &image_ref, &meta);
+            let staging = oci::Staging {
+                dir: &scratch,
+                max_bytes,
+            };
+            let written = oci::write_image(
+                &layers.lower,
+                &layers.upper,
+                &mut sink,
+                &image_ref,
+                &meta,
+                staging,
+            );
             (sink, written)
         })
         .await;
