@@ -5,6 +5,14 @@
 //! runc fail on a machine whose root lacks `CAP_SYS_RESOURCE`). Stopped on drop, failure or
 //! not, with every task, container, snapshot, image, mount and cgroup it made removed.
 //!
+//! [`Containerd::start_with_cri`] starts one with the CRI plugin on instead, for pods run
+//! through the Kubernetes CRI API ([`crate::cri`]), as a kubelet's node has it: runc with the
+//! cgroupfs driver, the overlayfs snapshotter, a sandbox image of the test's own in `k8s.io`
+//! (nothing is pulled), empty CNI directories (pods use the node's network), and OOM score
+//! adjustments held at containerd's own (`restrict_oom_score_adj`: the sandbox's default -998
+//! needs `CAP_SYS_RESOURCE`). `ctr` then works in `k8s.io`, where the CRI plugin keeps
+//! everything.
+//!
 //! Containers get a network namespace of their own with only loopback (runc brings `lo` up in
 //! a new network namespace), which is what the tests want: no traffic leaves them.
 //!
@@ -50,19 +58,30 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use detector::evidence::oci;
 
 use crate::{
-    docker::which,
+    docker::{busybox_rootfs, which},
     host::{mounts, remove_with_mounts, stop_child},
 };
 
-/// The containerd namespace of every test container.
+/// The containerd namespace of the containers `ctr` runs.
 pub const NAMESPACE: &str = "detector-test";
+
+/// The containerd namespace of the CRI plugin (pods, their containers and images).
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// The CRI plugin's sandbox ("pause") image: busybox sleeping, imported by
+/// [`Containerd::start_with_cri`]. Named on `localhost`, so that a pull, were the image ever
+/// missing, could only go to loopback.
+pub const SANDBOX_IMAGE: &str = "localhost/detector-test-pause:1";
 
 /// A containerd started by the test.
 pub struct Containerd {
     dir: PathBuf,
     child: Child,
+    /// Where `ctr` works: [`NAMESPACE`], or [`CRI_NAMESPACE`] with the CRI plugin on.
+    namespace: &'static str,
     /// Cgroup path of each container `run` made, by name.
     containers: BTreeMap<String, String>,
     /// Every cgroup path handed to runc, removed (with empty parents) on drop.
@@ -82,6 +101,22 @@ fn skip_or_fail(test: &str, why: &str) -> Option<Containerd> {
 impl Containerd {
     /// Starts a private containerd, or says why not (`None`: skipped; panics under `CI=true`).
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_checked(test, false)
+    }
+
+    /// Starts a private containerd with the CRI plugin on (see the module's documentation), its
+    /// sandbox image imported, or says why not (`None`: skipped; panics under `CI=true`).
+    pub fn start_with_cri(test: &str) -> Option<Self> {
+        if which("busybox").is_none() {
+            return skip_or_fail(
+                test,
+                "needs busybox for the sandbox image (apt-get install busybox-static; `cargo xtask test` does it)",
+            );
+        }
+        Self::start_checked(test, true)
+    }
+
+    fn start_checked(test: &str, cri: bool) -> Option<Self> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return skip_or_fail(test, "needs root to run containerd");
@@ -99,13 +134,13 @@ impl Containerd {
                 ),
             );
         }
-        match Self::try_start(test) {
+        match Self::try_start(test, cri) {
             Ok(containerd) => Some(containerd),
             Err(err) => skip_or_fail(test, &format!("cannot start containerd: {err:#}")),
         }
     }
 
-    fn try_start(test: &str) -> anyhow::Result<Self> {
+    fn try_start(test: &str, cri: bool) -> anyhow::Result<Self> {
         // Unix socket paths are limited to 108 bytes: keep the directory's name short.
         let short: String = test.chars().take(32).collect();
         let dir = std::env::temp_dir().join(format!(
@@ -116,8 +151,14 @@ impl Containerd {
         for sub in ["root", "state", "opt", "fifo", "logs", "runc"] {
             fs::create_dir_all(dir.join(sub))?;
         }
+        if cri {
+            // Empty CNI directories (no pod networks), and the pods' log directories.
+            for sub in ["cni/bin", "cni/conf", "pods"] {
+                fs::create_dir_all(dir.join(sub))?;
+            }
+        }
         let config = dir.join("config.toml");
-        fs::write(&config, config_toml(&dir))?;
+        fs::write(&config, config_toml(&dir, cri))?;
         let log = fs::File::create(dir.join("containerd.log"))?;
         let child = Command::new("containerd")
             .arg("--config")
@@ -130,6 +171,7 @@ impl Containerd {
         let mut containerd = Self {
             dir,
             child,
+            namespace: if cri { CRI_NAMESPACE } else { NAMESPACE },
             containers: BTreeMap::new(),
             cgroups: Vec::new(),
         };
@@ -143,6 +185,10 @@ impl Containerd {
                     .output()
                     .is_ok_and(|o| o.status.success())
             {
+                if cri {
+                    containerd.check_cri()?;
+                    containerd.import_busybox(SANDBOX_IMAGE, &["/bin/sleep", "2147483647"])?;
+                }
                 return Ok(containerd);
             }
             if let Some(status) = containerd.child.try_wait()? {
@@ -162,17 +208,41 @@ impl Containerd {
         fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
-    /// The daemon's gRPC socket.
+    /// Fails unless the CRI plugin loaded: a plugin that fails to initialize leaves containerd
+    /// serving without it, and says why only in the log.
+    fn check_cri(&self) -> anyhow::Result<()> {
+        let plugins = self.ctr(&["plugins", "ls"])?;
+        let cri = plugins
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.get(..2) == Some(&["io.containerd.grpc.v1", "cri"][..]));
+        if cri.as_ref().and_then(|cols| cols.last()) == Some(&"ok") {
+            return Ok(());
+        }
+        let log = self.log();
+        let why: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("io.containerd.grpc.v1.cri") && l.contains("level=error"))
+            .collect();
+        bail!("the CRI plugin did not load ({cri:?}): {why:#?}")
+    }
+
+    /// The temporary directory everything of this daemon lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The daemon's gRPC socket (containerd's own API, and the CRI API with the plugin on).
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
 
-    /// `ctr` pointed at this daemon, in [`NAMESPACE`].
+    /// `ctr` pointed at this daemon, in [`NAMESPACE`] ([`CRI_NAMESPACE`] with the CRI plugin).
     pub fn command(&self) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.socket())
-            .args(["--namespace", NAMESPACE]);
+            .args(["--namespace", self.namespace]);
         cmd
     }
 
@@ -199,6 +269,33 @@ impl Containerd {
             "{archive} did not give image {name}; the namespace holds: {images:?}"
         );
         Ok(())
+    }
+
+    /// Makes image `name` (in full, see [`Containerd::import`]) from a busybox rootfs (see
+    /// [`busybox_rootfs`]) with the collector's own OCI writer, with `entrypoint` (none when
+    /// empty), and imports it.
+    pub fn import_busybox(&self, name: &str, entrypoint: &[&str]) -> anyhow::Result<()> {
+        let dir = self
+            .dir
+            .join("images")
+            .join(name.replace(['/', ':', '@'], "_"));
+        let (rootfs, upper) = (dir.join("rootfs"), dir.join("upper"));
+        busybox_rootfs(&rootfs, &[])?;
+        fs::create_dir_all(&upper)?;
+        let mut meta = oci::ImageMeta::for_this_node(time::OffsetDateTime::now_utc(), "busybox");
+        if !entrypoint.is_empty() {
+            meta.config
+                .insert("Entrypoint".into(), serde_json::json!(entrypoint));
+        }
+        let archive = dir.join("image.oci.tar");
+        oci::write_image(
+            std::slice::from_ref(&rootfs),
+            &upper,
+            fs::File::create(&archive)?,
+            name,
+            &meta,
+        )?;
+        self.import(&archive, name)
     }
 
     /// Starts container `name` from `image`, detached, in cgroup `cgroup_path` (absolute,
@@ -365,14 +462,16 @@ impl Containerd {
     }
 }
 
-/// The daemon's configuration: everything under `dir`, CRI off.
-fn config_toml(dir: &Path) -> String {
+/// The daemon's configuration: everything under `dir`, CRI off unless `cri`.
+fn config_toml(dir: &Path, cri: bool) -> String {
     let path = |sub: &str| toml_string(&dir.join(sub).to_string_lossy());
     let mut text = String::new();
     let _ = writeln!(text, "version = 2");
     let _ = writeln!(text, "root = {}", path("root"));
     let _ = writeln!(text, "state = {}", path("state"));
-    let _ = writeln!(text, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]");
+    if !cri {
+        let _ = writeln!(text, "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]");
+    }
     let _ = writeln!(text, "\n[grpc]\n  address = {}", path("containerd.sock"));
     let _ = writeln!(
         text,
@@ -387,6 +486,33 @@ fn config_toml(dir: &Path) -> String {
         "\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = {}",
         path("opt")
     );
+    if cri {
+        let _ = write!(
+            text,
+            r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {sandbox}
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = {runc}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = {cni_bin}
+    conf_dir = {cni_conf}
+"#,
+            sandbox = toml_string(SANDBOX_IMAGE),
+            runc = path("runc"),
+            cni_bin = path("cni/bin"),
+            cni_conf = path("cni/conf"),
+        );
+    }
     text
 }
 
@@ -396,7 +522,7 @@ fn toml_string(s: &str) -> String {
 
 /// Removes a container's cgroup directory in every hierarchy (ending what is left in it,
 /// which can only be the container's), then its parents up to the root while they are empty.
-fn remove_cgroup(path: &str) {
+pub(crate) fn remove_cgroup(path: &str) {
     let rel = path.trim_matches('/');
     if rel.is_empty() {
         return;
@@ -551,7 +677,7 @@ mod tests {
 
     #[test]
     fn config_keeps_everything_under_the_directory() {
-        let text = config_toml(Path::new("/tmp/x"));
+        let text = config_toml(Path::new("/tmp/x"), false);
         assert!(text.contains("root = \"/tmp/x/root\""), "{text}");
         assert!(text.contains("state = \"/tmp/x/state\""), "{text}");
         assert!(
@@ -559,5 +685,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("io.containerd.grpc.v1.cri"), "{text}");
+        assert!(!text.contains("sandbox_image"), "{text}");
+    }
+
+    #[test]
+    fn cri_config_uses_cgroupfs_and_the_directory() {
+        let text = config_toml(Path::new("/tmp/x"), true);
+        assert!(!text.contains("disabled_plugins"), "{text}");
+        assert!(
+            text.contains(&format!("sandbox_image = \"{SANDBOX_IMAGE}\"")),
+            "{text}"
+        );
+        assert!(text.contains("SystemdCgroup = false"), "{text}");
+        assert!(text.contains("Root = \"/tmp/x/runc\""), "{text}");
+        assert!(text.contains("bin_dir = \"/tmp/x/cni/bin\""), "{text}");
+        assert!(text.contains("conf_dir = \"/tmp/x/cni/conf\""), "{text}");
     }
 }

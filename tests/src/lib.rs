@@ -7,6 +7,8 @@
 //!   Removed on drop, failure or not.
 //! - [`docker`]: a private, real dockerd for evidence-capture tests, cleaned up on drop.
 //! - [`containerd`]: a private, real containerd (ctr, kubepods-style cgroups), cleaned up on drop.
+//! - [`cri`]: pods and containers run through the Kubernetes CRI API of that containerd (its
+//!   CRI plugin on), as a kubelet runs them; removed on drop.
 //! - [`image`]: a realistic Debian image (debootstrap, cached) for Docker and containerd.
 //! - [`corpus`]: the attack and benign corpora (`tests/corpus/`) played in real containers.
 //! - [`daemon`]: the real `detector run` binary, started, waited for and stopped.
@@ -44,6 +46,7 @@ pub mod apiserver;
 pub mod contain;
 pub mod containerd;
 pub mod corpus;
+pub mod cri;
 pub mod daemon;
 pub mod docker;
 pub mod host;
