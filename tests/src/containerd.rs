@@ -294,6 +294,10 @@ impl Containerd {
             fs::File::create(&archive)?,
             name,
             &meta,
+            oci::Staging {
+                dir: &dir,
+                max_bytes: u64::MAX,
+            },
         )?;
         self.import(&archive, name)
     }

@@ -198,4 +198,84 @@ fn cri_containerd_capture_has_runtime_metadata_and_logs() {
     );
     let log = fs::read_to_string(dir.join("runtime/container.log")).unwrap();
     assert!(log.contains(&format!("started-{marker}")), "{log}");
+    // The CRI's view adds the pod sandbox: the pod as the kubelet named it.
+    assert_eq!(inspect["cri"]["state"], "CONTAINER_RUNNING", "{inspect:#}");
+    let sandbox_meta = &inspect["cri"]["sandbox"]["status"]["metadata"];
+    assert_eq!(sandbox_meta["uid"], pod.uid(), "{inspect:#}");
+    assert_eq!(sandbox_meta["namespace"], "default", "{inspect:#}");
+
+    // Named by its id alone (`detector evidence capture --container`): containerd says which
+    // process is the container's, whose cgroup is captured.
+    let by_id = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(capture(
+            &config,
+            out.path(),
+            CaptureRequest {
+                target: Target::Container(id.to_owned()),
+                incident: Some(format!("cri-by-id-{}", std::process::id())),
+                recent_events: Some(Vec::new()),
+            },
+        ))
+        .unwrap();
+    assert_eq!(by_id.manifest.target.runtime, "containerd");
+    let cgroup = by_id.manifest.target.cgroup.clone().unwrap_or_default();
+    assert!(
+        container.cgroup.ends_with(cgroup.trim_start_matches('/')),
+        "{cgroup} is not {}",
+        container.cgroup.display()
+    );
+    assert!(
+        by_id.manifest.not_captured.is_empty(),
+        "{:#?}",
+        by_id.manifest
+    );
+
+    // The CRI API alone, as on a CRI-O node: containerd's CRI plugin stands in for CRI-O (the
+    // same `runtime.v1` service), reached as the CRI-O socket while containerd's own API is
+    // not there. The status and the log file come from the CRI; the CRI lists no processes,
+    // and the manifest says so.
+    let config = EvidenceConfig {
+        containerd_socket: out.path().join("no-containerd.sock"),
+        crio_socket: containerd.socket(),
+        ..config
+    };
+    let outcome = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(capture(
+            &config,
+            out.path(),
+            CaptureRequest {
+                target: Target::Cgroup(container.cgroup.clone()),
+                incident: Some(format!("cri-only-{}", std::process::id())),
+                recent_events: Some(Vec::new()),
+            },
+        ))
+        .unwrap();
+    let (dir, manifest) = (&outcome.dir, &outcome.manifest);
+    assert_eq!(manifest.target.runtime, "cri-o", "{manifest:#?}");
+    assert!(manifest.target.runtime_used, "{manifest:#?}");
+    let missing: Vec<(&str, &str)> = manifest
+        .not_captured
+        .iter()
+        .map(|n| (n.artifact.as_str(), n.reason.as_str()))
+        .collect();
+    assert_eq!(missing.len(), 1, "{manifest:#?}");
+    assert_eq!(missing[0].0, "runtime/top.json");
+    assert!(missing[0].1.contains("lists no processes"), "{manifest:#?}");
+    let inspect: Value =
+        serde_json::from_slice(&fs::read(dir.join("runtime/inspect.json")).unwrap()).unwrap();
+    assert!(inspect.get("containerd").is_none(), "{inspect:#}");
+    assert_eq!(inspect["cri"]["status"]["id"], id, "{inspect:#}");
+    // The verbose record, under its "info" key as containerd and CRI-O both name it.
+    assert_eq!(inspect["cri"]["info"]["info"]["pid"], pid, "{inspect:#}");
+    assert_eq!(
+        inspect["cri"]["sandbox"]["status"]["metadata"]["uid"],
+        pod.uid(),
+        "{inspect:#}"
+    );
+    let log = fs::read_to_string(dir.join("runtime/container.log")).unwrap();
+    assert!(log.contains(&format!("started-{marker}")), "{log}");
+    assert!(bundle::verify(dir, None).unwrap().ok());
+    assert_eq!(cri.state(id).unwrap(), ContainerState::ContainerRunning);
 }

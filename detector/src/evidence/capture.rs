@@ -278,7 +278,7 @@ impl Subject {
         let pid = [
             &info["State"]["Pid"],
             &info["containerd"]["task"]["pid"],
-            &info["cri"]["info"]["pid"],
+            &info["cri"]["info"]["info"]["pid"],
         ]
         .into_iter()
         .find_map(serde_json::Value::as_u64)
