@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     let server = rt.block_on(ApiServer::start())?;
     let client = {
         let _guard = rt.enter();
-        kube::Client::try_from(kube::Config::new(server.url().parse()?))?
+        detector::attribution::pod_watch::client_from(kube::Config::new(server.url().parse()?))?
     };
     for i in 0..args.incidents {
         let (pod, node) = (format!("p{i}"), format!("node-{i}"));

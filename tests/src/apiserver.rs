@@ -15,9 +15,10 @@
 //!   `remove`, `replace`, `test`); a `metadata.resourceVersion` in the patch is a precondition
 //!   (409 `Conflict` when stale);
 //! - `PUT` replace, 409 `Conflict` on a stale `metadata.resourceVersion`;
-//! - `POST .../pods/<name>/eviction`: the Eviction API, 429 `TooManyRequests` while a matching
-//!   `policy/v1` PodDisruptionBudget has `status.disruptionsAllowed` 0, else the pod is deleted
-//!   and the budget's allowance decremented;
+//! - `POST .../pods/<name>/eviction`: the Eviction API, 429 `TooManyRequests` with a
+//!   `DisruptionBudget` cause (the real server's body) while a matching `policy/v1`
+//!   PodDisruptionBudget has `status.disruptionsAllowed` 0, else the pod is deleted and the
+//!   budget's allowance decremented;
 //! - fault injection ([`ApiServer::fail_next`], [`ApiServer::delay_next`]): the next N
 //!   requests matching a method and path prefix fail with a status, or are held for a while;
 //! - `/version`;
@@ -745,14 +746,33 @@ fn evict(shared: &Arc<Shared>, target: &Target) -> Response {
             .as_i64()
             .unwrap_or(0);
         if allowed <= 0 {
-            return status(
+            // As the API server words it (`pod/storage/eviction.go`): the message, and the
+            // budget named in a `DisruptionBudget` cause; no Retry-After.
+            let object = &store.objects[budget];
+            let body = json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                "reason": "TooManyRequests",
+                "details": {"causes": [{
+                    "reason": "DisruptionBudget",
+                    "message": format!(
+                        "The disruption budget {} needs {} healthy pods and has {} currently",
+                        budget.name,
+                        object["status"]["desiredHealthy"].as_i64().unwrap_or(0),
+                        object["status"]["currentHealthy"].as_i64().unwrap_or(0),
+                    ),
+                }]},
+                "code": 429,
+            });
+            return (
                 StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                format!(
-                    "Cannot evict pod as it would violate the pod's disruption budget {}.",
-                    budget.name
-                ),
-            );
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response();
         }
     }
     for budget in budgets {

@@ -196,7 +196,10 @@ async fn events_of_processes_in_a_pod_cgroup_are_attributed() {
     let config = Config::default();
     let attribution = AttributionConfig::default();
     let index = PodIndex::shared(attribution.pod_limits());
-    let client = kube::Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let client = detector::attribution::pod_watch::client_from(kube::Config::new(
+        server.url().parse().unwrap(),
+    ))
+    .unwrap();
     let watcher = tokio::spawn(watch_pods(client, NODE, index.clone()));
     // The enricher is made after the cgroup exists only by chance of ordering: the cgroup2
     // walk runs again on the first unknown id anyway.

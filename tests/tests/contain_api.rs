@@ -41,7 +41,10 @@ impl Env {
         let server = rt.block_on(ApiServer::start()).unwrap();
         let client = {
             let _guard = rt.enter();
-            Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap()
+            detector::attribution::pod_watch::client_from(kube::Config::new(
+                server.url().parse().unwrap(),
+            ))
+            .unwrap()
         };
         Self {
             rt,
@@ -327,6 +330,59 @@ fn playbook_isolates_the_one_pod_and_release_restores_it() {
     assert!(env.block.blocked().is_empty());
     drop(handle);
     assert_eq!(only(&env.records()).state, IncidentState::Released);
+}
+
+#[test]
+fn an_eviction_its_budget_never_allows_is_journaled_as_the_budget_refusal() {
+    let env = Env::new();
+    env.shop();
+    env.server.put(
+        "apis/policy/v1",
+        "poddisruptionbudgets",
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}},
+            "status": {"disruptionsAllowed": 0, "desiredHealthy": 1, "currentHealthy": 1}}),
+    );
+    let mut config = env.config();
+    config.evict_deadline_s = 2;
+    let handle = env.start(config, true);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
+    handle.flush();
+
+    let records = env.records();
+    let record = only(&records);
+    let Some(StepOutcome::Failed { error }) = record.step("evict_other_pods") else {
+        panic!("{:?}", record.step("evict_other_pods"));
+    };
+    // The budget's answer, not a timeout: each attempt was answered at once and reached the
+    // step's own policy.
+    assert!(
+        error.contains("shop/db-1: evict pod: refused by a PodDisruptionBudget"),
+        "{error}"
+    );
+    assert!(
+        error.contains("The disruption budget db needs 1 healthy pods and has 1 currently"),
+        "{error}"
+    );
+    assert!(!error.contains("timed out"), "{error}");
+    let attempts = env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/shop/pods/db-1/eviction")
+        .count();
+    assert!(attempts >= 3, "{attempts} eviction attempts in 2 s");
+    assert!(env.pod("shop", "db-1").is_some());
+    // The rest of the playbook is done all the same.
+    assert_eq!(
+        record
+            .step("cordon_node")
+            .map(|o| matches!(o, StepOutcome::Done { .. })),
+        Some(true),
+        "{record:#?}"
+    );
+    drop(handle);
 }
 
 #[test]

@@ -52,7 +52,7 @@ fn pod_object(
 
 fn client(server: &ApiServer) -> Client {
     let config = kube::Config::new(server.url().parse().unwrap());
-    Client::try_from(config).unwrap()
+    detector::attribution::pod_watch::client_from(config).unwrap()
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {

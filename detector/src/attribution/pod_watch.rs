@@ -68,7 +68,19 @@ pub async fn run(
 
 /// A client from the in-cluster service account or the kubeconfig (`KUBECONFIG`).
 pub async fn default_client() -> Result<Client, PodWatchError> {
-    Client::try_default().await.map_err(PodWatchError::Client)
+    let config = kube::Config::infer()
+        .await
+        .map_err(|err| PodWatchError::Client(kube::Error::InferConfig(err)))?;
+    client_from(config).map_err(PodWatchError::Client)
+}
+
+/// A client for `config` without kube's own retry layer: left on, it retries 429 and 503
+/// answers inside a single call for up to minutes (15 attempts, backoff to 1,000 s), so a
+/// PodDisruptionBudget's refusal of an eviction reached containment as a timeout. The watcher
+/// and each containment step have retry policies of their own.
+pub fn client_from(mut config: kube::Config) -> Result<Client, kube::Error> {
+    config.default_retry = false;
+    Client::try_from(config)
 }
 
 /// Watches the pods of `node` and keeps `index` up to date; runs until the task is dropped.

@@ -5,7 +5,12 @@
 //! | 404 | [`ApiError::NotFound`]: the step decides (a gone pod makes pod steps not applicable) |
 //! | 409 | [`ApiError::Conflict`]: the step re-reads and re-applies ([`KubeApi::call`] never retries it blindly) |
 //! | 400, 403, 422 | [`ApiError::Rejected`]: retrying cannot help; recorded as failed |
+//! | 429 with a `DisruptionBudget` cause (an eviction) | retried as below, then [`ApiError::DisruptionBudget`]: the budget's refusal |
 //! | 429, 5xx, timeouts, connection errors | retried with exponential backoff and jitter, then [`ApiError::Exhausted`] |
+//!
+//! The client has kube's own retry layer off ([`crate::attribution::pod_watch::client_from`]),
+//! so every answer reaches this policy: left on, it retried a 429 inside one call for longer
+//! than the call's timeout, and a budget's refusal ended as a timeout.
 
 use std::{
     future::Future,
@@ -59,14 +64,17 @@ pub enum ApiError {
         /// The last failure.
         last: String,
     },
-}
-
-impl ApiError {
-    /// HTTP status of a transient failure worth retrying, for callers that retry longer
-    /// (evictions refused by a PodDisruptionBudget).
-    pub fn is_too_many_requests(&self) -> bool {
-        matches!(self, Self::Exhausted { last, .. } if last.starts_with("429"))
-    }
+    /// An eviction a PodDisruptionBudget refused (429 with a `DisruptionBudget` cause) on every
+    /// attempt until the deadline: the budget's decision, not a failure of the API.
+    #[error("{what}: refused by a PodDisruptionBudget on each of {attempts} attempts: {message}")]
+    DisruptionBudget {
+        /// The call.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The server's message, the budget's own included.
+        message: String,
+    },
 }
 
 enum Class {
@@ -74,6 +82,9 @@ enum Class {
     Conflict(String),
     Rejected(u16, String),
     Transient(String),
+    /// A 429 whose cause is a PodDisruptionBudget: retried as a transient failure, reported as
+    /// the budget's refusal.
+    DisruptionBudget(String),
 }
 
 fn classify(err: &kube::Error) -> Class {
@@ -81,6 +92,10 @@ fn classify(err: &kube::Error) -> Class {
         kube::Error::Api(status) => match status.code {
             404 => Class::NotFound,
             409 => Class::Conflict(status.message.clone()),
+            429 if budget_cause(status).is_some() => {
+                let cause = budget_cause(status).unwrap_or_default();
+                Class::DisruptionBudget(format!("{} ({cause})", status.message))
+            }
             429 | 500 | 502 | 503 | 504 => {
                 Class::Transient(format!("{} {}", status.code, status.message))
             }
@@ -88,6 +103,18 @@ fn classify(err: &kube::Error) -> Class {
         },
         other => Class::Transient(other.to_string()),
     }
+}
+
+/// The `DisruptionBudget` cause of an eviction's 429, as the API server words it ("The
+/// disruption budget db needs 1 healthy pods and has 1 currently").
+fn budget_cause(status: &kube::core::Status) -> Option<&str> {
+    status
+        .details
+        .as_ref()?
+        .causes
+        .iter()
+        .find(|c| c.reason == "DisruptionBudget")
+        .map(|c| c.message.as_str())
 }
 
 /// The API client with the playbook's retry policy.
@@ -161,6 +188,7 @@ impl KubeApi {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut budget = false;
             let last = match tokio::time::timeout(timeout, f()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(err)) => match classify(&err) {
@@ -179,11 +207,22 @@ impl KubeApi {
                         });
                     }
                     Class::Transient(last) => last,
+                    Class::DisruptionBudget(message) => {
+                        budget = true;
+                        message
+                    }
                 },
                 Err(_) => format!("timed out after {timeout:?}"),
             };
             let pause = self.backoff(attempt - 1);
             let out_of_time = deadline.is_some_and(|d| Instant::now() + pause > d);
+            if (attempt >= attempts || out_of_time) && budget {
+                return Err(ApiError::DisruptionBudget {
+                    what: what.into(),
+                    attempts: attempt,
+                    message: last,
+                });
+            }
             if attempt >= attempts || out_of_time {
                 return Err(ApiError::Exhausted {
                     what: what.into(),
