@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
 use tokio::{
     runtime::Handle,
     signal::unix::{SignalKind, signal},
@@ -127,11 +128,21 @@ impl Analysis {
         self.emit(&events)
     }
 
-    /// Releases held events whose time is up.
+    /// Releases held events whose time is up, and decides again about the pods whose
+    /// containment was deferred.
     pub fn tick(&mut self, now: Instant) -> Result<(), OutputError> {
         self.recent.expire(Clock::boot_now_ns());
         let events = self.enricher.tick(now);
-        self.emit(&events)
+        self.emit(&events)?;
+        let records = self
+            .engine
+            .redecide(OffsetDateTime::now_utc(), Clock::boot_now_ns());
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.records = records;
+        self.respond()?;
+        self.out.write_notices()
     }
 
     /// Releases every held event, at shutdown.
@@ -169,24 +180,37 @@ impl Analysis {
             self.metrics.observe_analysis_batch(started.elapsed());
             return Ok(());
         }
+        self.respond()?;
+        self.metrics.observe_analysis_batch(started.elapsed());
+        Ok(())
+    }
+
+    /// Writes the records of this round and hands them to the responders; a pod whose
+    /// containment was refused for a reason that lapses is decided again once it has.
+    fn respond(&mut self) -> Result<(), OutputError> {
         self.out.write_records(&self.records)?;
         self.metrics.record_records(&self.records);
         let now = Instant::now();
         let Self {
             enricher,
+            engine,
             recent,
             responders,
             records,
             ..
         } = self;
         for record in records.iter() {
-            responders.record(
+            let again = responders.record(
                 record,
                 |cgroup_id| enricher.cgroup_path(cgroup_id, now),
                 |cgroups| recent.for_cgroups(cgroups, Clock::boot_now_ns()),
             );
+            if let (Some((why, after)), Record::Verdict(verdict)) = (again, record) {
+                let at = OffsetDateTime::now_utc() + after;
+                let at_ns = i64::try_from(at.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                engine.defer(&verdict.subject.key, at_ns, &why);
+            }
         }
-        self.metrics.observe_analysis_batch(started.elapsed());
         Ok(())
     }
 }

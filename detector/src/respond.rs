@@ -12,6 +12,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use time::OffsetDateTime;
@@ -21,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::{
     attribution::cgroup_path,
     contain::{
-        ContainmentHandle, StepOutcome,
+        ContainmentHandle, StepOutcome, Taken,
         journal::{Entry, EntryKind},
     },
     event::Event,
@@ -97,43 +98,55 @@ impl Responders {
 
     /// Exports a record; contains and captures for `contain` verdicts. `path_of` gives a
     /// cgroup's path relative to the cgroup2 mount; `recent` the recent events of cgroups.
+    /// Returns, for a verdict containment refused for a reason that lapses, that reason and
+    /// when to decide about its pod again.
     pub fn record(
         &mut self,
         record: &Record,
         path_of: impl FnOnce(u64) -> Option<Arc<str>>,
         recent: impl FnOnce(&[u64]) -> Vec<Event>,
-    ) {
+    ) -> Option<(String, Duration)> {
         if let Some(exporter) = &self.fanout.exporter {
             exporter.send(ExportRecord::Verdict(finding(record)));
         }
         let Record::Verdict(verdict) = record else {
-            return;
+            return None;
         };
         if verdict.decision != Decision::Contain {
-            return;
+            return None;
         }
         let Some(cgroup_id) = verdict.subject.cgroup_id else {
             warn!(subject = %verdict.subject.key, "contain verdict without a cgroup: nothing to block");
-            return;
+            return None;
         };
         let path = path_of(cgroup_id);
         let targets = block_targets(&self.cgroup2, cgroup_id, path.as_deref());
         // Evidence follows the containment's own decision (guardrails, warm-up, one incident
         // per pod) and carries the journal's incident id; without containment every contain
         // verdict is captured, named after its subject.
-        let incident = match &self.containment {
-            Some(containment) => containment.on_verdict(verdict, verdict.ktime_ns, targets.clone()),
-            None => Some(format!(
-                "{}-{}",
-                verdict.subject.key.replace([':', '/'], "-"),
-                verdict.time.unix_timestamp()
-            )),
+        let (incident, again) = match &self.containment {
+            Some(containment) => {
+                match containment.on_verdict(verdict, verdict.ktime_ns, targets.clone()) {
+                    Taken::Incident(id) => (Some(id), None),
+                    Taken::Ignored => (None, None),
+                    Taken::Deferred { why, after } => (None, Some((why, after))),
+                }
+            }
+            None => (
+                Some(format!(
+                    "{}-{}",
+                    verdict.subject.key.replace([':', '/'], "-"),
+                    verdict.time.unix_timestamp()
+                )),
+                None,
+            ),
         };
         if let (Some(incident), Some(config), Some(path)) = (incident, &self.evidence, path) {
             let dir = self.cgroup2.join(path.trim_start_matches('/'));
             let recent = recent(&evidence_cgroups(&self.cgroup2, cgroup_id, &path));
             self.capture(config.clone(), verdict, incident, dir, recent);
         }
+        again
     }
 
     fn capture(

@@ -305,6 +305,109 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     drop(cgroup);
 }
 
+#[test]
+fn a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends() {
+    if !privileged("a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends") {
+        return;
+    }
+    const WARMUP_S: u64 = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("events.jsonl");
+    let journal = dir.path().join("incidents");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "contain:\n  warmup_s: {WARMUP_S}\n  journal_dir: {}\nevidence:\n  on_contain: false\nmetrics:\n  enabled: false\n",
+            journal.display(),
+        ),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let started = Instant::now();
+    let mut daemon = Daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_detector")),
+        &config,
+        &output,
+        &[],
+    )
+    .unwrap();
+    let pod_uid = "6e4d3c2b-1a0f-4e9d-8c7b-a69988776655";
+    let cgroup = pod_cgroup(pod_uid, &"ef".repeat(32));
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    let reach = || {
+        cgroup
+            .command("/bin/bash")
+            .unwrap()
+            .args(["-c", &connect])
+            .output()
+            .unwrap()
+    };
+    // The attack, while the daemon warms up: refused, and nothing more happens in the pod.
+    let _ = cgroup.run_shell(
+        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
+    );
+    let journal_path = journal.join("journal.jsonl");
+    let read_journal = || std::fs::read_to_string(&journal_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(WARMUP_S);
+    while !read_journal().contains("warming up") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        read_journal().contains("warming up"),
+        "the attack is not refused during the warm-up (is the machine too slow for a {WARMUP_S} s warm-up?):\n{}",
+        read_journal()
+    );
+    // Nothing runs in the pod from now on: only the re-decision can contain it.
+    let deadline = started + Duration::from_secs(WARMUP_S + 20);
+    while !read_journal().contains(r#""entry":"opened""#) {
+        assert!(
+            Instant::now() < deadline,
+            "still not contained after the warm-up:\n{}",
+            read_journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(WARMUP_S),
+        "contained before the warm-up ended"
+    );
+    let out = reach();
+    assert!(!out.status.success(), "the pod is not cut off");
+    let refused = String::from_utf8_lossy(&out.stderr);
+    assert!(refused.contains("Operation not permitted"), "{refused}");
+    let lines = read_lines(&output);
+    let contains: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "verdict" && l["decision"] == "contain")
+        .collect();
+    let again = contains
+        .iter()
+        .find(|l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("decided again once warming up lapsed"))
+        })
+        .unwrap_or_else(|| panic!("no verdict decided again: {contains:#?}"));
+    assert_eq!(again["subject"]["pod_uid"], pod_uid);
+    let entries: Vec<Value> = read_journal()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["entry"].as_str()).collect();
+    let refused_at = kinds.iter().position(|k| *k == "refused").unwrap();
+    let opened_at = kinds.iter().position(|k| *k == "opened").unwrap();
+    assert!(refused_at < opened_at, "{kinds:?}");
+    let (status, log) = daemon.stop();
+    assert!(
+        status.success(),
+        "daemon exit {status}:\n{}",
+        log.join("\n")
+    );
+    drop(cgroup);
+}
+
 /// One HTTP/1.1 GET on loopback with `Connection: close`: the status code and the body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};

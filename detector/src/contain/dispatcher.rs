@@ -91,6 +91,34 @@ pub enum Admission {
     Refuse(Refusal),
 }
 
+/// What became of a contain verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Acted on: the incident's id.
+    Incident(String),
+    /// Not acted on: an incident is open already, or the refusal is for good (protected,
+    /// disabled, disarmed).
+    Ignored,
+    /// Refused for a reason that lapses (the warm-up): the pod is to be decided again after
+    /// `after`, and contained then if it is still above the threshold.
+    Deferred {
+        /// The reason, as journaled.
+        why: String,
+        /// When it lapses.
+        after: Duration,
+    },
+}
+
+impl Taken {
+    /// The incident's id, when one was opened.
+    pub fn incident(&self) -> Option<&str> {
+        match self {
+            Self::Incident(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// The daemon's own pod, from the downward API (`POD_NAMESPACE`, `POD_NAME`, `POD_UID`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnPod {
@@ -161,6 +189,11 @@ impl Guard {
     /// Whether the budget has disarmed the dispatcher.
     pub fn armed(&self) -> bool {
         self.armed
+    }
+
+    /// How long the warm-up lasts from `now_ms`.
+    pub fn warmup_left(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(self.warmup_until_ms.saturating_sub(now_ms))
     }
 
     /// The guard's key for a subject.
@@ -545,20 +578,24 @@ impl ContainmentHandle {
         verdict: &Verdict,
         event_ktime_ns: u64,
         cgroup_ids: Vec<u64>,
-    ) -> Option<String> {
+    ) -> Taken {
         if verdict.decision != Decision::Contain {
-            return None;
+            return Taken::Ignored;
         }
-        let tx = self.tx.as_ref()?;
-        let (id, command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids)?;
-        if tx.try_send(command).is_err() {
+        let Some(tx) = self.tx.as_ref() else {
+            return Taken::Ignored;
+        };
+        let (taken, command) = admit_and_block(&self.shared, verdict, event_ktime_ns, cgroup_ids);
+        if let Some(command) = command
+            && tx.try_send(command).is_err()
+        {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(
-                "containment queue full: verdict for {} dropped ({n} so far)",
+                "containment queue full: the API steps for {} dropped ({n} so far)",
                 verdict.subject.key
             );
         }
-        Some(id)
+        taken
     }
 
     /// Records every step's outcome and the containment latencies in `metrics` from now on.
@@ -818,31 +855,46 @@ fn admit_and_block(
     verdict: &Verdict,
     event_ktime_ns: u64,
     cgroup_ids: Vec<u64>,
-) -> Option<(String, Command)> {
+) -> (Taken, Option<Command>) {
     let id = shared.new_id();
-    let admission = shared
-        .guard()
-        .admit(&verdict.subject, None, shared.now_ms(), &id);
+    let now_ms = shared.now_ms();
+    let (admission, warmup_left) = {
+        let mut guard = shared.guard();
+        let admission = guard.admit(&verdict.subject, None, now_ms, &id);
+        (admission, guard.warmup_left(now_ms))
+    };
     match admission {
         Admission::Contain => {}
         Admission::Duplicate(open) => {
             tracing::debug!("{}: incident {open} already open", verdict.subject.key);
-            return None;
+            return (Taken::Ignored, None);
         }
         Admission::Refuse(refusal) => {
             let why = refusal.to_string();
             let mut disarmed = None;
-            if matches!(refusal, Refusal::BudgetExhausted { .. }) {
-                tracing::error!(
-                    "containment disarmed: {why}; {} not contained",
-                    verdict.subject.key
-                );
-                disarmed = Some(Command::Disarmed {
-                    id: id.clone(),
-                    message: format!("{why}; {} not contained", verdict.subject.key),
-                });
-            } else {
-                tracing::warn!("{}: not contained: {why}", verdict.subject.key);
+            let mut taken = Taken::Ignored;
+            match refusal {
+                Refusal::BudgetExhausted { .. } => {
+                    tracing::error!(
+                        "containment disarmed: {why}; {} not contained",
+                        verdict.subject.key
+                    );
+                    disarmed = Some(Command::Disarmed {
+                        id: id.clone(),
+                        message: format!("{why}; {} not contained", verdict.subject.key),
+                    });
+                }
+                Refusal::WarmUp => {
+                    tracing::warn!(
+                        "{}: not contained yet: {why}; decided again in {warmup_left:?}",
+                        verdict.subject.key
+                    );
+                    taken = Taken::Deferred {
+                        why: why.clone(),
+                        after: warmup_left,
+                    };
+                }
+                _ => tracing::warn!("{}: not contained: {why}", verdict.subject.key),
             }
             shared.record(
                 &id,
@@ -851,7 +903,7 @@ fn admit_and_block(
                     why,
                 },
             );
-            return disarmed.map(|command| (id, command));
+            return (taken, disarmed);
         }
     }
     let dry_run = shared.config.dry_run;
@@ -912,13 +964,13 @@ fn admit_and_block(
             verdict.subject.key,
         );
     }
-    Some((
-        id,
-        Command::Steps {
+    (
+        Taken::Incident(id),
+        Some(Command::Steps {
             incident: Box::new(incident),
             kernel,
-        },
-    ))
+        }),
+    )
 }
 
 /// Every step after the kernel block, in playbook order, each journaled; then `Completed`.

@@ -43,7 +43,7 @@ use serde_json::Value;
 
 pub use self::{
     config::ContainConfig,
-    dispatcher::{Admission, Containment, ContainmentHandle, Guard, Refusal},
+    dispatcher::{Admission, Containment, ContainmentHandle, Guard, Refusal, Taken},
 };
 use crate::{
     config::Problem,

@@ -15,6 +15,8 @@ pub mod replay;
 
 use std::sync::Arc;
 
+use time::OffsetDateTime;
+
 use self::pods::{Contributor, Key, PodState, Pods};
 pub use self::{
     config::{EgressConfig, ScoreConfig},
@@ -52,6 +54,9 @@ pub struct Engine {
     pods: Pods,
     stats: EngineStats,
     matched: Vec<Arc<RuleMeta>>,
+    /// Pods whose contain verdict was refused for a reason that lapses: subject key, when it
+    /// lapses (wall-clock ns), the reason.
+    deferred: Vec<(String, i64, String)>,
 }
 
 impl Engine {
@@ -73,7 +78,68 @@ impl Engine {
             pods: Pods::default(),
             stats: EngineStats::default(),
             matched: Vec::new(),
+            deferred: Vec::new(),
         }
+    }
+
+    /// Containment refused the contain verdict of `subject_key` for a reason that lapses at
+    /// `until_ns` (wall clock): the pod is decided again then ([`Engine::redecide`]), and a
+    /// match before then that keeps it above the threshold reports `contain` again as well.
+    pub fn defer(&mut self, subject_key: &str, until_ns: i64, why: &str) {
+        let Some(state) = self.pods.by_subject_mut(subject_key) else {
+            return;
+        };
+        // The episode goes on, but its `contain` was not acted on: not reported as made.
+        state.level = state.level.min(Decision::Alert);
+        self.deferred.retain(|(key, ..)| key != subject_key);
+        self.deferred
+            .push((subject_key.to_owned(), until_ns, why.to_owned()));
+    }
+
+    /// Decides again about the pods whose deferral lapsed by `now` (`now_ktime_ns` on the
+    /// kernel's clock): a `contain` verdict for each whose decayed score is still at or above
+    /// the threshold, or whose episode has a contain-immediately rule, and that no match
+    /// reported since.
+    pub fn redecide(&mut self, now: OffsetDateTime, now_ktime_ns: u64) -> Vec<Record> {
+        let now_ns = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(_, until, _)| *until <= now_ns);
+        self.deferred = waiting;
+        let mut records = Vec::new();
+        for (key, _, why) in due {
+            let config = &self.config;
+            let Some(state) = self.pods.by_subject_mut(&key) else {
+                continue;
+            };
+            if state.level >= Decision::Contain {
+                continue;
+            }
+            state.decay(now_ns, config.half_life_s);
+            let immediate = state
+                .contributors
+                .iter()
+                .find(|c| c.rule.contain_immediately)
+                .map(|c| c.rule.id.clone());
+            if immediate.is_none() && state.score < config.contain {
+                continue;
+            }
+            let reason = match immediate {
+                Some(rule) => {
+                    format!("decided again once {why} lapsed: rule {rule} contains immediately")
+                }
+                None => format!(
+                    "decided again once {why} lapsed: score {:.1} is still at or above the contain threshold {:.1}",
+                    state.score, config.contain
+                ),
+            };
+            state.level = Decision::Contain;
+            self.stats.verdicts += 1;
+            let mut verdict = verdict_at(state, config, now, now_ktime_ns, Decision::Contain);
+            verdict.reason = reason;
+            records.push(Record::Verdict(Box::new(verdict)));
+        }
+        records
     }
 
     /// What the engine did so far.
@@ -287,18 +353,29 @@ fn verdict(
     event: &Event,
     decision: Decision,
 ) -> Verdict {
-    let reason = if rule.contain_immediately {
-        format!("rule {} contains immediately", rule.id)
-    } else {
-        let threshold = match decision {
-            Decision::Contain => ("contain", config.contain),
-            _ => ("alert", config.alert),
-        };
-        format!(
-            "score {:.1} reached {} threshold {:.1}",
-            state.score, threshold.0, threshold.1
-        )
+    let mut verdict = verdict_at(state, config, event.time, event.ktime_ns, decision);
+    if rule.contain_immediately {
+        verdict.reason = format!("rule {} contains immediately", rule.id);
+    }
+    verdict
+}
+
+/// A verdict of `state` made at `time`, its reason the threshold the score reached.
+fn verdict_at(
+    state: &PodState,
+    config: &ScoreConfig,
+    time: OffsetDateTime,
+    ktime_ns: u64,
+    decision: Decision,
+) -> Verdict {
+    let threshold = match decision {
+        Decision::Contain => ("contain", config.contain),
+        _ => ("alert", config.alert),
     };
+    let reason = format!(
+        "score {:.1} reached {} threshold {:.1}",
+        state.score, threshold.0, threshold.1
+    );
     let mut mitre: Vec<MitreTag> = Vec::new();
     for c in &state.contributors {
         let tag = MitreTag {
@@ -310,8 +387,8 @@ fn verdict(
         }
     }
     Verdict {
-        time: event.time,
-        ktime_ns: event.ktime_ns,
+        time,
+        ktime_ns,
         subject: state.subject.clone(),
         score: state.score,
         decision,

@@ -140,6 +140,18 @@ impl Pods {
         }
     }
 
+    /// The state of a subject by its key (`pod:<uid>`, `container:<id>`, `cgroup:<id>`), if
+    /// tracked.
+    pub fn by_subject_mut(&mut self, subject_key: &str) -> Option<&mut PodState> {
+        let (kind, id) = subject_key.split_once(':')?;
+        match kind {
+            "pod" => self.by_pod.get_mut(id),
+            "container" => self.by_container.get_mut(id),
+            "cgroup" => self.by_cgroup.get_mut(&id.parse::<u64>().ok()?),
+            _ => None,
+        }
+    }
+
     /// The state of a key, created from `event` when new (allocating only then); marks it seen
     /// at `now_ns`.
     pub fn get_or_create(&mut self, key: Key<'_>, event: &Event, now_ns: i64) -> &mut PodState {

@@ -236,3 +236,94 @@ fn records_read_back_from_json() {
         assert_eq!(back, record);
     }
 }
+
+fn verdicts(records: &[Record]) -> Vec<&Verdict> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Verdict(v) => Some(&**v),
+            _ => None,
+        })
+        .collect()
+}
+
+fn time(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::UNIX_EPOCH + Duration::seconds(1_700_000_000 + seconds)
+}
+
+fn ns(seconds: i64) -> i64 {
+    i64::try_from(time(seconds).unix_timestamp_nanos()).unwrap()
+}
+
+/// Drives pod `p` to `contain` (four tool downloads, as above) and returns that verdict.
+fn to_contain(e: &mut Engine) -> Verdict {
+    let mut last = None;
+    for (i, tool) in [
+        "/usr/bin/curl",
+        "/usr/bin/wget",
+        "/usr/bin/nc",
+        "/usr/bin/curl",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for v in verdicts(&e.process(&exec(i as i64, "p", tool))) {
+            last = Some(v.clone());
+        }
+    }
+    let last = last.unwrap();
+    assert_eq!(last.decision, Decision::Contain);
+    last
+}
+
+#[test]
+fn a_deferred_contain_is_decided_again_when_its_reason_lapses() {
+    let mut e = engine(ScoreConfig::default());
+    let refused = to_contain(&mut e);
+    e.defer(&refused.subject.key, ns(60), "warming up");
+    // Not before the reason lapses.
+    assert!(e.redecide(time(30), 1).is_empty());
+    // Then once: the score is still above the threshold.
+    let again = e.redecide(time(60), 2);
+    let again = verdicts(&again);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].decision, Decision::Contain);
+    assert_eq!(again[0].subject, refused.subject);
+    assert_eq!(again[0].ktime_ns, 2);
+    assert!(
+        again[0]
+            .reason
+            .starts_with("decided again once warming up lapsed: score"),
+        "{}",
+        again[0].reason
+    );
+    assert_eq!(again[0].rules, refused.rules);
+    assert!(e.redecide(time(120), 3).is_empty(), "decided once");
+}
+
+#[test]
+fn a_deferred_pod_that_fell_below_the_threshold_is_not_contained() {
+    let config = ScoreConfig {
+        half_life_s: 10.0,
+        ..ScoreConfig::default()
+    };
+    let mut e = engine(config);
+    let refused = to_contain(&mut e);
+    e.defer(&refused.subject.key, ns(60), "warming up");
+    // Six half-lives later the score is far below `contain`.
+    assert!(e.redecide(time(60), 1).is_empty());
+}
+
+#[test]
+fn a_match_after_a_deferral_reports_contain_again() {
+    let mut e = engine(ScoreConfig::default());
+    let refused = to_contain(&mut e);
+    e.defer(&refused.subject.key, ns(600), "warming up");
+    // Still above the threshold: the next match's verdict says contain again.
+    let records = e.process(&exec(10, "p", "/usr/bin/wget"));
+    let again = verdicts(&records);
+    assert_eq!(again.len(), 1, "{records:?}");
+    assert_eq!(again[0].decision, Decision::Contain);
+    // Reported: the deferral's own decision is not made a second time.
+    assert!(e.redecide(time(600), 1).is_empty());
+}
