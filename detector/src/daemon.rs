@@ -134,6 +134,9 @@ impl Analysis {
         self.recent.expire(Clock::boot_now_ns());
         let events = self.enricher.tick(now);
         self.emit(&events)?;
+        self.metrics
+            .set_queue_depth("held_events", self.enricher.held());
+        self.responders.sample(&self.metrics);
         let records = self
             .engine
             .redecide(OffsetDateTime::now_utc(), Clock::boot_now_ns());

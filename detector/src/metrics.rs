@@ -40,7 +40,7 @@
 //! number of series stays bounded.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, Mutex,
@@ -52,7 +52,7 @@ use std::{
 use axum::{
     Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -74,6 +74,7 @@ use tracing::info;
 use crate::{
     config::Problem,
     event::{Body, Event},
+    export::SinkStats,
     rules::spec::Severity,
     score::record::{Decision, Record},
 };
@@ -81,6 +82,10 @@ use crate::{
 /// The content type of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of the Prometheus text format, for scrapers that do not ask for
+/// OpenMetrics.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `metrics:` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +184,42 @@ struct VariantLabel {
     variant: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkOutcomeLabels {
+    sink: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The record kinds the kernel and the decoder count losses of: their loss series exist (at 0)
+/// from the start, so that an alert on them has something to watch before the first loss.
+const LOSS_KINDS: [&str; 6] = ["exec", "exit", "file", "connect", "syscall", "egress"];
+
+/// The queues whose depth is sampled: the ring-buffer drain's batches waiting for analysis,
+/// the events held for their pod's identity, the verdicts waiting for the containment
+/// dispatcher.
+pub const QUEUES: [&str; 3] = ["batches", "held_events", "containment"];
+
+/// Why containment refused a verdict, as the `reason` label says it.
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "disabled",
+    "warm_up",
+    "own_pod",
+    "protected_namespace",
+    "protected_label",
+    "budget_exhausted",
+    "disarmed",
+];
+
 /// Every figure the daemon exports. Clones share the same figures.
 #[derive(Clone)]
 pub struct Metrics {
@@ -206,8 +247,15 @@ struct Inner {
     pods_tracked: Gauge,
     programs_attached: Family<ProgramLabel, Gauge>,
     program_variant: Family<VariantLabel, Gauge>,
+    export_records: Family<SinkOutcomeLabels, Counter>,
+    export_queue_bytes: Family<SinkLabel, Gauge>,
+    containment_refused: Family<ReasonLabel, Counter>,
+    containment_dropped: Counter,
     /// Every program name marked so far, to mark the missing ones detached.
     programs_known: Mutex<BTreeSet<String>>,
+    /// Cumulative figures sampled from their owners (the exporter's sinks, the containment
+    /// queue) as last seen, to turn them into increments.
+    sampled_seen: Mutex<HashMap<(String, &'static str), u64>>,
     /// The kernel's cumulative counters as last seen, to turn them into increments.
     kernel_stats_seen: Mutex<Vec<u64>>,
 }
@@ -345,6 +393,40 @@ impl Metrics {
             "1 for the build of the kernel programs loaded: typed (Linux 6.2 and later) or probe-read",
             program_variant.clone(),
         );
+        let export_records = Family::<SinkOutcomeLabels, Counter>::default();
+        registry.register(
+            "export_records",
+            "Records of each SIEM sink by outcome: delivered (the receiver took them), retried (failed attempts retried), rejected (refused for good by the receiver), dropped (events shed by a full channel or queue; verdicts, actions and evidence never are)",
+            export_records.clone(),
+        );
+        let export_queue_bytes = Family::<SinkLabel, Gauge>::default();
+        registry.register(
+            "export_queue_bytes",
+            "Bytes waiting in each SIEM sink's disk queue",
+            export_queue_bytes.clone(),
+        );
+        let containment_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "containment_refused",
+            "Contain verdicts the guardrails refused, by reason",
+            containment_refused.clone(),
+        );
+        let containment_dropped = Counter::default();
+        registry.register(
+            "containment_dropped",
+            "Contain verdicts whose API steps were dropped because the dispatcher's queue was full",
+            containment_dropped.clone(),
+        );
+        for kind in LOSS_KINDS {
+            let _ = kernel_lost.get_or_create(&OwnedKindLabel { kind: kind.into() });
+            let _ = decode_losses.get_or_create(&OwnedKindLabel { kind: kind.into() });
+        }
+        for queue in QUEUES {
+            let _ = queue_depth.get_or_create(&QueueLabel { queue });
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = containment_refused.get_or_create(&ReasonLabel { reason });
+        }
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -374,7 +456,12 @@ impl Metrics {
                 pods_tracked,
                 programs_attached,
                 program_variant,
+                export_records,
+                export_queue_bytes,
+                containment_refused,
+                containment_dropped,
                 programs_known: Mutex::default(),
+                sampled_seen: Mutex::default(),
                 kernel_stats_seen: Mutex::new(vec![0; STAT_COUNT as usize]),
             }),
         }
@@ -556,6 +643,63 @@ impl Metrics {
             .set(1);
     }
 
+    /// Takes the exporter's per-sink counters (cumulative since start) and adds what grew
+    /// since the previous call to `export_records_total`; sets each sink's queue bytes.
+    pub fn observe_export(&self, sinks: &[SinkStats]) {
+        let m = &self.inner;
+        for sink in sinks {
+            for (outcome, total) in [
+                ("delivered", sink.delivered),
+                ("retried", sink.retries),
+                ("rejected", sink.rejected),
+                ("dropped", sink.dropped_channel + sink.dropped_queue),
+            ] {
+                let grew = self.grew(&sink.name, outcome, total);
+                m.export_records
+                    .get_or_create(&SinkOutcomeLabels {
+                        sink: sink.name.clone(),
+                        outcome,
+                    })
+                    .inc_by(grew);
+            }
+            m.export_queue_bytes
+                .get_or_create(&SinkLabel {
+                    sink: sink.name.clone(),
+                })
+                .set(i64::try_from(sink.queued_bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Takes the containment dispatcher's count of verdicts dropped on a full queue
+    /// (cumulative) and its queue's depth.
+    pub fn observe_containment_queue(&self, dropped: u64, depth: usize) {
+        let grew = self.grew("containment", "dropped", dropped);
+        self.inner.containment_dropped.inc_by(grew);
+        self.set_queue_depth("containment", depth);
+    }
+
+    /// Counts a verdict the containment guardrails refused, by one of [`REFUSAL_REASONS`].
+    pub fn record_containment_refused(&self, reason: &'static str) {
+        self.inner
+            .containment_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// What a cumulative figure grew by since it was last seen (all of it when it went down:
+    /// its owner started over).
+    fn grew(&self, owner: &str, figure: &'static str, total: u64) -> u64 {
+        let mut seen = self
+            .inner
+            .sampled_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = seen.entry((owner.to_owned(), figure)).or_default();
+        let grew = total.checked_sub(*last).unwrap_or(total);
+        *last = total;
+        grew
+    }
+
     /// The OpenMetrics text exposition of every figure.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -722,12 +866,76 @@ pub async fn serve(
     Ok(Some(Server { addr, task }))
 }
 
-async fn serve_metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        state.metrics.encode(),
-    )
-        .into_response()
+/// `/metrics` in the format the scraper asks for: OpenMetrics when its `Accept` names it (as
+/// Prometheus does by default), else the Prometheus text format 0.0.4 (older Prometheus
+/// versions, other scrapers, `curl`), as Prometheus's own client libraries negotiate.
+async fn serve_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let (kind, params) = media.split_once(';').unwrap_or((media, ""));
+            kind.trim()
+                .eq_ignore_ascii_case("application/openmetrics-text")
+                && !params.replace(' ', "").contains("q=0,")
+                && !params.replace(' ', "").ends_with("q=0")
+        });
+    let text = state.metrics.encode();
+    if openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            prometheus_text(&text),
+        )
+            .into_response()
+    }
+}
+
+/// The Prometheus text format 0.0.4 of an OpenMetrics exposition: a counter family is named
+/// with its `_total` suffix in HELP and TYPE, types the older format lacks become `untyped`,
+/// and there is no `# UNIT` or `# EOF` line.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter(|(_, kind)| *kind == "counter")
+        .map(|(name, _)| name)
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("HELP", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("TYPE", rest)));
+        match meta {
+            Some((what, rest)) => {
+                let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                let value = match (what, value) {
+                    ("TYPE", "counter" | "gauge" | "histogram" | "summary") => value,
+                    ("TYPE", _) => "untyped",
+                    _ => value,
+                };
+                out.push_str(&format!("# {what} {name}{suffix} {value}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 async fn serve_health() -> &'static str {

@@ -359,6 +359,7 @@ async fn sample(
                 let events = sampler.sample();
                 if let Some(metrics) = &metrics {
                     metrics.observe_kernel_stats(&sampler.last_stats);
+                    metrics.set_queue_depth("batches", tx.max_capacity() - tx.capacity());
                 }
                 if !events.is_empty() && tx.send(events).await.is_err() {
                     break;

@@ -34,6 +34,7 @@ use crate::{
         ExporterHandle,
         record::{Finding, Record as ExportRecord, Severity},
     },
+    metrics::Metrics,
     output::{EvidenceNotice, Notice, Notices},
     rules::Severity as RuleSeverity,
     score::{
@@ -86,6 +87,17 @@ impl Responders {
             runtime,
             cgroup2,
             captured: HashSet::new(),
+        }
+    }
+
+    /// Samples the responders' own counters into `metrics`: each sink's deliveries, retries,
+    /// rejections and drops, the containment queue.
+    pub fn sample(&self, metrics: &Metrics) {
+        if let Some(exporter) = &self.fanout.exporter {
+            metrics.observe_export(&exporter.stats());
+        }
+        if let Some(containment) = &self.containment {
+            metrics.observe_containment_queue(containment.dropped(), containment.queue_depth());
         }
     }
 

@@ -312,13 +312,17 @@ fn a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends() {
     }
     const WARMUP_S: u64 = 6;
     let dir = tempfile::tempdir().unwrap();
+    let metrics_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
     let output = dir.path().join("events.jsonl");
     let journal = dir.path().join("incidents");
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "contain:\n  warmup_s: {WARMUP_S}\n  journal_dir: {}\nevidence:\n  on_contain: false\nmetrics:\n  enabled: false\n",
+            "contain:\n  warmup_s: {WARMUP_S}\n  journal_dir: {}\nevidence:\n  on_contain: false\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
             journal.display(),
         ),
     )
@@ -359,6 +363,34 @@ fn a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends() {
         "the attack is not refused during the warm-up (is the machine too slow for a {WARMUP_S} s warm-up?):\n{}",
         read_journal()
     );
+    // The refusal is counted where Prometheus looks, and every queue's depth is there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused_series = "detector_containment_refused_total{reason=\"warm_up\"} ";
+    let metrics = loop {
+        let (_, body) = http_get(metrics_port, "/metrics");
+        let counted = body
+            .lines()
+            .find_map(|l| l.strip_prefix(refused_series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0);
+        if counted || Instant::now() >= deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(refused_series) && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    for queue in ["batches", "held_events", "containment"] {
+        assert!(
+            metrics.contains(&format!("detector_queue_depth{{queue=\"{queue}\"}} ")),
+            "{metrics}"
+        );
+    }
+
     // Nothing runs in the pod from now on: only the re-decision can contain it.
     let deadline = started + Duration::from_secs(WARMUP_S + 20);
     while !read_journal().contains(r#""entry":"opened""#) {

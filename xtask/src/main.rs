@@ -424,11 +424,13 @@ fn venv_bin() -> PathBuf {
 /// Test tools from PyPI, pinned: moto's S3 server (evidence upload), `ocsf-json-schema`,
 /// which ships the official OCSF schema exports the OCSF mapping is validated against, and
 /// `kubernetes-validate`, which ships each Kubernetes version's schemas (deploy/ is checked
-/// against 1.26 and 1.34).
+/// against 1.26 and 1.34), and Prometheus's own Python client, whose parsers of the Prometheus
+/// text and OpenMetrics formats read `/metrics`.
 const PYTHON_TOOLS: &[&str] = &[
     "moto[server]==5.2.5",
     "ocsf-json-schema==1.2.0",
     "kubernetes-validate==1.37.0",
+    "prometheus-client==0.26.0",
 ];
 
 /// kubectl for the manifest test (its `kustomize` renders deploy/ as `kubectl apply -k` does):

@@ -63,6 +63,21 @@ pub enum Refusal {
     Disarmed,
 }
 
+impl Refusal {
+    /// The reason as a metric label (one of [`crate::metrics::REFUSAL_REASONS`]).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::WarmUp => "warm_up",
+            Self::OwnPod => "own_pod",
+            Self::ProtectedNamespace(_) => "protected_namespace",
+            Self::ProtectedLabel(_) => "protected_label",
+            Self::BudgetExhausted { .. } => "budget_exhausted",
+            Self::Disarmed => "disarmed",
+        }
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -635,6 +650,13 @@ impl ContainmentHandle {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Verdicts waiting for the dispatcher.
+    pub fn queue_depth(&self) -> usize {
+        self.tx
+            .as_ref()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
     /// The journal file.
     pub fn journal_path(&self) -> &Path {
         &self.journal
@@ -870,6 +892,9 @@ fn admit_and_block(
             return (Taken::Ignored, None);
         }
         Admission::Refuse(refusal) => {
+            if let Some(metrics) = shared.metrics.get() {
+                metrics.record_containment_refused(refusal.label());
+            }
             let why = refusal.to_string();
             let mut disarmed = None;
             let mut taken = Taken::Ignored;
