@@ -137,6 +137,8 @@ impl Analysis {
         self.metrics
             .set_queue_depth("held_events", self.enricher.held());
         self.responders.sample(&self.metrics);
+        self.metrics
+            .observe_output_dropped(self.out.dropped_lines());
         let records = self
             .engine
             .redecide(OffsetDateTime::now_utc(), Clock::boot_now_ns());

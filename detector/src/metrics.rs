@@ -251,6 +251,7 @@ struct Inner {
     export_queue_bytes: Family<SinkLabel, Gauge>,
     containment_refused: Family<ReasonLabel, Counter>,
     containment_dropped: Counter,
+    output_dropped_lines: Counter,
     /// Every program name marked so far, to mark the missing ones detached.
     programs_known: Mutex<BTreeSet<String>>,
     /// Cumulative figures sampled from their owners (the exporter's sinks, the containment
@@ -417,6 +418,12 @@ impl Metrics {
             "Contain verdicts whose API steps were dropped because the dispatcher's queue was full",
             containment_dropped.clone(),
         );
+        let output_dropped_lines = Counter::default();
+        registry.register(
+            "output_dropped_lines",
+            "Lines of the daemon's own output (output.path) dropped because writing failed (a full disk); the daemon goes on",
+            output_dropped_lines.clone(),
+        );
         for kind in LOSS_KINDS {
             let _ = kernel_lost.get_or_create(&OwnedKindLabel { kind: kind.into() });
             let _ = decode_losses.get_or_create(&OwnedKindLabel { kind: kind.into() });
@@ -460,6 +467,7 @@ impl Metrics {
                 export_queue_bytes,
                 containment_refused,
                 containment_dropped,
+                output_dropped_lines,
                 programs_known: Mutex::default(),
                 sampled_seen: Mutex::default(),
                 kernel_stats_seen: Mutex::new(vec![0; STAT_COUNT as usize]),
@@ -676,6 +684,12 @@ impl Metrics {
         let grew = self.grew("containment", "dropped", dropped);
         self.inner.containment_dropped.inc_by(grew);
         self.set_queue_depth("containment", depth);
+    }
+
+    /// Takes the output's count of dropped lines (cumulative).
+    pub fn observe_output_dropped(&self, dropped_lines: u64) {
+        let grew = self.grew("output", "dropped", dropped_lines);
+        self.inner.output_dropped_lines.inc_by(grew);
     }
 
     /// Counts a verdict the containment guardrails refused, by one of [`REFUSAL_REASONS`].

@@ -440,6 +440,116 @@ fn a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends() {
     drop(cgroup);
 }
 
+/// A tmpfs of `size` at a fresh directory, unmounted on drop: a disk that fills.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Self { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_output_disk_never_stops_sensing_or_containment() {
+    if !privileged("a_full_output_disk_never_stops_sensing_or_containment") {
+        return;
+    }
+    let disk = SmallDisk::mount("64k");
+    let output = disk.dir.path().join("events.jsonl");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("incidents");
+    let config = dir.path().join("config.yaml");
+    let metrics_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  on_contain: false\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+            journal.display(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_detector")),
+        &config,
+        &output,
+        &[],
+    )
+    .unwrap();
+    // The node's own activity fills the 64 KiB disk within moments; then the attack.
+    let filler = Command::new("sh")
+        .args([
+            "-c",
+            "for i in $(seq 1 400); do cat /etc/hostname > /dev/null; done",
+        ])
+        .status()
+        .unwrap();
+    assert!(filler.success());
+    let dropped = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("detector_output_dropped_lines_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dropped(&http_get(metrics_port, "/metrics").1) == 0.0 {
+        assert!(Instant::now() < deadline, "the output disk never filled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pod_uid = "7f5e4d3c-2b1a-4f0e-9d8c-b7a699887766";
+    let cgroup = pod_cgroup(pod_uid, &"ab".repeat(32));
+    let _ = cgroup.run_shell(
+        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
+    );
+    // Sensing, scoring and containment go on: the pod's incident is opened and journaled.
+    let journal_path = journal.join("journal.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&journal_path).unwrap_or_default();
+        if text.contains(pod_uid) && text.contains(r#""entry":"opened""#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no containment while the output disk is full:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http_get(metrics_port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(dropped(&body) > 0.0);
+    let (status, log) = daemon.stop();
+    assert!(
+        status.success(),
+        "daemon exit {status}:\n{}",
+        log.join("\n")
+    );
+    // One log line for the condition, not one per batch.
+    let complaints = log
+        .iter()
+        .filter(|l| l.contains("output: cannot write"))
+        .count();
+    assert_eq!(complaints, 1, "{}", log.join("\n"));
+    drop(cgroup);
+}
+
 /// One HTTP/1.1 GET on loopback with `Connection: close`: the status code and the body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};

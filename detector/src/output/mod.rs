@@ -9,7 +9,7 @@
 use std::{
     ffi::OsStr,
     fs::OpenOptions,
-    io::{self, BufWriter, IsTerminal as _, Write},
+    io::{self, IsTerminal as _, Write},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -162,11 +162,37 @@ enum Mode {
 }
 
 /// Writes events, records and notices in the configured format.
+///
+/// A write that fails (a full disk, a quota) does not stop the daemon: the batch's lines are
+/// dropped and counted ([`Output::dropped_lines`]), the first failure is logged and then one
+/// line a minute while it lasts, and the next batch tries again; the line the failure tore is
+/// ended before anything else is written. Only a closed standard output (`detector run |
+/// head`) ends the output, as it ends any command-line tool.
 pub struct Output {
     path: PathBuf,
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
+    /// The batch being written, kept for its capacity.
+    batch: Vec<u8>,
+    /// A failed write left a line unfinished.
+    torn: bool,
     mode: Mode,
+    /// Lines dropped by failed writes since start.
+    dropped_lines: u64,
+    /// The failure in progress, if writes are failing.
+    failing: Option<Failing>,
 }
+
+/// Writes failing since `since`.
+struct Failing {
+    since: std::time::Instant,
+    /// Lines dropped since it began.
+    dropped: u64,
+    /// When it was last logged.
+    logged: std::time::Instant,
+}
+
+/// How often a lasting write failure is logged again.
+const FAILING_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Output {
     /// Opens the configured output (`-`: standard output; a file is appended to) and decides
@@ -219,9 +245,18 @@ impl Output {
         };
         Self {
             path: path.to_owned(),
-            out: BufWriter::with_capacity(1 << 16, sink),
+            out: sink,
+            batch: Vec::with_capacity(1 << 16),
+            torn: false,
             mode,
+            dropped_lines: 0,
+            failing: None,
         }
+    }
+
+    /// Lines dropped because writing them failed, since start.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped_lines
     }
 
     /// The format in use.
@@ -244,33 +279,35 @@ impl Output {
     /// Writes a batch of events and flushes it, so a reader of the file sees whole lines. The
     /// pretty format shows them only when asked to.
     pub fn write_events(&mut self, events: &[Event]) -> Result<(), OutputError> {
-        let result = match &self.mode {
-            Mode::Json => json_lines(&mut self.out, events),
+        self.batch.clear();
+        match &self.mode {
+            Mode::Json => json_lines(&mut self.batch, events),
             Mode::Pretty(terminal) if terminal.events => {
                 let style = terminal.style();
                 lines(
-                    &mut self.out,
+                    &mut self.batch,
                     events.iter().map(|e| pretty::event(e, style)),
-                )
+                );
             }
-            Mode::Pretty(_) => Ok(()),
-        };
-        self.result(result)
+            Mode::Pretty(_) => {}
+        }
+        self.commit()
     }
 
     /// Writes a batch of alerts and verdicts and flushes it.
     pub fn write_records(&mut self, records: &[Record]) -> Result<(), OutputError> {
-        let result = match &self.mode {
-            Mode::Json => json_lines(&mut self.out, records),
+        self.batch.clear();
+        match &self.mode {
+            Mode::Json => json_lines(&mut self.batch, records),
             Mode::Pretty(terminal) => {
                 let style = terminal.style();
                 lines(
-                    &mut self.out,
+                    &mut self.batch,
                     records.iter().map(|r| pretty::record(r, style)),
-                )
+                );
             }
-        };
-        self.result(result)
+        }
+        self.commit()
     }
 
     /// Writes the notices queued since the last call (the pretty format's containment steps
@@ -292,19 +329,108 @@ impl Output {
             return Ok(());
         }
         let style = terminal.style();
-        let result = lines(
-            &mut self.out,
+        self.batch.clear();
+        lines(
+            &mut self.batch,
             notices.iter().map(|n| pretty::notice(n, style)),
         );
-        self.result(result)
+        self.commit()
     }
 
-    fn result(&self, result: io::Result<()>) -> Result<(), OutputError> {
-        result.map_err(|source| OutputError::Write {
-            path: self.path.clone(),
-            source,
-        })
+    /// Writes the batch and flushes: a closed standard output ends the output; any other
+    /// failure drops the lines that did not make it, counts them and says so (see
+    /// [`Output`]). A line the failure tore is ended before the next batch.
+    fn commit(&mut self) -> Result<(), OutputError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let total = newlines(&self.batch);
+        let (done, result) = if self.torn {
+            match write_fully(&mut self.out, b"\n") {
+                (1, Ok(())) => {
+                    self.torn = false;
+                    write_fully(&mut self.out, &self.batch)
+                }
+                (_, result) => (0, result),
+            }
+        } else {
+            write_fully(&mut self.out, &self.batch)
+        };
+        let now = std::time::Instant::now();
+        let source = match result {
+            Ok(()) => {
+                if let Some(failing) = self.failing.take() {
+                    tracing::info!(
+                        path = %self.path.display(),
+                        dropped = failing.dropped,
+                        after = ?now.duration_since(failing.since),
+                        "output: writing again; lines were dropped while it failed"
+                    );
+                }
+                return Ok(());
+            }
+            Err(source) if source.kind() == io::ErrorKind::BrokenPipe && is_stdout(&self.path) => {
+                return Err(OutputError::Write {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            Err(source) => source,
+        };
+        if done > 0 && self.batch[done - 1] != b'\n' {
+            self.torn = true;
+        }
+        let dropped = total - newlines(&self.batch[..done]);
+        self.dropped_lines += dropped;
+        match &mut self.failing {
+            None => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    error = %source,
+                    "output: cannot write; lines are dropped (and counted in \
+                     detector_output_dropped_lines_total) until writing works again, the daemon \
+                     goes on"
+                );
+                self.failing = Some(Failing {
+                    since: now,
+                    dropped,
+                    logged: now,
+                });
+            }
+            Some(failing) => {
+                failing.dropped += dropped;
+                if now.duration_since(failing.logged) >= FAILING_LOG_EVERY {
+                    failing.logged = now;
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %source,
+                        dropped = failing.dropped,
+                        "output: still cannot write"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+/// Writes `bytes` as far as the writer takes them, then flushes: how many bytes it took, and
+/// the error that stopped it.
+fn write_fully(out: &mut dyn Write, bytes: &[u8]) -> (usize, io::Result<()>) {
+    let mut done = 0;
+    while done < bytes.len() {
+        match out.write(&bytes[done..]) {
+            Ok(0) => return (done, Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return (done, Err(err)),
+        }
+    }
+    (done, out.flush())
+}
+
+fn newlines(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 impl Terminal {
@@ -318,20 +444,24 @@ impl Terminal {
     }
 }
 
-fn json_lines<T: Serialize>(out: &mut impl Write, items: &[T]) -> io::Result<()> {
+/// One JSON object a line (a value that cannot be serialized is left out: none of the
+/// daemon's can fail).
+fn json_lines<T: Serialize>(out: &mut Vec<u8>, items: &[T]) {
     for item in items {
-        serde_json::to_writer(&mut *out, item)?;
-        out.write_all(b"\n")?;
+        let start = out.len();
+        if serde_json::to_writer(&mut *out, item).is_ok() {
+            out.push(b'\n');
+        } else {
+            out.truncate(start);
+        }
     }
-    out.flush()
 }
 
-fn lines(out: &mut impl Write, lines: impl Iterator<Item = String>) -> io::Result<()> {
+fn lines(out: &mut Vec<u8>, lines: impl Iterator<Item = String>) {
     for line in lines {
-        out.write_all(line.as_bytes())?;
-        out.write_all(b"\n")?;
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
     }
-    out.flush()
 }
 
 /// The local time zone's offset from UTC at `at` (UTC when it cannot be told). The `time`
@@ -389,6 +519,94 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A disk of `room` bytes: writes past it fail with `ENOSPC` (what fits of the last one is
+    /// written, as on a real disk) until the test frees it.
+    #[derive(Clone)]
+    struct SmallDisk {
+        written: Shared,
+        room: Arc<Mutex<usize>>,
+    }
+
+    impl Write for SmallDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(*room);
+            *room -= n;
+            self.written.write(&buf[..n])
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_disk_drops_and_counts_lines_and_writing_resumes_with_whole_lines() {
+        let disk = SmallDisk {
+            written: Shared::default(),
+            room: Arc::new(Mutex::new(0)),
+        };
+        let events = events();
+        let n = events.len() as u64;
+        let one_batch = {
+            let mut probe = Vec::new();
+            json_lines(&mut probe, &events);
+            probe.len()
+        };
+        // Room for one batch and half of the next.
+        *disk.room.lock().unwrap() = one_batch + one_batch / 2;
+        let mut out = Output::new(
+            Path::new("/var/log/detector.jsonl"),
+            Box::new(disk.clone()),
+            Format::Json,
+            false,
+            false,
+        );
+        // Neither the half-written batch nor the one that finds the disk full is fatal.
+        for _ in 0..3 {
+            out.write_events(&events).unwrap();
+        }
+        let dropped = out.dropped_lines();
+        assert!(dropped > n && dropped < 2 * n, "{dropped} of {n} a batch");
+        // Room again: the torn line is ended, then the batch is written whole.
+        *disk.room.lock().unwrap() = usize::MAX;
+        out.write_events(&events).unwrap();
+        assert_eq!(out.dropped_lines(), dropped);
+        let text = disk.written.text();
+        let (whole, torn): (Vec<&str>, Vec<&str>) = text
+            .lines()
+            .partition(|l| serde_json::from_str::<serde_json::Value>(l).is_ok());
+        // Every line is written whole or counted as dropped; the one torn line is a fragment
+        // of a dropped one.
+        assert_eq!(whole.len() as u64 + dropped, 4 * n, "{text}");
+        assert_eq!(torn.len(), 1, "{torn:?}");
+        assert!(text.ends_with("\n"));
+        let last: Vec<&str> = text.lines().rev().take(events.len()).collect();
+        assert!(
+            last.iter()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            "the last batch is whole: {text}"
+        );
+    }
+
+    #[test]
+    fn a_closed_standard_output_ends_the_output() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+        }
+        let mut out = Output::new(Path::new("-"), Box::new(Closed), Format::Json, false, false);
+        assert!(out.write_events(&events()).is_err());
     }
 
     #[test]
