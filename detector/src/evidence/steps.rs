@@ -421,12 +421,17 @@ impl Run<'_> {
         .await;
         let writer = sink.finish()?;
         self.budget.spend(writer.written());
-        let partial = written
+        // An image cut short is not an image (its index comes last): it is given up, whatever
+        // stopped it (the size limit, a full disk while its layers were staged).
+        let failed = written
             .as_ref()
             .err()
             .map(|err| format!("image not complete: {err}"));
         self.bundle
-            .finish(writer, partial, || art.size_reason(), now())?;
+            .finish(writer, None, || art.size_reason(), now())?;
+        if let Some(reason) = failed {
+            self.bundle.discard(rel, reason);
+        }
         match written {
             Ok(summary) => {
                 let layers: Vec<_> = summary
