@@ -52,7 +52,7 @@ fn webhook(url: String) -> Destination {
         headers: BTreeMap::new(),
         secret_headers: BTreeMap::new(),
         gzip: false,
-        framing: Framing::Ndjson,
+        framing: Some(Framing::Ndjson),
         tls: TlsConfig::default(),
     })
 }
@@ -301,6 +301,172 @@ async fn otlp_logs_follow_the_json_encoding() {
         first["attributes"][1],
         json!({"key": "detector.kind", "value": {"stringValue": "exec"}})
     );
+}
+
+/// What Falcosidekick's `/` handler makes of a request body (`mainHandler` and
+/// `newFalcoPayload` in its handlers.go, `FalcoPayload` and its `Check` in types.go): Go's
+/// `json.NewDecoder(body).Decode(&payload)` reads the FIRST JSON value of the body and nothing
+/// after it, into a struct whose fields have Go types (a value of another type is an error;
+/// unknown keys are ignored); the payload must then have a known priority, a rule, a time and
+/// output fields, else the answer is 400. `k8s.ns.name` and `k8s.pod.name` are asserted to be
+/// strings (`j.(string)`, which panics on anything else).
+fn falcosidekick_decode(body: &[u8]) -> Result<Value, String> {
+    let first = serde_json::Deserializer::from_slice(body)
+        .into_iter::<Value>()
+        .next()
+        .ok_or("empty body")?
+        .map_err(|e| e.to_string())?;
+    let Value::Object(payload) = &first else {
+        // `null` decodes to an empty payload, which `Check` refuses; the rest cannot decode.
+        return Err(format!("cannot decode {first} into FalcoPayload"));
+    };
+    let string = |key: &str| match payload.get(key) {
+        None | Some(Value::Null) => Ok(""),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(other) => Err(format!("{key}: cannot unmarshal {other} into a Go string")),
+    };
+    for key in ["uuid", "output", "rule", "source", "hostname"] {
+        string(key)?;
+    }
+    let priority = match payload.get("priority") {
+        Some(Value::String(p)) => p.to_lowercase(),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => return Err(format!("priority: {other} is not a string")),
+    };
+    let known = [
+        "emergency",
+        "alert",
+        "critical",
+        "error",
+        "warning",
+        "notice",
+        "informational",
+        "debug",
+    ];
+    match payload.get("time") {
+        None | Some(Value::Null) => return Err("Check: zero time".into()),
+        Some(Value::String(t)) => {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("time {t:?}: {e}"))?;
+        }
+        Some(other) => return Err(format!("time: {other} is not an RFC 3339 string")),
+    }
+    let fields = match payload.get("output_fields") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(fields)) => fields.clone(),
+        Some(other) => return Err(format!("output_fields: {other} is not an object")),
+    };
+    match payload.get("tags") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(tags)) if tags.iter().all(Value::is_string) => {}
+        Some(other) => return Err(format!("tags: {other} is not a list of strings")),
+    }
+    if !known.contains(&priority.as_str()) || string("rule")?.is_empty() || fields.is_empty() {
+        return Err("Check: no priority, rule or output_fields".into());
+    }
+    for key in ["k8s.ns.name", "k8s.pod.name"] {
+        if let Some(value) = fields.get(key).filter(|v| !v.is_null()) {
+            assert!(value.is_string(), "Falcosidekick panics on {key} = {value}");
+        }
+    }
+    Ok(first)
+}
+
+/// A loopback Falcosidekick: answers 400 "Please send a valid request body" to what it cannot
+/// decode and 200 to the rest, keeping the payloads it forwards.
+async fn falcosidekick() -> (HttpReceiver, Arc<Mutex<Vec<Value>>>) {
+    let forwarded = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&forwarded);
+    let responder: Responder = Arc::new(move |request| {
+        if request.method != "POST" {
+            return (400, "Please send with post http method\n".into());
+        }
+        match falcosidekick_decode(&request.body) {
+            Ok(payload) => {
+                kept.lock().unwrap().push(payload);
+                (200, String::new())
+            }
+            Err(_) => (400, "Please send a valid request body\n".into()),
+        }
+    });
+    (HttpReceiver::start(responder).await, forwarded)
+}
+
+#[tokio::test]
+async fn falcosidekick_gets_every_record_out_of_the_box() {
+    const TOTAL: u64 = 60;
+    let state = tempfile::tempdir().unwrap();
+    let (receiver, forwarded) = falcosidekick().await;
+    let (batched_receiver, batched_forwarded) = falcosidekick().await;
+    // As a Falcosidekick user writes it: the falco schema, a webhook, nothing else.
+    let sidekick = |name: &str, url: String, framing: Option<Framing>| {
+        let mut sink = sink(name, Schema::Falco, webhook(url));
+        if let Destination::Webhook(w) = &mut sink.to {
+            w.framing = framing;
+        }
+        sink
+    };
+    let config = config(vec![
+        sidekick("sidekick", receiver.url(), None),
+        // What the default was: NDJSON, which `config check` now refuses for falco.
+        sidekick("batched", batched_receiver.url(), Some(Framing::Ndjson)),
+    ]);
+    let problems = config.validate();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].at, "export.sinks[1].to.webhook.framing");
+    let exporter = Exporter::start(&config, state.path()).unwrap();
+    for i in 0..TOTAL {
+        if i % 10 == 0 {
+            exporter.send(verdict(i));
+        } else {
+            exporter.send(event(i));
+        }
+    }
+    wait_for(Duration::from_secs(20), "every record delivered", || {
+        exporter
+            .stats()
+            .iter()
+            .all(|s| s.delivered + s.rejected >= TOTAL)
+    })
+    .await;
+    let stats = exporter.stats();
+    exporter.shutdown().await;
+    let uids = |forwarded: &Mutex<Vec<Value>>| -> BTreeSet<String> {
+        forwarded
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p["output_fields"]["detector.uid"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        (stats[0].delivered, stats[0].rejected),
+        (TOTAL, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        uids(&forwarded).len() as u64,
+        TOTAL,
+        "every record reached Falcosidekick"
+    );
+    let requests = receiver.requests();
+    assert!(requests.iter().all(|r| r.status == 200));
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers["content-type"] == "application/json")
+    );
+    // The receiver is faithful: the NDJSON sink counted everything delivered while
+    // Falcosidekick forwarded one record per request.
+    let batched = uids(&batched_forwarded).len();
+    assert_eq!(stats[1].delivered, TOTAL, "{stats:?}");
+    assert_eq!(batched, batched_receiver.requests().len());
+    assert!((batched as u64) < TOTAL, "{batched} of {TOTAL}");
 }
 
 /// The test's record ids (`ktime_ns`) in the native documents received, with duplicates.

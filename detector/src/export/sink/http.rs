@@ -7,7 +7,10 @@ use flate2::{Compression, write::GzEncoder};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use super::{Item, SinkError};
-use crate::export::config::{Framing, SecretSource, TlsConfig, WebhookSink};
+use crate::export::{
+    config::{Framing, SecretSource, TlsConfig, WebhookSink},
+    schema::Schema,
+};
 
 /// A client trusting the public roots and the configured CA file.
 pub fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, SinkError> {
@@ -130,19 +133,26 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A webhook sink for the configuration.
-    pub fn new(config: &WebhookSink, timeout: Duration) -> Result<Self, SinkError> {
+    /// A webhook sink for the configuration, sending records in `schema` (which decides the
+    /// framing when the configuration does not).
+    pub fn new(config: &WebhookSink, schema: Schema, timeout: Duration) -> Result<Self, SinkError> {
         Ok(Self {
             client: client(&config.tls, timeout)?,
             url: config.url.clone(),
             headers: headers(&config.headers, &config.secret_headers)?,
             gzip: config.gzip,
-            framing: config.framing,
+            framing: config.framing_for(schema),
         })
     }
 
-    /// Sends the batch in one request (or one per record with `single`).
-    pub async fn deliver(&mut self, batch: &[Item]) -> Result<(), SinkError> {
+    /// The framing in use.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// Sends the batch in one request (or one per record with `single`); returns how many
+    /// records were refused for good.
+    pub async fn deliver(&mut self, batch: &[Item]) -> Result<usize, SinkError> {
         match self.framing {
             Framing::Ndjson => {
                 let mut body = Vec::new();
@@ -150,26 +160,32 @@ impl Webhook {
                     let _ = serde_json::to_writer(&mut body, &item.doc);
                     body.push(b'\n');
                 }
-                self.send("application/x-ndjson", body, batch.len()).await
+                self.send("application/x-ndjson", body, batch.len())
+                    .await
+                    .map(|()| 0)
             }
             Framing::JsonArray => {
                 let docs: Vec<&serde_json::Value> = batch.iter().map(|i| &i.doc).collect();
                 let body = serde_json::to_vec(&docs).unwrap_or_default();
-                self.send("application/json", body, batch.len()).await
+                self.send("application/json", body, batch.len())
+                    .await
+                    .map(|()| 0)
             }
             Framing::Single => {
+                let mut refused = 0;
                 for item in batch {
                     let body = serde_json::to_vec(&item.doc).unwrap_or_default();
                     match self.send("application/json", body, 1).await {
                         Ok(()) => {}
-                        // One refused record does not hold back the others.
+                        // One refused record does not hold back the others; it is counted.
                         Err(SinkError::Rejected { message, .. }) => {
                             tracing::warn!("webhook {} refused a record: {message}", self.url);
+                            refused += 1;
                         }
                         Err(err) => return Err(err),
                     }
                 }
-                Ok(())
+                Ok(refused)
             }
         }
     }
