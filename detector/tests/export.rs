@@ -13,18 +13,23 @@ use std::{
     time::Duration,
 };
 
-use detector::export::{
-    Exporter,
-    config::{
-        BatchConfig, Destination, ElasticSink, ExportConfig, Framing, HecSink, OtlpSink,
-        QueueConfig, RetryConfig, SecretSource, SinkConfig, TlsConfig, WebhookSink,
+use detector::{
+    event::{Body, Connect},
+    export::{
+        Exporter,
+        config::{
+            BatchConfig, Destination, ElasticSink, ExportConfig, Framing, HecSink, OtlpSink,
+            QueueConfig, RetryConfig, SecretSource, SinkConfig, SyslogFormat, SyslogSink,
+            SyslogTransport, TlsConfig, WebhookSink,
+        },
+        queue::{Fsync, WhenFull},
+        record::{Finding, Record, RecordKind, Severity},
+        schema::Schema,
     },
-    queue::{Fsync, WhenFull},
-    record::{RecordKind, Severity},
-    schema::Schema,
 };
 use serde_json::{Value, json};
 use support::{HttpReceiver, Responder, event, ok, verdict, wait_for};
+use tokio::io::AsyncReadExt as _;
 
 fn sink(name: &str, schema: Schema, to: Destination) -> SinkConfig {
     SinkConfig {
@@ -467,6 +472,252 @@ async fn falcosidekick_gets_every_record_out_of_the_box() {
     assert_eq!(stats[1].delivered, TOTAL, "{stats:?}");
     assert_eq!(batched, batched_receiver.requests().len());
     assert!((batched as u64) < TOTAL, "{batched} of {TOTAL}");
+}
+
+/// A CEF line read as the CEF standard ("Implementing ArcSight CEF", rev. 25) defines it: after
+/// `CEF:`, seven header fields separated by `|`, in which only `\|` and `\\` are escapes; then
+/// the extension, `key=value` pairs separated by spaces, a key being letters and digits and a
+/// value running to the space before the next key, in which `\=`, `\\`, `\n` and `\r` are
+/// the only escapes.
+fn parse_cef(line: &str) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+    let rest = line.strip_prefix("CEF:").ok_or("no CEF: prefix")?;
+    let mut header = Vec::new();
+    let mut field = String::new();
+    let mut chars = rest.char_indices();
+    let mut extension_at = None;
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some((_, e @ ('|' | '\\'))) => field.push(e),
+                other => return Err(format!("bad header escape {other:?} in {line:?}")),
+            },
+            '|' => {
+                header.push(std::mem::take(&mut field));
+                if header.len() == 7 {
+                    extension_at = Some(at + 1);
+                    break;
+                }
+            }
+            '\r' | '\n' => return Err(format!("line break in the header of {line:?}")),
+            c => field.push(c),
+        }
+    }
+    let extension: Vec<char> = rest[extension_at.ok_or("fewer than 7 header fields")?..]
+        .chars()
+        .collect();
+    // Unescaped `=` signs, each ending a key.
+    let mut equals = Vec::new();
+    let mut i = 0;
+    while i < extension.len() {
+        match extension[i] {
+            '\\' => i += 1,
+            '=' => equals.push(i),
+            '\r' | '\n' => return Err(format!("raw line break in {line:?}")),
+            _ => {}
+        }
+        i += 1;
+    }
+    let key_start = |eq: usize| {
+        extension[..eq]
+            .iter()
+            .rposition(|c| *c == ' ')
+            .map_or(0, |space| space + 1)
+    };
+    let mut pairs = Vec::new();
+    for (n, &eq) in equals.iter().enumerate() {
+        let key: String = extension[key_start(eq)..eq].iter().collect();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!("bad key {key:?} in {line:?}"));
+        }
+        if n == 0 && key_start(eq) != 0 {
+            return Err(format!("text before the first key in {line:?}"));
+        }
+        let end = equals
+            .get(n + 1)
+            .map_or(extension.len(), |&next| key_start(next).saturating_sub(1));
+        let mut value = String::new();
+        let mut raw = extension[eq + 1..end].iter();
+        while let Some(&c) = raw.next() {
+            if c == '\\' {
+                match raw.next() {
+                    Some('\\') => value.push('\\'),
+                    Some('=') => value.push('='),
+                    Some('n') => value.push('\n'),
+                    Some('r') => value.push('\r'),
+                    other => return Err(format!("bad extension escape {other:?} in {line:?}")),
+                }
+            } else {
+                value.push(c);
+            }
+        }
+        pairs.push((key, value));
+    }
+    Ok((header, pairs))
+}
+
+/// The extension keys of the CEF standard's dictionary that the syslog sink may write.
+const CEF_KEYS: &[&str] = &[
+    "act",
+    "c6a1",
+    "c6a1Label",
+    "c6a3",
+    "c6a3Label",
+    "c6a4",
+    "c6a4Label",
+    "cn1",
+    "cn1Label",
+    "cnt",
+    "cs1",
+    "cs1Label",
+    "cs2",
+    "cs2Label",
+    "cs3",
+    "cs3Label",
+    "cs4",
+    "cs4Label",
+    "cs6",
+    "cs6Label",
+    "dpt",
+    "dst",
+    "dvchost",
+    "externalId",
+    "filePath",
+    "fname",
+    "msg",
+    "out",
+    "outcome",
+    "proto",
+    "reason",
+    "rt",
+    "spid",
+    "sproc",
+    "suid",
+];
+
+/// A connect event from the pod's shell to `daddr`.
+fn connect(daddr: &str, id: u64) -> Record {
+    let Record::Event(mut event) = event(id) else {
+        unreachable!("an event")
+    };
+    let daddr: std::net::IpAddr = daddr.parse().unwrap();
+    event.body = Body::Connect(Connect {
+        family: if daddr.is_ipv4() { "ipv4" } else { "ipv6" }.into(),
+        protocol: "tcp".into(),
+        daddr,
+        dport: 443,
+        blocked: false,
+    });
+    Record::Event(event)
+}
+
+#[tokio::test]
+async fn cef_over_syslog_reads_back_with_the_standards_rules() {
+    let state = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let to = Destination::Syslog(SyslogSink {
+        address: listener.local_addr().unwrap().to_string(),
+        transport: SyslogTransport::Tcp,
+        format: SyslogFormat::Cef,
+        facility: 16,
+        tls: TlsConfig::default(),
+    });
+    let exporter =
+        Exporter::start(&config(vec![sink("cef", Schema::Ocsf, to)]), state.path()).unwrap();
+    let nasty_name = "rule|with\\pipe\nand break";
+    let nasty_summary = "a=b c\\d\nsecond line|pipe key=value";
+    let records = vec![
+        connect("10.0.0.9", 1),
+        connect("2001:db8::9", 2),
+        connect("::ffff:10.0.0.1", 3),
+        Record::Verdict(Finding {
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            severity: Severity::Critical,
+            name: nasty_name.into(),
+            summary: nasty_summary.into(),
+            data: json!({"why": "x=1 \\ y", "list": [1, 2]}),
+        }),
+        event(5),
+    ];
+    let total = records.len();
+    for record in records {
+        exporter.send(record);
+    }
+    // Octet-counted frames (RFC 6587) on one connection.
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buffer = Vec::new();
+    let mut messages = Vec::new();
+    while messages.len() < total {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the sink closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+        while let Some(space) = buffer.iter().position(|b| *b == b' ') {
+            let length: usize = std::str::from_utf8(&buffer[..space])
+                .unwrap()
+                .parse()
+                .unwrap();
+            if buffer.len() < space + 1 + length {
+                break;
+            }
+            let frame: Vec<u8> = buffer.drain(..space + 1 + length).skip(space + 1).collect();
+            messages.push(String::from_utf8(frame).unwrap());
+        }
+    }
+    exporter.shutdown().await;
+    let lines: Vec<(Vec<String>, BTreeMap<String, String>)> = messages
+        .iter()
+        .map(|m| {
+            let cef = &m[m.find("CEF:").expect("a CEF message")..];
+            let (header, pairs) = parse_cef(cef).unwrap();
+            let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+            let unique: BTreeSet<&str> = keys.iter().copied().collect();
+            assert_eq!(unique.len(), keys.len(), "a key twice in {cef}");
+            (header, pairs.into_iter().collect())
+        })
+        .collect();
+    for (header, ext) in &lines {
+        assert_eq!(header[..3], ["0", "detector", "detector"]);
+        let severity: u8 = header[6].parse().unwrap();
+        assert!(severity <= 10);
+        for key in ext.keys() {
+            assert!(CEF_KEYS.contains(&key.as_str()), "{key} is not a CEF key");
+        }
+        // src and dst are IPv4 addresses, per the standard.
+        for key in ["src", "dst"] {
+            if let Some(ip) = ext.get(key) {
+                assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{key}={ip}");
+            }
+        }
+    }
+    let by_uid = |n: usize| &lines[n].1;
+    assert_eq!(by_uid(0)["dst"], "10.0.0.9");
+    assert_eq!(by_uid(0)["dpt"], "443");
+    assert!(!by_uid(0).contains_key("c6a3"));
+    let v6 = by_uid(1);
+    assert!(!v6.contains_key("dst") && !v6.contains_key("src"), "{v6:?}");
+    assert_eq!(v6["c6a3"], "2001:db8::9");
+    assert_eq!(v6["c6a3Label"], "Destination IPv6 Address");
+    assert_eq!(v6["dpt"], "443");
+    assert_eq!(
+        by_uid(2)["dst"],
+        "10.0.0.1",
+        "an IPv4-mapped address is IPv4"
+    );
+    // Escapes: the header keeps pipes and backslashes (a line break cannot be in it), the
+    // extension keeps everything.
+    let (header, ext) = &lines[3];
+    assert_eq!(header[5], "rule|with\\pipe and break");
+    assert_eq!(header[6], "10");
+    assert_eq!(ext["msg"], nasty_summary);
+    let data: Value = serde_json::from_str(&ext["cs6"]).unwrap();
+    assert_eq!(data["why"], "x=1 \\ y");
+    assert_eq!(lines[4].1["msg"], "sh -c echo 5");
 }
 
 /// The test's record ids (`ktime_ns`) in the native documents received, with duplicates.
