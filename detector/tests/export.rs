@@ -177,6 +177,109 @@ async fn splunk_hec_body_and_token() {
     }
 }
 
+/// Whether `text` is a GUID as HEC takes for a channel: 8-4-4-4-12 hexadecimal digits.
+fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A HEC endpoint whose token has indexer acknowledgement on: without a
+/// `X-Splunk-Request-Channel` it answers 400 `{"text":"Data channel is missing","code":10}`,
+/// with one that is not a GUID 400 `{"text":"Invalid data channel","code":11}`, else 200 with
+/// the request's `ackId` on that channel. The first `refuse_first` requests are refused as
+/// channel-less whatever they carry (a proxy dropping the header).
+fn hec_with_acknowledgement(refuse_first: usize) -> Responder {
+    let acks = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let seen = Arc::new(Mutex::new(0usize));
+    Arc::new(move |request| {
+        let mut seen = seen.lock().unwrap();
+        *seen += 1;
+        let missing = (
+            400,
+            r#"{"text":"Data channel is missing","code":10}"#.to_owned(),
+        );
+        if *seen <= refuse_first {
+            return missing;
+        }
+        match request.headers.get("x-splunk-request-channel") {
+            None => missing,
+            Some(channel) if !is_guid(channel) => (
+                400,
+                r#"{"text":"Invalid data channel","code":11}"#.to_owned(),
+            ),
+            Some(channel) => {
+                let mut acks = acks.lock().unwrap();
+                let ack = acks.entry(channel.clone()).or_default();
+                let answer = json!({"text": "Success", "code": 0, "ackId": *ack});
+                *ack += 1;
+                (200, answer.to_string())
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn splunk_hec_with_indexer_acknowledgement_gets_everything() {
+    const TOTAL: u64 = 30;
+    let state = tempfile::tempdir().unwrap();
+    let receiver = HttpReceiver::start(hec_with_acknowledgement(0)).await;
+    let flaky = HttpReceiver::start(hec_with_acknowledgement(2)).await;
+    let hec = |name: &str, url: String| {
+        let mut sink = sink(
+            name,
+            Schema::Ocsf,
+            Destination::SplunkHec(HecSink {
+                url,
+                token: secret_file(state.path(), "11111111-2222-3333-4444-555555555555"),
+                index: None,
+                sourcetype: None,
+                gzip: false,
+                tls: TlsConfig::default(),
+            }),
+        );
+        sink.batch.max_records = 7;
+        sink
+    };
+    let config = config(vec![
+        hec("hec", receiver.url()),
+        hec("hec-flaky", flaky.url()),
+    ]);
+    let exporter = Exporter::start(&config, state.path()).unwrap();
+    for i in 0..TOTAL {
+        exporter.send(event(i));
+    }
+    wait_for(Duration::from_secs(20), "every record delivered", || {
+        exporter
+            .stats()
+            .iter()
+            .all(|s| s.delivered + s.rejected >= TOTAL)
+    })
+    .await;
+    let stats = exporter.stats();
+    exporter.shutdown().await;
+    for (stats, receiver) in stats.iter().zip([&receiver, &flaky]) {
+        assert_eq!((stats.delivered, stats.rejected), (TOTAL, 0), "{stats:?}");
+        let ids: BTreeSet<u64> = receiver
+            .accepted_lines()
+            .iter()
+            .map(|l| l["event"]["unmapped"]["ktime_ns"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (0..TOTAL).collect(), "{}", stats.name);
+        // One channel per sink, on every request.
+        let channels: BTreeSet<String> = receiver
+            .requests()
+            .iter()
+            .map(|r| r.headers["x-splunk-request-channel"].clone())
+            .collect();
+        assert_eq!(channels.len(), 1, "{channels:?}");
+        assert!(is_guid(channels.first().unwrap()));
+    }
+    assert!(stats[1].retries >= 2, "{:?}", stats[1]);
+}
+
 #[tokio::test]
 async fn elasticsearch_bulk_items_are_checked() {
     let state = tempfile::tempdir().unwrap();

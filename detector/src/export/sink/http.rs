@@ -67,8 +67,7 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// POSTs a body and classifies the answer: 2xx is `Ok` with the response body, statuses
-/// [`is_retryable`] are retried, anything else refuses the `count` records for good.
+/// POSTs a body and classifies the answer ([`classify`]).
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -78,6 +77,20 @@ pub async fn post(
     compress: bool,
     count: usize,
 ) -> Result<Vec<u8>, SinkError> {
+    let (status, answer) = exchange(client, url, headers, content_type, body, compress).await?;
+    classify(status, answer, count)
+}
+
+/// POSTs a body; the answer's status and body, whatever the status (a transport failure is an
+/// error).
+pub async fn exchange(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HeaderMap,
+    content_type: &str,
+    body: Vec<u8>,
+    compress: bool,
+) -> Result<(u16, Vec<u8>), SinkError> {
     let mut request = client
         .post(url)
         .headers(headers.clone())
@@ -96,11 +109,16 @@ pub async fn post(
         .bytes()
         .await
         .map_err(|e| SinkError::transport(format!("POST {url}: reading the answer"), e))?;
-    if status.is_success() {
-        return Ok(body.to_vec());
+    Ok((status.as_u16(), body.to_vec()))
+}
+
+/// An answer classified: 2xx is `Ok` with the response body, statuses [`is_retryable`] are
+/// retried, anything else refuses the `count` records for good.
+pub fn classify(code: u16, body: Vec<u8>, count: usize) -> Result<Vec<u8>, SinkError> {
+    if (200..300).contains(&code) {
+        return Ok(body);
     }
     let text: String = String::from_utf8_lossy(&body).chars().take(512).collect();
-    let code = status.as_u16();
     if is_retryable(code) {
         Err(SinkError::Retryable {
             status: code,
