@@ -14,7 +14,7 @@ use std::{
 };
 
 use detector::{
-    event::{Body, Connect},
+    event::{Body, Connect, Pod},
     export::{
         Exporter,
         config::{
@@ -356,6 +356,216 @@ async fn elasticsearch_bulk_items_are_checked() {
         request.body.ends_with(b"\n"),
         "bulk bodies end with a newline"
     );
+}
+
+/// How Elasticsearch's dynamic mapping types a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mapped {
+    Object,
+    Long,
+    Double,
+    Boolean,
+    Keyword,
+}
+
+/// Indexes `value` at `path` into `mapping` as Elasticsearch's dynamic mapping does: a dot in a
+/// field name is a level of objects, a field mapped as an object takes only objects and one
+/// mapped as a value only values (a string must parse as a number for a numeric field, as a
+/// boolean for a boolean one), arrays hold values of their field's type. The refusal is the
+/// `document_parsing_exception` reason.
+fn index_field(
+    mapping: &mut BTreeMap<String, Mapped>,
+    path: &str,
+    value: &Value,
+) -> Result<(), String> {
+    let scalar = match value {
+        Value::Null => return Ok(()),
+        Value::Array(items) => {
+            return items
+                .iter()
+                .try_for_each(|item| index_field(mapping, path, item));
+        }
+        Value::Object(map) => {
+            if !path.is_empty() {
+                match mapping.get(path) {
+                    None => {
+                        mapping.insert(path.to_owned(), Mapped::Object);
+                    }
+                    Some(Mapped::Object) => {}
+                    Some(other) => {
+                        return Err(format!(
+                            "Could not dynamically add mapping for field [{path}]: existing \
+                             mapping for [{path}] must be of type object but found [{other:?}]"
+                        ));
+                    }
+                }
+            }
+            for (key, value) in map {
+                if key.split('.').any(|part| part.trim().is_empty()) {
+                    return Err(format!("field name [{key}] has an empty part"));
+                }
+                // `a.b` is the object `a` holding `b`.
+                let mut at = path.to_owned();
+                let parts: Vec<&str> = key.split('.').collect();
+                for (i, part) in parts.iter().enumerate() {
+                    if !at.is_empty() {
+                        at.push('.');
+                    }
+                    at.push_str(part);
+                    if i + 1 < parts.len() {
+                        index_field(mapping, &at, &Value::Object(serde_json::Map::new()))?;
+                    }
+                }
+                index_field(mapping, &at, value)?;
+            }
+            return Ok(());
+        }
+        Value::Bool(_) => Mapped::Boolean,
+        Value::Number(n) if n.is_f64() => Mapped::Double,
+        Value::Number(_) => Mapped::Long,
+        Value::String(_) => Mapped::Keyword,
+    };
+    let Some(&existing) = mapping.get(path) else {
+        mapping.insert(path.to_owned(), scalar);
+        return Ok(());
+    };
+    let fits = match (existing, value) {
+        (Mapped::Object, _) => false,
+        (Mapped::Keyword, _) | (Mapped::Long | Mapped::Double, Value::Number(_)) => true,
+        (Mapped::Long, Value::String(s)) => s.parse::<i64>().is_ok(),
+        (Mapped::Double, Value::String(s)) => s.parse::<f64>().is_ok(),
+        (Mapped::Boolean, Value::Bool(_)) => true,
+        (Mapped::Boolean, Value::String(s)) => matches!(s.as_str(), "true" | "false" | ""),
+        _ => false,
+    };
+    if fits {
+        Ok(())
+    } else if existing == Mapped::Object {
+        Err(format!(
+            "object mapping for [{path}] tried to parse field [{path}] as object, but found a \
+             concrete value"
+        ))
+    } else {
+        Err(format!(
+            "failed to parse field [{path}] of type [{existing:?}]: {value}"
+        ))
+    }
+}
+
+/// A loopback Elasticsearch `_bulk` endpoint with one index under dynamic mapping: each
+/// `create` is indexed ([`index_field`]) or refused with 400 `document_parsing_exception`, and
+/// the mapping grows with each document taken.
+fn elasticsearch_dynamic_mapping(mapping: Arc<Mutex<BTreeMap<String, Mapped>>>) -> Responder {
+    Arc::new(move |request| {
+        let text = String::from_utf8_lossy(&request.body).into_owned();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let mut items = Vec::new();
+        let mut errors = false;
+        let mut mapping = mapping.lock().unwrap();
+        for pair in lines.chunks(2) {
+            let id = pair[0]["create"]["_id"].clone();
+            let mut grown = mapping.clone();
+            let item = match index_field(&mut grown, "", &pair[1]) {
+                Ok(()) => {
+                    *mapping = grown;
+                    json!({"create": {"_id": id, "status": 201}})
+                }
+                Err(reason) => {
+                    errors = true;
+                    json!({"create": {"_id": id, "status": 400, "error": {
+                        "type": "document_parsing_exception", "reason": reason}}})
+                }
+            };
+            items.push(item);
+        }
+        (
+            200,
+            json!({"took": 1, "errors": errors, "items": items}).to_string(),
+        )
+    })
+}
+
+/// An exec in a pod labelled with `labels`.
+fn in_pod(id: u64, labels: &[(&str, &str)]) -> Record {
+    let Record::Event(mut event) = event(id) else {
+        unreachable!("an event")
+    };
+    event.pod = Some(Pod {
+        uid: "4f1c8a2e-7b3d-4e9a-9c51-2d6e8f0a1b3c".into(),
+        namespace: Some("shop".into()),
+        name: Some("web-7d9f".into()),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        owner: None,
+        node: Some("node-1".into()),
+        qos: None,
+        resolved: true,
+    });
+    Record::Event(event)
+}
+
+#[tokio::test]
+async fn ecs_documents_survive_elasticsearch_dynamic_mapping() {
+    let state = tempfile::tempdir().unwrap();
+    let mapping = Arc::new(Mutex::new(BTreeMap::new()));
+    let receiver = HttpReceiver::start(elasticsearch_dynamic_mapping(Arc::clone(&mapping))).await;
+    let to = Destination::Elasticsearch(ElasticSink {
+        url: receiver.url(),
+        index: "detector".into(),
+        api_key: None,
+        username: None,
+        password: None,
+        gzip: false,
+        tls: TlsConfig::default(),
+    });
+    let exporter =
+        Exporter::start(&config(vec![sink("es", Schema::Ecs, to)]), state.path()).unwrap();
+    let recommended = [
+        ("app", "web"),
+        ("app.kubernetes.io/name", "web"),
+        ("app.kubernetes.io/part-of", "shop"),
+    ];
+    let records = vec![
+        in_pod(1, &[("app", "web")]),
+        in_pod(2, &recommended),
+        in_pod(3, &[("app.kubernetes.io/name", "api"), ("tier", "backend")]),
+        Record::Action(Finding {
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            severity: Severity::Medium,
+            name: "remove_from_service".into(),
+            summary: "removed labels".into(),
+            data: json!({"outcome": {"status": "done", "undo": {"labels": {
+                "app": "web", "app.kubernetes.io/name": "web"}}}}),
+        }),
+        verdict(4),
+        event(5),
+    ];
+    let total = records.len() as u64;
+    for record in records {
+        exporter.send(record);
+    }
+    wait_for(Duration::from_secs(10), "every document answered", || {
+        let stats = &exporter.stats()[0];
+        stats.delivered + stats.rejected >= total
+    })
+    .await;
+    let stats = exporter.stats().remove(0);
+    exporter.shutdown().await;
+    assert_eq!((stats.delivered, stats.rejected), (total, 0), "{stats:?}");
+    let mapping = mapping.lock().unwrap();
+    assert_eq!(mapping["labels.app"], Mapped::Keyword);
+    assert_eq!(mapping["labels.app_kubernetes_io/name"], Mapped::Keyword);
+    assert_eq!(mapping["labels.tier"], Mapped::Keyword);
+    // The receiver refuses what Elasticsearch refuses: the labels as they were.
+    let mut fresh = BTreeMap::new();
+    let labels = json!({"labels": {"app": "web", "app.kubernetes.io/name": "web"}});
+    let refused = index_field(&mut fresh, "", &labels).unwrap_err();
+    assert!(refused.contains("[labels.app]"), "{refused}");
 }
 
 #[tokio::test]
