@@ -787,12 +787,15 @@ async fn falcosidekick_gets_every_record_out_of_the_box() {
     assert!((batched as u64) < TOTAL, "{batched} of {TOTAL}");
 }
 
+/// A CEF line's seven header fields and its extension's pairs, in order.
+type Cef = (Vec<String>, Vec<(String, String)>);
+
 /// A CEF line read as the CEF standard ("Implementing ArcSight CEF", rev. 25) defines it: after
 /// `CEF:`, seven header fields separated by `|`, in which only `\|` and `\\` are escapes; then
 /// the extension, `key=value` pairs separated by spaces, a key being letters and digits and a
 /// value running to the space before the next key, in which `\=`, `\\`, `\n` and `\r` are
 /// the only escapes.
-fn parse_cef(line: &str) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn parse_cef(line: &str) -> Result<Cef, String> {
     let rest = line.strip_prefix("CEF:").ok_or("no CEF: prefix")?;
     let mut header = Vec::new();
     let mut field = String::new();
