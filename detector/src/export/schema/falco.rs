@@ -7,7 +7,7 @@
 //!
 //! Every value in `output_fields` is a string, a number, a boolean or null, as in Falco's own
 //! output: Falcosidekick's outputs (Slack, Teams, Mattermost, Loki labels, Prometheus labels...)
-//! print each field as one value. Nested data is flattened ([`flatten`]): an object becomes
+//! print each field as one value. Nested data is flattened (`flatten`): an object becomes
 //! dotted keys; a list of scalars one string of its items joined with `,` (an `argv` with
 //! spaces, as `proc.cmdline`); a list of flat objects one such string per member
 //! (`mitre.tactic`, `mitre.technique`; `ancestry.pid`, `ancestry.exe`, as Falco's `proc.apid`

@@ -3,8 +3,8 @@
 //! No I/O and no clock: the host name and the product version come in a [`Context`], times come
 //! from the record, so every mapping is a unit-tested function of its input.
 
-pub mod ecs;
-pub mod falco;
+pub(crate) mod ecs;
+pub(crate) mod falco;
 pub mod ocsf;
 
 use serde::{Deserialize, Serialize};

@@ -126,11 +126,6 @@ impl Hec {
         Value::Object(event)
     }
 
-    /// The channel this sink sends on.
-    pub fn channel(&self) -> Option<&str> {
-        self.headers.get(CHANNEL_HEADER)?.to_str().ok()
-    }
-
     /// Sends the batch as one request.
     pub async fn deliver(&mut self, batch: &[Item]) -> Result<(), SinkError> {
         let mut body = Vec::new();

@@ -163,11 +163,6 @@ impl Webhook {
         })
     }
 
-    /// The framing in use.
-    pub fn framing(&self) -> Framing {
-        self.framing
-    }
-
     /// Sends the batch in one request (or one per record with `single`); returns how many
     /// records were refused for good.
     pub async fn deliver(&mut self, batch: &[Item]) -> Result<usize, SinkError> {

@@ -6,10 +6,10 @@
 
 pub mod elastic;
 pub mod file;
-pub mod hec;
-pub mod http;
+pub(crate) mod hec;
+pub(crate) mod http;
 pub mod otlp;
-pub mod syslog;
+pub(crate) mod syslog;
 
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ pub struct Item {
 
 /// A configured sink.
 #[derive(Debug)]
-pub enum Sink {
+pub(crate) enum Sink {
     /// Standard output.
     Stdout(file::Stdout),
     /// Rotated file.
