@@ -319,15 +319,15 @@ fn default_facility() -> u8 {
 }
 
 /// How a webhook request body holds the batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Framing {
     /// One JSON document per line.
-    #[default]
     Ndjson,
     /// A JSON array.
     JsonArray,
-    /// One request per record (what Falcosidekick's `/` endpoint takes).
+    /// One request per record (what Falcosidekick's `/` endpoint takes: it decodes the first
+    /// JSON object of a body and ignores the rest).
     Single,
 }
 
@@ -346,12 +346,25 @@ pub struct WebhookSink {
     /// Compress request bodies.
     #[serde(default)]
     pub gzip: bool,
-    /// Body layout.
-    #[serde(default)]
-    pub framing: Framing,
+    /// Body layout; when unset, `single` with the `falco` schema (Falcosidekick reads one record
+    /// per request) and `ndjson` with the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framing: Option<Framing>,
     /// TLS settings.
     #[serde(default)]
     pub tls: TlsConfig,
+}
+
+impl WebhookSink {
+    /// The body layout used for records in `schema`: the configured one, else one record per
+    /// request for `falco` and NDJSON for the others.
+    pub fn framing_for(&self, schema: Schema) -> Framing {
+        self.framing.unwrap_or(if schema == Schema::Falco {
+            Framing::Single
+        } else {
+            Framing::Ndjson
+        })
+    }
 }
 
 /// Splunk HTTP Event Collector.
@@ -528,6 +541,21 @@ impl ExportConfig {
                 }
                 Destination::Webhook(w) => {
                     url(&mut problem, "webhook.url", &w.url);
+                    if sink.schema == Schema::Falco
+                        && let Some(framing @ (Framing::Ndjson | Framing::JsonArray)) = w.framing
+                    {
+                        let framing = serde_json::to_value(framing).unwrap_or_default();
+                        problem(
+                            format!("{at}.to.webhook.framing"),
+                            format!(
+                                "sink {:?} sends schema falco framed as {framing}: Falcosidekick \
+                                 (and Falco's other consumers) read only the first JSON object \
+                                 of a request and answer 200, so every other record of a batch \
+                                 would be lost; use `framing: single` or leave `framing` out",
+                                sink.name
+                            ),
+                        );
+                    }
                     for (name, secret) in &w.secret_headers {
                         if let Some(message) = secret.check() {
                             problem(format!("{at}.to.webhook.secret_headers.{name}"), message);
@@ -609,6 +637,61 @@ sinks:
             serde_yaml_ng::from_str::<ExportConfig>("sinks: [{name: a, to: stdout, tpyo: 1}]")
                 .unwrap_err();
         assert!(err.to_string().contains("tpyo"), "{err}");
+    }
+
+    #[test]
+    fn falco_over_a_webhook_is_one_record_per_request() {
+        let yaml = r#"
+sinks:
+  - name: sidekick
+    schema: falco
+    to: { webhook: { url: "http://falcosidekick:2801/" } }
+  - name: shipper
+    to: { webhook: { url: "http://shipper/" } }
+  - name: sidekick-batched
+    schema: falco
+    to: { webhook: { url: "http://falcosidekick:2801/", framing: ndjson } }
+  - name: sidekick-array
+    schema: falco
+    to: { webhook: { url: "http://falcosidekick:2801/", framing: json_array } }
+  - name: sidekick-single
+    schema: falco
+    to: { webhook: { url: "http://falcosidekick:2801/", framing: single } }
+"#;
+        let config: ExportConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        let framing = |i: usize| match &config.sinks[i].to {
+            Destination::Webhook(w) => w.framing_for(config.sinks[i].schema),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(framing(0), Framing::Single, "falco works out of the box");
+        assert_eq!(framing(1), Framing::Ndjson);
+        assert_eq!(framing(4), Framing::Single);
+        let problems = config.validate();
+        let at: Vec<&str> = problems.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "export.sinks[2].to.webhook.framing",
+                "export.sinks[3].to.webhook.framing"
+            ]
+        );
+        let message = &problems[0].message;
+        for part in [
+            "\"sidekick-batched\"",
+            "\"ndjson\"",
+            "first JSON object",
+            "single",
+        ] {
+            assert!(message.contains(part), "{part} missing from {message}");
+        }
+        assert!(
+            problems[1].message.contains("\"json_array\""),
+            "{}",
+            problems[1]
+        );
+        // An unset framing is not written back.
+        let text = serde_yaml_ng::to_string(&config.sinks[0]).unwrap();
+        assert!(!text.contains("framing"), "{text}");
     }
 
     #[test]

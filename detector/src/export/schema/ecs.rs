@@ -8,6 +8,13 @@
 //! module and BPF program loads `driver` starts, memfd_create and mknod `file` creations,
 //! io_uring_setup `process` info; `event.action` is the operation, `event.outcome` whether
 //! the call succeeded.
+//!
+//! No field name holds a dot: Elasticsearch reads a dot in a name as a level of objects, so a pod
+//! labelled `app` and `app.kubernetes.io/name` would make `labels.app` both a keyword and an
+//! object, and the document would be refused. ECS keeps `labels` a flat map of keywords; as
+//! Beats do (`labels.dedot`), dots in label keys become `_` (`app_kubernetes_io/name`), and so
+//! do dots in any key under `detector` (the pod's labels again, the labels a containment step
+//! removed).
 
 use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
@@ -48,7 +55,11 @@ pub fn map(envelope: &Envelope, ctx: &Context) -> Value {
                 "rule",
                 json!({"name": f.name, "description": f.summary}),
             );
-            put(&mut doc, "detector", json!({ record_tag(record): f.data }));
+            put(
+                &mut doc,
+                "detector",
+                dedot(json!({ record_tag(record): f.data })),
+            );
             let kind = if matches!(record, Record::Verdict(_)) {
                 "alert"
             } else {
@@ -133,11 +144,12 @@ fn event_fields(
         orchestrator.insert("resource".into(), Value::Object(resource));
         doc.insert("orchestrator".into(), Value::Object(orchestrator));
         if !pod.labels.is_empty() {
-            put(
-                doc,
-                "labels",
-                serde_json::to_value(&pod.labels).unwrap_or_default(),
-            );
+            let labels: Map<String, Value> = pod
+                .labels
+                .iter()
+                .map(|(key, value)| (key.replace('.', "_"), value.clone().into()))
+                .collect();
+            doc.insert("labels".into(), Value::Object(labels));
         }
     }
     let mut extras = event_extras(event);
@@ -297,8 +309,21 @@ fn event_fields(
     if !process.is_empty() {
         doc.insert("process".into(), Value::Object(process));
     }
-    doc.insert("detector".into(), extras);
+    doc.insert("detector".into(), dedot(extras));
     result
+}
+
+/// `value` with `.` replaced by `_` in every object key, at every depth.
+fn dedot(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| (key.replace('.', "_"), dedot(value)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(dedot).collect()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -379,5 +404,226 @@ mod tests {
         assert_eq!(link["event"]["type"][0], "creation");
         assert_eq!(link["file"]["target_path"], "/tmp/s");
         assert_eq!(link["detector"]["file"]["unresolved"], true);
+    }
+
+    /// The ECS 8.11 fields the mapping writes, with their ECS types, as ECS defines them
+    /// (`generated/csv/fields.csv` of the 8.11.0 release).
+    const ECS_FIELDS: &[(&str, &str)] = &[
+        ("@timestamp", "date"),
+        ("container.id", "keyword"),
+        ("container.image.name", "keyword"),
+        ("container.name", "keyword"),
+        ("container.runtime", "keyword"),
+        ("destination.ip", "ip"),
+        ("destination.port", "long"),
+        ("ecs.version", "keyword"),
+        ("event.action", "keyword"),
+        ("event.category", "keyword"),
+        ("event.dataset", "keyword"),
+        ("event.id", "keyword"),
+        ("event.kind", "keyword"),
+        ("event.module", "keyword"),
+        ("event.outcome", "keyword"),
+        ("event.severity", "long"),
+        ("event.type", "keyword"),
+        ("file.directory", "keyword"),
+        ("file.name", "keyword"),
+        ("file.path", "keyword"),
+        ("file.target_path", "keyword"),
+        ("file.type", "keyword"),
+        ("group.id", "keyword"),
+        ("host.hostname", "keyword"),
+        ("host.name", "keyword"),
+        ("labels", "object"),
+        ("message", "match_only_text"),
+        ("network.bytes", "long"),
+        ("network.direction", "keyword"),
+        ("network.packets", "long"),
+        ("network.transport", "keyword"),
+        ("network.type", "keyword"),
+        ("observer.product", "keyword"),
+        ("observer.type", "keyword"),
+        ("observer.vendor", "keyword"),
+        ("observer.version", "keyword"),
+        ("orchestrator.namespace", "keyword"),
+        ("orchestrator.resource.id", "keyword"),
+        ("orchestrator.resource.name", "keyword"),
+        ("orchestrator.resource.type", "keyword"),
+        ("orchestrator.type", "keyword"),
+        ("process.args", "keyword"),
+        ("process.args_count", "long"),
+        ("process.command_line", "wildcard"),
+        ("process.executable", "keyword"),
+        ("process.exit_code", "long"),
+        ("process.name", "keyword"),
+        ("process.parent.executable", "keyword"),
+        ("process.parent.pid", "long"),
+        ("process.pid", "long"),
+        ("process.thread.id", "long"),
+        ("rule.description", "keyword"),
+        ("rule.name", "keyword"),
+        ("source.bytes", "long"),
+        ("source.packets", "long"),
+        ("user.id", "keyword"),
+    ];
+
+    /// ECS 8.11's allowed `event.kind` values.
+    const KINDS: &[&str] = &[
+        "alert",
+        "asset",
+        "enrichment",
+        "event",
+        "metric",
+        "state",
+        "pipeline_error",
+        "signal",
+    ];
+
+    /// ECS 8.11's `event.category` values used here, with the `event.type` values ECS expects
+    /// with each.
+    const CATEGORIES: &[(&str, &[&str])] = &[
+        ("driver", &["change", "end", "info", "start"]),
+        (
+            "file",
+            &["access", "change", "creation", "deletion", "info"],
+        ),
+        ("host", &["access", "change", "end", "info", "start"]),
+        ("intrusion_detection", &["allowed", "denied", "info"]),
+        (
+            "network",
+            &[
+                "access",
+                "allowed",
+                "connection",
+                "denied",
+                "end",
+                "info",
+                "protocol",
+                "start",
+            ],
+        ),
+        ("process", &["access", "change", "end", "info", "start"]),
+    ];
+
+    /// Every leaf of `value` by its dotted path; a list is one leaf, as ECS fields are.
+    fn leaves<'a>(path: String, value: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    assert!(
+                        !key.contains('.'),
+                        "a dot in the key {key:?} under {path:?}"
+                    );
+                    let path = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(path, value, out);
+                }
+            }
+            Value::Array(items) => {
+                for item in items.iter().filter(|i| i.is_object()) {
+                    leaves(path.clone(), item, &mut Vec::new());
+                }
+                out.push((path, value));
+            }
+            other => out.push((path, other)),
+        }
+    }
+
+    fn has_type(value: &Value, ecs_type: &str) -> bool {
+        let one = |v: &Value| match ecs_type {
+            "keyword" | "wildcard" | "match_only_text" => v.is_string(),
+            "long" => v.is_i64() || v.is_u64(),
+            "ip" => v
+                .as_str()
+                .is_some_and(|s| s.parse::<std::net::IpAddr>().is_ok()),
+            "date" => v
+                .as_str()
+                .is_some_and(|s| time::OffsetDateTime::parse(s, &Rfc3339).is_ok()),
+            _ => false,
+        };
+        match value {
+            Value::Array(items) => items.iter().all(one),
+            other => one(other),
+        }
+    }
+
+    #[test]
+    fn documents_hold_ecs_fields_of_their_types_and_no_dotted_key() {
+        let ctx = Context::new("node-1");
+        let envelopes: Vec<Envelope> = fixtures::all()
+            .into_iter()
+            .chain(fixtures::rich())
+            .collect();
+        let fields: std::collections::BTreeMap<&str, &str> = ECS_FIELDS.iter().copied().collect();
+        for envelope in &envelopes {
+            let doc = map(envelope, &ctx);
+            let mut all = Vec::new();
+            leaves(String::new(), &doc, &mut all);
+            for (path, value) in &all {
+                if path.starts_with("detector.") {
+                    continue;
+                }
+                if let Some(label) = path.strip_prefix("labels.") {
+                    assert!(!label.contains('.'));
+                    assert!(
+                        value.is_string(),
+                        "labels.{label} = {value}: labels are keywords"
+                    );
+                    continue;
+                }
+                let ecs_type = fields
+                    .get(path.as_str())
+                    .unwrap_or_else(|| panic!("{path} is not an ECS field (in {doc})"));
+                assert!(
+                    has_type(value, ecs_type),
+                    "{path} = {value} is not a {ecs_type}"
+                );
+            }
+            let event = &doc["event"];
+            assert_eq!(doc["ecs"]["version"], VERSION);
+            assert!(KINDS.contains(&event["kind"].as_str().unwrap()), "{doc}");
+            let types: Vec<&str> = event["type"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect();
+            for category in event["category"].as_array().unwrap() {
+                let category = category.as_str().unwrap();
+                let (_, expected) = CATEGORIES
+                    .iter()
+                    .find(|(c, _)| *c == category)
+                    .unwrap_or_else(|| panic!("{category} is not an ECS category"));
+                for kind_type in &types {
+                    assert!(expected.contains(kind_type), "{category} with {kind_type}");
+                }
+            }
+            if let Some(outcome) = event.get("outcome") {
+                assert!(["failure", "success", "unknown"].contains(&outcome.as_str().unwrap()));
+            }
+        }
+        // The pod labelled with dots: flat keys, the dots as `_`, beside `app`.
+        let labelled = map(&fixtures::rich()[0], &ctx);
+        let labels = labelled["labels"].as_object().unwrap();
+        let keys: Vec<&str> = labels.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "app",
+                "app_kubernetes_io/name",
+                "app_kubernetes_io/part-of",
+                "pod-template-hash"
+            ]
+        );
+        assert!(labels.values().all(Value::is_string));
+        let step = map(&fixtures::rich()[3], &ctx);
+        assert_eq!(
+            step["detector"]["action"]["outcome"]["undo"]["labels"]["app_kubernetes_io/name"],
+            "web",
+            "{step}"
+        );
     }
 }

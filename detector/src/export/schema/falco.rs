@@ -4,6 +4,15 @@
 //!
 //! Field names in `output_fields` are Falco's (`proc.name`, `container.id`, `k8s.pod.name`,
 //! `fd.name`...); findings keep their own data, flattened into dotted keys.
+//!
+//! Every value in `output_fields` is a string, a number, a boolean or null, as in Falco's own
+//! output: Falcosidekick's outputs (Slack, Teams, Mattermost, Loki labels, Prometheus labels...)
+//! print each field as one value. Nested data is flattened (`flatten`): an object becomes
+//! dotted keys; a list of scalars one string of its items joined with `,` (an `argv` with
+//! spaces, as `proc.cmdline`); a list of flat objects one such string per member
+//! (`mitre.tactic`, `mitre.technique`; `ancestry.pid`, `ancestry.exe`, as Falco's `proc.apid`
+//! and `proc.aexepath` walk the ancestors); any other list (objects holding lists or objects) its
+//! JSON text.
 
 use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
@@ -165,7 +174,7 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
             put(fields, "evt.rawres", call.result);
             put(fields, "evt.failed", call.result < 0);
             put(fields, "detector.syscall.op", call.op.as_str());
-            put(fields, "detector.syscall.tags", json!(call.tags));
+            put(fields, "detector.syscall.tags", call.tags.join(","));
             // The typed arguments, under Falco's `evt.arg.` prefix with the native names.
             if let Ok(Value::Object(native)) = serde_json::to_value(call) {
                 for (key, value) in native {
@@ -213,7 +222,8 @@ fn event_fields(event: &Event, fields: &mut Map<String, Value>) -> (&'static str
     }
 }
 
-/// Nested objects become dotted keys; arrays stay whole.
+/// `value` as scalar fields under `prefix`: objects become dotted keys, lists strings (see the
+/// module's documentation); a scalar without a prefix goes under `data`.
 fn flatten(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
     match value {
         Value::Object(map) => {
@@ -226,6 +236,26 @@ fn flatten(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
                 flatten(&key, value, out);
             }
         }
+        Value::Array(items) => {
+            let prefix = if prefix.is_empty() { "data" } else { prefix };
+            let separator = if prefix.rsplit('.').next() == Some("argv") {
+                " "
+            } else {
+                ","
+            };
+            if items.iter().all(is_scalar) {
+                out.insert(prefix.to_owned(), join(items.iter(), separator).into());
+            } else if let Some(members) = flat_members(items) {
+                for member in members {
+                    let column = items
+                        .iter()
+                        .map(|item| item.get(member).unwrap_or(&Value::Null));
+                    out.insert(format!("{prefix}.{member}"), join(column, ",").into());
+                }
+            } else {
+                out.insert(prefix.to_owned(), value.to_string().into());
+            }
+        }
         other if !prefix.is_empty() => {
             out.insert(prefix.to_owned(), other.clone());
         }
@@ -235,8 +265,45 @@ fn flatten(prefix: &str, value: &Value, out: &mut Map<String, Value>) {
     }
 }
 
+fn is_scalar(value: &Value) -> bool {
+    !matches!(value, Value::Array(_) | Value::Object(_))
+}
+
+/// Scalars as one string: strings as they are, null as nothing, the others as JSON.
+fn join<'a>(items: impl Iterator<Item = &'a Value>, separator: &str) -> String {
+    let text: Vec<String> = items
+        .map(|item| match item {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+        .collect();
+    text.join(separator)
+}
+
+/// The member names, in order of appearance, when every item is an object of scalars.
+fn flat_members(items: &[Value]) -> Option<Vec<&str>> {
+    let mut members: Vec<&str> = Vec::new();
+    for item in items {
+        let Value::Object(map) = item else {
+            return None;
+        };
+        for (key, value) in map {
+            if !is_scalar(value) {
+                return None;
+            }
+            if !members.contains(&key.as_str()) {
+                members.push(key);
+            }
+        }
+    }
+    Some(members)
+}
+
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+
     use super::*;
     use crate::export::schema::fixtures;
 
@@ -274,6 +341,107 @@ mod tests {
         assert_eq!(verdict["output_fields"]["pod.name"], "web-7d9f");
     }
 
+    /// Falco's priority names, as `falco_common` writes them and Falcosidekick reads them
+    /// (case-insensitively; anything else is its `Default`, which it refuses).
+    const FALCO_PRIORITIES: [&str; 8] = [
+        "Emergency",
+        "Alert",
+        "Critical",
+        "Error",
+        "Warning",
+        "Notice",
+        "Informational",
+        "Debug",
+    ];
+
+    #[test]
+    fn output_fields_are_scalars_and_the_rest_is_falcos_shape() {
+        let ctx = Context::new("node-1");
+        let all: Vec<Envelope> = fixtures::all()
+            .into_iter()
+            .chain(fixtures::rich())
+            .collect();
+        let mut kinds = std::collections::HashSet::new();
+        for envelope in &all {
+            kinds.insert(envelope.record.kind());
+            let v = map(envelope, &ctx);
+            let doc = v.as_object().unwrap();
+            // Falco's keys and `uuid` (which Falcosidekick's payload also has), nothing else.
+            let keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                [
+                    "hostname",
+                    "output",
+                    "output_fields",
+                    "priority",
+                    "rule",
+                    "source",
+                    "tags",
+                    "time",
+                    "uuid"
+                ],
+                "{v}"
+            );
+            for key in ["hostname", "output", "rule", "source", "uuid"] {
+                assert!(
+                    doc[key].as_str().is_some_and(|s| !s.is_empty()),
+                    "{key} in {v}"
+                );
+            }
+            let time = doc["time"].as_str().unwrap();
+            OffsetDateTime::parse(time, &Rfc3339).unwrap_or_else(|e| panic!("{time}: {e}"));
+            assert!(
+                FALCO_PRIORITIES.contains(&doc["priority"].as_str().unwrap()),
+                "{v}"
+            );
+            let tags = doc["tags"].as_array().unwrap();
+            assert!(tags.iter().all(Value::is_string), "{v}");
+            let fields = doc["output_fields"].as_object().unwrap();
+            assert!(
+                !fields.is_empty(),
+                "Falcosidekick refuses empty output_fields"
+            );
+            for (key, value) in fields {
+                assert!(
+                    !matches!(value, Value::Array(_) | Value::Object(_)),
+                    "output_fields.{key} is not a scalar in {:?}: {value}",
+                    envelope.record.kind()
+                );
+            }
+            // Falcosidekick asserts these are strings (a type assertion that panics otherwise).
+            for key in ["k8s.ns.name", "k8s.pod.name"] {
+                assert!(fields.get(key).is_none_or(|v| v.is_string() || v.is_null()));
+            }
+        }
+        assert_eq!(kinds.len(), 10, "every record kind: {kinds:?}");
+        // The lists flattened: columns for lists of flat objects, joined scalars, argv with
+        // spaces, and the JSON text of what is deeper.
+        let docs: Vec<Value> = fixtures::rich().iter().map(|e| map(e, &ctx)).collect();
+        let alert = &docs[1]["output_fields"];
+        assert_eq!(alert["event.argv"], "sh -c id");
+        assert_eq!(alert["event.ancestry.pid"], "1,90");
+        assert_eq!(
+            alert["event.ancestry.exe"],
+            "/usr/bin/containerd-shim,/usr/sbin/nginx"
+        );
+        assert_eq!(alert["event.pod.labels.app.kubernetes.io/name"], "web");
+        assert_eq!(alert["rule.technique"], "T1059");
+        let verdict = &docs[2]["output_fields"];
+        assert_eq!(verdict["mitre.tactic"], "execution,privilege-escalation");
+        assert_eq!(verdict["mitre.technique"], "T1059,T1611");
+        assert_eq!(verdict["subject.namespace"], "shop");
+        let rules: Value = serde_json::from_str(verdict["rules"].as_str().unwrap()).unwrap();
+        assert_eq!(rules[1]["rule"]["id"], "host_mount");
+        let evidence = &docs[4]["output_fields"];
+        assert_eq!(
+            evidence["artifacts.path"],
+            "container/inspect.json,logs/web.log"
+        );
+        assert_eq!(evidence["artifacts.partial_reason"], ",cut at 100 bytes");
+        assert_eq!(evidence["incomplete_reasons"], "memory: not captured");
+    }
+
     #[test]
     fn syscalls_have_their_name_result_and_arguments() {
         let ctx = Context::new("node-1");
@@ -290,10 +458,7 @@ mod tests {
         assert_eq!(fields["evt.failed"], false);
         assert_eq!(fields["evt.arg.euid"], 0);
         assert!(fields.get("evt.arg.ruid").is_none());
-        assert_eq!(
-            fields["detector.syscall.tags"],
-            json!(["to_root", "from_non_root"])
-        );
+        assert_eq!(fields["detector.syscall.tags"], "to_root,from_non_root");
         assert_eq!(fields["k8s.ns.name"], "shop");
         assert!(
             setuid["output"]

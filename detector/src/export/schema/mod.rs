@@ -3,8 +3,8 @@
 //! No I/O and no clock: the host name and the product version come in a [`Context`], times come
 //! from the record, so every mapping is a unit-tested function of its input.
 
-pub mod ecs;
-pub mod falco;
+pub(crate) mod ecs;
+pub(crate) mod falco;
 pub mod ocsf;
 
 use serde::{Deserialize, Serialize};
@@ -315,6 +315,146 @@ pub(crate) mod fixtures {
                 (c.path, c.mode, c.dev) = (Some("/dev/sda".into()), Some(0o060_600), Some(0x800));
             }),
         ]
+    }
+
+    /// Records as the daemon makes them, holding what the simple fixtures lack: an exec in a pod
+    /// labelled with dotted keys (`app.kubernetes.io/name` beside `app`), the alert and the
+    /// verdict the scoring stage makes of it (lists of rules, MITRE tags, events with their
+    /// argv and ancestry), a containment step whose undo keeps the removed labels, and an
+    /// evidence manifest with its artifacts.
+    pub fn rich() -> Vec<Envelope> {
+        use crate::{
+            rules::{RuleMeta, Severity as RuleSeverity},
+            score::record::{Alert, Contribution, Decision, MitreTag, Record as Scored, Verdict},
+        };
+        let Record::Event(mut exec) = all_first()[0].clone() else {
+            unreachable!("the first record is an exec")
+        };
+        if let Some(pod) = &mut exec.pod {
+            pod.labels = BTreeMap::from([
+                ("app".into(), "web".into()),
+                ("app.kubernetes.io/name".into(), "web".into()),
+                ("app.kubernetes.io/part-of".into(), "shop".into()),
+                ("pod-template-hash".into(), "7d9f".into()),
+            ]);
+        }
+        exec.ancestry.push(Ancestor {
+            pid: 90,
+            exe: "/usr/sbin/nginx".into(),
+        });
+        let rule = |id: &str, tactic: &str, technique: &str| RuleMeta {
+            id: id.into(),
+            description: format!("{id} matched"),
+            tactic: tactic.into(),
+            technique: technique.into(),
+            severity: RuleSeverity::High,
+            weight: 40.0,
+            contain_immediately: false,
+        };
+        let shell = rule("shell_in_container", "execution", "T1059");
+        let escape = rule("host_mount", "privilege-escalation", "T1611");
+        let alert = Scored::Alert(Box::new(Alert {
+            time: exec.time,
+            ktime_ns: exec.ktime_ns,
+            subject: subject(),
+            rule: shell.clone(),
+            score: 40.0,
+            decision: Decision::Log,
+            detail: None,
+            event: exec.clone(),
+        }));
+        let verdict = Scored::Verdict(Box::new(Verdict {
+            time: exec.time,
+            ktime_ns: exec.ktime_ns,
+            subject: subject(),
+            score: 80.0,
+            decision: Decision::Alert,
+            reason: "a shell, then a host mount".into(),
+            mitre: vec![
+                MitreTag {
+                    tactic: "execution".into(),
+                    technique: "T1059".into(),
+                },
+                MitreTag {
+                    tactic: "privilege-escalation".into(),
+                    technique: "T1611".into(),
+                },
+            ],
+            rules: vec![
+                Contribution {
+                    rule: shell,
+                    matches: 1,
+                    events: vec![exec.clone()],
+                },
+                Contribution {
+                    rule: escape,
+                    matches: 2,
+                    events: Vec::new(),
+                },
+            ],
+            omitted_rules: 0,
+        }));
+        let time = exec.time;
+        let finding = |severity: Severity, name: &str, data: serde_json::Value| Finding {
+            time,
+            severity,
+            name: name.into(),
+            summary: format!("{name} happened"),
+            data,
+        };
+        let mut step = Entry::new(
+            "inc-20231114t221320-1-0",
+            EntryKind::Step {
+                step: "remove_from_service".into(),
+                outcome: StepOutcome::Done {
+                    detail: "removed labels app, app.kubernetes.io/name".into(),
+                    undo: serde_json::json!({"labels": {
+                        "app": "web",
+                        "app.kubernetes.io/name": "web",
+                    }}),
+                },
+            },
+        );
+        step.ts = "2023-11-14T22:13:21Z".into();
+        let manifest = serde_json::json!({
+            "format": 1,
+            "incident": "inc-20231114t221320-1-0",
+            "collector": {"name": "detector", "version": "0.1.0"},
+            "node": "node-1",
+            "started_at": "2023-11-14T22:13:21Z",
+            "finished_at": "2023-11-14T22:13:25Z",
+            "complete": false,
+            "incomplete_reasons": ["memory: not captured"],
+            "artifacts": [
+                {"path": "container/inspect.json", "size": 2048, "sha256": "ab".repeat(32),
+                 "captured_at": "2023-11-14T22:13:22Z", "source": "containerd"},
+                {"path": "logs/web.log", "size": 100, "sha256": "cd".repeat(32),
+                 "captured_at": "2023-11-14T22:13:23Z", "source": "cri", "partial_reason": "cut at 100 bytes"},
+            ],
+            "not_captured": [{"artifact": "memory", "reason": "not supported"}],
+        });
+        [
+            Record::Event(exec),
+            Record::Verdict(finding(
+                Severity::High,
+                "shell_in_container",
+                serde_json::to_value(&alert).unwrap(),
+            )),
+            Record::Verdict(finding(
+                Severity::High,
+                "verdict_alert",
+                serde_json::to_value(&verdict).unwrap(),
+            )),
+            Record::Action(crate::respond::action_finding(&step, Some(&subject()))),
+            Record::Evidence(finding(Severity::High, "evidence_bundle", manifest)),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| Envelope {
+            uid: format!("rich-{i}"),
+            record,
+        })
+        .collect()
     }
 
     /// One envelope of each record kind, then [`newer_events`].

@@ -7,7 +7,10 @@ use flate2::{Compression, write::GzEncoder};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use super::{Item, SinkError};
-use crate::export::config::{Framing, SecretSource, TlsConfig, WebhookSink};
+use crate::export::{
+    config::{Framing, SecretSource, TlsConfig, WebhookSink},
+    schema::Schema,
+};
 
 /// A client trusting the public roots and the configured CA file.
 pub fn client(tls: &TlsConfig, timeout: Duration) -> Result<reqwest::Client, SinkError> {
@@ -64,8 +67,7 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-/// POSTs a body and classifies the answer: 2xx is `Ok` with the response body, statuses
-/// [`is_retryable`] are retried, anything else refuses the `count` records for good.
+/// POSTs a body and classifies the answer ([`classify`]).
 pub async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -75,6 +77,20 @@ pub async fn post(
     compress: bool,
     count: usize,
 ) -> Result<Vec<u8>, SinkError> {
+    let (status, answer) = exchange(client, url, headers, content_type, body, compress).await?;
+    classify(status, answer, count)
+}
+
+/// POSTs a body; the answer's status and body, whatever the status (a transport failure is an
+/// error).
+pub async fn exchange(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &HeaderMap,
+    content_type: &str,
+    body: Vec<u8>,
+    compress: bool,
+) -> Result<(u16, Vec<u8>), SinkError> {
     let mut request = client
         .post(url)
         .headers(headers.clone())
@@ -93,11 +109,16 @@ pub async fn post(
         .bytes()
         .await
         .map_err(|e| SinkError::transport(format!("POST {url}: reading the answer"), e))?;
-    if status.is_success() {
-        return Ok(body.to_vec());
+    Ok((status.as_u16(), body.to_vec()))
+}
+
+/// An answer classified: 2xx is `Ok` with the response body, statuses [`is_retryable`] are
+/// retried, anything else refuses the `count` records for good.
+pub fn classify(code: u16, body: Vec<u8>, count: usize) -> Result<Vec<u8>, SinkError> {
+    if (200..300).contains(&code) {
+        return Ok(body);
     }
     let text: String = String::from_utf8_lossy(&body).chars().take(512).collect();
-    let code = status.as_u16();
     if is_retryable(code) {
         Err(SinkError::Retryable {
             status: code,
@@ -130,19 +151,21 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// A webhook sink for the configuration.
-    pub fn new(config: &WebhookSink, timeout: Duration) -> Result<Self, SinkError> {
+    /// A webhook sink for the configuration, sending records in `schema` (which decides the
+    /// framing when the configuration does not).
+    pub fn new(config: &WebhookSink, schema: Schema, timeout: Duration) -> Result<Self, SinkError> {
         Ok(Self {
             client: client(&config.tls, timeout)?,
             url: config.url.clone(),
             headers: headers(&config.headers, &config.secret_headers)?,
             gzip: config.gzip,
-            framing: config.framing,
+            framing: config.framing_for(schema),
         })
     }
 
-    /// Sends the batch in one request (or one per record with `single`).
-    pub async fn deliver(&mut self, batch: &[Item]) -> Result<(), SinkError> {
+    /// Sends the batch in one request (or one per record with `single`); returns how many
+    /// records were refused for good.
+    pub async fn deliver(&mut self, batch: &[Item]) -> Result<usize, SinkError> {
         match self.framing {
             Framing::Ndjson => {
                 let mut body = Vec::new();
@@ -150,26 +173,32 @@ impl Webhook {
                     let _ = serde_json::to_writer(&mut body, &item.doc);
                     body.push(b'\n');
                 }
-                self.send("application/x-ndjson", body, batch.len()).await
+                self.send("application/x-ndjson", body, batch.len())
+                    .await
+                    .map(|()| 0)
             }
             Framing::JsonArray => {
                 let docs: Vec<&serde_json::Value> = batch.iter().map(|i| &i.doc).collect();
                 let body = serde_json::to_vec(&docs).unwrap_or_default();
-                self.send("application/json", body, batch.len()).await
+                self.send("application/json", body, batch.len())
+                    .await
+                    .map(|()| 0)
             }
             Framing::Single => {
+                let mut refused = 0;
                 for item in batch {
                     let body = serde_json::to_vec(&item.doc).unwrap_or_default();
                     match self.send("application/json", body, 1).await {
                         Ok(()) => {}
-                        // One refused record does not hold back the others.
+                        // One refused record does not hold back the others; it is counted.
                         Err(SinkError::Rejected { message, .. }) => {
                             tracing::warn!("webhook {} refused a record: {message}", self.url);
+                            refused += 1;
                         }
                         Err(err) => return Err(err),
                     }
                 }
-                Ok(())
+                Ok(refused)
             }
         }
     }

@@ -6,10 +6,10 @@
 
 pub mod elastic;
 pub mod file;
-pub mod hec;
-pub mod http;
+pub(crate) mod hec;
+pub(crate) mod http;
 pub mod otlp;
-pub mod syslog;
+pub(crate) mod syslog;
 
 use std::time::Duration;
 
@@ -82,7 +82,7 @@ pub struct Item {
 
 /// A configured sink.
 #[derive(Debug)]
-pub enum Sink {
+pub(crate) enum Sink {
     /// Standard output.
     Stdout(file::Stdout),
     /// Rotated file.
@@ -107,7 +107,9 @@ impl Sink {
             Destination::Stdout => Self::Stdout(file::Stdout),
             Destination::File(f) => Self::File(file::RotatingFile::new(f)),
             Destination::Syslog(s) => Self::Syslog(syslog::Syslog::new(s, ctx, timeout)?),
-            Destination::Webhook(w) => Self::Webhook(http::Webhook::new(w, timeout)?),
+            Destination::Webhook(w) => {
+                Self::Webhook(http::Webhook::new(w, config.schema, timeout)?)
+            }
             Destination::SplunkHec(h) => Self::Hec(hec::Hec::new(h, config.schema, ctx, timeout)?),
             Destination::Elasticsearch(e) => Self::Elastic(elastic::Elastic::new(e, timeout)?),
             Destination::Otlp(o) => Self::Otlp(otlp::Otlp::new(o, ctx, timeout)?),
@@ -128,7 +130,7 @@ impl Sink {
             Self::Stdout(s) => s.deliver(batch).await.map(|()| 0),
             Self::File(s) => s.deliver(batch).await.map(|()| 0),
             Self::Syslog(s) => s.deliver(batch).await.map(|()| 0),
-            Self::Webhook(s) => s.deliver(batch).await.map(|()| 0),
+            Self::Webhook(s) => s.deliver(batch).await,
             Self::Hec(s) => s.deliver(batch).await.map(|()| 0),
             Self::Elastic(s) => s.deliver(batch).await,
             Self::Otlp(s) => s.deliver(batch).await,

@@ -7,7 +7,7 @@
 //! have no acknowledgement, so a receiver dying with data in flight can lose it (the HTTP sinks
 //! have none of this weakness).
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
@@ -297,10 +297,15 @@ fn sd_escape(text: &str) -> String {
     out
 }
 
+/// A CEF header field: `\` and `|` escaped; a line break, which the header cannot carry, as a
+/// space.
 fn cef_header(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('|', "\\|")
+    text.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\r', '\n'], " ")
 }
 
+/// A CEF extension value: `\`, `=` and line breaks escaped.
 fn cef_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('=', "\\=")
@@ -309,6 +314,11 @@ fn cef_value(text: &str) -> String {
 }
 
 /// The record as an ArcSight CEF line.
+///
+/// `dst` holds only IPv4 addresses (the standard types `src` and `dst` as IPv4 addresses); an
+/// IPv6 peer goes in `c6a3`, one of the standard's custom IPv6 fields, labelled `Destination
+/// IPv6 Address` (devices that speak CEF use `c6a1` for their own address and `c6a2` for the
+/// source's). An IPv4-mapped address is the IPv4 address it maps.
 pub fn cef(item: &Item, host: &str, version: &str) -> String {
     let record = &item.envelope.record;
     let severity = match record.severity() {
@@ -377,7 +387,13 @@ pub fn cef(item: &Item, host: &str, version: &str) -> String {
                     "File activity".to_owned()
                 }
                 Body::Connect(connect) => {
-                    ext.push(("dst", connect.daddr.to_string()));
+                    match connect.daddr.to_canonical() {
+                        IpAddr::V4(v4) => ext.push(("dst", v4.to_string())),
+                        IpAddr::V6(v6) => {
+                            ext.push(("c6a3Label", "Destination IPv6 Address".into()));
+                            ext.push(("c6a3", v6.to_string()));
+                        }
+                    }
                     ext.push(("dpt", connect.dport.to_string()));
                     ext.push(("proto", connect.protocol.to_uppercase()));
                     "Outbound connection".to_owned()
@@ -515,6 +531,6 @@ mod tests {
             assert!(mount.contains(part), "{part} missing from {mount}");
         }
         assert_eq!(cef_value("a=b\\c\nd"), "a\\=b\\\\c\\nd");
-        assert_eq!(cef_header("a|b"), "a\\|b");
+        assert_eq!(cef_header("a|b\\c\nd"), "a\\|b\\\\c d");
     }
 }
