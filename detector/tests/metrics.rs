@@ -428,7 +428,7 @@ fn sink(name: &str, url: String) -> SinkConfig {
             headers: Default::default(),
             secret_headers: Default::default(),
             gzip: false,
-            framing: Framing::Ndjson,
+            framing: Some(Framing::Ndjson),
             tls: TlsConfig::default(),
         }),
     }
