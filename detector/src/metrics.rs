@@ -249,6 +249,7 @@ struct Inner {
     program_variant: Family<VariantLabel, Gauge>,
     export_records: Family<SinkOutcomeLabels, Counter>,
     export_queue_bytes: Family<SinkLabel, Gauge>,
+    export_waiting: Family<SinkLabel, Gauge>,
     containment_refused: Family<ReasonLabel, Counter>,
     containment_dropped: Counter,
     output_dropped_lines: Counter,
@@ -397,7 +398,7 @@ impl Metrics {
         let export_records = Family::<SinkOutcomeLabels, Counter>::default();
         registry.register(
             "export_records",
-            "Records of each SIEM sink by outcome: delivered (the receiver took them), retried (failed attempts retried), rejected (refused for good by the receiver), dropped (events shed by a full channel or queue; verdicts, actions and evidence never are)",
+            "Records of each SIEM sink by outcome: delivered (the receiver took them), retried (failed attempts retried), rejected (refused for good by the receiver), dropped (events shed by a full channel, queue or disk; verdicts, actions and evidence never are), lost (verdicts, actions or evidence a full disk still refused at shutdown), repaired (damaged queue state repaired at start)",
             export_records.clone(),
         );
         let export_queue_bytes = Family::<SinkLabel, Gauge>::default();
@@ -405,6 +406,12 @@ impl Metrics {
             "export_queue_bytes",
             "Bytes waiting in each SIEM sink's disk queue",
             export_queue_bytes.clone(),
+        );
+        let export_waiting = Family::<SinkLabel, Gauge>::default();
+        registry.register(
+            "export_waiting_records",
+            "Verdicts, actions and evidence a full disk refused, waiting in memory to be queued",
+            export_waiting.clone(),
         );
         let containment_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -465,6 +472,7 @@ impl Metrics {
                 program_variant,
                 export_records,
                 export_queue_bytes,
+                export_waiting,
                 containment_refused,
                 containment_dropped,
                 output_dropped_lines,
@@ -660,7 +668,12 @@ impl Metrics {
                 ("delivered", sink.delivered),
                 ("retried", sink.retries),
                 ("rejected", sink.rejected),
-                ("dropped", sink.dropped_channel + sink.dropped_queue),
+                (
+                    "dropped",
+                    sink.dropped_channel + sink.dropped_queue + sink.dropped_disk,
+                ),
+                ("lost", sink.lost),
+                ("repaired", sink.repairs),
             ] {
                 let grew = self.grew(&sink.name, outcome, total);
                 m.export_records
@@ -675,6 +688,11 @@ impl Metrics {
                     sink: sink.name.clone(),
                 })
                 .set(i64::try_from(sink.queued_bytes).unwrap_or(i64::MAX));
+            m.export_waiting
+                .get_or_create(&SinkLabel {
+                    sink: sink.name.clone(),
+                })
+                .set(i64::try_from(sink.waiting).unwrap_or(i64::MAX));
         }
     }
 

@@ -1237,3 +1237,96 @@ async fn exporter_killed_with_a_full_queue_delivers_the_backlog() {
     assert_eq!(received, (0..queued).collect::<BTreeSet<_>>());
     println!("backlog of {queued} records delivered after SIGKILL, {duplicates} duplicates");
 }
+
+/// A tmpfs of `size` at a fresh directory, unmounted on drop: a disk that fills.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Self { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_drops_counted_events_and_no_verdict() {
+    if !tests::privileged("a_full_disk_drops_counted_events_and_no_verdict") {
+        return;
+    }
+    // The queue's own bound is far above the disk's: the disk fills first.
+    let disk = SmallDisk::mount("2m");
+    let mut receiver = HttpReceiver::reserve(ok()).await;
+    let mut sink = sink("hook", Schema::Native, webhook(receiver.url()));
+    sink.queue.max_bytes = 64 << 20;
+    sink.queue.segment_bytes = 128 << 10;
+    let exporter = Exporter::start(&config(vec![sink]), disk.dir.path()).unwrap();
+    let mut next = 0;
+    while exporter.stats()[0].dropped_disk == 0 {
+        for _ in 0..500 {
+            exporter.send(event(next));
+            next += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(next < 200_000, "the 2 MiB disk never filled");
+    }
+    // The disk is full: the verdicts made now wait.
+    exporter.send(verdict(1));
+    exporter.send(verdict(2));
+    wait_for(
+        Duration::from_secs(10),
+        "the verdicts wait for the disk",
+        || exporter.stats()[0].waiting == 2,
+    )
+    .await;
+    // The receiver comes back: delivered events free the disk, and the verdicts follow.
+    receiver.restart().await;
+    wait_for(Duration::from_secs(60), "both verdicts delivered", || {
+        receiver
+            .accepted_lines()
+            .iter()
+            .filter(|l| l["record"] == "verdict")
+            .count()
+            >= 2
+    })
+    .await;
+    let stats = exporter.stats().remove(0);
+    exporter.shutdown().await;
+    assert_eq!(stats.lost, 0, "{stats:?}");
+    assert_eq!(stats.waiting, 0, "{stats:?}");
+    assert!(stats.dropped_disk > 0, "{stats:?}");
+    let lines = receiver.accepted_lines();
+    let verdicts: BTreeSet<u64> = lines
+        .iter()
+        .filter(|l| l["record"] == "verdict")
+        .map(|l| l["data"]["data"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(verdicts, BTreeSet::from([1, 2]));
+    // Every event is delivered or counted as dropped (a record may be sent twice, never lost
+    // uncounted).
+    let events: BTreeSet<u64> = lines
+        .iter()
+        .filter(|l| l["record"] == "event")
+        .map(|l| l["data"]["ktime_ns"].as_u64().unwrap())
+        .collect();
+    assert!(
+        events.len() as u64 + stats.dropped_disk + stats.dropped_channel >= next,
+        "{} delivered + {stats:?} < {next} sent",
+        events.len()
+    );
+}

@@ -83,6 +83,13 @@ struct Queued {
 struct Counters {
     accepted: AtomicU64,
     dropped_channel: AtomicU64,
+    /// Events the disk refused (full): dropped.
+    dropped_disk: AtomicU64,
+    /// Protected records the disk refused, waiting in memory until it takes them.
+    waiting: AtomicU64,
+    /// Protected records lost: the disk still refused them at shutdown, or the memory they
+    /// waited in was full.
+    lost: AtomicU64,
     delivered: AtomicU64,
     rejected: AtomicU64,
     retries: AtomicU64,
@@ -100,6 +107,15 @@ pub struct SinkStats {
     pub queued: u64,
     /// Events dropped because the sink's channel was full.
     pub dropped_channel: u64,
+    /// Events dropped because the disk refused them (full).
+    pub dropped_disk: u64,
+    /// Verdicts, actions and evidence the disk refused, waiting in memory to be queued.
+    pub waiting: u64,
+    /// Verdicts, actions and evidence lost (still refused by the disk at shutdown).
+    pub lost: u64,
+    /// Damaged queue state repaired at start (an unreadable or impossible `ack`, a torn
+    /// segment).
+    pub repairs: u64,
     /// Events dropped by the full queue (`drop_oldest`).
     pub dropped_queue: u64,
     /// Records the receiver took.
@@ -285,10 +301,17 @@ impl ExporterHandle {
         self.sinks
             .iter()
             .map(|s| {
-                let (queued, dropped_queue, queued_bytes) = s
+                let (queued, dropped_queue, queued_bytes, repairs) = s
                     .queue
                     .lock()
-                    .map(|q| (q.stats().pushed, q.stats().dropped, q.bytes()))
+                    .map(|q| {
+                        (
+                            q.stats().pushed,
+                            q.stats().dropped,
+                            q.bytes(),
+                            q.stats().repairs,
+                        )
+                    })
                     .unwrap_or_default();
                 let c = &s.counters;
                 SinkStats {
@@ -296,6 +319,10 @@ impl ExporterHandle {
                     accepted: c.accepted.load(Ordering::Relaxed),
                     queued,
                     dropped_channel: c.dropped_channel.load(Ordering::Relaxed),
+                    dropped_disk: c.dropped_disk.load(Ordering::Relaxed),
+                    waiting: c.waiting.load(Ordering::Relaxed),
+                    lost: c.lost.load(Ordering::Relaxed),
+                    repairs,
                     dropped_queue,
                     delivered: c.delivered.load(Ordering::Relaxed),
                     rejected: c.rejected.load(Ordering::Relaxed),
@@ -343,6 +370,17 @@ fn seed(index: usize) -> u64 {
     (nanos as u64) ^ ((index as u64 + 1) << 32) | 1
 }
 
+/// How often records the disk refused are offered to it again.
+const DISK_RETRY: Duration = Duration::from_millis(500);
+/// Most bytes of protected records waiting in memory for a disk that refused them.
+const WAITING_MAX_BYTES: usize = 64 << 20;
+/// How often a lasting disk failure is logged again.
+const DISK_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Moves records from the channel to the disk queue. When the disk refuses them (full), events
+/// are dropped and counted, and verdicts, actions and evidence wait in memory (bounded) to be
+/// offered again; one line is logged when it starts, one a minute while it lasts, one when it
+/// ends.
 async fn write_loop(
     mut rx: mpsc::Receiver<Arc<Queued>>,
     queue: Arc<Mutex<DiskQueue>>,
@@ -351,36 +389,163 @@ async fn write_loop(
     counters: Arc<Counters>,
 ) {
     let mut buffer = Vec::with_capacity(1024);
-    while rx.recv_many(&mut buffer, 1024).await > 0 {
-        let mut offset = 0;
-        while offset < buffer.len() {
-            let records: Vec<(bool, &[u8])> = buffer[offset..]
-                .iter()
-                .map(|q| (q.protected, q.bytes.as_slice()))
-                .collect();
-            let pushed = match queue.lock() {
-                Ok(mut queue) => queue.push(&records),
-                Err(_) => break,
-            };
-            match pushed {
-                Ok(taken) => offset += taken,
-                Err(err) => {
-                    // The disk failed: these records cannot be kept; count them.
-                    error!("{err}: {} records dropped", records.len());
-                    counters
-                        .dropped_channel
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    break;
+    let mut waiting: std::collections::VecDeque<Arc<Queued>> = std::collections::VecDeque::new();
+    let mut failing: Option<DiskFailure> = None;
+    loop {
+        let open = if waiting.is_empty() {
+            rx.recv_many(&mut buffer, 1024).await > 0
+        } else {
+            match tokio::time::timeout(DISK_RETRY, rx.recv_many(&mut buffer, 1024)).await {
+                Ok(n) => n > 0,
+                Err(_elapsed) => true,
+            }
+        };
+        if !open {
+            break;
+        }
+        let records: Vec<Arc<Queued>> = waiting.drain(..).chain(buffer.drain(..)).collect();
+        write_records(
+            &records,
+            &queue,
+            &wake,
+            &space,
+            &counters,
+            &mut waiting,
+            &mut failing,
+        )
+        .await;
+    }
+    // Closed: what still waits gets a last few chances, then is reported lost.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !waiting.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(DISK_RETRY / 5).await;
+        let records: Vec<Arc<Queued>> = waiting.drain(..).collect();
+        write_records(
+            &records,
+            &queue,
+            &wake,
+            &space,
+            &counters,
+            &mut waiting,
+            &mut failing,
+        )
+        .await;
+    }
+    if !waiting.is_empty() {
+        counters
+            .lost
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        error!(
+            "the disk still refuses the queue at shutdown: {} verdict, action or evidence \
+             records lost",
+            waiting.len()
+        );
+    }
+}
+
+/// A disk failure in progress.
+struct DiskFailure {
+    since: Instant,
+    logged: Instant,
+    dropped: u64,
+}
+
+/// Pushes `records` to the queue (waiting for room under `block`); on a disk failure, see
+/// [`write_loop`].
+async fn write_records(
+    records: &[Arc<Queued>],
+    queue: &Mutex<DiskQueue>,
+    wake: &Notify,
+    space: &Notify,
+    counters: &Counters,
+    waiting: &mut std::collections::VecDeque<Arc<Queued>>,
+    failing: &mut Option<DiskFailure>,
+) {
+    let mut offset = 0;
+    while offset < records.len() {
+        let slice: Vec<(bool, &[u8])> = records[offset..]
+            .iter()
+            .map(|q| (q.protected, q.bytes.as_slice()))
+            .collect();
+        let pushed = match queue.lock() {
+            Ok(mut queue) => queue.push(&slice),
+            Err(_) => return,
+        };
+        match pushed {
+            Ok(taken) => {
+                offset += taken;
+                if let Some(failure) = failing.take() {
+                    tracing::info!(
+                        "the disk queue takes records again after {:?}; {} events were dropped \
+                         meanwhile",
+                        failure.since.elapsed(),
+                        failure.dropped
+                    );
                 }
             }
-            wake.notify_one();
-            if offset < buffer.len() {
-                // `block`: wait until a delivery frees space.
-                space.notified().await;
+            Err(err) => {
+                // Nothing of what was offered is kept for sure: events are dropped, the rest
+                // waits (at-least-once: one that did reach the disk is sent twice).
+                let mut dropped = 0;
+                for record in &records[offset..] {
+                    if record.protected {
+                        waiting.push_back(Arc::clone(record));
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                counters.dropped_disk.fetch_add(dropped, Ordering::Relaxed);
+                let mut bytes: usize = waiting.iter().map(|q| q.bytes.len()).sum();
+                while bytes > WAITING_MAX_BYTES {
+                    let Some(oldest) = waiting.pop_front() else {
+                        break;
+                    };
+                    bytes -= oldest.bytes.len();
+                    counters.lost.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        "{err}: a verdict, action or evidence record lost (memory for those waiting is full)"
+                    );
+                }
+                counters
+                    .waiting
+                    .store(waiting.len() as u64, Ordering::Relaxed);
+                let now = Instant::now();
+                match failing {
+                    None => {
+                        error!(
+                            "{err}: events are dropped (counted) and verdicts, actions and \
+                             evidence wait in memory until the disk takes them again"
+                        );
+                        *failing = Some(DiskFailure {
+                            since: now,
+                            logged: now,
+                            dropped,
+                        });
+                    }
+                    Some(failure) => {
+                        failure.dropped += dropped;
+                        if now.duration_since(failure.logged) >= DISK_LOG_EVERY {
+                            failure.logged = now;
+                            error!(
+                                "{err}: still failing; {} events dropped, {} records waiting",
+                                failure.dropped,
+                                waiting.len()
+                            );
+                        }
+                    }
+                }
+                return;
             }
         }
-        buffer.clear();
+        wake.notify_one();
+        if offset < records.len() {
+            // `block`: wait until a delivery frees space.
+            space.notified().await;
+        }
     }
+    counters
+        .waiting
+        .store(waiting.len() as u64, Ordering::Relaxed);
 }
 
 struct Delivery {

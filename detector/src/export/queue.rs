@@ -120,6 +120,9 @@ pub struct QueueStats {
     pub over_bound: u64,
     /// Frames skipped because their checksum did not match (not at the tail: disk damage).
     pub corrupt: u64,
+    /// Damaged state repaired at open: an unreadable `ack`, an `ack` past the queue's end, a
+    /// torn tail cut off. Each is logged once, naming the file and what it cost.
+    pub repairs: u64,
 }
 
 const HEADER: u64 = 9;
@@ -242,14 +245,46 @@ impl DiskQueue {
             })
             .collect();
         ids.sort_unstable();
+        let mut repairs = 0;
         let ack_path = dir.join("ack");
-        let ack = fs::read_to_string(&ack_path).ok().and_then(|text| {
-            let mut parts = text.split_whitespace().map(str::parse::<u64>);
-            Some(Position {
-                segment: parts.next()?.ok()?,
-                offset: parts.next()?.ok()?,
-            })
-        });
+        let ack = match fs::read(&ack_path) {
+            Ok(bytes) => {
+                let parsed = std::str::from_utf8(&bytes).ok().and_then(|text| {
+                    let mut parts = text.split_whitespace().map(str::parse::<u64>);
+                    let position = Position {
+                        segment: parts.next()?.ok()?,
+                        offset: parts.next()?.ok()?,
+                    };
+                    parts.next().is_none().then_some(position)
+                });
+                if parsed.is_none() {
+                    repairs += 1;
+                    tracing::warn!(
+                        "queue {}: unreadable (not `<segment> <offset>`); delivery starts over \
+                         from the oldest segment kept: records already delivered are sent again",
+                        ack_path.display()
+                    );
+                }
+                parsed
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(io_err(&ack_path)(err)),
+        };
+        // An acknowledgement cannot pass what was written: one past the last segment is
+        // damage, and believing it would throw every queued record away.
+        let ack = match (ack, ids.last()) {
+            (Some(a), Some(&last)) if a.segment > last => {
+                repairs += 1;
+                tracing::warn!(
+                    "queue {}: acknowledges segment {} past the last one ({last}); ignored, \
+                     delivery starts from the oldest segment: records may be sent again",
+                    ack_path.display(),
+                    a.segment
+                );
+                None
+            }
+            (ack, _) => ack,
+        };
         let mut segments = VecDeque::new();
         for id in ids {
             if ack.is_some_and(|a| id < a.segment) {
@@ -262,7 +297,12 @@ impl DiskQueue {
             segments.push_back(Segment { id, len });
         }
         if let Some(last) = segments.back_mut() {
-            last.len = Self::valid_length(&segment_path(dir, last.id))?;
+            let path = segment_path(dir, last.id);
+            let valid = Self::valid_length(&path)?;
+            if valid < last.len {
+                repairs += 1;
+            }
+            last.len = valid;
         }
         if segments.is_empty() {
             let id = ack.map_or(0, |a| a.segment + 1);
@@ -274,6 +314,21 @@ impl DiskQueue {
             .unwrap_or(Segment { id: 0, len: 0 });
         let head = match ack {
             Some(a) if a.segment == first.id && a.offset <= first.len => a,
+            Some(a) if a.segment == first.id => {
+                repairs += 1;
+                tracing::warn!(
+                    "queue {}: acknowledges offset {} past the end of segment {} ({} bytes); \
+                     its records are sent again",
+                    ack_path.display(),
+                    a.offset,
+                    a.segment,
+                    first.len
+                );
+                Position {
+                    segment: first.id,
+                    offset: 0,
+                }
+            }
             _ => Position {
                 segment: first.id,
                 offset: 0,
@@ -296,7 +351,10 @@ impl DiskQueue {
             last_sync: Instant::now(),
             unsynced: false,
             in_flight: None,
-            stats: QueueStats::default(),
+            stats: QueueStats {
+                repairs,
+                ..QueueStats::default()
+            },
         };
         Ok(queue)
     }
@@ -396,7 +454,12 @@ impl DiskQueue {
             return Ok(());
         };
         let path = segment_path(&self.dir, tail.id);
-        self.tail.write_all(buffer).map_err(io_err(&path))?;
+        if let Err(err) = self.tail.write_all(buffer) {
+            // What part of the buffer made it (a full disk) is cut off again, so that the
+            // segment ends with a whole frame and the next append is read where it begins.
+            let _ = self.tail.set_len(tail.len);
+            return Err(io_err(&path)(err));
+        }
         tail.len += buffer.len() as u64;
         buffer.clear();
         self.unsynced = true;
@@ -681,6 +744,40 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_ack_is_repaired_and_loses_nothing() {
+        // Past the last segment, unreadable, past the end of its segment: each is ignored
+        // (delivery starts over: duplicates rather than losses), and counted.
+        for ack in [
+            &b"99 0"[..],
+            b"garbage\n",
+            b"\xff\xfe",
+            b"0 999999",
+            b"0 5 7",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut queue = DiskQueue::open(dir.path(), opts(1 << 20, WhenFull::Block)).unwrap();
+            push_n(&mut queue, 0, 600, false);
+            drop(queue);
+            fs::write(dir.path().join("ack"), ack).unwrap();
+            let mut queue = DiskQueue::open(dir.path(), opts(1 << 20, WhenFull::Block)).unwrap();
+            assert_eq!(queue.stats().repairs, 1, "{ack:?}");
+            let got = drain(&mut queue);
+            let want: Vec<String> = (0..600).map(|i| format!("record-{i:05}")).collect();
+            assert_eq!(got, want, "{ack:?}");
+        }
+        // A sound one is believed, and repairs nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let mut queue = DiskQueue::open(dir.path(), opts(1 << 20, WhenFull::Block)).unwrap();
+        push_n(&mut queue, 0, 10, false);
+        let batch = queue.peek(4, 1 << 20).unwrap();
+        queue.ack(&batch).unwrap();
+        drop(queue);
+        let mut queue = DiskQueue::open(dir.path(), opts(1 << 20, WhenFull::Block)).unwrap();
+        assert_eq!(queue.stats().repairs, 0);
+        assert_eq!(drain(&mut queue).len(), 6);
+    }
+
+    #[test]
     fn a_torn_tail_is_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         let mut queue = DiskQueue::open(dir.path(), opts(1 << 20, WhenFull::Block)).unwrap();
@@ -690,6 +787,7 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(&[20, 0, 0, 0, 1, 2]).unwrap();
         let mut queue = DiskQueue::open(dir.path(), opts(1 << 20, WhenFull::Block)).unwrap();
+        assert_eq!(queue.stats().repairs, 1);
         assert_eq!(drain(&mut queue).len(), 3);
         push_n(&mut queue, 3, 1, false);
         assert_eq!(drain(&mut queue), ["record-00003"]);
