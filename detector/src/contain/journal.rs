@@ -343,6 +343,13 @@ impl Journal {
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A writer that crashed mid-line (this process or another) left a fragment: the entry
+        // starts on a line of its own, or it would fuse with the fragment and be lost.
+        let text = if ends_mid_line(&file) {
+            format!("\n{text}")
+        } else {
+            text
+        };
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_data())
             .map_err(|source| JournalError::Io {
@@ -362,8 +369,20 @@ impl Journal {
     }
 }
 
-/// Reads the entries of a journal file from byte `from`; a torn (unterminated or unparsable)
-/// line is skipped, with a warning.
+/// Whether the file's last byte is not a newline (a torn last line).
+fn ends_mid_line(file: &File) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut last = [0u8];
+    len > 0 && file.read_exact_at(&mut last, len - 1).is_ok() && last[0] != b'\n'
+}
+
+/// Reads the entries of a journal file from byte `from`, and the offset after the last
+/// complete line. A line that does not decode (torn by a crash, damaged, not UTF-8) is
+/// skipped with a warning naming its line (or, read from an offset, its byte); what follows
+/// it still counts. An unterminated last line is left for the next read.
 pub fn read_from(path: &Path, from: u64) -> Result<(Vec<Entry>, u64), JournalError> {
     let io = |source| JournalError::Io {
         path: path.to_owned(),
@@ -378,18 +397,112 @@ pub fn read_from(path: &Path, from: u64) -> Result<(Vec<Entry>, u64), JournalErr
     let mut reader = BufReader::new(file);
     let mut offset = from;
     let mut entries = Vec::new();
-    let mut line = String::new();
+    let mut line = Vec::new();
+    let mut number = 0u64;
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).map_err(io)?;
-        if n == 0 || !line.ends_with('\n') {
+        let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+        if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
+        number += 1;
+        let at = offset;
         offset += n as u64;
-        match serde_json::from_str(line.trim_end()) {
+        let text = line.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(text) {
             Ok(entry) => entries.push(entry),
-            Err(err) => tracing::warn!("{}: skipping a damaged entry: {err}", path.display()),
+            Err(err) => {
+                let place = if from == 0 {
+                    format!("line {number}")
+                } else {
+                    format!("the line at byte {at}")
+                };
+                tracing::warn!(
+                    "{}: {place} is not a journal entry and is skipped ({:?} error at its \
+                     column {})",
+                    path.display(),
+                    err.classify(),
+                    err.column()
+                );
+            }
         }
     }
     Ok((entries, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(journal: &Journal, id: &str) {
+        journal
+            .append(
+                id,
+                EntryKind::Opened {
+                    subject: Subject {
+                        key: format!("pod:{id}"),
+                        ..Subject::default()
+                    },
+                    node: "node-1".into(),
+                    score: 120.0,
+                    reason: "test".into(),
+                    cgroup_ids: vec![7],
+                    event_ktime_ns: 1,
+                    dry_run: false,
+                },
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_hide_the_next_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        opened(&journal, "inc-1");
+        // A writer crashed mid-entry.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(journal.path())
+            .unwrap();
+        file.write_all(br#"{"ts":"2026-12-05T00:00:00Z","incident":"inc-1","entry":"ste"#)
+            .unwrap();
+        drop(file);
+        // The release that follows is read, and the incident is released.
+        journal.append("inc-1", EntryKind::Released).unwrap();
+        let entries = journal.entries().unwrap();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        let records = replay(&entries);
+        assert_eq!(records["inc-1"].state, IncidentState::Released);
+    }
+
+    #[test]
+    fn a_damaged_line_is_skipped_and_what_follows_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        opened(&journal, "inc-1");
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(journal.path())
+            .unwrap();
+        // Not UTF-8, then not JSON, then a blank line.
+        file.write_all(b"{\"ts\":\"\xff\xfe\"}\nnot json\n\n")
+            .unwrap();
+        drop(file);
+        opened(&journal, "inc-2");
+        journal.append("inc-2", EntryKind::Completed).unwrap();
+        let entries = journal.entries().unwrap();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        let records = replay(&entries);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records["inc-2"].state, IncidentState::Contained);
+        // Read on from an offset, the same.
+        let (first, offset) = journal.read_from(0).unwrap();
+        let (rest, end) = journal.read_from(offset).unwrap();
+        assert_eq!(first.len(), 3);
+        assert!(rest.is_empty());
+        assert_eq!(end, offset);
+    }
 }
