@@ -4,7 +4,10 @@
 //! restart, a CLI-style release finished by the daemon, and 100 incidents on 100 pods (their
 //! latency is measured by `cargo bench -p tests --bench containment`).
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use detector::{
     clock::Clock,
@@ -382,6 +385,71 @@ fn an_eviction_its_budget_never_allows_is_journaled_as_the_budget_refusal() {
         Some(true),
         "{record:#?}"
     );
+    drop(handle);
+}
+
+#[test]
+fn a_shutdown_during_an_eviction_retry_is_bounded_and_the_next_start_resumes_it() {
+    let env = Env::new();
+    env.shop();
+    env.server.put(
+        "apis/policy/v1",
+        "poddisruptionbudgets",
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}},
+            "status": {"disruptionsAllowed": 0, "desiredHealthy": 1, "currentHealthy": 1}}),
+    );
+    let mut config = env.config();
+    config.evict_deadline_s = 120;
+    let handle = env.start(config.clone(), true);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
+    // The eviction is being retried on the budget's 429 when the daemon is told to stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/namespaces/shop/pods/db-1/eviction")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no eviction attempt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopping = Instant::now();
+    handle.shutdown(Duration::from_millis(500));
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let records = env.records();
+    let record = only(&records);
+    assert_eq!(record.state, IncidentState::Open);
+    assert!(
+        matches!(record.step("evict_other_pods"), Some(StepOutcome::Pending { why }) if why.contains("interrupted")),
+        "{record:#?}"
+    );
+
+    // The next start resumes it; the budget now allows the eviction.
+    let mut pdb = env
+        .server
+        .object("apis/policy/v1", "poddisruptionbudgets", "shop", "db")
+        .unwrap();
+    pdb["status"]["disruptionsAllowed"] = json!(1);
+    env.server
+        .put("apis/policy/v1", "poddisruptionbudgets", pdb);
+    let handle = env.start(config, true);
+    handle.flush();
+    let records = env.records();
+    let record = only(&records);
+    assert_eq!(record.state, IncidentState::Contained, "{record:#?}");
+    assert!(
+        matches!(
+            record.step("evict_other_pods"),
+            Some(StepOutcome::Done { .. })
+        ),
+        "{record:#?}"
+    );
+    assert!(env.pod("shop", "db-1").is_none());
     drop(handle);
 }
 

@@ -321,6 +321,12 @@ enum Command {
         reply: oneshot::Sender<Result<(), ReleaseError>>,
     },
     Flush(oneshot::Sender<()>),
+    /// Stop: wait for the running incidents up to `grace`, then interrupt them (journaled, so
+    /// that the next start resumes them).
+    Shutdown {
+        grace: Duration,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Entry point.
@@ -358,6 +364,8 @@ struct Shared {
     entries_at_start: usize,
     /// Incident id to its subject, for what the sink receives.
     subjects: Mutex<HashMap<String, Subject>>,
+    /// Incident id to the API step it is running.
+    running: Mutex<HashMap<String, &'static str>>,
 }
 
 enum WriterMsg {
@@ -366,6 +374,15 @@ enum WriterMsg {
 }
 
 impl Shared {
+    /// Notes the API step incident `id` runs (`None`: none any more).
+    fn running(&self, id: &str, step: Option<&'static str>) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match step {
+            Some(step) => running.insert(id.to_owned(), step),
+            None => running.remove(id),
+        };
+    }
+
     fn record(&self, incident: &str, kind: EntryKind) -> Entry {
         let entry = Entry::new(incident, kind);
         if let (Some(metrics), EntryKind::Step { step, outcome }) =
@@ -516,6 +533,7 @@ impl Containment {
             sink: std::sync::OnceLock::new(),
             entries_at_start,
             subjects: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
         });
         // What the journal held at start, taken before the first verdict can add to it: only
         // these are resumed. Incidents in force hold their pods at once, so a verdict right after
@@ -686,6 +704,22 @@ impl ContainmentHandle {
     }
 }
 
+impl ContainmentHandle {
+    /// Stops within about `grace`: running incidents get that long to finish, then the step
+    /// each runs is journaled as interrupted, for the next start to resume. Blocking.
+    pub fn shutdown(mut self, grace: Duration) {
+        let (done, rx) = oneshot::channel();
+        if let Some(tx) = self.tx.take()
+            && tx.blocking_send(Command::Shutdown { grace, done }).is_ok()
+        {
+            let _ = rx.blocking_recv();
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Drop for ContainmentHandle {
     fn drop(&mut self) {
         self.flush();
@@ -739,6 +773,11 @@ async fn dispatch(
                     sync_journal(&shared).await;
                     let _ = done.send(());
                 }
+                Some(Command::Shutdown { grace, done }) => {
+                    interrupt(&shared, &mut tasks, grace).await;
+                    let _ = done.send(());
+                    return;
+                }
                 None => break,
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -747,6 +786,39 @@ async fn dispatch(
     }
     while tasks.join_next().await.is_some() {}
     sync_journal(&shared).await;
+}
+
+/// Waits for the running incidents up to `grace`, then stops them: the step each was running
+/// is journaled as interrupted, so that the next start, finding the incident open, resumes
+/// its steps (each is idempotent).
+async fn interrupt(shared: &Shared, tasks: &mut tokio::task::JoinSet<()>, grace: Duration) {
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let running: Vec<(String, &'static str)> = shared
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect();
+        for (id, step) in running {
+            tracing::warn!(
+                "incident {id}: {step} interrupted by the shutdown; the next start resumes it"
+            );
+            shared.record(
+                &id,
+                EntryKind::Step {
+                    step: step.into(),
+                    outcome: StepOutcome::Pending {
+                        why: "interrupted by the daemon's shutdown; the next start resumes it"
+                            .into(),
+                    },
+                },
+            );
+        }
+    }
+    sync_journal(shared).await;
 }
 
 async fn sync_journal(shared: &Shared) {
@@ -1047,6 +1119,7 @@ async fn api_steps(
             continue;
         }
         let ctx = shared.ctx(dry_run);
+        shared.running(&id, Some(action.name()));
         let outcome = finish(&ctx, action.run(&ctx, &incident).await);
         if !outcome.ok() {
             tracing::warn!("incident {id}: {}: {}", action.name(), outcome.summary());
@@ -1067,6 +1140,7 @@ async fn api_steps(
                 outcome,
             },
         );
+        shared.running(&id, None);
     }
     let completed = shared.record(&id, EntryKind::Completed);
     if let (Some(metrics), Some(boot_ns)) = (shared.metrics.get(), completed.boot_ns)

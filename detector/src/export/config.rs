@@ -32,7 +32,9 @@ impl Default for ExportConfig {
     fn default() -> Self {
         Self {
             hostname: None,
-            drain_timeout_ms: 5000,
+            // The rest stays queued on disk for the next start: the daemon stops within a
+            // few seconds (containment's grace runs alongside).
+            drain_timeout_ms: 2000,
             // About a second of a busy node's events.
             channel_capacity: 16_384,
             sinks: Vec::new(),
