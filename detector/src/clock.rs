@@ -71,3 +71,12 @@ mod tests {
         assert!(diff < time::Duration::seconds(1), "{diff}");
     }
 }
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), which cgroup ids are only unique
+/// within; `None` when it cannot be read.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}

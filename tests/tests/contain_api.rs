@@ -12,7 +12,7 @@ use std::{
 use detector::{
     clock::Clock,
     contain::{
-        ContainConfig, Containment, ContainmentHandle, StepOutcome,
+        ContainConfig, Containment, ContainmentHandle, NetworkBlock as _, StepOutcome,
         dispatcher::OwnPod,
         journal::{self, Entry, EntryKind, IncidentRecord, IncidentState, Journal},
         release,
@@ -707,6 +707,8 @@ fn an_interrupted_incident_is_resumed_after_a_restart() {
                 cgroup_ids: vec![55],
                 event_ktime_ns: v.ktime_ns,
                 dry_run: false,
+                // The same boot: its cgroup ids still name the same cgroups.
+                boot_id: detector::clock::boot_id(),
             },
         )
         .unwrap();
@@ -737,6 +739,101 @@ fn an_interrupted_incident_is_resumed_after_a_restart() {
         labels(&env.pod("shop", "web-1").unwrap())["quarantine"],
         "true"
     );
+}
+
+/// A journal written in an earlier boot: incident `inc-old` on `subject`, kernel-blocked by
+/// cgroup id 55 of that boot, its API steps done.
+fn earlier_boot_journal(env: &Env, subject: &Subject) {
+    let journal = Journal::open(env.dir.path()).unwrap();
+    let entries = [
+        EntryKind::Opened {
+            subject: subject.clone(),
+            node: "node-1".into(),
+            score: 42.0,
+            reason: "r".into(),
+            cgroup_ids: vec![55],
+            event_ktime_ns: 1,
+            dry_run: false,
+            boot_id: Some("00000000-0000-4000-8000-000000000000".into()),
+        },
+        EntryKind::Step {
+            step: "kernel_block".into(),
+            outcome: StepOutcome::Done {
+                detail: "cgroups [55] cut off the network".into(),
+                undo: json!({"cgroup_ids": [55]}),
+            },
+        },
+        EntryKind::Completed,
+    ];
+    for kind in entries {
+        journal.append("inc-old", kind).unwrap();
+    }
+}
+
+#[test]
+fn an_earlier_boots_incident_of_a_gone_pod_blocks_nothing_and_is_closed() {
+    let env = Env::new();
+    env.shop();
+    let gone = Subject {
+        key: "pod:gone-uid".into(),
+        namespace: Some("shop".into()),
+        pod: Some("gone-1".into()),
+        pod_uid: Some("9a8b7c6d-0000-4000-8000-00000000dead".into()),
+        ..Subject::default()
+    };
+    earlier_boot_journal(&env, &gone);
+    // In this boot, cgroup id 55 is someone else's, and blocked by another incident.
+    env.block.clone().block(55).unwrap();
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    let handle = env.start(config, true);
+    handle.flush();
+    drop(handle);
+    // Nothing re-applied by the old id, nothing lifted by it either.
+    assert_eq!(env.block.blocked(), BTreeSet::from([55]));
+    let records = env.records();
+    let record = only(&records);
+    assert_eq!(record.state, IncidentState::Released, "{record:#?}");
+    assert!(
+        matches!(record.step("kernel_block"), Some(StepOutcome::NotApplicable { why }) if why.contains("earlier boot")),
+        "{record:#?}"
+    );
+}
+
+#[test]
+fn an_earlier_boots_incident_of_a_living_pod_blocks_its_cgroups_of_this_boot() {
+    if !tests::privileged("an_earlier_boots_incident_of_a_living_pod") {
+        return;
+    }
+    let env = Env::new();
+    env.shop();
+    let uid = "5e6f7a8b-1111-4222-8333-444455556666";
+    // The node restarted the pod's containers: the pod's cgroup of this boot.
+    let pod = tests::TestCgroup::create(&format!(
+        "detector-test/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    ))
+    .unwrap();
+    let living = Subject {
+        key: format!("pod:{uid}"),
+        namespace: Some("shop".into()),
+        pod: Some("web-1".into()),
+        pod_uid: Some(uid.into()),
+        ..Subject::default()
+    };
+    earlier_boot_journal(&env, &living);
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    let handle = env.start(config, true);
+    handle.flush();
+    assert_eq!(env.block.blocked(), BTreeSet::from([pod.id()]));
+    let records = env.records();
+    assert_eq!(only(&records).state, IncidentState::Contained);
+    // Its release lifts this boot's block, not the old id.
+    env.block.clone().block(55).unwrap();
+    handle.release("inc-old").unwrap();
+    drop(handle);
+    assert_eq!(env.block.blocked(), BTreeSet::from([55]));
 }
 
 #[test]

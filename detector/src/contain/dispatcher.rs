@@ -366,6 +366,8 @@ struct Shared {
     subjects: Mutex<HashMap<String, Subject>>,
     /// Incident id to the API step it is running.
     running: Mutex<HashMap<String, &'static str>>,
+    /// This boot's id, recorded with each incident: its cgroup ids mean nothing in another.
+    boot_id: Option<String>,
 }
 
 enum WriterMsg {
@@ -534,6 +536,7 @@ impl Containment {
             entries_at_start,
             subjects: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            boot_id: crate::clock::boot_id(),
         });
         // What the journal held at start, taken before the first verdict can add to it: only
         // these are resumed. Incidents in force hold their pods at once, so a verdict right after
@@ -828,6 +831,44 @@ async fn sync_journal(shared: &Shared) {
     }
 }
 
+/// The cgroups of the incident's pod in this boot: the pod-level cgroup directories named by
+/// its UID (the kubelet's layout; a restarted node restarts its containers in new cgroups).
+fn pod_cgroups_now(shared: &Shared, record: &IncidentRecord) -> Vec<u64> {
+    let (Some(root), Some(uid)) = (&shared.cgroup_root, &record.subject.pod_uid) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    find_pod_dirs(root, root, uid, 0, &mut found);
+    found
+}
+
+/// Pod-level cgroup directories of pod `uid` below `dir`, at most eight levels deep.
+fn find_pod_dirs(root: &Path, dir: &Path, uid: &str, depth: usize, found: &mut Vec<u64>) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy();
+        match crate::attribution::cgroup_path::parse(&rel) {
+            Ok(identity)
+                if identity.container.is_none()
+                    && identity.pod.as_ref().is_some_and(|p| p.uid == uid) =>
+            {
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    found.push(meta.ino());
+                }
+            }
+            _ if depth < 8 => find_pod_dirs(root, &path, uid, depth + 1, found),
+            _ => {}
+        }
+    }
+}
+
 /// Re-applies the kernel block of every incident in force and re-runs the steps of those that
 /// were interrupted (every step is idempotent); finishes releases asked for while stopped.
 fn resume(
@@ -841,12 +882,44 @@ fn resume(
         }
         match record.state {
             journal::IncidentState::Open | journal::IncidentState::Contained => {
-                shared.guard().resumed(&record.subject, &record.id);
-                let incident = release::incident_of(&record, Vec::new());
-                if record
+                let same_boot = record.boot_id.is_some() && record.boot_id == shared.boot_id;
+                let mut incident = release::incident_of(&record, Vec::new());
+                let blocked = record
                     .step("kernel_block")
-                    .is_some_and(StepOutcome::changed)
-                {
+                    .is_some_and(StepOutcome::changed);
+                if !same_boot {
+                    // Its cgroup ids are another boot's: nothing is blocked (or, at release,
+                    // lifted) by them. The pod, when it still exists, is blocked by its cgroups
+                    // of this boot; an incident whose pod is gone is closed.
+                    let current = pod_cgroups_now(shared, &record);
+                    if current.is_empty() {
+                        tracing::warn!(
+                            "incident {}: opened in an earlier boot and its pod is gone: closed",
+                            record.id
+                        );
+                        shared.record(
+                            &record.id,
+                            EntryKind::Step {
+                                step: "kernel_block".into(),
+                                outcome: StepOutcome::not_applicable(
+                                    "opened in an earlier boot; its cgroup ids mean nothing now and \
+                                     the pod is gone",
+                                ),
+                            },
+                        );
+                        let shared = shared.clone();
+                        let id = record.id.clone();
+                        tasks.spawn(async move {
+                            if let Err(err) = release_in_daemon(&shared, &id).await {
+                                tracing::warn!("incident {id}: closing it: {err}");
+                            }
+                        });
+                        continue;
+                    }
+                    incident.cgroup_ids = current;
+                }
+                shared.guard().resumed(&record.subject, &record.id);
+                if blocked {
                     let ctx = shared.ctx(false);
                     let outcome =
                         futures::FutureExt::now_or_never(KernelBlock.run(&ctx, &incident))
@@ -1037,6 +1110,7 @@ fn admit_and_block(
             cgroup_ids: incident.cgroup_ids.clone(),
             event_ktime_ns,
             dry_run,
+            boot_id: shared.boot_id.clone(),
         },
     );
     if let Some(outcome) = kernel.clone() {

@@ -89,6 +89,9 @@ pub enum EntryKind {
         event_ktime_ns: u64,
         /// Whether this incident is a dry run.
         dry_run: bool,
+        /// The boot it was opened in: `cgroup_ids` mean nothing in another one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boot_id: Option<String>,
     },
     /// A verdict the guardrails refused (protected, budget, warm-up, disarmed).
     Refused {
@@ -159,6 +162,9 @@ pub struct IncidentRecord {
     pub event_ktime_ns: u64,
     /// Dry run.
     pub dry_run: bool,
+    /// The boot it was opened in (`None` in journals written before it was recorded).
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// State.
     pub state: IncidentState,
     /// Each step's latest outcome, in the order first run.
@@ -210,6 +216,7 @@ pub fn replay<'a>(
                 cgroup_ids,
                 event_ktime_ns,
                 dry_run,
+                boot_id,
             } => {
                 incidents.insert(
                     id.clone(),
@@ -223,6 +230,7 @@ pub fn replay<'a>(
                         cgroup_ids: cgroup_ids.clone(),
                         event_ktime_ns: *event_ktime_ns,
                         dry_run: *dry_run,
+                        boot_id: boot_id.clone(),
                         state: IncidentState::Open,
                         steps: Vec::new(),
                         undone: Vec::new(),
@@ -244,6 +252,7 @@ pub fn replay<'a>(
                         cgroup_ids: Vec::new(),
                         event_ktime_ns: 0,
                         dry_run: false,
+                        boot_id: None,
                         state: IncidentState::Refused,
                         steps: Vec::new(),
                         undone: Vec::new(),
@@ -452,6 +461,7 @@ mod tests {
                     cgroup_ids: vec![7],
                     event_ktime_ns: 1,
                     dry_run: false,
+                    boot_id: None,
                 },
             )
             .unwrap();

@@ -128,6 +128,7 @@ fn journal_survives_reopen_skips_a_torn_line_and_folds_states() {
         cgroup_ids: vec![42],
         event_ktime_ns: 1,
         dry_run: false,
+        boot_id: None,
     };
     journal.append("inc-1", opened.clone()).unwrap();
     journal

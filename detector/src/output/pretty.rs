@@ -820,6 +820,7 @@ mod tests {
                     cgroup_ids: vec![4242],
                     event_ktime_ns: 42,
                     dry_run: false,
+                    boot_id: None,
                 },
                 "opened    shop/web-7d9f  score 115  (score 115.2 reached contain threshold 100.0)  incident inc-1",
             ),

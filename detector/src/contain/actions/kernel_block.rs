@@ -66,7 +66,7 @@ impl Action for KernelBlock {
         &'a self,
         ctx: &'a StepCtx<'a>,
         incident: &'a Incident,
-        _done: &'a StepOutcome,
+        done: &'a StepOutcome,
     ) -> BoxFuture<'a, StepOutcome> {
         async move {
             let Some(block) = ctx.block else {
@@ -74,7 +74,15 @@ impl Action for KernelBlock {
                     why: "the daemon lifts the kernel block when it reads the release".into(),
                 };
             };
-            for &id in &incident.cgroup_ids {
+            // The cgroups the block was applied to: after a reboot, the pod's new ones.
+            let ids: Vec<u64> = match done {
+                StepOutcome::Done { undo, .. } => undo["cgroup_ids"]
+                    .as_array()
+                    .map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect())
+                    .unwrap_or_else(|| incident.cgroup_ids.clone()),
+                _ => incident.cgroup_ids.clone(),
+            };
+            for &id in &ids {
                 let result = ctx
                     .change(format!("kernel release cgroup {id}"), async || {
                         block
@@ -89,10 +97,7 @@ impl Action for KernelBlock {
                     };
                 }
             }
-            StepOutcome::done(format!(
-                "cgroups {:?} back on the network",
-                incident.cgroup_ids
-            ))
+            StepOutcome::done(format!("cgroups {ids:?} back on the network"))
         }
         .boxed()
     }
