@@ -59,6 +59,15 @@ fn now_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), which cgroup ids are only unique
+/// within; `None` when it cannot be read.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,13 +79,4 @@ mod tests {
         let diff = (OffsetDateTime::now_utc() - wall).abs();
         assert!(diff < time::Duration::seconds(1), "{diff}");
     }
-}
-
-/// This boot's id (`/proc/sys/kernel/random/boot_id`), which cgroup ids are only unique
-/// within; `None` when it cannot be read.
-pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|id| id.trim().to_owned())
-        .filter(|id| !id.is_empty())
 }
