@@ -27,6 +27,7 @@ use detector::{
         schema::Schema,
     },
 };
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use serde_json::{Value, json};
 use support::{HttpReceiver, Responder, event, ok, verdict, wait_for};
 use tokio::io::AsyncReadExt as _;
@@ -619,6 +620,49 @@ async fn otlp_logs_follow_the_json_encoding() {
         first["attributes"][1],
         json!({"key": "detector.kind", "value": {"stringValue": "exec"}})
     );
+
+    // OpenTelemetry's own definitions read the body, and write back every field as we wrote it:
+    // a field the protobufs lack, a wrong type or a wrong name would not survive.
+    let reference: ExportLogsServiceRequest = serde_json::from_slice(&request.body)
+        .unwrap_or_else(|err| panic!("not an OTLP/JSON ExportLogsServiceRequest: {err}"));
+    let logs = &reference.resource_logs[0].scope_logs[0].log_records;
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0].time_unix_nano, 1_700_000_000_000_000_007);
+    assert_eq!(logs[0].severity_number, 9);
+    assert_eq!(logs[1].severity_number, 17);
+    let rewritten = serde_json::to_value(&reference).unwrap();
+    assert_within(&body, &rewritten, "");
+}
+
+/// Every field of `ours` is in `theirs` with the same value (theirs may add fields at their
+/// default values, which OTLP/JSON lets a writer leave out).
+fn assert_within(ours: &Value, theirs: &Value, at: &str) {
+    match (ours, theirs) {
+        (Value::Object(ours), Value::Object(theirs)) => {
+            for (key, value) in ours {
+                let Some(other) = theirs.get(key) else {
+                    panic!("{at}.{key} is not in OpenTelemetry's message: {theirs:?}");
+                };
+                assert_within(value, other, &format!("{at}.{key}"));
+            }
+            for (key, value) in theirs {
+                if !ours.contains_key(key) {
+                    let default = matches!(value, Value::Null | Value::Bool(false))
+                        || value.as_u64() == Some(0)
+                        || value.as_str().is_some_and(|s| s.is_empty() || s == "0")
+                        || value.as_array().is_some_and(Vec::is_empty);
+                    assert!(default, "{at}.{key}: {value} left out but not a default");
+                }
+            }
+        }
+        (Value::Array(ours), Value::Array(theirs)) => {
+            assert_eq!(ours.len(), theirs.len(), "{at}");
+            for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+                assert_within(a, b, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(ours, theirs, "{at}"),
+    }
 }
 
 /// What Falcosidekick's `/` handler makes of a request body (`mainHandler` and
