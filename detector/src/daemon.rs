@@ -326,7 +326,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let analysis = Analysis::new(
         enricher,
         engine,
-        RecentEvents::from_config(&config.evidence),
+        // The lead-up is kept only for the evidence it goes into.
+        if config.evidence.on_contain {
+            RecentEvents::from_config(&config.evidence)
+        } else {
+            RecentEvents::off()
+        },
         out,
         responders,
         metrics,

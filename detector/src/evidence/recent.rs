@@ -44,11 +44,25 @@ impl RecentEvents {
         )
     }
 
+    /// A ring that keeps nothing: what the daemon runs with when no evidence is captured.
+    pub fn off() -> Self {
+        Self {
+            window_ns: 0,
+            per_cgroup: 1,
+            max_cgroups: 0,
+            rings: HashMap::new(),
+            dropped: 0,
+        }
+    }
+
     /// Keeps an event of a cgroup; events without a cgroup (node-level) are not kept.
     pub fn push(&mut self, event: &Event) {
         let Some(cgroup) = event.cgroup_id else {
             return;
         };
+        if self.max_cgroups == 0 {
+            return;
+        }
         if !self.rings.contains_key(&cgroup) && self.rings.len() >= self.max_cgroups {
             let idlest = self
                 .rings
@@ -172,5 +186,15 @@ mod tests {
         assert!(ring.for_cgroups(&[8], 71 * S).is_empty());
         ring.expire(71 * S);
         assert_eq!(ring.len(), 1);
+    }
+
+    #[test]
+    fn an_off_ring_keeps_nothing() {
+        let mut ring = RecentEvents::off();
+        for t in 1..=5 {
+            ring.push(&event(Some(7), t * S));
+        }
+        assert!(ring.is_empty());
+        assert!(ring.for_cgroups(&[7], 5 * S).is_empty());
     }
 }
