@@ -336,7 +336,9 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
         changed
             .iter()
             .any(|m| m.starts_with("PATCH") && m.contains(&format!("{other}pods/{OTHER_POD}"))),
-        "the other pod was not labelled: {changed:#?}"
+        "the other pod was not labelled: {changed:#?}\njournal:\n{}\nlog:\n{}",
+        std::fs::read_to_string(&journal_path).unwrap_or_default(),
+        log.join("\n")
     );
     let own = format!("/namespaces/{OWN_NAMESPACE}/");
     let in_own_namespace: Vec<&String> = changed
