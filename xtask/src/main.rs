@@ -15,6 +15,8 @@
 //! - `kernels`: set-up, the test packages (qemu among them), a debug build, then
 //!   `detector-kernels` (as root): Debian's kernels booted under qemu, each checking every
 //!   sensor and the quarantine in its guest, and the same check on this machine's kernel.
+//! - `fuzz`: set-up, cargo-fuzz when missing, then each fuzz target of `fuzz/` for a bounded
+//!   time from its committed corpus; `test` runs it too.
 
 use std::{
     env,
@@ -29,6 +31,20 @@ use clap::{Parser, Subcommand};
 const NIGHTLY: &str = "nightly";
 /// bpf-linker release known to build with aya-ebpf 0.2.1 and LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz release that builds and runs the fuzz targets (`fuzz/`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`, seeds in `fuzz/corpus/<name>/`).
+const FUZZ_TARGETS: [&str; 6] = [
+    "decode",
+    "rules",
+    "config",
+    "journal",
+    "queue",
+    "cgroup_path",
+];
+/// Seconds each fuzz target runs in `test`: with the build of the targets after a change to
+/// the daemon, the whole fuzz step stays within 5 minutes on the 2-core CI machine.
+const TEST_FUZZ_SECONDS: u64 = 25;
 
 #[derive(Parser)]
 #[command(about = "Project tasks")]
@@ -69,6 +85,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, install cargo-fuzz when missing and run the fuzz targets for a bounded time.
+    Fuzz {
+        /// Seconds each target runs (after the build).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (all when none): decode, rules, config, journal, queue, cgroup_path.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&args),
         Task::Demo => demo(),
         Task::Kernels { args } => kernels(&args),
+        Task::Fuzz { seconds, targets } => fuzz(seconds, &targets),
     }
 }
 
@@ -360,6 +385,17 @@ fn test() -> anyhow::Result<()> {
                 eprintln!("kernel matrix: {err:#}");
                 counts.failed += 1;
             }
+        }
+    }
+    // The fuzz targets, TEST_FUZZ_SECONDS each: one passed or failed count per target.
+    match fuzz_targets(TEST_FUZZ_SECONDS, &FUZZ_TARGETS) {
+        Ok(failed) => {
+            counts.failed += failed.len() as u64;
+            counts.passed += (FUZZ_TARGETS.len() - failed.len()) as u64;
+        }
+        Err(err) => {
+            eprintln!("fuzz: {err:#}");
+            counts.failed += 1;
         }
     }
     // The whole count comes last, so that a reader of the log sees it last.
@@ -663,6 +699,181 @@ fn kernels(args: &[String]) -> anyhow::Result<()> {
     let (_, failed) = kernel_matrix(args)?;
     ensure!(failed == 0, "{failed} kernel(s) failed");
     Ok(())
+}
+
+fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    for target in targets {
+        ensure!(
+            FUZZ_TARGETS.contains(&target.as_str()),
+            "no fuzz target {target}; the targets are {}",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
+    let targets: Vec<&str> = if targets.is_empty() {
+        FUZZ_TARGETS.to_vec()
+    } else {
+        targets.iter().map(String::as_str).collect()
+    };
+    let failed = fuzz_targets(seconds, &targets)?;
+    ensure!(
+        failed.is_empty(),
+        "fuzz target(s) failed: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// Codegen units of the fuzz build (cargo-fuzz's default is 1): the daemon crate, rebuilt
+/// after every change to it, compiles on both cores.
+const FUZZ_CODEGEN_UNITS: &str = "16";
+
+/// `cargo fuzz` through the nightly toolchain, from the workspace, with the fuzz build's own
+/// target directory (its flags differ from every other build's) and the build flags every
+/// invocation must share (any other makes cargo build everything again).
+fn cargo_fuzz(subcommand: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(workspace())
+        .args(["run", NIGHTLY, "cargo", "fuzz", subcommand])
+        .args(["--codegen-units", FUZZ_CODEGEN_UNITS])
+        .arg("--target-dir")
+        .arg(target_dir().join("fuzz"))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    // What `cargo xtask` (cargo run) sets for this program: build scripts that watch these
+    // (ring's watches CARGO_MANIFEST_DIR) would run again, and everything after them be
+    // rebuilt, whenever the fuzz build is run by hand in between.
+    for (name, _) in env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*name)
+        {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
+}
+
+/// cargo-fuzz [`CARGO_FUZZ_VERSION`] in cargo's `bin` directory, installed when missing.
+fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let installed = output(Command::new("cargo-fuzz").arg("--version"))
+        .is_ok_and(|v| v.split_whitespace().any(|word| word == CARGO_FUZZ_VERSION));
+    if installed {
+        return Ok(());
+    }
+    status(cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+}
+
+/// Builds the fuzz targets, then runs each of `targets` for `seconds`, one after the other:
+/// seeded from its committed corpus (`fuzz/corpus/<target>`, only read) with a fresh scratch
+/// corpus in `target/fuzz/runs/<target>/` taking what the run finds. Returns the targets that
+/// failed; each failure names the input saved (crash, timeout, out-of-memory or leak).
+fn fuzz_targets(seconds: u64, targets: &[&str]) -> anyhow::Result<Vec<String>> {
+    let started = std::time::Instant::now();
+    ensure_cargo_fuzz()?;
+    status(&mut cargo_fuzz("build"))?;
+    eprintln!("fuzz: built in {:.0?}", started.elapsed());
+    let mut failed = Vec::new();
+    for &target in targets {
+        let run = target_dir().join("fuzz/runs").join(target);
+        let _ = std::fs::remove_dir_all(&run);
+        let (corpus, artifacts, tmp) = (run.join("corpus"), run.join("artifacts"), run.join("tmp"));
+        for dir in [&corpus, &artifacts, &tmp] {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        let log_path = run.join("fuzz.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("create {}", log_path.display()))?;
+        let mut cmd = cargo_fuzz("run");
+        cmd.arg(target)
+            .arg(&corpus)
+            .arg(workspace().join("fuzz/corpus").join(target))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            // One input running this long is a hang.
+            .arg("-timeout=10")
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-print_final_stats=1")
+            // The targets' scratch files (journal, queue directory) go with the run.
+            .env("TMPDIR", &tmp)
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        eprintln!("+ {cmd:?}");
+        let run_started = std::time::Instant::now();
+        let ok = cmd
+            .status()
+            .with_context(|| format!("cannot run {cmd:?}"))?
+            .success();
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let runs = text
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map_or("?", str::trim);
+        let found: Vec<PathBuf> = std::fs::read_dir(&artifacts)
+            .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if ok && found.is_empty() {
+            eprintln!(
+                "fuzz {target}: ok, {runs} inputs in {:.0?}",
+                run_started.elapsed()
+            );
+            continue;
+        }
+        // The report's first lines (the panic's message, or the sanitizer's or libFuzzer's
+        // verdict) and the input, not the stack traces.
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines
+            .iter()
+            .position(|l| l.contains("panicked at") || l.contains("==ERROR:"))
+            .unwrap_or(lines.len().saturating_sub(20));
+        let report = lines[start..]
+            .iter()
+            .take(12)
+            .chain(lines[start..].iter().skip(12).filter(|l| {
+                l.contains("SUMMARY:")
+                    || l.contains("Test unit written")
+                    || l.starts_with("Base64:")
+            }));
+        for line in report {
+            eprintln!("  {line}");
+        }
+        let saved = if found.is_empty() {
+            format!("no input saved; the whole log is {}", log_path.display())
+        } else {
+            found
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "fuzz {target}: FAILED after {runs} inputs: {saved} (again: cargo +nightly fuzz run \
+             --codegen-units {FUZZ_CODEGEN_UNITS} --target-dir {} {target} <input>; the whole \
+             log: {})",
+            target_dir().join("fuzz").display(),
+            log_path.display()
+        );
+        failed.push(target.to_owned());
+    }
+    eprintln!(
+        "fuzz: {} target(s) in {:.0?} with the build",
+        targets.len(),
+        started.elapsed()
+    );
+    Ok(failed)
 }
 
 /// Builds and runs `detector-kernels` with `args`, passing its output through; the rows that

@@ -213,9 +213,11 @@ fn parse_kubepods(parts: &[&str]) -> Result<CgroupIdentity, NotContainer> {
 
 fn pod_uid(part: &str) -> Result<String, NotContainer> {
     let raw = if let Some(slice) = part.strip_suffix(".slice") {
-        // `kubepods-burstable-pod<uid>.slice` or `kubepods-pod<uid>.slice`.
+        // `kubepods-burstable-pod<uid>.slice` or `kubepods-pod<uid>.slice`: systemd's escape of
+        // the uid has `_` for each `-` (a `-` there would be another slice level).
         match slice.rsplit_once("-pod") {
-            Some((_, uid)) => uid.replace('_', "-"),
+            Some((_, uid)) if !uid.contains('-') => uid.replace('_', "-"),
+            Some(_) => return Err(NotContainer::MalformedPodUid(part.to_owned())),
             None => return Err(NotContainer::NoPod),
         }
     } else if let Some(uid) = part.strip_prefix("pod") {
@@ -460,6 +462,11 @@ mod tests {
             (
                 "/kubepods.slice/kubepods-pod1234.slice".into(),
                 MalformedPodUid("kubepods-pod1234.slice".into()),
+            ),
+            (
+                // Found by the `cgroup_path` fuzz target: a uid half escaped.
+                "/kubepods.slice/kubepods-pod1f2e3d4c_5b6a_4789_9abc-def012345678.slice".into(),
+                MalformedPodUid("kubepods-pod1f2e3d4c_5b6a_4789_9abc-def012345678.slice".into()),
             ),
             (
                 format!("/kubepods/pod{}/{ID}", &UID[..35]),

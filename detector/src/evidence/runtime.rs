@@ -81,7 +81,9 @@ pub struct RuntimeHint {
 /// Finds the container id and runtime in a cgroup path: the last component that names one,
 /// so that a pod's or a slice's own directory does not count. Recognises
 /// `docker-<id>.scope`, `/docker/<id>`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
-/// `libpod-<id>.scope` and a bare `<id>` (the kubelet's cgroupfs layout, runtime unknown).
+/// `libpod-<id>.scope`, their cgroupfs forms `crio-<id>` (CRI-O under the kubelet) and
+/// `libpod-<id>` (Podman), and a bare `<id>` (the kubelet's cgroupfs layout, runtime unknown):
+/// every container [`crate::attribution::cgroup_path::parse`] finds.
 pub fn detect(cgroup_path: &str) -> Option<RuntimeHint> {
     let parts: Vec<&str> = cgroup_path.split('/').filter(|p| !p.is_empty()).collect();
     for (i, part) in parts.iter().enumerate().rev() {
@@ -90,6 +92,7 @@ pub fn detect(cgroup_path: &str) -> Option<RuntimeHint> {
                 .and_then(|rest| rest.strip_suffix(".scope"))
                 .filter(|id| is_container_id(id))
         };
+        let prefixed = |prefix: &str| part.strip_prefix(prefix).filter(|id| is_container_id(id));
         let found = if let Some(id) = scoped("docker-") {
             Some((RuntimeKind::Docker, id))
         } else if let Some(id) = scoped("cri-containerd-") {
@@ -97,6 +100,12 @@ pub fn detect(cgroup_path: &str) -> Option<RuntimeHint> {
         } else if let Some(id) = scoped("crio-") {
             Some((RuntimeKind::Crio, id))
         } else if let Some(id) = scoped("libpod-") {
+            Some((RuntimeKind::Podman, id))
+        } else if let Some(id) = prefixed("crio-") {
+            // CRI-O under the kubelet's cgroupfs driver.
+            Some((RuntimeKind::Crio, id))
+        } else if let Some(id) = prefixed("libpod-") {
+            // Podman's cgroupfs manager.
             Some((RuntimeKind::Podman, id))
         } else if is_container_id(part) {
             let kind = match i.checked_sub(1).map(|p| parts[p]) {
@@ -181,6 +190,13 @@ mod tests {
                 format!("/kubepods/besteffort/podabc/{ID}"),
                 RuntimeKind::Unknown,
             ),
+            // The cgroupfs layouts of CRI-O and Podman, which attribution knows: the `cgroup_path`
+            // fuzz target found evidence capture missing them.
+            (
+                format!("/kubepods/burstable/podabc/crio-{ID}"),
+                RuntimeKind::Crio,
+            ),
+            (format!("/libpod_parent/libpod-{ID}"), RuntimeKind::Podman),
         ];
         for (path, kind) in cases {
             let hint = detect(&path).unwrap_or_else(|| panic!("{path}"));

@@ -215,13 +215,11 @@ fn read_frame(reader: &mut impl Read) -> io::Result<Option<Frame>> {
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     let flags = header[8];
-    let mut payload = vec![0u8; len];
-    if let Err(err) = reader.read_exact(&mut payload) {
-        return if err.kind() == io::ErrorKind::UnexpectedEof {
-            Ok(Some(Frame::Damaged))
-        } else {
-            Err(err)
-        };
+    // The payload grows as it is read: a damaged length (up to 4 GiB) reserves nothing.
+    let mut payload = Vec::with_capacity(len.min(1 << 16));
+    reader.take(len as u64).read_to_end(&mut payload)?;
+    if payload.len() < len {
+        return Ok(Some(Frame::Damaged));
     }
     if checksum(flags, &payload) != crc {
         return Ok(Some(Frame::Damaged));
@@ -791,6 +789,41 @@ mod tests {
         assert_eq!(drain(&mut queue).len(), 3);
         push_n(&mut queue, 3, 1, false);
         assert_eq!(drain(&mut queue), ["record-00003"]);
+    }
+
+    /// A reader over bytes that remembers the largest buffer it was given to fill.
+    struct Probe<'a> {
+        data: &'a [u8],
+        largest: usize,
+    }
+
+    impl Read for Probe<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.largest = self.largest.max(buf.len());
+            self.data.read(buf)
+        }
+    }
+
+    #[test]
+    fn a_damaged_length_reserves_nothing() {
+        // Found by the `queue` fuzz target: a frame header claiming 4 GiB made the reader
+        // allocate 4 GiB for it (at open, on the segment's last frame) before finding the
+        // segment shorter.
+        let mut bytes = Vec::new();
+        encode(&mut bytes, false, b"record");
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(b"short");
+        let mut probe = Probe {
+            data: &bytes,
+            largest: 0,
+        };
+        assert!(matches!(
+            read_frame(&mut probe),
+            Ok(Some(Frame::Record(0, payload))) if payload == b"record"
+        ));
+        assert!(matches!(read_frame(&mut probe), Ok(Some(Frame::Damaged))));
+        assert!(probe.largest < 1 << 20, "a {}-byte buffer", probe.largest);
     }
 
     #[test]
