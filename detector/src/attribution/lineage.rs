@@ -40,8 +40,13 @@ use crate::event::Role;
 pub const PROBE_REPEATS: u32 = 3;
 
 /// Command names of container runtimes' own processes while they set a container up (runc
-/// renames its init stages; crun, youki and conmon keep their names).
+/// renames its init stages; crun, youki and conmon keep their names). `exe` is runc's init
+/// before it renames itself: runc starts it as `/proc/self/exe init`, and its first step
+/// (runc 1.1's cloned binary) bind-mounts, remounts read-only and unmounts a copy of itself,
+/// sometimes after it has joined the container's cgroup. Only a process that joined the cgroup
+/// from outside is judged by its name: a workload process renamed `exe` is its parent's.
 pub const RUNTIME_COMMS: &[&str] = &[
+    "exe",
     "runc",
     "runc:[0:PARENT]",
     "runc:[1:CHILD]",
@@ -327,7 +332,11 @@ mod tests {
             );
             table.exec_at(201, 200, "/proc/self/exe", &HOST, &argv(&["runc", "init"]));
         }
-        // runc's parent stage, moved into the cgroup, sets its OOM score.
+        // runc's init before it renames itself, moved into the cgroup: its cloned binary's
+        // bind mount.
+        let exe = table.observe_at(201, 200, "exe", &at(None, false));
+        assert_eq!(role(exe), (Role::Runtime, false));
+        // runc's parent stage sets its OOM score.
         let parent = table.observe_at(201, 200, "runc:[0:PARENT]", &at(None, false));
         assert_eq!(role(parent), (Role::Runtime, false));
         let child = table.observe_at(202, 201, "runc:[1:CHILD]", &at(None, false));
@@ -402,10 +411,22 @@ mod tests {
             probe: true,
             ..at(Some(9), false)
         };
-        let first = table.exec_at(300, 100, "/usr/bin/curl", &probe, &argv(&["curl", "-f", "x"]));
+        let first = table.exec_at(
+            300,
+            100,
+            "/usr/bin/curl",
+            &probe,
+            &argv(&["curl", "-f", "x"]),
+        );
         assert_eq!(role(first), (Role::Probe, true));
         // The spec only counts for what the runtime starts: a workload's exec stays its.
-        let inside = table.exec_at(301, 203, "/usr/bin/curl", &probe, &argv(&["curl", "-f", "x"]));
+        let inside = table.exec_at(
+            301,
+            203,
+            "/usr/bin/curl",
+            &probe,
+            &argv(&["curl", "-f", "x"]),
+        );
         assert_eq!(role(inside), (Role::Entrypoint, false));
     }
 
@@ -421,7 +442,13 @@ mod tests {
         let job = table.exec_at(600, 599, "/usr/sbin/logrotate", &forked, &[]);
         assert_eq!(role(job), (Role::Entrypoint, false));
         // While an exec session runs, such a process may be the session's.
-        let session = table.exec_at(610, 100, "/bin/bash", &at(Some(41), false), &argv(&["bash"]));
+        let session = table.exec_at(
+            610,
+            100,
+            "/bin/bash",
+            &at(Some(41), false),
+            &argv(&["bash"]),
+        );
         assert_eq!(role(session), (Role::ExecSession, true));
         let unclear = table.exec_at(611, 598, "/usr/bin/tar", &forked, &[]);
         assert_eq!(role(unclear), (Role::ExecSession, false));
@@ -451,12 +478,24 @@ mod tests {
         // runc's init re-exec-ing its copy in memory stays the runtime's, then its exec of the
         // command is the session.
         table.observe_at(404, 100, "runc:[2:INIT]", &at(Some(7), false));
-        let clone = table.exec_at(404, 100, "/dev/fd/6", &at(Some(7), false), &argv(&["runc", "init"]));
+        let clone = table.exec_at(
+            404,
+            100,
+            "/dev/fd/6",
+            &at(Some(7), false),
+            &argv(&["runc", "init"]),
+        );
         assert_eq!(role(clone), (Role::Runtime, false));
         let cmd = table.exec_at(404, 100, "/bin/ls", &at(Some(7), false), &argv(&["ls"]));
         assert_eq!(role(cmd), (Role::ExecSession, true));
         // The same argv from a workload process is the workload's.
-        let fake = table.exec_at(405, 203, "/dev/fd/6", &at(Some(8), false), &argv(&["runc", "init"]));
+        let fake = table.exec_at(
+            405,
+            203,
+            "/dev/fd/6",
+            &at(Some(8), false),
+            &argv(&["runc", "init"]),
+        );
         assert_eq!(role(fake), (Role::Entrypoint, false));
     }
 
