@@ -36,6 +36,8 @@ pub const MAP_STATS: &str = "STATS";
 /// Cgroup ids under network quarantine: connects from them (or their descendants) fail with
 /// `EPERM`, their packets are dropped both ways.
 pub const MAP_QUARANTINE: &str = "QUARANTINE";
+/// Entries of [`MAP_QUARANTINE`]: cgroups cut off at once.
+pub const QUARANTINE_MAX_ENTRIES: u32 = 4096;
 /// One-entry array holding the number of entries in [`MAP_QUARANTINE`], so that programs skip
 /// the lookups while nothing is quarantined.
 pub const MAP_QUARANTINE_ACTIVE: &str = "QUARANTINE_ACTIVE";

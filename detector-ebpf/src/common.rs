@@ -14,8 +14,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use detector_common::{
-    EventHeader, EventKind, KernelOffsets, STAT_COUNT, Stat, WATCH_KNOWN_MAX, WATCH_MAX_DEPTH,
-    WATCH_ROOT_MAX_LEVEL, WatchDecision, WatchMode, header_flags,
+    EventHeader, EventKind, KernelOffsets, QUARANTINE_MAX_ENTRIES, STAT_COUNT, Stat,
+    WATCH_KNOWN_MAX, WATCH_MAX_DEPTH, WATCH_ROOT_MAX_LEVEL, WatchDecision, WatchMode, header_flags,
 };
 
 /// Bytes waiting in [`EVENTS`] from which a record wakes the reader; 0 wakes it every time.
@@ -63,7 +63,7 @@ static WATCH_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Cgroups under network quarantine (see `detector_common::MAP_QUARANTINE`).
 #[map(name = "QUARANTINE")]
-static QUARANTINE: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+static QUARANTINE: HashMap<u64, u32> = HashMap::with_max_entries(QUARANTINE_MAX_ENTRIES, 0);
 
 /// Number of quarantined cgroups; zero lets every program skip the lookups.
 #[map(name = "QUARANTINE_ACTIVE")]

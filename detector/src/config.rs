@@ -168,6 +168,12 @@ pub struct SensorsConfig {
     /// runs with the programs that did, names the others with the kernel's reason in its log,
     /// `/metrics` and `/readyz`, and goes on.
     pub require_all_programs: bool,
+    /// Where the network quarantine (its maps and the programs that enforce it) is pinned on a
+    /// bpf filesystem, so that a contained pod stays cut off while no daemon runs (killed,
+    /// OOM-killed, upgraded) and the next start adopts it. A bpf filesystem is mounted on the
+    /// parent when it has none and is empty. `null`: not pinned, the quarantine ends with the
+    /// daemon.
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for SensorsConfig {
@@ -229,6 +235,7 @@ impl Default for SensorsConfig {
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             program_variant: ProgramVariant::Auto,
             require_all_programs: false,
+            pin_dir: Some(PathBuf::from("/sys/fs/bpf/detector")),
         }
     }
 }

@@ -248,7 +248,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             }
         );
     }
-    let mut sensors = Sensors::load(&config.sensors, ProgramSet::Sensors)?;
+    let mut sensors = match &config.sensors.pin_dir {
+        Some(dir) => Sensors::load_pinned(&config.sensors, ProgramSet::Sensors, dir)?,
+        None => Sensors::load(&config.sensors, ProgramSet::Sensors)?,
+    };
+    metrics.set_quarantine_pinned(matches!(sensors.pin_status(), Ok(Some(_))));
     let variant = sensors.variant().as_str();
     let (running, missing): (Vec<_>, Vec<_>) = sensors
         .programs()

@@ -247,6 +247,7 @@ struct Inner {
     pods_tracked: Gauge,
     programs_attached: Family<ProgramLabel, Gauge>,
     program_variant: Family<VariantLabel, Gauge>,
+    quarantine_pinned: Gauge,
     export_records: Family<SinkOutcomeLabels, Counter>,
     export_queue_bytes: Family<SinkLabel, Gauge>,
     export_waiting: Family<SinkLabel, Gauge>,
@@ -395,6 +396,12 @@ impl Metrics {
             "1 for the build of the kernel programs loaded: typed (Linux 6.2 and later) or probe-read",
             program_variant.clone(),
         );
+        let quarantine_pinned = Gauge::default();
+        registry.register(
+            "quarantine_pinned",
+            "1 when the network quarantine is pinned on bpffs (it holds while no daemon runs), 0 when it ends with the daemon (sensors.pin_dir unset, or the log says why it could not be pinned)",
+            quarantine_pinned.clone(),
+        );
         let export_records = Family::<SinkOutcomeLabels, Counter>::default();
         registry.register(
             "export_records",
@@ -470,6 +477,7 @@ impl Metrics {
                 pods_tracked,
                 programs_attached,
                 program_variant,
+                quarantine_pinned,
                 export_records,
                 export_queue_bytes,
                 export_waiting,
@@ -657,6 +665,11 @@ impl Metrics {
             .program_variant
             .get_or_create(&VariantLabel { variant })
             .set(1);
+    }
+
+    /// Whether the network quarantine is pinned (see [`crate::sensors::pin`]).
+    pub fn set_quarantine_pinned(&self, pinned: bool) {
+        self.inner.quarantine_pinned.set(i64::from(pinned));
     }
 
     /// Takes the exporter's per-sink counters (cumulative since start) and adds what grew

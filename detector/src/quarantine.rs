@@ -4,6 +4,9 @@
 //! (`EPERM` at once, from the `connect4`/`connect6` programs) nor send or receive packets (dropped
 //! by the `cgroup_skb` egress and ingress programs), whatever the CNI does with NetworkPolicy.
 //! Quarantining a pod's cgroup covers every container in it, restarted ones included.
+//!
+//! Pinned (`sensors.pin_dir`, see [`crate::sensors::pin`]), the map and its programs outlive the
+//! daemon: the next start adopts the map with what it holds.
 
 use std::collections::BTreeSet;
 
@@ -49,10 +52,12 @@ impl KernelQuarantine {
         active: Array<MapData, u32>,
         own_cgroup: Option<u64>,
     ) -> Self {
+        // A map adopted from the pin directory holds what an earlier run blocked.
+        let blocked = map.keys().filter_map(Result::ok).collect();
         Self {
             map,
             active,
-            blocked: BTreeSet::new(),
+            blocked,
             own_cgroup,
         }
     }

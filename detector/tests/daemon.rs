@@ -673,3 +673,147 @@ fn programs_the_kernel_refuses_are_named_and_the_rest_run_unless_all_are_require
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn the_quarantine_outlives_a_killed_daemon_and_only_a_release_lifts_it() {
+    if !privileged("the_quarantine_outlives_a_killed_daemon_and_only_a_release_lifts_it") {
+        return;
+    }
+    const ROUNDS: usize = 10;
+    let binary = Path::new(env!("CARGO_BIN_EXE_detector"));
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("events.jsonl");
+    let journal = dir.path().join("incidents");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "contain:\n  warmup_s: 0\n  journal_dir: {}\nevidence:\n  on_contain: false\n",
+            journal.display(),
+        ),
+    )
+    .unwrap();
+    // The pins on a bpf filesystem of the test's own, which every run of the daemon shares.
+    let pins = tests::host::PinScratch::new("outlives").unwrap();
+    let (key, value) = pins.env();
+    let env = [(key, value.as_os_str())];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut daemon = Daemon::start(binary, &config, &output, &env).unwrap();
+    let cgroup = pod_cgroup("7f5e4d3c-2b1a-4f0e-9d8c-b7a699887766", &"a7".repeat(32));
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    // Whether a connect from the pod is refused with EPERM; its stderr.
+    let refused = || {
+        let out = cgroup
+            .command("/bin/bash")
+            .unwrap()
+            .args(["-c", &connect])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            !out.status.success() && stderr.contains("Operation not permitted"),
+            stderr,
+        )
+    };
+    assert!(!refused().0, "the pod is cut off before any attack");
+    let _ = cgroup.run_shell(
+        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
+    );
+    let journal_path = journal.join("journal.jsonl");
+    let entries = || -> Vec<Value> {
+        std::fs::read_to_string(&journal_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let incident = loop {
+        let blocked = entries()
+            .into_iter()
+            .find(|e| e["step"] == "kernel_block" && e["outcome"]["status"] == "done");
+        if let Some(entry) = blocked {
+            break entry["incident"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not contained:\n{}",
+            std::fs::read_to_string(&journal_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (cut, stderr) = refused();
+    assert!(cut, "contained but not cut off: {stderr}");
+
+    // Killed (as the OOM killer or a forced rollout kills it) and started again, ten times: the
+    // pod is cut off while no daemon runs, and after each start.
+    let mut held = Vec::new();
+    for round in 0..ROUNDS {
+        let log = daemon.kill();
+        let (dead, stderr) = refused();
+        let restarted = Daemon::start(binary, &config, &output, &env);
+        let mut next = restarted.unwrap_or_else(|err| panic!("round {round}: {err:#}"));
+        let (again, stderr_again) = refused();
+        held.push((dead, again));
+        if !(dead && again) {
+            let (_, new_log) = next.stop();
+            panic!(
+                "round {round}: cut off while no daemon ran: {dead} ({stderr}); after the \
+                 restart: {again} ({stderr_again})\nthe killed daemon's log:\n{}\nthe new one's:\n{}",
+                log.join("\n"),
+                new_log.join("\n")
+            );
+        }
+        daemon = next;
+    }
+    eprintln!("cut off while no daemon ran, and after the restart: {held:?}");
+
+    // Released while no daemon runs: the block holds until a daemon reads the release, and
+    // the next start lifts it.
+    daemon.kill();
+    let release = Command::new(binary)
+        .args(["release", &incident, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        release.status.success(),
+        "detector release: {}",
+        String::from_utf8_lossy(&release.stderr)
+    );
+    assert!(refused().0, "lifted with no daemon to lift it");
+    let mut daemon = Daemon::start(binary, &config, &output, &env).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused().0 {
+        assert!(
+            Instant::now() < deadline,
+            "still cut off after the release and a start:\n{}",
+            std::fs::read_to_string(&journal_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let released = entries()
+        .iter()
+        .any(|e| e["incident"] == incident.as_str() && e["entry"] == "released");
+    assert!(
+        released,
+        "{}",
+        std::fs::read_to_string(&journal_path).unwrap_or_default()
+    );
+    // Nothing is quarantined: a stop removes the pins.
+    let (status, log) = daemon.stop();
+    assert!(
+        status.success(),
+        "daemon exit {status}:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !pins.pin_dir().exists(),
+        "pins left with nothing quarantined: {:?}",
+        std::fs::read_dir(pins.pin_dir())
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    drop(listener);
+    drop(cgroup);
+}

@@ -198,6 +198,7 @@ async fn metrics_are_served_in_the_openmetrics_text_format() {
     metrics.set_queue_depth("batches", 3);
     metrics.set_pods_tracked(12);
     metrics.set_programs_attached(&["sys_exit", "sched_process_exec"]);
+    metrics.set_quarantine_pinned(true);
 
     // Prometheus's own Accept header: OpenMetrics first.
     let response = get_accepting(server.local_addr(), "/metrics", Some(PROMETHEUS_ACCEPT)).await;
@@ -226,6 +227,7 @@ async fn metrics_are_served_in_the_openmetrics_text_format() {
         "detector_suppressed_writes_total 0\n",
         "detector_quarantine_dropped_packets_total 0\n",
         "detector_quarantine_denied_connects_total 0\n",
+        "detector_quarantine_pinned 1\n",
         // Series that exist before anything happened, so that alerts have them to watch.
         "detector_kernel_lost_events_total{kind=\"exec\"} 0\n",
         "detector_decode_losses_total{kind=\"connect\"} 0\n",

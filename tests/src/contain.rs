@@ -43,6 +43,10 @@ impl NetworkBlock for RecordingBlock {
             .remove(&cgroup_id);
         Ok(())
     }
+
+    fn blocked(&self) -> Vec<u64> {
+        RecordingBlock::blocked(self).into_iter().collect()
+    }
 }
 
 /// A `contain` verdict on pod `ns/pod` (uid `<pod>-uid`), decided now.

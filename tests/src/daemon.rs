@@ -15,11 +15,16 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::host::PinScratch;
+
 /// A running `detector run`.
 pub struct Daemon {
     child: Child,
     log: Option<JoinHandle<Vec<String>>>,
     output: PathBuf,
+    /// The quarantine's pin directory the harness gave it (none when the caller set one);
+    /// dropped after the daemon stops.
+    _pins: Option<PinScratch>,
 }
 
 /// The detector binary next to the running test binary's profile directory
@@ -57,7 +62,10 @@ impl Daemon {
     }
 
     /// Starts `binary run ARGS` with `env` (writing to `output`), and waits (60 s at most) for
-    /// its `ready` log line. The guards' downward-API variables are not inherited.
+    /// its `ready` log line. The guards' downward-API variables are not inherited. Unless `env`
+    /// sets `DETECTOR_SENSORS__PIN_DIR`, the daemon pins its quarantine in a bpf filesystem of
+    /// its own ([`PinScratch`]), never in the node's: daemons of parallel tests would adopt
+    /// each other's.
     pub fn run(
         binary: &Path,
         args: &[&OsStr],
@@ -76,6 +84,17 @@ impl Daemon {
         for (key, value) in env {
             cmd.env(key, value);
         }
+        let pins = if env
+            .iter()
+            .any(|(key, _)| *key == "DETECTOR_SENSORS__PIN_DIR")
+        {
+            None
+        } else {
+            let pins = PinScratch::new("daemon").context("a pin directory for the daemon")?;
+            let (key, value) = pins.env();
+            cmd.env(key, value);
+            Some(pins)
+        };
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
@@ -95,6 +114,7 @@ impl Daemon {
             child,
             log: Some(log),
             output: output.to_owned(),
+            _pins: pins,
         };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let (status, log) = daemon.stop();
@@ -124,6 +144,17 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// SIGKILL, as the OOM killer or a forced rollout ends it: nothing of its own runs after.
+    /// Its log.
+    pub fn kill(&mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log
+            .take()
+            .map(|l| l.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// SIGTERM (SIGKILL after 20 s), then its exit status and log.

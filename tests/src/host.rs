@@ -59,3 +59,40 @@ pub fn remove_with_mounts(dir: &Path) {
         let _ = writeln!(std::io::stderr(), "cannot remove {}: {e}", dir.display());
     }
 }
+
+/// A pin directory for one daemon's network quarantine (`sensors.pin_dir`), on a bpf
+/// filesystem of its own: `<scratch>/bpf/detector`, where `<scratch>/bpf` starts empty, so the
+/// daemon mounts the bpf filesystem itself (as on a node without `/sys/fs/bpf`). Dropped, it
+/// unmounts that filesystem, which lets go of every pin in it (the links detach) and removes
+/// the scratch directory.
+pub struct PinScratch {
+    scratch: PathBuf,
+}
+
+impl PinScratch {
+    /// A new, empty scratch directory under the system's temporary directory.
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("detector-pins-{name}-"))
+            .tempdir()?
+            .keep();
+        fs::create_dir(scratch.join("bpf"))?;
+        Ok(Self { scratch })
+    }
+
+    /// The pin directory to give the daemon.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.scratch.join("bpf/detector")
+    }
+
+    /// The variable that sets it.
+    pub fn env(&self) -> (&'static str, std::ffi::OsString) {
+        ("DETECTOR_SENSORS__PIN_DIR", self.pin_dir().into_os_string())
+    }
+}
+
+impl Drop for PinScratch {
+    fn drop(&mut self) {
+        remove_with_mounts(&self.scratch);
+    }
+}

@@ -741,6 +741,51 @@ fn an_interrupted_incident_is_resumed_after_a_restart() {
     );
 }
 
+#[test]
+fn a_pinned_block_no_incident_in_force_holds_is_lifted_at_start() {
+    let env = Env::new();
+    let v = contain_verdict("shop", "web-1");
+    let journal = Journal::open(env.dir.path()).unwrap();
+    journal
+        .append(
+            "inc-old",
+            EntryKind::Opened {
+                subject: v.subject.clone(),
+                node: "node-1".into(),
+                score: 42.0,
+                reason: "r".into(),
+                cgroup_ids: vec![55],
+                event_ktime_ns: v.ktime_ns,
+                dry_run: false,
+                boot_id: detector::clock::boot_id(),
+            },
+        )
+        .unwrap();
+    journal
+        .append(
+            "inc-old",
+            EntryKind::Step {
+                step: "kernel_block".into(),
+                outcome: StepOutcome::Done {
+                    detail: "x".into(),
+                    undo: json!({ "cgroup_ids": [55, 56] }),
+                },
+            },
+        )
+        .unwrap();
+    // What the pinned map held when the daemon started: the incident's cgroups, and one whose
+    // incident was released while no daemon ran (or whose journal was lost).
+    let mut pinned = env.block.clone();
+    for id in [55, 56, 66] {
+        detector::contain::NetworkBlock::block(&mut pinned, id).unwrap();
+    }
+    let handle = env.start(env.config(), false);
+    handle.flush();
+    drop(handle);
+    assert_eq!(env.block.blocked(), BTreeSet::from([55, 56]));
+    assert_eq!(only(&env.records()).state, IncidentState::Contained);
+}
+
 /// A journal written in an earlier boot: incident `inc-old` on `subject`, kernel-blocked by
 /// cgroup id 55 of that boot, its API steps done.
 fn earlier_boot_journal(env: &Env, subject: &Subject) {
@@ -782,7 +827,32 @@ fn an_earlier_boots_incident_of_a_gone_pod_blocks_nothing_and_is_closed() {
         ..Subject::default()
     };
     earlier_boot_journal(&env, &gone);
-    // In this boot, cgroup id 55 is someone else's, and blocked by another incident.
+    // In this boot, cgroup id 55 is someone else's, and blocked by another incident (held by
+    // the pinned map when the daemon starts).
+    let journal = Journal::open(env.dir.path()).unwrap();
+    let other = contain_verdict("shop", "other-1");
+    for kind in [
+        EntryKind::Opened {
+            subject: other.subject.clone(),
+            node: "node-1".into(),
+            score: 42.0,
+            reason: "r".into(),
+            cgroup_ids: vec![55],
+            event_ktime_ns: 1,
+            dry_run: false,
+            boot_id: detector::clock::boot_id(),
+        },
+        EntryKind::Step {
+            step: "kernel_block".into(),
+            outcome: StepOutcome::Done {
+                detail: "cgroups [55] cut off the network".into(),
+                undo: json!({"cgroup_ids": [55]}),
+            },
+        },
+        EntryKind::Completed,
+    ] {
+        journal.append("inc-now", kind).unwrap();
+    }
     env.block.clone().block(55).unwrap();
     let mut config = env.config();
     config.steps.evict_other_pods = false;
@@ -792,7 +862,7 @@ fn an_earlier_boots_incident_of_a_gone_pod_blocks_nothing_and_is_closed() {
     // Nothing re-applied by the old id, nothing lifted by it either.
     assert_eq!(env.block.blocked(), BTreeSet::from([55]));
     let records = env.records();
-    let record = only(&records);
+    let record = &records["inc-old"];
     assert_eq!(record.state, IncidentState::Released, "{record:#?}");
     assert!(
         matches!(record.step("kernel_block"), Some(StepOutcome::NotApplicable { why }) if why.contains("earlier boot")),

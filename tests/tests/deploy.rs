@@ -298,6 +298,16 @@ fn the_daemonset_fits_the_daemon() {
     assert_eq!(mounted_at("/sys/kernel/btf").unwrap().read_only, Some(true));
     // The configured BTF, evidence directory and Docker socket are where the mounts put them.
     assert!(config.sensors.btf_path.starts_with("/sys/kernel/btf"));
+    // The quarantine is pinned on the node's bpffs, where it outlives the pod.
+    assert!(
+        config
+            .sensors
+            .pin_dir
+            .as_ref()
+            .is_some_and(|dir| dir.starts_with("/sys/fs/bpf")),
+        "{:?}",
+        config.sensors.pin_dir
+    );
     assert!(config.evidence.out_dir.starts_with("/var/lib/detector"));
     assert!(mounted_at(&config.evidence.docker_socket.to_string_lossy()).is_some());
     // The evidence signing key's Secret is optional (an install without a key starts) and

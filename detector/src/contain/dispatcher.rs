@@ -8,7 +8,7 @@
 //! task of their own, and every entry goes through a group-committing journal writer.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     fmt,
     path::{Path, PathBuf},
     sync::{
@@ -560,6 +560,7 @@ impl Containment {
                 shared.guard().resumed(&record.subject, &record.id);
             }
         }
+        lift_unclaimed_blocks(&shared, &at_start);
         let (tx, rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
@@ -576,6 +577,39 @@ impl Containment {
             dropped,
             journal: journal_path,
         })
+    }
+}
+
+/// Lifts the blocks an earlier run left pinned (see [`crate::sensors::pin`]) that no incident
+/// in force of this boot holds: released while no daemon ran, or left by a lost journal. Runs
+/// before the first verdict, so that it only sees what earlier runs blocked.
+fn lift_unclaimed_blocks(shared: &Shared, at_start: &[IncidentRecord]) {
+    let mut block = shared.block.lock().unwrap_or_else(PoisonError::into_inner);
+    let blocked = block.blocked();
+    if blocked.is_empty() {
+        return;
+    }
+    let claimed: HashSet<u64> = at_start
+        .iter()
+        .filter(|r| r.active() && !r.dry_run && r.boot_id.is_some() && r.boot_id == shared.boot_id)
+        .flat_map(|r| {
+            let applied = match r.step("kernel_block") {
+                Some(StepOutcome::Done { undo, .. }) => undo["cgroup_ids"]
+                    .as_array()
+                    .map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            r.cgroup_ids.iter().copied().chain(applied)
+        })
+        .collect();
+    for id in blocked.into_iter().filter(|id| !claimed.contains(id)) {
+        match block.release(id) {
+            Ok(()) => tracing::info!(
+                "cgroup {id}: blocked by an earlier run, and no incident in force holds it: lifted"
+            ),
+            Err(err) => tracing::warn!("cgroup {id}: lifting a block no incident holds: {err}"),
+        }
     }
 }
 
@@ -949,7 +983,9 @@ fn resume(
                     &record.id,
                     EntryKind::Undo {
                         step: "kernel_block".into(),
-                        outcome: StepOutcome::done("lifted: the block did not survive the restart"),
+                        outcome: StepOutcome::done(
+                            "lifted at the start: released while no daemon ran",
+                        ),
                     },
                 );
                 shared.record(&record.id, EntryKind::Released);

@@ -193,6 +193,8 @@ pub trait NetworkBlock: Send {
     fn block(&mut self, cgroup_id: u64) -> Result<(), QuarantineError>;
     /// Lifts the block. Idempotent.
     fn release(&mut self, cgroup_id: u64) -> Result<(), QuarantineError>;
+    /// The cgroups blocked, those an earlier run left pinned included.
+    fn blocked(&self) -> Vec<u64>;
 }
 
 impl NetworkBlock for KernelQuarantine {
@@ -202,6 +204,10 @@ impl NetworkBlock for KernelQuarantine {
 
     fn release(&mut self, cgroup_id: u64) -> Result<(), QuarantineError> {
         KernelQuarantine::release(self, cgroup_id)
+    }
+
+    fn blocked(&self) -> Vec<u64> {
+        KernelQuarantine::blocked(self).iter().copied().collect()
     }
 }
 

@@ -25,8 +25,8 @@ use aya::{
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
         ProgramError, RawTracePoint, cgroup_skb::CgroupSkbLinkId,
-        cgroup_sock_addr::CgroupSockAddrLinkId, raw_trace_point::RawTracePointLinkId,
-        tp_btf::BtfTracePointLinkId,
+        cgroup_sock_addr::CgroupSockAddrLinkId, links::FdLink,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
     },
 };
 use detector_common::{
@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 mod classes;
 mod kfunc;
+pub mod pin;
 
 pub use classes::{path_class_entries, read_prefilter};
 use kfunc::with_kfunc_calls;
@@ -207,6 +208,10 @@ pub struct Sensors {
     watch_layout: cgroup::WatchLayout,
     generation: u32,
     path_classes: PathClasses,
+    /// Where the quarantine is pinned (`sensors.pin_dir`), when it is.
+    pins: Option<pin::PinDir>,
+    /// Why the quarantine is not pinned though `sensors.pin_dir` asks for it.
+    pin_failure: Option<String>,
 }
 
 impl Drop for Sensors {
@@ -214,6 +219,9 @@ impl Drop for Sensors {
         // In order; the loaded object would drop the rest of its links in any order.
         if let Err(err) = self.detach() {
             tracing::warn!(%err, "detaching the eBPF programs");
+        }
+        if let Some(pins) = self.pins.take() {
+            pins.close();
         }
     }
 }
@@ -264,8 +272,29 @@ const NOOP_TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 impl Sensors {
-    /// Checks the node, loads the programs of `set` and attaches them.
+    /// Checks the node, loads the programs of `set` and attaches them. Nothing is pinned: the
+    /// programs and the quarantine end with the value (see [`Sensors::load_pinned`]).
     pub fn load(config: &SensorsConfig, set: ProgramSet) -> Result<Self, SensorError> {
+        Self::load_with(config, set, None)
+    }
+
+    /// [`Sensors::load`], with the network quarantine pinned in `pin_dir` (what the daemon does
+    /// with `sensors.pin_dir`): an earlier run's pinned quarantine is adopted, and this run's
+    /// stays pinned when the value drops with cgroups quarantined. When the directory cannot
+    /// be made ready the programs load unpinned and [`Sensors::pin_status`] says why.
+    pub fn load_pinned(
+        config: &SensorsConfig,
+        set: ProgramSet,
+        pin_dir: &Path,
+    ) -> Result<Self, SensorError> {
+        Self::load_with(config, set, Some(pin_dir))
+    }
+
+    fn load_with(
+        config: &SensorsConfig,
+        set: ProgramSet,
+        pin_dir: Option<&Path>,
+    ) -> Result<Self, SensorError> {
         check_privileges()?;
         if !config.btf_path.exists() {
             return Err(SensorError::MissingBtf(config.btf_path.clone()));
@@ -300,7 +329,24 @@ impl Sensors {
         // A sixteenth of the ring: the reader is woken long before it fills, and drains what
         // waits below that on its own tick (`RING_DRAIN_INTERVAL_MS`).
         let wakeup_bytes = u64::from(config.ring_buffer_bytes / 16);
-        let ebpf = EbpfLoader::new()
+        // The quarantine outlives the daemon when pinned; only the sensors' set enforces it.
+        let (pins, pin_failure) = match (pin_dir, set) {
+            (Some(dir), ProgramSet::Sensors) => match pin::PinDir::prepare(dir) {
+                Ok(pins) => (Some(pins), None),
+                Err(err) => {
+                    warn!("the network quarantine is not pinned and ends with the daemon: {err}");
+                    (None, Some(err.to_string()))
+                }
+            },
+            _ => (None, None),
+        };
+        let pinned_maps: Vec<(&'static str, PathBuf)> =
+            pins.iter().flat_map(|pins| pins.maps()).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pinned_maps {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
             // The verifier's verdict and its statistics, not its walk: a rejected program's
             // walk fills any buffer before Linux 6.4 (no rotating log), and each bigger
             // buffer is another whole verification, minutes on a slow machine.
@@ -333,12 +379,15 @@ impl Sensors {
             watch_layout: cgroup::WatchLayout::default(),
             generation: 0,
             path_classes: PathClasses::new(config),
+            pins,
+            pin_failure,
         };
         sensors.fill_path_classes(config)?;
         sensors.refresh_watch_roots()?;
         sensors.load_programs(layout.io_uring.as_ref().err())?;
         sensors.attach()?;
-        if sensors.links.is_empty() {
+        sensors.pin_enforcement();
+        if sensors.links.is_empty() && sensors.pinned_programs().is_empty() {
             let reasons: Vec<String> = sensors
                 .status
                 .iter()
@@ -601,7 +650,11 @@ impl Sensors {
             source,
         })?;
         let mut refused = Vec::new();
+        let pinned = self.pinned_programs();
         for hook in self.hooks.clone() {
+            if pinned.contains(&hook.program()) {
+                continue;
+            }
             let link = match hook {
                 Hook::BtfTracePoint(name) => {
                     let program: &mut BtfTracePoint = self.program(name)?;
@@ -637,6 +690,80 @@ impl Sensors {
             self.missing(name, "attach", reason)?;
         }
         Ok(())
+    }
+
+    /// Pins the programs that enforce the quarantine (the cgroup hooks) in place of an earlier
+    /// run's, and lets go of the earlier run's links for programs this build no longer has. A
+    /// link that cannot be pinned stays attached as the others (it ends with the daemon), named
+    /// in the log and in [`Sensors::pin_status`].
+    fn pin_enforcement(&mut self) {
+        let Some(pins) = self.pins.as_mut() else {
+            return;
+        };
+        let mut failures = Vec::new();
+        let mut kept = Vec::new();
+        for link in std::mem::take(&mut self.links) {
+            let (name, fd_link) = match link {
+                Link::CgroupSockAddr(name, id) => {
+                    let program: Result<&mut CgroupSockAddr, _> = program_of(&mut self.ebpf, name);
+                    let taken = program.and_then(|p| {
+                        p.take_link(id)
+                            .map_err(program_error(name, "take the link"))
+                    });
+                    (name, taken.map(FdLink::try_from))
+                }
+                Link::CgroupSkb(name, id) => {
+                    let program: Result<&mut CgroupSkb, _> = program_of(&mut self.ebpf, name);
+                    let taken = program.and_then(|p| {
+                        p.take_link(id)
+                            .map_err(program_error(name, "take the link"))
+                    });
+                    (name, taken.map(FdLink::try_from))
+                }
+                other => {
+                    kept.push(other);
+                    continue;
+                }
+            };
+            let pinned = match fd_link {
+                Ok(Ok(fd_link)) => pins.pin_link(name, fd_link).map_err(|e| e.to_string()),
+                // Attached without a bpf link (before Linux 5.7): nothing to pin.
+                Ok(Err(err)) => Err(format!("not a bpf link: {err}")),
+                Err(err) => Err(err.to_string()),
+            };
+            if let Err(err) = pinned {
+                warn!(program = name, %err, "not pinned: it stops enforcing the quarantine with the daemon");
+                failures.push(format!("{name}: {err}"));
+            }
+        }
+        self.links = kept;
+        match pins.release_stale_links() {
+            Ok(released) if !released.is_empty() => {
+                info!(?released, "let go of links an earlier version pinned");
+            }
+            Ok(_) => {}
+            Err(err) => failures.push(err.to_string()),
+        }
+        if failures.is_empty() {
+            info!(dir = %pins.dir().display(), "network quarantine pinned: it holds while no daemon runs");
+        } else {
+            self.pin_failure = Some(failures.join("; "));
+        }
+    }
+
+    /// Where the quarantine is pinned, or why it is not (`Err`); `Ok(None)` when
+    /// `sensors.pin_dir` is unset.
+    pub fn pin_status(&self) -> Result<Option<&Path>, &str> {
+        match (&self.pin_failure, &self.pins) {
+            (Some(why), _) => Err(why),
+            (None, Some(pins)) => Ok(Some(pins.dir())),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The programs whose links this run pinned.
+    fn pinned_programs(&self) -> Vec<&'static str> {
+        self.pins.iter().flat_map(|p| p.programs()).collect()
     }
 
     /// Empties `sys_exit`'s per-CPU cache of the current task. While detached, exits are not
@@ -682,11 +809,7 @@ impl Sensors {
     where
         &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
     {
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(SensorError::MissingProgram(name))?;
-        program.try_into().map_err(program_error(name, "load"))
+        program_of(&mut self.ebpf, name)
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, SensorError> {
@@ -838,6 +961,16 @@ impl Counters {
             .map(|values| values.map(|v| v.iter().sum()).unwrap_or(0))
             .collect()
     }
+}
+
+fn program_of<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, SensorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(SensorError::MissingProgram(name))?;
+    program.try_into().map_err(program_error(name, "load"))
 }
 
 fn program_error(
