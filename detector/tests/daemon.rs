@@ -27,11 +27,29 @@ fn pod_cgroup(pod_uid: &str, container: &str) -> TestCgroup {
     .unwrap()
 }
 
+/// Every daemon of these tests watches the whole node and contains any pod it sees attacked,
+/// the other tests' pods too. The tests run side by side, except the one that checks a pod is
+/// back on the network after a release: it runs alone.
+static SIDE_BY_SIDE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn side_by_side() -> std::sync::RwLockReadGuard<'static, ()> {
+    SIDE_BY_SIDE
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SIDE_BY_SIDE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell() {
     if !privileged("the_daemon_streams_attributed_events_and_alerts_for_a_pod_shell") {
         return;
     }
+    let _side_by_side = side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("events.jsonl");
     // Detection only: another test's daemon contains; this one must not act on its pods.
@@ -117,6 +135,7 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     if !privileged("a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence") {
         return;
     }
+    let _side_by_side = side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("events.jsonl");
     let journal = dir.path().join("incidents");
@@ -310,6 +329,7 @@ fn a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends() {
     if !privileged("a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends") {
         return;
     }
+    let _side_by_side = side_by_side();
     const WARMUP_S: u64 = 6;
     let dir = tempfile::tempdir().unwrap();
     let metrics_port = {
@@ -469,6 +489,7 @@ fn a_full_output_disk_never_stops_sensing_or_containment() {
     if !privileged("a_full_output_disk_never_stops_sensing_or_containment") {
         return;
     }
+    let _side_by_side = side_by_side();
     let disk = SmallDisk::mount("64k");
     let output = disk.dir.path().join("events.jsonl");
     let dir = tempfile::tempdir().unwrap();
@@ -579,6 +600,7 @@ fn programs_the_kernel_refuses_are_named_and_the_rest_run_unless_all_are_require
     {
         return;
     }
+    let _side_by_side = side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("events.jsonl");
     // A directory that is not a cgroup: the kernel refuses to attach the cgroup programs
@@ -679,6 +701,7 @@ fn the_quarantine_outlives_a_killed_daemon_and_only_a_release_lifts_it() {
     if !privileged("the_quarantine_outlives_a_killed_daemon_and_only_a_release_lifts_it") {
         return;
     }
+    let _alone = alone();
     const ROUNDS: usize = 10;
     let binary = Path::new(env!("CARGO_BIN_EXE_detector"));
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,10 @@
 //! refuses both (journaled, logged, not one API mutation), while the same attack in a pod of
 //! another namespace is contained through the API.
 //!
+//!
+//! And the daemon's stop in cluster mode: SIGTERM while an eviction is retried on its budget's
+//! 429 ends the daemon within 5 s, and the next start resumes the step.
+//!
 //! Privileged (the real programs, pod-style cgroups); skipped without root, a failure under
 //! `CI=true`.
 
@@ -132,67 +136,123 @@ fn mutations(api: &ApiServer) -> Vec<String> {
         .collect()
 }
 
+/// The project's test API server holding the node, both namespaces and the three pods, and a
+/// kubeconfig that points at it.
+struct Cluster {
+    api: ApiServer,
+    kubeconfig: std::path::PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn new(dir: &Path) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let api = runtime.block_on(ApiServer::start()).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {{}}\n",
+                api.url()
+            ),
+        )
+        .unwrap();
+        api.put(
+            "api/v1",
+            "nodes",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}}),
+        );
+        for namespace in [OWN_NAMESPACE, OTHER_NAMESPACE] {
+            api.put(
+                "api/v1",
+                "namespaces",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            );
+        }
+        api.put(
+            "api/v1",
+            "pods",
+            pod(
+                OWN_NAMESPACE,
+                OWN_POD,
+                OWN_UID,
+                Some(("DaemonSet", "detector")),
+            ),
+        );
+        api.put(
+            "api/v1",
+            "pods",
+            pod(OWN_NAMESPACE, NEIGHBOUR_POD, NEIGHBOUR_UID, None),
+        );
+        api.put(
+            "api/v1",
+            "pods",
+            pod(OTHER_NAMESPACE, OTHER_POD, OTHER_UID, None),
+        );
+        Self {
+            api,
+            kubeconfig,
+            _runtime: runtime,
+        }
+    }
+
+    /// `detector run` in cluster mode as the DaemonSet's pod on the node, waited for until
+    /// `/readyz` answers 200 on `metrics_port` (its pod cache synced).
+    fn daemon(&self, config: &Path, output: &Path, metrics_port: u16) -> Daemon {
+        let env = downward_env(OWN_NAMESPACE, OWN_POD, OWN_UID, NODE);
+        let mut env: Vec<(&str, &OsStr)> = env
+            .iter()
+            .map(|(name, value)| (name.as_str(), OsStr::new(value.as_str())))
+            .collect();
+        env.push(("KUBECONFIG", self.kubeconfig.as_os_str()));
+        let binary = tests::daemon::binary();
+        let daemon = Daemon::start(&binary, config, output, &env)
+            .unwrap_or_else(|err| panic!("{}: {err:#}", binary.display()));
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                (http_get(metrics_port, "/readyz") == Some(200)).then_some(())
+            })
+            .is_some(),
+            "the daemon never said ready (pod cache not synced?)"
+        );
+        daemon
+    }
+}
+
+/// The tests of this file one at a time: each daemon watches every cgroup of the node, so an
+/// attack in one test's pod would reach the other test's daemon (and its API server).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
 #[test]
 fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
     if !privileged("the_daemon_refuses_to_contain_its_own_pod_and_namespace") {
         return;
     }
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let api = runtime.block_on(ApiServer::start()).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user: {{}}\n",
-            api.url()
-        ),
-    )
-    .unwrap();
-    api.put(
-        "api/v1",
-        "nodes",
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}}),
-    );
-    for namespace in [OWN_NAMESPACE, OTHER_NAMESPACE] {
-        api.put(
-            "api/v1",
-            "namespaces",
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
-        );
-    }
-    api.put(
-        "api/v1",
-        "pods",
-        pod(
-            OWN_NAMESPACE,
-            OWN_POD,
-            OWN_UID,
-            Some(("DaemonSet", "detector")),
-        ),
-    );
-    api.put(
-        "api/v1",
-        "pods",
-        pod(OWN_NAMESPACE, NEIGHBOUR_POD, NEIGHBOUR_UID, None),
-    );
-    api.put(
-        "api/v1",
-        "pods",
-        pod(OTHER_NAMESPACE, OTHER_POD, OTHER_UID, None),
-    );
+    let cluster = Cluster::new(dir.path());
+    let api = &cluster.api;
 
     let output = dir.path().join("events.jsonl");
     let journal = dir.path().join("incidents");
     let bundles = dir.path().join("evidence");
-    let metrics_port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let metrics_port = free_port();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -203,23 +263,8 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
         ),
     )
     .unwrap();
-    let env = downward_env(OWN_NAMESPACE, OWN_POD, OWN_UID, NODE);
-    let mut env: Vec<(&str, &OsStr)> = env
-        .iter()
-        .map(|(name, value)| (name.as_str(), OsStr::new(value.as_str())))
-        .collect();
-    env.push(("KUBECONFIG", kubeconfig.as_os_str()));
-    let binary = tests::daemon::binary();
-    let mut daemon = Daemon::start(&binary, &config, &output, &env)
-        .unwrap_or_else(|err| panic!("{}: {err:#}", binary.display()));
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            (http_get(metrics_port, "/readyz") == Some(200)).then_some(())
-        })
-        .is_some(),
-        "the daemon never said ready (pod cache not synced?)"
-    );
-    let before = mutations(&api);
+    let mut daemon = cluster.daemon(&config, &output, metrics_port);
+    let before = mutations(api);
 
     // The attack in its own pod, then in another pod of its namespace.
     let journal_path = journal.join("journal.jsonl");
@@ -262,7 +307,7 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
     );
     // Nothing was changed through the API.
     assert_eq!(
-        mutations(&api),
+        mutations(api),
         before,
         "the refused verdicts changed something"
     );
@@ -330,7 +375,7 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
         events.iter().all(|e| e["pod"]["uid"] == OTHER_UID),
         "the bundle holds events of other pods: {events:#?}"
     );
-    let changed = mutations(&api);
+    let changed = mutations(api);
     let other = format!("/namespaces/{OTHER_NAMESPACE}/");
     assert!(
         changed
@@ -362,5 +407,149 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
             "{name}: {pod}"
         );
     }
+    drop(cgroup);
+}
+
+#[test]
+fn sigterm_during_an_eviction_retry_stops_within_5_s_and_the_next_start_resumes_it() {
+    if !privileged(
+        "sigterm_during_an_eviction_retry_stops_within_5_s_and_the_next_start_resumes_it",
+    ) {
+        return;
+    }
+    let _alone = one_at_a_time();
+    const DB_POD: &str = "db-0";
+    const DB_UID: &str = "9d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a";
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path());
+    let api = &cluster.api;
+    // Another pod on the node, whose budget allows no disruption: its eviction is refused
+    // (429) and retried until `evict_deadline_s`.
+    api.put(
+        "api/v1",
+        "pods",
+        pod(OTHER_NAMESPACE, DB_POD, DB_UID, Some(("StatefulSet", "db"))),
+    );
+    api.put(
+        "apis/policy/v1",
+        "poddisruptionbudgets",
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "db", "namespace": OTHER_NAMESPACE},
+            "spec": {"selector": {"matchLabels": {"app": DB_POD}}},
+            "status": {"disruptionsAllowed": 0, "desiredHealthy": 1, "currentHealthy": 1}}),
+    );
+    let output = dir.path().join("events.jsonl");
+    let journal = dir.path().join("incidents");
+    let metrics_port = free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "attribution:\n  kubernetes: true\ncontain:\n  warmup_s: 0\n  journal_dir: {}\n  evict_deadline_s: 300\nevidence:\n  on_contain: false\nmetrics:\n  listen: 127.0.0.1:{metrics_port}\n",
+            journal.display(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = cluster.daemon(&config, &output, metrics_port);
+    let cgroup = pod_cgroup(OTHER_UID, &"d4".repeat(32));
+    cgroup.run_shell(ATTACK).unwrap();
+    let eviction = format!("/api/v1/namespaces/{OTHER_NAMESPACE}/pods/{DB_POD}/eviction");
+    let attempts = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == eviction)
+            .count()
+    };
+    let retrying = wait_until(Duration::from_secs(30), || (attempts() >= 2).then_some(()));
+    if retrying.is_none() {
+        let (_, log) = daemon.stop();
+        panic!(
+            "the eviction is not being retried ({} attempts):\n{}",
+            attempts(),
+            log.join("\n")
+        );
+    }
+
+    // SIGTERM while the eviction is retried.
+    let stopping = Instant::now();
+    let (status, log) = daemon.stop();
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stopped {took:?} after SIGTERM:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        status.success(),
+        "daemon exit {status}:\n{}",
+        log.join("\n")
+    );
+    let journal_path = journal.join("journal.jsonl");
+    let record = || {
+        let (entries, _) = detector::contain::journal::read_from(&journal_path, 0).unwrap();
+        let records = detector::contain::journal::replay(&entries);
+        let mut ours = records
+            .into_values()
+            .filter(|r| r.subject.pod_uid.as_deref() == Some(OTHER_UID));
+        let record = ours.next().expect("an incident on the pod");
+        assert!(ours.next().is_none(), "two incidents on the pod");
+        record
+    };
+    let stopped = record();
+    assert_eq!(
+        stopped.state,
+        detector::contain::journal::IncidentState::Open,
+        "{stopped:#?}"
+    );
+    assert!(
+        matches!(
+            stopped.step("evict_other_pods"),
+            Some(detector::contain::StepOutcome::Pending { why }) if why.contains("interrupted")
+        ),
+        "{stopped:#?}"
+    );
+
+    // The budget allows it now; the next start resumes the step and evicts the pod.
+    let mut pdb = api
+        .object(
+            "apis/policy/v1",
+            "poddisruptionbudgets",
+            OTHER_NAMESPACE,
+            "db",
+        )
+        .unwrap();
+    pdb["status"]["disruptionsAllowed"] = json!(1);
+    api.put("apis/policy/v1", "poddisruptionbudgets", pdb);
+    let mut daemon = cluster.daemon(&config, &output, metrics_port);
+    let resumed = wait_until(Duration::from_secs(30), || {
+        let record = record();
+        matches!(
+            record.step("evict_other_pods"),
+            Some(detector::contain::StepOutcome::Done { .. })
+        )
+        .then_some(record)
+    });
+    let (status, log) = daemon.stop();
+    let resumed = resumed.unwrap_or_else(|| {
+        panic!(
+            "the eviction was not resumed: {:#?}\n{}",
+            record(),
+            log.join("\n")
+        )
+    });
+    assert!(
+        status.success(),
+        "daemon exit {status}:\n{}",
+        log.join("\n")
+    );
+    assert_eq!(
+        resumed.state,
+        detector::contain::journal::IncidentState::Contained,
+        "{resumed:#?}"
+    );
+    assert!(
+        api.object("api/v1", "pods", OTHER_NAMESPACE, DB_POD)
+            .is_none()
+    );
     drop(cgroup);
 }
