@@ -29,7 +29,7 @@ use detector::{
 };
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use serde_json::{Value, json};
-use support::{HttpReceiver, Responder, event, ok, verdict, wait_for};
+use support::{HttpReceiver, Responder, event, ok, padded_verdict, verdict, wait_for};
 use tokio::io::AsyncReadExt as _;
 
 fn sink(name: &str, schema: Schema, to: Destination) -> SinkConfig {
@@ -1329,9 +1329,10 @@ async fn a_full_disk_drops_counted_events_and_no_verdict() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(next < 200_000, "the 2 MiB disk never filled");
     }
-    // The disk is full: the verdicts made now wait.
-    exporter.send(verdict(1));
-    exporter.send(verdict(2));
+    // The disk is full: the verdicts made now wait. (Each is bigger than the room a full disk
+    // may have left: the tail of a segment's last page, less than one event.)
+    exporter.send(padded_verdict(1, 16 << 10));
+    exporter.send(padded_verdict(2, 16 << 10));
     wait_for(
         Duration::from_secs(10),
         "the verdicts wait for the disk",

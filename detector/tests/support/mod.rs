@@ -270,6 +270,16 @@ pub fn verdict(id: u64) -> Record {
     })
 }
 
+/// A verdict whose data carries `id` and `padding` bytes more: bigger than what a full disk
+/// may still have room for (the tail of a page, less than one event).
+pub fn padded_verdict(id: u64, padding: usize) -> Record {
+    let Record::Verdict(mut finding) = verdict(id) else {
+        unreachable!("verdict() makes a verdict")
+    };
+    finding.data["padding"] = serde_json::Value::String("x".repeat(padding));
+    Record::Verdict(finding)
+}
+
 /// Waits until `done` holds, failing after `limit`.
 pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
