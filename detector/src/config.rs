@@ -136,8 +136,14 @@ impl ProgramVariant {
 pub struct SensorsConfig {
     /// Which cgroups are watched.
     pub watch: Watch,
-    /// Ring buffer size in bytes: a power of two, at least one page.
+    /// Ring buffer size in bytes: a power of two, at least one page; 0 sizes it to the node
+    /// ([`SensorsConfig::ring_bytes`]). The daemon maps it twice (its resident memory counts
+    /// it twice).
     pub ring_buffer_bytes: u32,
+    /// Most bytes of decoded events waiting for analysis (their strings and lists counted);
+    /// when analysis falls behind, records wait in the ring buffer, and past it the kernel
+    /// counts them lost (`loss` events, `kernel_lost_events_total`).
+    pub queue_bytes: u64,
     /// Repeated write-opens of one file by one cgroup within this window are counted in the
     /// kernel instead of reported; 0 reports every one.
     pub write_dedup_window_ms: u64,
@@ -176,13 +182,29 @@ pub struct SensorsConfig {
     pub pin_dir: Option<PathBuf>,
 }
 
+impl SensorsConfig {
+    /// The ring buffer's size: `ring_buffer_bytes`, or when 0, 1 MiB per possible CPU rounded
+    /// up to a power of two, between 4 and 16 MiB (events come from every CPU at once).
+    pub fn ring_bytes(&self) -> u32 {
+        if self.ring_buffer_bytes != 0 {
+            return self.ring_buffer_bytes;
+        }
+        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1) as u32;
+        (cpus << 20).next_power_of_two().clamp(4 << 20, 16 << 20)
+    }
+}
+
 impl Default for SensorsConfig {
     fn default() -> Self {
         let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect();
         Self {
             watch: Watch::All,
-            // 16 MiB holds about 45,000 file records: seconds of a flood on a busy node.
-            ring_buffer_bytes: 16 << 20,
+            // Sized to the node: 1 MiB per CPU, 4 to 16 MiB (16 MiB holds about 45,000 file
+            // records, seconds of a flood on a busy node).
+            ring_buffer_bytes: 0,
+            // About 10,000 decoded events, held in bytes: with the ring, a flood of 400,000
+            // write-opens arrives whole (`cargo xtask bench`).
+            queue_bytes: 4 << 20,
             // A workload writing its log reports that file once a second, not once a write.
             write_dedup_window_ms: 1000,
             sample_interval_ms: 1000,
@@ -313,13 +335,21 @@ impl Config {
         let mut problems = Vec::new();
         let mut problem = |at: String, message: String| problems.push(Problem { at, message });
         let s = &self.sensors;
-        if !s.ring_buffer_bytes.is_power_of_two() || s.ring_buffer_bytes < 4096 {
+        if s.ring_buffer_bytes != 0
+            && (!s.ring_buffer_bytes.is_power_of_two() || s.ring_buffer_bytes < 4096)
+        {
             problem(
                 "sensors.ring_buffer_bytes".into(),
                 format!(
-                    "{} is not a power of two of at least 4096",
+                    "{} is not 0 (sized to the node) nor a power of two of at least 4096",
                     s.ring_buffer_bytes
                 ),
+            );
+        }
+        if s.queue_bytes < 1 << 20 {
+            problem(
+                "sensors.queue_bytes".into(),
+                format!("{} is below 1 MiB (1048576)", s.queue_bytes),
             );
         }
         if s.sample_interval_ms == 0 {

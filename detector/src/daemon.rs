@@ -13,7 +13,10 @@
 //! is blocking I/O. It wakes for every batch and at least every [`TICK`], to release events
 //! held for a pod the API has not shown yet.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant},
+};
 
 use time::OffsetDateTime;
 use tokio::{
@@ -33,7 +36,7 @@ use crate::{
     export::{ExportError, Exporter},
     metrics::{self, Metrics, MetricsError, Readiness},
     output::{Format, Output, OutputError},
-    pipeline::Pipeline,
+    pipeline::{Batch, Pipeline},
     respond::Responders,
     rules::{RuleSet, RulesError},
     score::{Engine, record::Record},
@@ -325,6 +328,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (pipeline, batches) = Pipeline::spawn_with_metrics(
         sensors,
         Duration::from_millis(config.sensors.sample_interval_ms),
+        config.sensors.queue_bytes,
         Some(metrics.clone()),
     )?;
     let analysis = Analysis::new(
@@ -342,12 +346,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
     let handle = Handle::current();
+    let stopping = Arc::new(OnceLock::new());
     let thread = std::thread::Builder::new()
         .name("analysis".into())
-        .spawn(move || {
-            let result = analyse(analysis, batches, &handle);
-            let _ = ended_tx.send(());
-            result
+        .spawn({
+            let stopping = stopping.clone();
+            move || {
+                let result = analyse(analysis, batches, &handle, &stopping);
+                let _ = ended_tx.send(());
+                result
+            }
         })
         .map_err(DaemonError::Thread)?;
 
@@ -366,6 +374,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         // The analysis thread only ends early when the output failed; its error is returned.
         _ = &mut ended => error!("cannot write events: stopping"),
     }
+    let _ = stopping.set(Instant::now());
     pipeline.stop().await;
     let (responders, result) = thread.join().map_err(|_| DaemonError::AnalysisPanicked)?;
     responders.shutdown().await;
@@ -376,24 +385,64 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// the end.
 fn analyse(
     mut analysis: Analysis,
-    batches: mpsc::Receiver<Vec<Event>>,
+    batches: mpsc::Receiver<Batch>,
     handle: &Handle,
+    stopping: &OnceLock<Instant>,
 ) -> (Responders, Result<(), OutputError>) {
-    let result = analyse_until_closed(&mut analysis, batches, handle);
+    let result = analyse_until_closed(&mut analysis, batches, handle, stopping);
     (analysis.into_responders(), result)
 }
 
+/// glibc's allocator gives each thread that allocates an arena of its own (up to eight per CPU),
+/// and each keeps what its thread freed: the daemon's threads hand events to one another, so
+/// every arena grows to the peak it saw. Two arenas: measured with `cargo xtask bench` (20 pods
+/// of mixed activity), 48 MiB resident instead of 78. Call before any thread starts.
+pub fn limit_allocator_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes an allocator setting; no pointer is passed.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Hands the allocator's free memory back to the kernel (glibc keeps freed memory below the top
+/// of each arena until asked): after a flood, the resident set follows what is in use.
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How often [`give_back_free_memory`] runs on the analysis thread.
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(10);
+
+/// How long after a stop was asked for the analysis goes on with the events still queued; the
+/// rest are counted in a `loss` event, so that a backlog never holds the stop up.
+const STOP_ANALYSIS: Duration = Duration::from_secs(1);
+
 fn analyse_until_closed(
     analysis: &mut Analysis,
-    mut batches: mpsc::Receiver<Vec<Event>>,
+    mut batches: mpsc::Receiver<Batch>,
     handle: &Handle,
+    stopping: &OnceLock<Instant>,
 ) -> Result<(), OutputError> {
     let mut last_tick = Instant::now();
+    let mut last_give_back = Instant::now();
+    let mut skipped = 0u64;
     loop {
         // The timer must be made inside the runtime's context, hence the async block.
         let next = handle.block_on(async { tokio::time::timeout(TICK, batches.recv()).await });
         match next {
-            Ok(Some(batch)) => analysis.batch(batch, Instant::now())?,
+            Ok(Some(batch))
+                if stopping
+                    .get()
+                    .is_some_and(|at| at.elapsed() >= STOP_ANALYSIS) =>
+            {
+                skipped += batch.len() as u64;
+            }
+            Ok(Some(batch)) => analysis.batch(batch.into_events(), Instant::now())?,
             Ok(None) => break,
             Err(_elapsed) => {}
         }
@@ -401,6 +450,23 @@ fn analyse_until_closed(
             last_tick = Instant::now();
             analysis.tick(last_tick)?;
         }
+        if last_give_back.elapsed() >= GIVE_BACK_EVERY {
+            last_give_back = Instant::now();
+            give_back_free_memory();
+        }
+    }
+    if skipped > 0 {
+        warn!(
+            events = skipped,
+            "stopping: events still queued {STOP_ANALYSIS:?} after the stop are not analysed"
+        );
+        let loss = crate::pipeline::shutdown_loss(
+            &crate::clock::Clock::measure(),
+            "events",
+            skipped,
+            "queued for analysis at shutdown",
+        );
+        analysis.batch(vec![loss], Instant::now())?;
     }
     analysis.finish()
 }

@@ -175,6 +175,67 @@ pub struct ProcessFields {
     pub comm: Option<String>,
 }
 
+impl Event {
+    /// Bytes the event holds in memory, itself and what its strings, lists and maps point to
+    /// (their lengths; an allocator's rounding is not counted): what a store of events sizes
+    /// its budget by.
+    pub fn approx_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let container = self.container.as_ref().map_or(0, |c| {
+            c.id.len() + c.runtime.len() + opt(&c.name) + opt(&c.image)
+        });
+        let pod = self.pod.as_ref().map_or(0, |p| {
+            p.uid.len()
+                + opt(&p.namespace)
+                + opt(&p.name)
+                + p.labels
+                    .iter()
+                    // A B-tree node's share per entry besides the key and value.
+                    .map(|(k, v)| k.len() + v.len() + 2 * size_of::<String>())
+                    .sum::<usize>()
+                + p.owner.as_ref().map_or(0, |o| o.kind.len() + o.name.len())
+                + opt(&p.node)
+                + opt(&p.qos)
+        });
+        let ancestry = self
+            .ancestry
+            .iter()
+            .map(|a| size_of::<Ancestor>() + a.exe.len())
+            .sum::<usize>();
+        let body = match &self.body {
+            Body::Exec(e) => {
+                e.filename.len()
+                    + e.argv
+                        .iter()
+                        .map(|a| size_of::<String>() + a.len())
+                        .sum::<usize>()
+            }
+            Body::File(f) => {
+                f.path.len()
+                    + opt(&f.target)
+                    + opt(&f.original_path)
+                    + opt(&f.original_target)
+                    + opt(&f.self_path)
+            }
+            Body::Connect(c) => c.family.len() + c.protocol.len(),
+            Body::Syscall(s) => {
+                s.syscall.len()
+                    + s.tags
+                        .iter()
+                        .map(|t| size_of::<String>() + t.len())
+                        .sum::<usize>()
+                    + opt(&s.request)
+                    + opt(&s.path)
+                    + opt(&s.fstype)
+                    + opt(&s.name)
+            }
+            Body::Loss(l) => l.source.len() + l.lost_kind.len() + opt(&l.reason),
+            Body::Exit(_) | Body::Egress(_) => 0,
+        };
+        size_of::<Self>() + opt(&self.process.comm) + container + pod + ancestry + body
+    }
+}
+
 /// The kind-specific part of an event; `kind` is its tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

@@ -155,6 +155,8 @@ fn main() -> ExitCode {
             if let Some(window) = write_dedup_window_ms {
                 config.sensors.write_dedup_window_ms = window;
             }
+            // Before any thread starts: the allocator's arenas are set per process.
+            detector::daemon::limit_allocator_arenas();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

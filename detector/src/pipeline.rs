@@ -10,6 +10,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 use detector_common::{EventKind, RING_DRAIN_INTERVAL_MS, STAT_COUNT, Stat, TrafficCounters};
 use tokio::{
     io::unix::AsyncFd,
-    sync::{mpsc, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
 };
@@ -34,8 +35,78 @@ use crate::{
 
 /// Events per batch at most.
 const BATCH_MAX: usize = 4096;
-/// Batches in flight between the pipeline and its consumer.
+/// Batches in flight between the pipeline and its consumer (and at most
+/// `sensors.queue_bytes` of events: see [`Batch`]).
 const CHANNEL_BATCHES: usize = 64;
+
+/// Decoded events on their way to the consumer. The queue between the pipeline and its
+/// consumer holds at most `sensors.queue_bytes` of them ([`Event::approx_bytes`]): the reader
+/// waits for room, records wait in the ring buffer meanwhile, and what does not fit there is
+/// counted by the kernel as lost. Taking the events out ([`Batch::into_events`], or iterating)
+/// gives the room back.
+#[derive(Debug)]
+pub struct Batch {
+    events: Vec<Event>,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    /// The events, the queue's room given back.
+    pub fn into_events(self) -> Vec<Event> {
+        self.events
+    }
+}
+
+impl std::ops::Deref for Batch {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        &self.events
+    }
+}
+
+impl IntoIterator for Batch {
+    type Item = Event;
+    type IntoIter = std::vec::IntoIter<Event>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.events.into_iter()
+    }
+}
+
+/// The queue's room in bytes, taken by each batch sent and given back as it is taken out.
+#[derive(Debug, Clone)]
+struct Room {
+    bytes: Arc<Semaphore>,
+    max: u32,
+}
+
+impl Room {
+    fn new(max_bytes: u64) -> Self {
+        let max = u32::try_from(max_bytes)
+            .unwrap_or(u32::MAX)
+            .min(u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        Self {
+            bytes: Arc::new(Semaphore::new(max as usize)),
+            max,
+        }
+    }
+
+    /// Waits for room for `events` (a batch bigger than the whole queue waits for all of it).
+    async fn batch(&self, events: Vec<Event>) -> Batch {
+        // What the batch holds, its vector's spare room too.
+        let bytes: usize = events.iter().map(Event::approx_bytes).sum::<usize>()
+            + (events.capacity() - events.len()) * size_of::<Event>();
+        let wanted = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max.max(1));
+        let room = self.bytes.clone().acquire_many_owned(wanted).await.ok();
+        Batch {
+            events,
+            _room: room,
+        }
+    }
+}
 /// Samples without egress after which a cgroup's counters are dropped.
 const EGRESS_IDLE_SAMPLES: u32 = 60;
 
@@ -57,19 +128,23 @@ pub struct Totals {
 impl Pipeline {
     /// Starts the tasks; events arrive in batches on the returned receiver, which closes once
     /// the pipeline has stopped and every batch was delivered.
+    /// The queue holds the default `sensors.queue_bytes`.
     pub fn spawn(
         sensors: Sensors,
         sample_interval: Duration,
-    ) -> Result<(Self, mpsc::Receiver<Vec<Event>>), SensorError> {
-        Self::spawn_with_metrics(sensors, sample_interval, None)
+    ) -> Result<(Self, mpsc::Receiver<Batch>), SensorError> {
+        let queue_bytes = crate::config::SensorsConfig::default().queue_bytes;
+        Self::spawn_with_metrics(sensors, sample_interval, queue_bytes, None)
     }
 
-    /// [`Pipeline::spawn`], also handing every sample of the kernel counters to `metrics`.
+    /// [`Pipeline::spawn`] with a queue of `queue_bytes`, also handing every sample of the
+    /// kernel counters to `metrics`.
     pub fn spawn_with_metrics(
         mut sensors: Sensors,
         sample_interval: Duration,
+        queue_bytes: u64,
         metrics: Option<Metrics>,
-    ) -> Result<(Self, mpsc::Receiver<Vec<Event>>), SensorError> {
+    ) -> Result<(Self, mpsc::Receiver<Batch>), SensorError> {
         let ring = sensors.take_events()?;
         let counters = sensors.take_counters()?;
         // SAFETY: the ring buffer owns its map fd, which stays open and refers to the same map
@@ -80,13 +155,20 @@ impl Pipeline {
         let classes = sensors.path_classes().clone();
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let (stop, stopped) = watch::channel(false);
-        let reader = tokio::spawn(read_ring(ring, clock, classes, tx.clone(), stopped.clone()));
+        let room = Room::new(queue_bytes);
+        let reader = tokio::spawn(read_ring(
+            ring,
+            clock,
+            classes,
+            (tx.clone(), room.clone()),
+            stopped.clone(),
+        ));
         let sampler = tokio::spawn(sample(
             sensors,
             counters,
             clock,
             sample_interval,
-            tx,
+            (tx, room),
             stopped,
             metrics,
         ));
@@ -110,11 +192,19 @@ impl Pipeline {
     }
 }
 
+/// Where the pipeline's tasks send their batches: the channel and the room in it.
+type Out = (mpsc::Sender<Batch>, Room);
+
+/// Sends `events` once the queue has room for them; false when the consumer is gone.
+async fn send((tx, room): &Out, events: Vec<Event>) -> bool {
+    tx.send(room.batch(events).await).await.is_ok()
+}
+
 async fn read_ring(
     mut ring: AsyncFd<RingBuf<MapData>>,
     clock: Clock,
     classes: PathClasses,
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: Out,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut decode_losses: HashMap<String, u64> = HashMap::new();
@@ -139,8 +229,62 @@ async fn read_ring(
             }
         }
     }
-    // Records submitted before the stop are still delivered.
-    drain(ring.get_mut(), &clock, &classes, &tx, &mut decode_losses).await;
+    // Records submitted before the stop are still delivered, for `STOP_DRAIN`; what is left
+    // then (a backlog the analysis could not take in time) is counted, not decoded.
+    let deadline = Instant::now() + STOP_DRAIN;
+    let ring = ring.get_mut();
+    let mut left = 0u64;
+    loop {
+        let batch = take_batch(ring, &clock, &classes, &mut decode_losses);
+        if batch.is_empty() {
+            break;
+        }
+        let n = batch.len() as u64;
+        match tokio::time::timeout_at(deadline, send(&tx, batch)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => {
+                left += n;
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    while ring.next().is_some() {
+        left += 1;
+    }
+    if left > 0 {
+        warn!(
+            records = left,
+            "stopping: records left in the ring buffer after {STOP_DRAIN:?} are not analysed"
+        );
+        let loss = shutdown_loss(&clock, "ring", left, "left in the ring buffer at shutdown");
+        let _ = tx.0.try_send(Batch {
+            events: vec![loss],
+            _room: None,
+        });
+    }
+}
+
+/// How long the pipeline's last drain at a stop may take: part of the daemon's bound on
+/// stopping whatever the backlog.
+const STOP_DRAIN: Duration = Duration::from_millis(500);
+
+/// A `loss` event for `count` records or events of `kind` a stop did not analyse.
+pub fn shutdown_loss(clock: &Clock, kind: &str, count: u64, reason: &str) -> Event {
+    node_event(
+        clock,
+        None,
+        Body::Loss(Loss {
+            source: "shutdown".to_owned(),
+            lost_kind: kind.to_owned(),
+            count,
+            total: count,
+            reason: Some(reason.to_owned()),
+        }),
+    )
 }
 
 /// Drains the ring buffer; false when the consumer is gone.
@@ -148,54 +292,65 @@ async fn drain(
     ring: &mut RingBuf<MapData>,
     clock: &Clock,
     classes: &PathClasses,
-    tx: &mpsc::Sender<Vec<Event>>,
+    tx: &Out,
     decode_losses: &mut HashMap<String, u64>,
 ) -> bool {
     loop {
-        let mut batch = Vec::with_capacity(64);
-        while batch.len() < BATCH_MAX {
-            let Some(record) = ring.next() else { break };
-            match decode(&record, clock) {
-                Ok(mut event) => {
-                    // A path the kernel left to user space: dropped when, normalized, it is
-                    // not sensitive after all.
-                    if let Body::File(file) = &mut event.body
-                        && !classes.reclassify(file)
-                    {
-                        continue;
-                    }
-                    batch.push(event);
-                }
-                Err(err) => {
-                    let kind = err.record_kind();
-                    let total = decode_losses.entry(kind.clone()).or_default();
-                    *total += 1;
-                    warn!(%err, "undecodable record");
-                    batch.push(node_event(
-                        clock,
-                        None,
-                        Body::Loss(Loss {
-                            source: "decode".to_owned(),
-                            lost_kind: kind,
-                            count: 1,
-                            total: *total,
-                            reason: Some(err.to_string()),
-                        }),
-                    ));
-                }
-            }
-        }
+        let batch = take_batch(ring, clock, classes, decode_losses);
         if batch.is_empty() {
             return true;
         }
         let full = batch.len() == BATCH_MAX;
-        if tx.send(batch).await.is_err() {
+        if !send(tx, batch).await {
             return false;
         }
         if !full {
             return true;
         }
     }
+}
+
+/// Up to [`BATCH_MAX`] records of the ring buffer, decoded.
+fn take_batch(
+    ring: &mut RingBuf<MapData>,
+    clock: &Clock,
+    classes: &PathClasses,
+    decode_losses: &mut HashMap<String, u64>,
+) -> Vec<Event> {
+    let mut batch = Vec::with_capacity(64);
+    while batch.len() < BATCH_MAX {
+        let Some(record) = ring.next() else { break };
+        match decode(&record, clock) {
+            Ok(mut event) => {
+                // A path the kernel left to user space: dropped when, normalized, it is
+                // not sensitive after all.
+                if let Body::File(file) = &mut event.body
+                    && !classes.reclassify(file)
+                {
+                    continue;
+                }
+                batch.push(event);
+            }
+            Err(err) => {
+                let kind = err.record_kind();
+                let total = decode_losses.entry(kind.clone()).or_default();
+                *total += 1;
+                warn!(%err, "undecodable record");
+                batch.push(node_event(
+                    clock,
+                    None,
+                    Body::Loss(Loss {
+                        source: "decode".to_owned(),
+                        lost_kind: kind,
+                        count: 1,
+                        total: *total,
+                        reason: Some(err.to_string()),
+                    }),
+                ));
+            }
+        }
+    }
+    batch
 }
 
 fn node_event(clock: &Clock, cgroup_id: Option<u64>, body: Body) -> Event {
@@ -336,7 +491,7 @@ async fn sample(
     counters: Counters,
     clock: Clock,
     interval: Duration,
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: Out,
     mut stopped: watch::Receiver<bool>,
     metrics: Option<Metrics>,
 ) {
@@ -359,9 +514,9 @@ async fn sample(
                 let events = sampler.sample();
                 if let Some(metrics) = &metrics {
                     metrics.observe_kernel_stats(&sampler.last_stats);
-                    metrics.set_queue_depth("batches", tx.max_capacity() - tx.capacity());
+                    metrics.set_queue_depth("batches", tx.0.max_capacity() - tx.0.capacity());
                 }
-                if !events.is_empty() && tx.send(events).await.is_err() {
+                if !events.is_empty() && !send(&tx, events).await {
                     break;
                 }
             }
@@ -369,7 +524,7 @@ async fn sample(
     }
     let events = sampler.sample();
     if !events.is_empty() {
-        let _ = tx.send(events).await;
+        send(&tx, events).await;
     }
     let totals = sampler.totals();
     drop(sensors);
@@ -390,5 +545,41 @@ mod tests {
             assert!(LOST_KINDS.iter().any(|(s, _)| *s == stat), "{kind:?}");
         }
         assert_eq!(kinds.len(), LOST_KINDS.len());
+    }
+
+    #[tokio::test]
+    async fn the_queue_holds_its_bytes_and_taking_events_out_makes_room() {
+        let clock = Clock::with_offset(0);
+        let events = |n: usize| -> Vec<Event> {
+            (0..n)
+                .map(|_| {
+                    node_event(
+                        &clock,
+                        Some(7),
+                        Body::Exit(crate::event::Exit {
+                            exit_code: 0,
+                            exit_status: Some(0),
+                            signal: None,
+                        }),
+                    )
+                })
+                .collect()
+        };
+        let size = events(1)[0].approx_bytes();
+        let room = Room::new(100 * size as u64);
+        let first = room.batch(events(60)).await;
+        let second = room.batch(events(40)).await;
+        // Full: the next batch waits until one is taken out.
+        let waiting = tokio::time::timeout(Duration::from_millis(100), room.batch(events(10)));
+        assert!(waiting.await.is_err(), "a batch got past a full queue");
+        assert_eq!(first.into_events().len(), 60);
+        let third = tokio::time::timeout(Duration::from_secs(1), room.batch(events(10)))
+            .await
+            .expect("room once a batch was taken out");
+        assert_eq!((second.len(), third.len()), (40, 10));
+        // A batch bigger than the whole queue waits for all of it, not forever.
+        drop((second, third));
+        let huge = tokio::time::timeout(Duration::from_secs(1), room.batch(events(500))).await;
+        assert_eq!(huge.expect("a huge batch goes through alone").len(), 500);
     }
 }

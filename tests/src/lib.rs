@@ -52,6 +52,7 @@ pub mod docker;
 pub mod host;
 pub mod image;
 pub mod kernels;
+pub mod memory;
 pub mod overlay;
 pub mod s3;
 pub mod uring;
@@ -217,7 +218,7 @@ pub fn skip_or_fail(test: &str, why: &str) {
 pub struct Collector {
     runtime: tokio::runtime::Runtime,
     pipeline: Option<Pipeline>,
-    batches: mpsc::Receiver<Vec<Event>>,
+    batches: mpsc::Receiver<detector::pipeline::Batch>,
     seen: Vec<Event>,
     attached: Vec<&'static str>,
     programs: Vec<ProgramStatus>,

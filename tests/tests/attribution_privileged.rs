@@ -125,7 +125,7 @@ fn pod_object(container: &str) -> Pod {
 
 /// Enriched events of one cgroup until `until` returns true on them or time runs out.
 async fn collect(
-    batches: &mut tokio::sync::mpsc::Receiver<Vec<Event>>,
+    batches: &mut tokio::sync::mpsc::Receiver<detector::pipeline::Batch>,
     enricher: &mut Enricher,
     cgroup_id: u64,
     mut until: impl FnMut(&[Event]) -> bool,
@@ -137,6 +137,7 @@ async fn collect(
             .await
             .ok()
             .flatten()
+            .map(detector::pipeline::Batch::into_events)
             .unwrap_or_default();
         let out = enricher.process(batch, Instant::now());
         mine.extend(out.into_iter().filter(|e| e.cgroup_id == Some(cgroup_id)));

@@ -43,6 +43,10 @@ pub struct EvidenceConfig {
     pub recent_events_secs: u64,
     /// Most events kept per cgroup in the recent-event ring.
     pub recent_events_per_cgroup: usize,
+    /// Most bytes the recent-event ring holds in all (its events' strings, labels and lists
+    /// counted); past it the cgroup holding the most gives up its oldest events first. Only
+    /// kept when evidence is captured (`on_contain`).
+    pub recent_events_bytes: u64,
     /// Size and time budgets.
     pub limits: LimitsConfig,
     /// Object storage the bundle is copied to, if any.
@@ -72,7 +76,11 @@ impl Default for EvidenceConfig {
             redact_env: "(?i)(TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CREDENTIAL|AUTH)".into(),
             // Ten minutes covers the usual lead-up to a detection without holding much memory.
             recent_events_secs: 600,
-            recent_events_per_cgroup: 10_000,
+            // A pod's lead-up to a detection, not its whole busy log: a bundle of 2,000 events
+            // reads in a minute, and the whole ring stays within 8 MiB however many pods
+            // are busy.
+            recent_events_per_cgroup: 2_000,
+            recent_events_bytes: 8 << 20,
             limits: LimitsConfig::default(),
             s3: None,
             delete_local_after_upload: false,
@@ -182,6 +190,12 @@ impl EvidenceConfig {
         }
         if self.recent_events_per_cgroup == 0 {
             problem("recent_events_per_cgroup", "must be greater than 0".into());
+        }
+        if self.recent_events_bytes < 1 << 20 {
+            problem(
+                "recent_events_bytes",
+                format!("{} is below 1 MiB (1048576)", self.recent_events_bytes),
+            );
         }
         let l = &self.limits;
         for (key, value) in [

@@ -12,25 +12,50 @@ use crate::event::Event;
 /// hundred pods).
 pub const MAX_CGROUPS: usize = 4096;
 
-/// Events of the last `window_ns` nanoseconds, per cgroup id, at most `per_cgroup` each and
-/// at most `max_cgroups` cgroups (the one idle longest is dropped first).
+/// Events of the last `window_ns` nanoseconds, per cgroup id, at most `per_cgroup` each, at
+/// most `max_cgroups` cgroups (the one idle longest is dropped first) and at most `max_bytes`
+/// in all ([`Event::approx_bytes`]): past the budget, the cgroup holding the most gives up its
+/// oldest events first, so a busy pod cannot push a quiet pod's lead-up out.
 #[derive(Debug, Clone)]
 pub struct RecentEvents {
     window_ns: u64,
     per_cgroup: usize,
     max_cgroups: usize,
-    rings: HashMap<u64, VecDeque<Event>>,
+    max_bytes: usize,
+    rings: HashMap<u64, Ring>,
+    bytes: usize,
     dropped: u64,
+}
+
+/// One cgroup's events, oldest first, with their size.
+#[derive(Debug, Clone, Default)]
+struct Ring {
+    events: VecDeque<(usize, Event)>,
+    bytes: usize,
+}
+
+impl Ring {
+    fn pop_front(&mut self) -> Option<usize> {
+        let (size, _) = self.events.pop_front()?;
+        self.bytes -= size;
+        Some(size)
+    }
+
+    fn newest_ns(&self) -> u64 {
+        self.events.back().map_or(0, |(_, e)| e.ktime_ns)
+    }
 }
 
 impl RecentEvents {
     /// An empty ring.
-    pub fn new(window_ns: u64, per_cgroup: usize, max_cgroups: usize) -> Self {
+    pub fn new(window_ns: u64, per_cgroup: usize, max_cgroups: usize, max_bytes: usize) -> Self {
         Self {
             window_ns,
             per_cgroup: per_cgroup.max(1),
             max_cgroups: max_cgroups.max(1),
+            max_bytes,
             rings: HashMap::new(),
+            bytes: 0,
             dropped: 0,
         }
     }
@@ -41,6 +66,7 @@ impl RecentEvents {
             config.recent_events_secs.saturating_mul(1_000_000_000),
             config.recent_events_per_cgroup,
             MAX_CGROUPS,
+            usize::try_from(config.recent_events_bytes).unwrap_or(usize::MAX),
         )
     }
 
@@ -50,7 +76,9 @@ impl RecentEvents {
             window_ns: 0,
             per_cgroup: 1,
             max_cgroups: 0,
+            max_bytes: 0,
             rings: HashMap::new(),
+            bytes: 0,
             dropped: 0,
         }
     }
@@ -67,31 +95,83 @@ impl RecentEvents {
             let idlest = self
                 .rings
                 .iter()
-                .min_by_key(|(_, ring)| ring.back().map_or(0, |e| e.ktime_ns))
+                .min_by_key(|(_, ring)| ring.newest_ns())
                 .map(|(id, _)| *id);
-            if let Some(id) = idlest
-                && let Some(ring) = self.rings.remove(&id)
-            {
-                self.dropped += ring.len() as u64;
+            if let Some(id) = idlest {
+                self.remove(id);
             }
         }
+        let size = event.approx_bytes();
         let ring = self.rings.entry(cgroup).or_default();
-        if ring.len() >= self.per_cgroup {
-            ring.pop_front();
+        if ring.events.len() >= self.per_cgroup
+            && let Some(freed) = ring.pop_front()
+        {
+            self.bytes -= freed;
             self.dropped += 1;
         }
-        ring.push_back(event.clone());
+        ring.events.push_back((size, event.clone()));
+        ring.bytes += size;
+        self.bytes += size;
         let now = event.ktime_ns;
         self.expire_ring(cgroup, now);
+        if self.bytes > self.max_bytes {
+            self.shed();
+        }
+    }
+
+    /// Back under the byte budget, with room to spare (an eighth) so that the next pushes do
+    /// not shed again at once: the cgroup holding the most gives up its oldest events.
+    fn shed(&mut self) {
+        let target = self.max_bytes - self.max_bytes / 8;
+        while self.bytes > target {
+            let Some((&id, biggest)) = self.rings.iter().max_by_key(|(_, ring)| ring.bytes) else {
+                break;
+            };
+            // Down to the next biggest's size (or the target), so that one scan frees much.
+            let next = self
+                .rings
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .map(|(_, ring)| ring.bytes)
+                .max()
+                .unwrap_or(0);
+            let keep = next.max(biggest.bytes.saturating_sub(self.bytes - target));
+            let ring = self.rings.get_mut(&id).expect("the ring just found");
+            // At least one event each round, so that rings of equal size shed in turn.
+            let mut shed = 0;
+            while (ring.bytes > keep || shed == 0)
+                && let Some(freed) = ring.pop_front()
+            {
+                self.bytes -= freed;
+                self.dropped += 1;
+                shed += 1;
+            }
+            if ring.events.is_empty() {
+                self.rings.remove(&id);
+            }
+        }
+    }
+
+    fn remove(&mut self, cgroup: u64) {
+        if let Some(ring) = self.rings.remove(&cgroup) {
+            self.bytes -= ring.bytes;
+            self.dropped += ring.events.len() as u64;
+        }
     }
 
     fn expire_ring(&mut self, cgroup: u64, now_ns: u64) {
         let horizon = now_ns.saturating_sub(self.window_ns);
         if let Some(ring) = self.rings.get_mut(&cgroup) {
-            while ring.front().is_some_and(|e| e.ktime_ns < horizon) {
-                ring.pop_front();
+            while ring
+                .events
+                .front()
+                .is_some_and(|(_, e)| e.ktime_ns < horizon)
+            {
+                if let Some(freed) = ring.pop_front() {
+                    self.bytes -= freed;
+                }
             }
-            if ring.is_empty() {
+            if ring.events.is_empty() {
                 self.rings.remove(&cgroup);
             }
         }
@@ -111,7 +191,7 @@ impl RecentEvents {
         let mut out: Vec<Event> = cgroups
             .iter()
             .filter_map(|id| self.rings.get(id))
-            .flatten()
+            .flat_map(|ring| ring.events.iter().map(|(_, e)| e))
             .filter(|e| e.ktime_ns >= horizon)
             .cloned()
             .collect();
@@ -126,7 +206,12 @@ impl RecentEvents {
 
     /// Number of events held.
     pub fn len(&self) -> usize {
-        self.rings.values().map(VecDeque::len).sum()
+        self.rings.values().map(|ring| ring.events.len()).sum()
+    }
+
+    /// Bytes held ([`Event::approx_bytes`] of each event).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether nothing is held.
@@ -164,7 +249,7 @@ mod tests {
 
     #[test]
     fn keeps_the_window_per_cgroup_within_bounds() {
-        let mut ring = RecentEvents::new(60 * S, 3, 2);
+        let mut ring = RecentEvents::new(60 * S, 3, 2, usize::MAX);
         ring.push(&event(None, S));
         assert!(ring.is_empty());
         for t in 1..=5 {
@@ -186,6 +271,56 @@ mod tests {
         assert!(ring.for_cgroups(&[8], 71 * S).is_empty());
         ring.expire(71 * S);
         assert_eq!(ring.len(), 1);
+    }
+
+    #[test]
+    fn past_the_byte_budget_the_biggest_cgroup_gives_up_its_oldest_events() {
+        let size = event(Some(1), 0).approx_bytes();
+        // Room for 100 events.
+        let mut ring = RecentEvents::new(600 * S, 1000, 10, 100 * size);
+        for t in 1..=10 {
+            ring.push(&event(Some(2), t));
+        }
+        for t in 11..=200 {
+            ring.push(&event(Some(1), t));
+        }
+        assert!(ring.bytes() <= 100 * size, "{} bytes", ring.bytes());
+        assert_eq!(ring.bytes(), ring.len() * size);
+        // The quiet cgroup keeps its lead-up; the busy one its newest events.
+        assert_eq!(ring.for_cgroups(&[2], 200).len(), 10);
+        let busy = ring.for_cgroups(&[1], 200);
+        assert_eq!(busy.last().map(|e| e.ktime_ns), Some(200));
+        assert!(busy.len() >= 70, "{} kept", busy.len());
+        assert_eq!(ring.dropped() as usize, 200 - ring.len());
+        // Expiry gives the bytes back.
+        ring.expire(10_000 * S);
+        assert_eq!((ring.len(), ring.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn cgroups_of_equal_size_shed_in_turn() {
+        let size = event(Some(1), 0).approx_bytes();
+        let mut ring = RecentEvents::new(600 * S, 1000, 10, 64 * size);
+        for t in 0..1000 {
+            ring.push(&event(Some(1 + t % 4), t));
+        }
+        assert!(ring.bytes() <= 64 * size, "{} bytes", ring.bytes());
+        for cgroup in 1..=4 {
+            let kept = ring.for_cgroups(&[cgroup], 1000).len();
+            assert!((10..=20).contains(&kept), "cgroup {cgroup}: {kept}");
+        }
+    }
+
+    #[test]
+    fn an_event_counts_what_its_strings_and_labels_hold() {
+        let bare = event(Some(1), 0);
+        let mut labelled = bare.clone();
+        labelled.pod = Some(crate::event::Pod {
+            uid: "u".repeat(36),
+            labels: [("app".to_owned(), "x".repeat(100))].into(),
+            ..crate::event::Pod::default()
+        });
+        assert!(labelled.approx_bytes() >= bare.approx_bytes() + 36 + 103);
     }
 
     #[test]

@@ -328,7 +328,8 @@ impl Sensors {
         let prefilter = read_prefilter(&config.read_sensitive_paths);
         // A sixteenth of the ring: the reader is woken long before it fills, and drains what
         // waits below that on its own tick (`RING_DRAIN_INTERVAL_MS`).
-        let wakeup_bytes = u64::from(config.ring_buffer_bytes / 16);
+        let ring_bytes = config.ring_bytes();
+        let wakeup_bytes = u64::from(ring_bytes / 16);
         // The quarantine outlives the daemon when pinned; only the sensors' set enforces it.
         let (pins, pin_failure) = match (pin_dir, set) {
             (Some(dir), ProgramSet::Sensors) => match pin::PinDir::prepare(dir) {
@@ -363,7 +364,7 @@ impl Sensors {
                 true,
             )
             .override_global(GLOBAL_READ_PREFILTER, &prefilter, true)
-            .map_max_entries(MAP_EVENTS, config.ring_buffer_bytes)
+            .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(object)
             .map_err(SensorError::Object)?;
         let mut sensors = Self {

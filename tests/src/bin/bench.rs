@@ -14,6 +14,10 @@
 //!    through the real daemon binary writing JSON lines; events delivered, events lost (by the
 //!    daemon's loss records and by counting its output), and the loops' slowdown.
 //!
+//! 4. Memory of the real daemon binary with the default configuration (its resident set, from
+//!    `/proc/<pid>/status`): idle, at the write flood's peak, with 250 pods of 50 processes each,
+//!    and after minutes of mixed activity in 20 pods (execs, write-opens, loopback connects).
+//!
 //! Every workload runs in a cgroup of the benchmark's own; processes it starts are ended by pid.
 
 use std::{
@@ -32,7 +36,7 @@ use detector::{
     pipeline::Pipeline,
     sensors::{ProgramSet, Sensors},
 };
-use tests::TestCgroup;
+use tests::{TestCgroup, memory::Rss};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
@@ -76,6 +80,11 @@ struct Args {
     opens: u64,
     execs: u64,
     flood: u64,
+    /// Only the memory part (with its flood).
+    memory_only: bool,
+    pods: usize,
+    processes: usize,
+    mixed_seconds: u64,
     report: PathBuf,
 }
 
@@ -86,6 +95,10 @@ fn parse_args() -> anyhow::Result<Args> {
         opens: 1_000_000,
         execs: 3_000,
         flood: 200_000,
+        memory_only: false,
+        pods: 250,
+        processes: 50,
+        mixed_seconds: 180,
         report: PathBuf::from("target/bench/report.json"),
     };
     let mut it = std::env::args().skip(1);
@@ -97,10 +110,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--opens" => args.opens = value()?.parse()?,
             "--execs" => args.execs = value()?.parse()?,
             "--flood" => args.flood = value()?.parse()?,
+            "--memory-only" => args.memory_only = true,
+            "--pods" => args.pods = value()?.parse()?,
+            "--processes" => args.processes = value()?.parse()?,
+            "--mixed-seconds" => args.mixed_seconds = value()?.parse()?,
             "--report" => args.report = value()?.into(),
             other => {
                 bail!(
-                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --report"
+                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --memory-only --pods --processes --mixed-seconds --report"
                 )
             }
         }
@@ -521,6 +538,8 @@ struct Flood {
     loop_ns_without: f64,
     loop_ns_with: f64,
     seconds_to_drain: f64,
+    /// The daemon's memory when the flood was written (its peak: `peak_kib`).
+    rss: Rss,
 }
 
 fn write_flood(work: &Path, cgroup: &TestCgroup, n: u64) -> anyhow::Result<Flood> {
@@ -548,6 +567,9 @@ fn write_flood(work: &Path, cgroup: &TestCgroup, n: u64) -> anyhow::Result<Flood
     )?;
     let start = Instant::now();
     let loop_ns_with = two_loops()?;
+    // Every event written (the output stopped growing): the peak is behind.
+    settle(&output, Duration::from_secs(60));
+    let rss = Rss::of(daemon.pid())?;
     let (status, _) = daemon.stop();
     let seconds_to_drain = start.elapsed().as_secs_f64();
     ensure!(status.success(), "daemon exited with {status}");
@@ -575,7 +597,23 @@ fn write_flood(work: &Path, cgroup: &TestCgroup, n: u64) -> anyhow::Result<Flood
         loop_ns_without,
         loop_ns_with,
         seconds_to_drain,
+        rss,
     })
+}
+
+/// Waits (`limit` at most) until `path` has not grown for a second.
+fn settle(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let size = || fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut last = size();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = size();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -593,6 +631,17 @@ fn main() -> anyhow::Result<()> {
 
 fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     let cgroup = TestCgroup::create(&format!("detector-bench/{}", std::process::id()))?;
+    if args.memory_only {
+        eprintln!("write-open flood: 2 processes x {}", args.flood);
+        let flood = write_flood(work, &cgroup, args.flood)?;
+        eprintln!(
+            "memory: idle, {} pods x {}, mixed activity",
+            args.pods, args.processes
+        );
+        let memory = memory(args, work)?;
+        let report = serde_json::json!({ "memory": report_memory(&memory, &flood, args) });
+        return write_report(args, &report);
+    }
     let ordinary = work.join("ordinary");
     fs::write(&ordinary, "read me")?;
     let ordinary = ordinary.display().to_string();
@@ -634,6 +683,11 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     eprintln!("write-open flood: 2 processes x {}", args.flood);
     let flood = write_flood(work, &cgroup, args.flood)?;
 
+    eprintln!(
+        "memory: idle, {} pods x {}, mixed activity",
+        args.pods, args.processes
+    );
+    let memory = memory(args, work)?;
     let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode| samples.get(&mode).map(|v| median(v));
     let open = |mode: Mode| open_samples.get(&mode).context("mode not measured");
     let floor_added = median(&open(Mode::Floor)?.added);
@@ -760,11 +814,16 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
             "slowdown": flood.loop_ns_with / flood.loop_ns_without,
             "events_per_second": flood.delivered as f64 / flood.seconds_to_drain,
         },
+        "memory": report_memory(&memory, &flood, args),
     });
+    write_report(args, &report)
+}
+
+fn write_report(args: &Args, report: &serde_json::Value) -> anyhow::Result<()> {
     if let Some(dir) = args.report.parent() {
         fs::create_dir_all(dir)?;
     }
-    fs::write(&args.report, serde_json::to_string_pretty(&report)?)?;
+    fs::write(&args.report, serde_json::to_string_pretty(report)?)?;
     println!("\nreport: {}", args.report.display());
     Ok(())
 }
@@ -814,4 +873,212 @@ fn ensure_tracefs() -> anyhow::Result<()> {
         .status()?;
     ensure!(status.success(), "mount tracefs: {status}");
     Ok(())
+}
+
+/// The daemon's memory in each case of the memory benchmark.
+struct Memory {
+    idle: Rss,
+    pods: Rss,
+    pod_processes: usize,
+    mixed: Rss,
+    mixed_seconds: f64,
+    mixed_lines: u64,
+}
+
+/// A pod's container cgroup in the kubelet's systemd layout below the benchmark's cgroup.
+fn pod_cgroup(i: usize) -> anyhow::Result<TestCgroup> {
+    let uid = format!("{i:08x}_0000_4000_8000_{i:012x}");
+    let relative = format!(
+        "detector-bench/{}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/cri-containerd-{:064x}.scope",
+        std::process::id(),
+        i + 1
+    );
+    Ok(TestCgroup::create(&relative)?)
+}
+
+/// Ends the children the benchmark started, by pid.
+fn end_all(children: &mut Vec<Child>) {
+    for child in children.iter_mut() {
+        let _ = child.kill();
+    }
+    for mut child in children.drain(..) {
+        let _ = child.wait();
+    }
+}
+
+/// The real daemon with the default configuration (its output to a file): resident memory
+/// idle, with `pods` pods of `processes` processes each, and after `mixed_seconds` of mixed
+/// activity in 20 pods.
+fn memory(args: &Args, work: &Path) -> anyhow::Result<Memory> {
+    let output = work.join("memory.jsonl");
+    let mut daemon = tests::daemon::Daemon::run(
+        &sibling("detector")?,
+        &["--output".as_ref(), output.as_os_str()],
+        &output,
+        &[],
+    )?;
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = Rss::of(daemon.pid())?;
+    eprintln!("memory: idle {idle:?}");
+    eprintln!("memory: idle {:.1} MiB", idle.rss_mib());
+
+    // Pods with their processes, all sleeping: what the daemon keeps per pod and process.
+    let mut pods = Vec::with_capacity(args.pods);
+    let mut children = Vec::with_capacity(args.pods * args.processes);
+    let started = (|| -> anyhow::Result<()> {
+        for i in 0..args.pods {
+            let pod = pod_cgroup(i)?;
+            for _ in 0..args.processes {
+                children.push(
+                    pod.command("/bin/sleep")?
+                        .arg("900")
+                        .stdout(Stdio::null())
+                        .spawn()?,
+                );
+            }
+            pods.push(pod);
+        }
+        Ok(())
+    })();
+    let pod_processes = children.len();
+    if started.is_ok() {
+        settle(&output, Duration::from_secs(60));
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let with_pods = Rss::of(daemon.pid());
+    end_all(&mut children);
+    drop(pods);
+    started?;
+    let with_pods = with_pods?;
+    eprintln!(
+        "memory: {} pods x {} processes {:.1} MiB",
+        args.pods,
+        args.processes,
+        with_pods.rss_mib()
+    );
+
+    // Mixed activity: in each of 20 pods a shell exec-ing a tool, write-opening files and
+    // connecting to a loopback listener, for `mixed_seconds`.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let scratch = work.join("mixed");
+    fs::create_dir_all(&scratch)?;
+    let script = format!(
+        "i=0; while [ $SECONDS -lt {secs} ]; do cat /etc/hostname > /dev/null; \
+         echo x > {dir}/f-$$-$((i % 64)); (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; \
+         i=$((i + 1)); done",
+        secs = args.mixed_seconds,
+        dir = scratch.display(),
+    );
+    let lines_before = fs::read_to_string(&output).map(|t| t.lines().count() as u64)?;
+    let mixed_started = Instant::now();
+    let mut pods = Vec::new();
+    let mut children = Vec::new();
+    for i in 0..20 {
+        let pod = pod_cgroup(10_000 + i)?;
+        children.push(
+            pod.command("/bin/bash")?
+                .args(["-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        pods.push(pod);
+    }
+    for child in &mut children {
+        child.wait()?;
+    }
+    let mixed_seconds = mixed_started.elapsed().as_secs_f64();
+    let mixed = Rss::of(daemon.pid())?;
+    children.clear();
+    drop(pods);
+    let stopping = Instant::now();
+    let (status, log) = daemon.stop();
+    ensure!(
+        status.success(),
+        "daemon exited with {status} {:.1?} after SIGTERM; its log's last lines:\n{}",
+        stopping.elapsed(),
+        log[log.len().saturating_sub(40)..].join("\n")
+    );
+    let mixed_lines = fs::read_to_string(&output).map(|t| t.lines().count() as u64)? - lines_before;
+    let _ = fs::remove_file(&output);
+    let _ = fs::remove_dir_all(&scratch);
+    eprintln!(
+        "memory: after {mixed_seconds:.0} s of mixed activity {:.1} MiB (peak {:.1} MiB)",
+        mixed.rss_mib(),
+        mixed.peak_mib()
+    );
+    Ok(Memory {
+        idle,
+        pods: with_pods,
+        pod_processes,
+        mixed,
+        mixed_seconds,
+        mixed_lines,
+    })
+}
+
+/// The memory benchmark's table and report entry.
+fn report_memory(memory: &Memory, flood: &Flood, args: &Args) -> serde_json::Value {
+    println!(
+        "\n## memory of the daemon (default configuration; resident set from /proc/<pid>/status)"
+    );
+    println!(
+        "| case | resident MiB | peak MiB | anonymous MiB | file MiB | shared (ring buffer) MiB |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let cases = [
+        ("idle, 10 s after start".to_owned(), memory.idle),
+        (
+            format!(
+                "write-open flood, 2 x {} (repeat suppression off)",
+                args.flood
+            ),
+            flood.rss,
+        ),
+        (
+            format!(
+                "{} pods x {} processes ({} processes)",
+                args.pods, args.processes, memory.pod_processes
+            ),
+            memory.pods,
+        ),
+        (
+            format!(
+                "after {:.0} s of mixed activity in 20 pods ({:.0} lines/s)",
+                memory.mixed_seconds,
+                memory.mixed_lines as f64 / memory.mixed_seconds
+            ),
+            memory.mixed,
+        ),
+    ];
+    println!(
+        "(the flood: {} of {} events delivered, {} lost by the daemon's counters)",
+        flood.delivered, flood.expected, flood.lost_by_counters
+    );
+    for (case, rss) in &cases {
+        println!(
+            "| {case} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            mib(rss.rss_kib),
+            mib(rss.peak_kib),
+            mib(rss.anon_kib),
+            mib(rss.file_kib),
+            mib(rss.shmem_kib)
+        );
+    }
+    serde_json::json!({
+        "idle": memory.idle,
+        "flood": flood.rss,
+        "pods": memory.pods,
+        "pod_processes": memory.pod_processes,
+        "mixed": memory.mixed,
+        "mixed_seconds": memory.mixed_seconds,
+        "mixed_lines": memory.mixed_lines,
+    })
 }
