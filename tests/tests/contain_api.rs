@@ -689,23 +689,26 @@ fn standalone_applies_the_kernel_block_and_records_api_steps_as_not_applicable()
     assert_eq!(record.state, IncidentState::Contained);
 }
 
-#[test]
-fn an_interrupted_incident_is_resumed_after_a_restart() {
-    let env = Env::new();
-    env.shop();
-    // A daemon died right after the kernel block.
+/// Journals incident `id` on `subject` as a daemon of this boot left it: opened with
+/// `cgroup_ids`, its kernel block done (`undo` recorded); the journal, to add more.
+fn journal_blocked(
+    env: &Env,
+    id: &str,
+    subject: &Subject,
+    cgroup_ids: Vec<u64>,
+    undo: Value,
+) -> Journal {
     let journal = Journal::open(env.dir.path()).unwrap();
-    let v = contain_verdict("shop", "web-1");
     journal
         .append(
-            "inc-old",
+            id,
             EntryKind::Opened {
-                subject: v.subject.clone(),
+                subject: subject.clone(),
                 node: "node-1".into(),
                 score: 42.0,
                 reason: "r".into(),
-                cgroup_ids: vec![55],
-                event_ktime_ns: v.ktime_ns,
+                cgroup_ids,
+                event_ktime_ns: 1,
                 dry_run: false,
                 // The same boot: its cgroup ids still name the same cgroups.
                 boot_id: detector::clock::boot_id(),
@@ -714,16 +717,26 @@ fn an_interrupted_incident_is_resumed_after_a_restart() {
         .unwrap();
     journal
         .append(
-            "inc-old",
+            id,
             EntryKind::Step {
                 step: "kernel_block".into(),
                 outcome: StepOutcome::Done {
-                    detail: "x".into(),
-                    undo: Value::Null,
+                    detail: "cut off".into(),
+                    undo,
                 },
             },
         )
         .unwrap();
+    journal
+}
+
+#[test]
+fn an_interrupted_incident_is_resumed_after_a_restart() {
+    let env = Env::new();
+    env.shop();
+    // A daemon died right after the kernel block.
+    let v = contain_verdict("shop", "web-1");
+    journal_blocked(&env, "inc-old", &v.subject, vec![55], Value::Null);
     let mut config = env.config();
     config.steps.evict_other_pods = false;
     let handle = env.start(config, true);
@@ -745,34 +758,13 @@ fn an_interrupted_incident_is_resumed_after_a_restart() {
 fn a_pinned_block_no_incident_in_force_holds_is_lifted_at_start() {
     let env = Env::new();
     let v = contain_verdict("shop", "web-1");
-    let journal = Journal::open(env.dir.path()).unwrap();
-    journal
-        .append(
-            "inc-old",
-            EntryKind::Opened {
-                subject: v.subject.clone(),
-                node: "node-1".into(),
-                score: 42.0,
-                reason: "r".into(),
-                cgroup_ids: vec![55],
-                event_ktime_ns: v.ktime_ns,
-                dry_run: false,
-                boot_id: detector::clock::boot_id(),
-            },
-        )
-        .unwrap();
-    journal
-        .append(
-            "inc-old",
-            EntryKind::Step {
-                step: "kernel_block".into(),
-                outcome: StepOutcome::Done {
-                    detail: "x".into(),
-                    undo: json!({ "cgroup_ids": [55, 56] }),
-                },
-            },
-        )
-        .unwrap();
+    journal_blocked(
+        &env,
+        "inc-old",
+        &v.subject,
+        vec![55],
+        json!({ "cgroup_ids": [55, 56] }),
+    );
     // What the pinned map held when the daemon started: the incident's cgroups, and one whose
     // incident was released while no daemon ran (or whose journal was lost).
     let mut pinned = env.block.clone();
@@ -829,30 +821,16 @@ fn an_earlier_boots_incident_of_a_gone_pod_blocks_nothing_and_is_closed() {
     earlier_boot_journal(&env, &gone);
     // In this boot, cgroup id 55 is someone else's, and blocked by another incident (held by
     // the pinned map when the daemon starts).
-    let journal = Journal::open(env.dir.path()).unwrap();
     let other = contain_verdict("shop", "other-1");
-    for kind in [
-        EntryKind::Opened {
-            subject: other.subject.clone(),
-            node: "node-1".into(),
-            score: 42.0,
-            reason: "r".into(),
-            cgroup_ids: vec![55],
-            event_ktime_ns: 1,
-            dry_run: false,
-            boot_id: detector::clock::boot_id(),
-        },
-        EntryKind::Step {
-            step: "kernel_block".into(),
-            outcome: StepOutcome::Done {
-                detail: "cgroups [55] cut off the network".into(),
-                undo: json!({"cgroup_ids": [55]}),
-            },
-        },
-        EntryKind::Completed,
-    ] {
-        journal.append("inc-now", kind).unwrap();
-    }
+    journal_blocked(
+        &env,
+        "inc-now",
+        &other.subject,
+        vec![55],
+        json!({"cgroup_ids": [55]}),
+    )
+    .append("inc-now", EntryKind::Completed)
+    .unwrap();
     env.block.clone().block(55).unwrap();
     let mut config = env.config();
     config.steps.evict_other_pods = false;

@@ -629,16 +629,25 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// The write-open flood, then the memory cases.
+fn flood_and_memory(
+    args: &Args,
+    work: &Path,
+    cgroup: &TestCgroup,
+) -> anyhow::Result<(Flood, Memory)> {
+    eprintln!("write-open flood: 2 processes x {}", args.flood);
+    let flood = write_flood(work, cgroup, args.flood)?;
+    eprintln!(
+        "memory: idle, {} pods x {}, mixed activity",
+        args.pods, args.processes
+    );
+    Ok((flood, memory(args, work)?))
+}
+
 fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     let cgroup = TestCgroup::create(&format!("detector-bench/{}", std::process::id()))?;
     if args.memory_only {
-        eprintln!("write-open flood: 2 processes x {}", args.flood);
-        let flood = write_flood(work, &cgroup, args.flood)?;
-        eprintln!(
-            "memory: idle, {} pods x {}, mixed activity",
-            args.pods, args.processes
-        );
-        let memory = memory(args, work)?;
+        let (flood, memory) = flood_and_memory(args, work, &cgroup)?;
         let report = serde_json::json!({ "memory": report_memory(&memory, &flood, args) });
         return write_report(args, &report);
     }
@@ -680,14 +689,7 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
     )?;
     eprintln!("in-kernel run time per call of sys_exit (kernel run-time statistics)");
     let in_kernel = in_kernel_cost(&cgroup, &["open-loop", &ordinary, &args.opens.to_string()])?;
-    eprintln!("write-open flood: 2 processes x {}", args.flood);
-    let flood = write_flood(work, &cgroup, args.flood)?;
-
-    eprintln!(
-        "memory: idle, {} pods x {}, mixed activity",
-        args.pods, args.processes
-    );
-    let memory = memory(args, work)?;
+    let (flood, memory) = flood_and_memory(args, work, &cgroup)?;
     let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode| samples.get(&mode).map(|v| median(v));
     let open = |mode: Mode| open_samples.get(&mode).context("mode not measured");
     let floor_added = median(&open(Mode::Floor)?.added);
