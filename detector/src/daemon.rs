@@ -395,8 +395,9 @@ fn analyse(
 
 /// glibc's allocator gives each thread that allocates an arena of its own (up to eight per CPU),
 /// and each keeps what its thread freed: the daemon's threads hand events to one another, so
-/// every arena grows to the peak it saw. Two arenas: measured with `cargo xtask bench` (20 pods
-/// of mixed activity), 48 MiB resident instead of 78. Call before any thread starts.
+/// every arena grows to the peak it saw. With two arenas the benchmark's mixed activity in 20
+/// pods ended at 48 MiB resident where it had ended at 78 (`cargo xtask bench`; one run each,
+/// after different cases before it). Call before any thread starts.
 pub fn limit_allocator_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt changes an allocator setting; no pointer is passed.

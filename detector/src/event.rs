@@ -181,6 +181,12 @@ impl Event {
     /// its budget by.
     pub fn approx_bytes(&self) -> usize {
         let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let list = |items: &[String]| {
+            items
+                .iter()
+                .map(|item| size_of::<String>() + item.len())
+                .sum::<usize>()
+        };
         let container = self.container.as_ref().map_or(0, |c| {
             c.id.len() + c.runtime.len() + opt(&c.name) + opt(&c.image)
         });
@@ -203,13 +209,7 @@ impl Event {
             .map(|a| size_of::<Ancestor>() + a.exe.len())
             .sum::<usize>();
         let body = match &self.body {
-            Body::Exec(e) => {
-                e.filename.len()
-                    + e.argv
-                        .iter()
-                        .map(|a| size_of::<String>() + a.len())
-                        .sum::<usize>()
-            }
+            Body::Exec(e) => e.filename.len() + list(&e.argv),
             Body::File(f) => {
                 f.path.len()
                     + opt(&f.target)
@@ -220,10 +220,7 @@ impl Event {
             Body::Connect(c) => c.family.len() + c.protocol.len(),
             Body::Syscall(s) => {
                 s.syscall.len()
-                    + s.tags
-                        .iter()
-                        .map(|t| size_of::<String>() + t.len())
-                        .sum::<usize>()
+                    + list(&s.tags)
                     + opt(&s.request)
                     + opt(&s.path)
                     + opt(&s.fstype)

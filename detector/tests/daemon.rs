@@ -17,6 +17,19 @@ use tests::{
 const POD_UID: &str = "0c4d1f9e-7a2b-4c3d-9e8f-112233445566";
 const CONTAINER: &str = "4f1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
+/// What crosses the `contain` score: a shell reading /etc/shadow and piping into a shell.
+const ATTACK: &str = "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'";
+
+/// A bash in `cgroup` connecting to a loopback `port`; its exit status and stderr.
+fn connect_from(cgroup: &TestCgroup, port: u16) -> std::process::Output {
+    cgroup
+        .command("/bin/bash")
+        .unwrap()
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+        .output()
+        .unwrap()
+}
+
 /// A systemd-driver pod layout below the test's own parent cgroup; the parser takes the pod
 /// uid and container id from the names, whatever comes before the `kubepods.slice` root.
 fn pod_cgroup(pod_uid: &str, container: &str) -> TestCgroup {
@@ -170,23 +183,13 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
     let pod_uid = "5d3c2b1a-0f9e-4d8c-b7a6-998877665544";
     let cgroup = pod_cgroup(pod_uid, &"cd".repeat(32));
     // Before: the pod reaches the listener.
-    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
-    let reach = || {
-        cgroup
-            .command("/bin/bash")
-            .unwrap()
-            .args(["-c", &connect])
-            .output()
-            .unwrap()
-    };
+    let reach = || connect_from(&cgroup, port);
     assert!(
         reach().status.success(),
         "the pod connects before the attack"
     );
     // The attack: a shell reading /etc/shadow and piping a download into a shell.
-    let _ = cgroup.run_shell(
-        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
-    );
+    let _ = cgroup.run_shell(ATTACK);
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut refused = None;
     while Instant::now() < deadline {
@@ -359,19 +362,9 @@ fn a_pod_above_contain_during_the_warm_up_is_contained_when_it_ends() {
     .unwrap();
     let pod_uid = "6e4d3c2b-1a0f-4e9d-8c7b-a69988776655";
     let cgroup = pod_cgroup(pod_uid, &"ef".repeat(32));
-    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
-    let reach = || {
-        cgroup
-            .command("/bin/bash")
-            .unwrap()
-            .args(["-c", &connect])
-            .output()
-            .unwrap()
-    };
+    let reach = || connect_from(&cgroup, port);
     // The attack, while the daemon warms up: refused, and nothing more happens in the pod.
-    let _ = cgroup.run_shell(
-        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
-    );
+    let _ = cgroup.run_shell(ATTACK);
     let journal_path = journal.join("journal.jsonl");
     let read_journal = || std::fs::read_to_string(&journal_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(WARMUP_S);
@@ -536,9 +529,7 @@ fn a_full_output_disk_never_stops_sensing_or_containment() {
     }
     let pod_uid = "7f5e4d3c-2b1a-4f0e-9d8c-b7a699887766";
     let cgroup = pod_cgroup(pod_uid, &"ab".repeat(32));
-    let _ = cgroup.run_shell(
-        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
-    );
+    let _ = cgroup.run_shell(ATTACK);
     // Sensing, scoring and containment go on: the pod's incident is opened and journaled.
     let journal_path = journal.join("journal.jsonl");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -724,15 +715,9 @@ fn the_quarantine_outlives_a_killed_daemon_and_only_a_release_lifts_it() {
     let port = listener.local_addr().unwrap().port();
     let mut daemon = Daemon::start(binary, &config, &output, &env).unwrap();
     let cgroup = pod_cgroup("7f5e4d3c-2b1a-4f0e-9d8c-b7a699887766", &"a7".repeat(32));
-    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
     // Whether a connect from the pod is refused with EPERM; its stderr.
     let refused = || {
-        let out = cgroup
-            .command("/bin/bash")
-            .unwrap()
-            .args(["-c", &connect])
-            .output()
-            .unwrap();
+        let out = connect_from(&cgroup, port);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         (
             !out.status.success() && stderr.contains("Operation not permitted"),
@@ -740,9 +725,7 @@ fn the_quarantine_outlives_a_killed_daemon_and_only_a_release_lifts_it() {
         )
     };
     assert!(!refused().0, "the pod is cut off before any attack");
-    let _ = cgroup.run_shell(
-        "cat /etc/shadow > /dev/null; echo 'echo owned' | sh > /dev/null; exec sh -c 'x=$(cat /etc/shadow | wc -c) | sh'",
-    );
+    let _ = cgroup.run_shell(ATTACK);
     let journal_path = journal.join("journal.jsonl");
     let entries = || -> Vec<Value> {
         std::fs::read_to_string(&journal_path)

@@ -25,7 +25,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Action as _, ContainConfig, EventTarget, Incident, NetworkBlock, SharedBlock, StepCtx,
     StepOutcome,
-    actions::{kernel_block::KernelBlock, playbook, read_pod},
+    actions::{
+        kernel_block::{self, KernelBlock},
+        playbook, read_pod,
+    },
     config::LabelTerm,
     journal::{self, Entry, EntryKind, IncidentRecord, Journal, JournalError},
     kube::{EventObject, KubeApi},
@@ -593,13 +596,10 @@ fn lift_unclaimed_blocks(shared: &Shared, at_start: &[IncidentRecord]) {
         .iter()
         .filter(|r| r.active() && !r.dry_run && r.boot_id.is_some() && r.boot_id == shared.boot_id)
         .flat_map(|r| {
-            let applied = match r.step("kernel_block") {
-                Some(StepOutcome::Done { undo, .. }) => undo["cgroup_ids"]
-                    .as_array()
-                    .map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect())
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
+            let applied = r
+                .step("kernel_block")
+                .and_then(kernel_block::applied_to)
+                .unwrap_or_default();
             r.cgroup_ids.iter().copied().chain(applied)
         })
         .collect();

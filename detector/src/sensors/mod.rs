@@ -341,11 +341,9 @@ impl Sensors {
             },
             _ => (None, None),
         };
-        let pinned_maps: Vec<(&'static str, PathBuf)> =
-            pins.iter().flat_map(|pins| pins.maps()).collect();
         let mut loader = EbpfLoader::new();
-        for (name, path) in &pinned_maps {
-            loader.map_pin_path(name, path.as_path());
+        for (name, path) in pins.iter().flat_map(pin::PinDir::maps) {
+            loader.map_pin_path(name, path);
         }
         let ebpf = loader
             // The verifier's verdict and its statistics, not its walk: a rejected program's
@@ -705,33 +703,23 @@ impl Sensors {
         let mut kept = Vec::new();
         for link in std::mem::take(&mut self.links) {
             let (name, fd_link) = match link {
-                Link::CgroupSockAddr(name, id) => {
-                    let program: Result<&mut CgroupSockAddr, _> = program_of(&mut self.ebpf, name);
-                    let taken = program.and_then(|p| {
+                Link::CgroupSockAddr(name, id) => (
+                    name,
+                    take_fd_link(&mut self.ebpf, name, |p: &mut CgroupSockAddr| {
                         p.take_link(id)
-                            .map_err(program_error(name, "take the link"))
-                    });
-                    (name, taken.map(FdLink::try_from))
-                }
-                Link::CgroupSkb(name, id) => {
-                    let program: Result<&mut CgroupSkb, _> = program_of(&mut self.ebpf, name);
-                    let taken = program.and_then(|p| {
-                        p.take_link(id)
-                            .map_err(program_error(name, "take the link"))
-                    });
-                    (name, taken.map(FdLink::try_from))
-                }
+                    }),
+                ),
+                Link::CgroupSkb(name, id) => (
+                    name,
+                    take_fd_link(&mut self.ebpf, name, |p: &mut CgroupSkb| p.take_link(id)),
+                ),
                 other => {
                     kept.push(other);
                     continue;
                 }
             };
-            let pinned = match fd_link {
-                Ok(Ok(fd_link)) => pins.pin_link(name, fd_link).map_err(|e| e.to_string()),
-                // Attached without a bpf link (before Linux 5.7): nothing to pin.
-                Ok(Err(err)) => Err(format!("not a bpf link: {err}")),
-                Err(err) => Err(err.to_string()),
-            };
+            let pinned =
+                fd_link.and_then(|link| pins.pin_link(name, link).map_err(|e| e.to_string()));
             if let Err(err) = pinned {
                 warn!(program = name, %err, "not pinned: it stops enforcing the quarantine with the daemon");
                 failures.push(format!("{name}: {err}"));
@@ -972,6 +960,24 @@ where
         .program_mut(name)
         .ok_or(SensorError::MissingProgram(name))?;
     program.try_into().map_err(program_error(name, "load"))
+}
+
+/// The link `take` takes from program `name`, as a bpf link that can be pinned; why not, when
+/// it cannot (attached without a bpf link, before Linux 5.7).
+fn take_fd_link<'a, T: 'a, L>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    take: impl FnOnce(&mut T) -> Result<L, ProgramError>,
+) -> Result<FdLink, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let program: &mut T = program_of(ebpf, name).map_err(|err| err.to_string())?;
+    let link = take(program)
+        .map_err(program_error(name, "take the link"))
+        .map_err(|err| err.to_string())?;
+    FdLink::try_from(link).map_err(|err| format!("not a bpf link: {err}"))
 }
 
 fn program_error(

@@ -75,13 +75,7 @@ impl Action for KernelBlock {
                 };
             };
             // The cgroups the block was applied to: after a reboot, the pod's new ones.
-            let ids: Vec<u64> = match done {
-                StepOutcome::Done { undo, .. } => undo["cgroup_ids"]
-                    .as_array()
-                    .map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect())
-                    .unwrap_or_else(|| incident.cgroup_ids.clone()),
-                _ => incident.cgroup_ids.clone(),
-            };
+            let ids = applied_to(done).unwrap_or_else(|| incident.cgroup_ids.clone());
             for &id in &ids {
                 let result = ctx
                     .change(format!("kernel release cgroup {id}"), async || {
@@ -100,5 +94,15 @@ impl Action for KernelBlock {
             StepOutcome::done(format!("cgroups {ids:?} back on the network"))
         }
         .boxed()
+    }
+}
+
+/// The cgroups a done kernel block was applied to, as its undo records them.
+pub fn applied_to(done: &StepOutcome) -> Option<Vec<u64>> {
+    match done {
+        StepOutcome::Done { undo, .. } => undo["cgroup_ids"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(serde_json::Value::as_u64).collect()),
+        _ => None,
     }
 }
