@@ -313,21 +313,10 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates YAML text; `path` only names it in errors.
+    /// Parses and validates YAML text; `path` only names it in errors. The same reading as
+    /// with the environment ([`Config::parse_with_env`]) with no variables.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Self = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
+        Self::parse_with_env(text, path, std::iter::empty())
     }
 
     /// Every problem in the configuration; empty when it is usable.

@@ -180,6 +180,8 @@ impl Config {
         if tree.is_null() {
             tree = Value::Mapping(Mapping::new());
         }
+        // Then strictly typed, so that the file's own problems are not blamed on a variable.
+        let file = from_tree(tree.clone(), path)?;
         let overrides =
             overrides(vars).map_err(|problems| ConfigError::Environment { problems })?;
         let mut problems = Vec::new();
@@ -195,7 +197,11 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError::Environment { problems });
         }
-        let config: Config = serde_yaml_ng::from_value(tree).map_err(parse_error)?;
+        let config = if overrides.is_empty() {
+            file
+        } else {
+            from_tree(tree, path)?
+        };
         let mut problems = config.validate();
         if problems.is_empty() {
             return Ok(config);
@@ -218,6 +224,25 @@ impl Config {
             problems,
         })
     }
+}
+
+/// The configuration in the tree, strictly typed: a key with no value (`key:`, `~`, `null`) or
+/// a number where a string goes is an error naming the key, not a file named `null` (read
+/// straight from the text, YAML gives any scalar to a string).
+fn from_tree(tree: Value, path: &Path) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|err| {
+        let at = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        let message = if inner.starts_with("invalid type: unit value") {
+            format!("has no value ({inner}); give one, or leave the key out for the default")
+        } else {
+            inner
+        };
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            problems: vec![Problem { at, message }],
+        }
+    })
 }
 
 /// The tree with the override applied, if the result still fits the schema: the value as YAML
@@ -403,5 +428,43 @@ mod tests {
             Config::parse_with_env("sensors:\n  wacth: all\n", Path::new("c.yaml"), Vec::new())
                 .unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_key_with_no_value_is_an_error_naming_it_read_alone_or_with_variables() {
+        for text in [
+            "output:\n  path:\n",
+            "output:\n  path: ~\n",
+            "output:\n  path: null\n",
+        ] {
+            for err in [
+                Config::parse(text, Path::new("c.yaml")).unwrap_err(),
+                Config::parse_with_env(
+                    text,
+                    Path::new("c.yaml"),
+                    vars(&[("DETECTOR_WATCH", "all")]),
+                )
+                .unwrap_err(),
+            ] {
+                let ConfigError::Invalid { problems, .. } = &err else {
+                    panic!("{text:?}: {err}");
+                };
+                assert_eq!(problems[0].at, "output.path", "{text:?}: {err}");
+                assert!(problems[0].message.contains("has no value"), "{err}");
+            }
+        }
+        let err = Config::parse(
+            "contain:\n  quarantine_label:\n    key: q\n    value: true\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("contain.quarantine_label.value: invalid type: boolean"),
+            "{err}"
+        );
+        // An optional key given as null is the key left out.
+        let config = Config::parse("rules:\n  dir: ~\n", Path::new("c.yaml")).unwrap();
+        assert_eq!(config.rules.dir, None);
     }
 }
