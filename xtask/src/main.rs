@@ -44,7 +44,7 @@ const FUZZ_TARGETS: [&str; 6] = [
 ];
 /// Seconds each fuzz target runs in `test`: with the build of the targets after a change to
 /// the daemon, the whole fuzz step stays within 5 minutes on the 2-core CI machine.
-const TEST_FUZZ_SECONDS: u64 = 25;
+const TEST_FUZZ_SECONDS: u64 = 20;
 
 #[derive(Parser)]
 #[command(about = "Project tasks")]
@@ -96,6 +96,9 @@ enum Task {
 }
 
 fn main() -> anyhow::Result<()> {
+    if env::var_os(FUZZ_WRAPPER_VAR).is_some() {
+        return fuzz_rustc_wrapper();
+    }
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::Test => test(),
@@ -182,9 +185,10 @@ fn setup() -> anyhow::Result<()> {
         .context("the nightly rustc does not say its LLVM version")?
         .to_owned();
     ensure_protoc()?;
+    ensure_cargo_fuzz()?;
     if bpf_linker_ok() {
         eprintln!(
-            "setup: nightly (LLVM {llvm_major}), rust-src, protoc and bpf-linker {BPF_LINKER_VERSION} are in place"
+            "setup: nightly (LLVM {llvm_major}), rust-src, protoc, cargo-fuzz {CARGO_FUZZ_VERSION} and bpf-linker {BPF_LINKER_VERSION} are in place"
         );
         return Ok(());
     }
@@ -728,6 +732,40 @@ fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
 /// after every change to it, compiles on both cores.
 const FUZZ_CODEGEN_UNITS: &str = "16";
 
+/// Set (to the workspace) when this program runs as the fuzz build's `RUSTC_WRAPPER`.
+const FUZZ_WRAPPER_VAR: &str = "DETECTOR_FUZZ_RUSTC_WRAPPER";
+
+/// The fuzz build's rustc wrapper: the coverage instrumentation cargo-fuzz asks for goes to the
+/// project's crates only. The dependencies (the Kubernetes, gRPC and Docker clients among them)
+/// compile without it: their counters would make libFuzzer scan a map many times larger after
+/// every input (most of the run's time), and their instrumented code most of the build's.
+/// Everything else (`--cfg fuzzing`, debug assertions) reaches every crate as cargo-fuzz meant.
+fn fuzz_rustc_wrapper() -> anyhow::Result<()> {
+    let workspace = env::var_os(FUZZ_WRAPPER_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let mut args = env::args_os().skip(1);
+    let rustc = args
+        .next()
+        .context("the rustc wrapper was given no rustc")?;
+    let args: Vec<std::ffi::OsString> = args.collect();
+    // The crate's root source file, absolute or relative to the package (the fuzz crate's own).
+    let ours = args.iter().any(|arg| {
+        let path = Path::new(arg);
+        path.extension().is_some_and(|e| e == "rs")
+            && (path.is_relative() || path.starts_with(&workspace))
+    });
+    let coverage = |arg: &std::ffi::OsString| {
+        let arg = arg.to_string_lossy();
+        arg == "-Cpasses=sancov-module" || arg.starts_with("-Cllvm-args=-sanitizer-coverage")
+    };
+    let status = Command::new(&rustc)
+        .args(args.iter().filter(|arg| ours || !coverage(arg)))
+        .status()
+        .with_context(|| format!("cannot run {}", rustc.to_string_lossy()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 /// `cargo fuzz` through the nightly toolchain, from the workspace, with the fuzz build's own
 /// target directory (its flags differ from every other build's) and the build flags every
 /// invocation must share (any other makes cargo build everything again).
@@ -735,6 +773,8 @@ fn cargo_fuzz(subcommand: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(workspace())
         .args(["run", NIGHTLY, "cargo", "fuzz", subcommand])
+        // The `dev` profile of fuzz/Cargo.toml (why: there).
+        .arg("--dev")
         .args(["--codegen-units", FUZZ_CODEGEN_UNITS])
         // The targets are safe Rust: libFuzzer's own checks (panics, hangs, memory) find what
         // there is to find, and AddressSanitizer would double the build and halve the runs.
@@ -742,7 +782,12 @@ fn cargo_fuzz(subcommand: &str) -> Command {
         .arg("--target-dir")
         .arg(target_dir().join("fuzz"))
         .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env(FUZZ_WRAPPER_VAR, workspace());
+    match env::current_exe() {
+        Ok(me) => cmd.env("RUSTC_WRAPPER", me),
+        Err(_) => cmd.env_remove("RUSTC_WRAPPER"),
+    };
     // What `cargo xtask` (cargo run) sets for this program: build scripts that watch these
     // (ring's watches CARGO_MANIFEST_DIR) would run again, and everything after them be
     // rebuilt, whenever the fuzz build is run by hand in between.
@@ -780,17 +825,49 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     ]))
 }
 
-/// Builds the fuzz targets, then runs each of `targets` for `seconds`, one after the other:
-/// seeded from its committed corpus (`fuzz/corpus/<target>`, only read) with a fresh scratch
-/// corpus in `target/fuzz/runs/<target>/` taking what the run finds. Returns the targets that
-/// failed; each failure names the input saved (crash, timeout, out-of-memory or leak).
+/// Builds the fuzz targets, then runs each of `targets` for `seconds`, one per core side by
+/// side (libFuzzer runs on one thread, so each still has a core of its own): seeded from its
+/// committed corpus (`fuzz/corpus/<target>`, only read) with a fresh scratch corpus in
+/// `target/fuzz/runs/<target>/` taking what the run finds. Returns the targets that failed;
+/// each failure names the input saved (crash, timeout, out-of-memory or leak).
 fn fuzz_targets(seconds: u64, targets: &[&str]) -> anyhow::Result<Vec<String>> {
     let started = std::time::Instant::now();
     ensure_cargo_fuzz()?;
     status(&mut cargo_fuzz("build"))?;
     eprintln!("fuzz: built in {:.0?}", started.elapsed());
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let mut failed = Vec::new();
-    for &target in targets {
+    for batch in targets.chunks(cores) {
+        let mut running = Vec::with_capacity(batch.len());
+        for &target in batch {
+            running.push(FuzzRun::start(target, seconds)?);
+        }
+        for run in running {
+            let target = run.target;
+            if !run.finish()? {
+                failed.push(target.to_owned());
+            }
+        }
+    }
+    eprintln!(
+        "fuzz: {} target(s) in {:.0?} with the build",
+        targets.len(),
+        started.elapsed()
+    );
+    Ok(failed)
+}
+
+/// One fuzz target running.
+struct FuzzRun<'a> {
+    target: &'a str,
+    child: std::process::Child,
+    started: std::time::Instant,
+    log_path: PathBuf,
+    artifacts: PathBuf,
+}
+
+impl<'a> FuzzRun<'a> {
+    fn start(target: &'a str, seconds: u64) -> anyhow::Result<Self> {
         let run = target_dir().join("fuzz/runs").join(target);
         let _ = std::fs::remove_dir_all(&run);
         let (corpus, artifacts, tmp) = (run.join("corpus"), run.join("artifacts"), run.join("tmp"));
@@ -815,25 +892,39 @@ fn fuzz_targets(seconds: u64, targets: &[&str]) -> anyhow::Result<Vec<String>> {
             .stdout(log.try_clone()?)
             .stderr(log);
         eprintln!("+ {cmd:?}");
-        let run_started = std::time::Instant::now();
-        let ok = cmd
-            .status()
-            .with_context(|| format!("cannot run {cmd:?}"))?
+        let child = cmd.spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+        Ok(Self {
+            target,
+            child,
+            started: std::time::Instant::now(),
+            log_path,
+            artifacts,
+        })
+    }
+
+    /// Waits for it and reports; whether it found nothing.
+    fn finish(mut self) -> anyhow::Result<bool> {
+        let target = self.target;
+        let ok = self
+            .child
+            .wait()
+            .with_context(|| format!("fuzz {target}: wait"))?
             .success();
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let (log_path, artifacts) = (&self.log_path, &self.artifacts);
+        let text = std::fs::read_to_string(log_path).unwrap_or_default();
         let runs = text
             .lines()
             .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
             .map_or("?", str::trim);
-        let found: Vec<PathBuf> = std::fs::read_dir(&artifacts)
+        let found: Vec<PathBuf> = std::fs::read_dir(artifacts)
             .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();
         if ok && found.is_empty() {
             eprintln!(
                 "fuzz {target}: ok, {runs} inputs in {:.0?}",
-                run_started.elapsed()
+                self.started.elapsed()
             );
-            continue;
+            return Ok(true);
         }
         // The report's first lines (the panic's message, or the sanitizer's or libFuzzer's
         // verdict) and the input, not the stack traces.
@@ -864,19 +955,13 @@ fn fuzz_targets(seconds: u64, targets: &[&str]) -> anyhow::Result<Vec<String>> {
         };
         eprintln!(
             "fuzz {target}: FAILED after {runs} inputs: {saved} (again: cargo +nightly fuzz run \
-             --codegen-units {FUZZ_CODEGEN_UNITS} --sanitizer none --target-dir {} {target} \
+             --dev --codegen-units {FUZZ_CODEGEN_UNITS} --sanitizer none --target-dir {} {target} \
              <input>; the whole log: {})",
             target_dir().join("fuzz").display(),
             log_path.display()
         );
-        failed.push(target.to_owned());
+        Ok(false)
     }
-    eprintln!(
-        "fuzz: {} target(s) in {:.0?} with the build",
-        targets.len(),
-        started.elapsed()
-    );
-    Ok(failed)
 }
 
 /// Builds and runs `detector-kernels` with `args`, passing its output through; the rows that
