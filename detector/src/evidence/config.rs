@@ -77,10 +77,13 @@ impl Default for EvidenceConfig {
             // Ten minutes covers the usual lead-up to a detection without holding much memory.
             recent_events_secs: 600,
             // A pod's lead-up to a detection, not its whole busy log: a bundle of 2,000 events
-            // reads in a minute, and the whole ring stays within 8 MiB however many pods
-            // are busy.
+            // reads in a minute. The whole ring (about 8,000 events) stays within 4 MiB however
+            // many pods are busy, the busiest giving up its oldest first, so that a quiet pod's
+            // lead-up outlasts a noisy neighbour's; its resident cost is about twice that (the
+            // allocator's share of many small strings), and at 8 MiB the daemon went past
+            // 64 MiB after minutes of mixed activity.
             recent_events_per_cgroup: 2_000,
-            recent_events_bytes: 8 << 20,
+            recent_events_bytes: 4 << 20,
             limits: LimitsConfig::default(),
             s3: None,
             delete_local_after_upload: false,
