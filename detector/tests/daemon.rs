@@ -206,11 +206,15 @@ fn a_contain_verdict_blocks_the_pod_in_the_kernel_and_captures_evidence() {
         .find(|l| l["kind"] == "verdict" && l["decision"] == "contain");
     assert!(
         verdict.is_some(),
-        "no contain verdict; alerts: {:?}",
+        "no contain verdict; alerts: {:?}; the pod's file events and every loss: {:?}",
         lines
             .iter()
             .filter(|l| l["kind"] == "alert")
             .map(|l| (l["rule"]["id"].clone(), l["score"].clone()))
+            .collect::<Vec<_>>(),
+        lines
+            .iter()
+            .filter(|l| (l["kind"] == "file" && l["pod"]["uid"] == pod_uid) || l["kind"] == "loss")
             .collect::<Vec<_>>()
     );
     let refused = refused.expect("the pod is cut off after the contain verdict");
