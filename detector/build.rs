@@ -13,23 +13,19 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     let out_dir = std::env::var_os("OUT_DIR").context("OUT_DIR")?;
-    if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
-        // The fuzz targets (built with `--cfg fuzzing`) load no program: empty objects, and
-        // none of the two nested builds that would double their build time.
-        for subdir in ["", "probe-read"] {
-            let dir = std::path::Path::new(&out_dir).join(subdir);
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            std::fs::write(dir.join("detector"), b"")
-                .with_context(|| format!("write {}", dir.display()))?;
-        }
-        return Ok(());
-    }
     for (features, subdir) in [(&[][..], None), (&["probe-read"][..], Some("probe-read"))] {
         let dir = match subdir {
             Some(subdir) => std::path::Path::new(&out_dir).join(subdir),
             None => out_dir.clone().into(),
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        if std::env::var_os("CARGO_CFG_FUZZING").is_some() {
+            // The fuzz targets (built with `--cfg fuzzing`) load no program: an empty object,
+            // and none of the two nested builds that would double their build time.
+            std::fs::write(dir.join("detector"), b"")
+                .with_context(|| format!("write {}", dir.display()))?;
+            continue;
+        }
         // aya-build writes its object (and its cargo target directory) under `OUT_DIR`.
         // SAFETY: a build script is single-threaded; nothing reads the environment meanwhile.
         unsafe { std::env::set_var("OUT_DIR", &dir) };

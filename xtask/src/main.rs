@@ -825,14 +825,13 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     ]))
 }
 
-/// Builds the fuzz targets, then runs each of `targets` for `seconds`, one per core side by
+/// Builds the fuzz targets (cargo-fuzz is `setup`'s), then runs each of `targets` for `seconds`, one per core side by
 /// side (libFuzzer runs on one thread, so each still has a core of its own): seeded from its
 /// committed corpus (`fuzz/corpus/<target>`, only read) with a fresh scratch corpus in
 /// `target/fuzz/runs/<target>/` taking what the run finds. Returns the targets that failed;
 /// each failure names the input saved (crash, timeout, out-of-memory or leak).
 fn fuzz_targets(seconds: u64, targets: &[&str]) -> anyhow::Result<Vec<String>> {
     let started = std::time::Instant::now();
-    ensure_cargo_fuzz()?;
     status(&mut cargo_fuzz("build"))?;
     eprintln!("fuzz: built in {:.0?}", started.elapsed());
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
