@@ -1300,6 +1300,24 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// Takes the room left with a file of its own, written a page at a time until the disk
+    /// refuses it.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let page = [0u8; 4096];
+        loop {
+            match file.write(&page) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(err) => panic!("filling the small disk: {err}"),
+            }
+        }
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
@@ -1329,8 +1347,10 @@ async fn a_full_disk_drops_counted_events_and_no_verdict() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(next < 200_000, "the 2 MiB disk never filled");
     }
-    // The disk is full: the verdicts made now wait. (Each is bigger than the room a full disk
-    // may have left: the tail of a segment's last page, less than one event.)
+    // The disk refused a batch, and cut the part it took off again: that room (up to a
+    // segment) is taken by a file of our own, so the disk is full to its last page. The
+    // verdicts made now (each bigger than the tail of a page) wait.
+    disk.fill();
     exporter.send(padded_verdict(1, 16 << 10));
     exporter.send(padded_verdict(2, 16 << 10));
     wait_for(
