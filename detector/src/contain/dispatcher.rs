@@ -23,12 +23,8 @@ use kube::Client;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Action as _, ContainConfig, EventTarget, Incident, NetworkBlock, SharedBlock, StepCtx,
-    StepOutcome,
-    actions::{
-        kernel_block::{self, KernelBlock},
-        playbook, read_pod,
-    },
+    ContainConfig, EventTarget, Incident, NetworkBlock, SharedBlock, StepCtx, StepOutcome,
+    actions::{kernel_block, playbook, read_pod},
     config::LabelTerm,
     journal::{self, Entry, EntryKind, IncidentRecord, Journal, JournalError},
     kube::{EventObject, KubeApi},
@@ -597,7 +593,7 @@ fn lift_unclaimed_blocks(shared: &Shared, at_start: &[IncidentRecord]) {
         .filter(|r| r.active() && !r.dry_run && r.boot_id.is_some() && r.boot_id == shared.boot_id)
         .flat_map(|r| {
             let applied = r
-                .step("kernel_block")
+                .step(kernel_block::NAME)
                 .and_then(kernel_block::applied_to)
                 .unwrap_or_default();
             r.cgroup_ids.iter().copied().chain(applied)
@@ -919,7 +915,7 @@ fn resume(
                 let same_boot = record.boot_id.is_some() && record.boot_id == shared.boot_id;
                 let mut incident = release::incident_of(&record, Vec::new());
                 let blocked = record
-                    .step("kernel_block")
+                    .step(kernel_block::NAME)
                     .is_some_and(StepOutcome::changed);
                 if !same_boot {
                     // Its cgroup ids are another boot's: nothing is blocked (or, at release,
@@ -934,7 +930,7 @@ fn resume(
                         shared.record(
                             &record.id,
                             EntryKind::Step {
-                                step: "kernel_block".into(),
+                                step: kernel_block::NAME.into(),
                                 outcome: StepOutcome::not_applicable(
                                     "opened in an earlier boot; its cgroup ids mean nothing now and \
                                      the pod is gone",
@@ -954,12 +950,7 @@ fn resume(
                 }
                 shared.guard().resumed(&record.subject, &record.id);
                 if blocked {
-                    let ctx = shared.ctx(false);
-                    let outcome =
-                        futures::FutureExt::now_or_never(KernelBlock.run(&ctx, &incident))
-                            .unwrap_or_else(|| StepOutcome::Failed {
-                                error: "blocked".into(),
-                            });
+                    let outcome = kernel_block::apply(&shared.ctx(false), &incident);
                     tracing::info!(
                         "incident {}: kernel block re-applied: {}",
                         record.id,
@@ -968,7 +959,7 @@ fn resume(
                     shared.record(
                         &record.id,
                         EntryKind::Step {
-                            step: "kernel_block".into(),
+                            step: kernel_block::NAME.into(),
                             outcome,
                         },
                     );
@@ -982,7 +973,7 @@ fn resume(
                 shared.record(
                     &record.id,
                     EntryKind::Undo {
-                        step: "kernel_block".into(),
+                        step: kernel_block::NAME.into(),
                         outcome: StepOutcome::done(
                             "lifted at the start: released while no daemon ran",
                         ),
@@ -1127,12 +1118,7 @@ fn admit_and_block(
     // The kernel block first: it needs no API round trip and cuts the pod off at once.
     let kernel = if shared.config.steps.kernel_block {
         let ctx = shared.ctx(dry_run);
-        // No await inside: a map update, done here and now.
-        let outcome = futures::FutureExt::now_or_never(KernelBlock.run(&ctx, &incident))
-            .unwrap_or_else(|| StepOutcome::Failed {
-                error: "the kernel block did not complete at once".into(),
-            });
-        Some(finish(&ctx, outcome))
+        Some(finish(&ctx, kernel_block::apply(&ctx, &incident)))
     } else {
         None
     };
@@ -1153,7 +1139,7 @@ fn admit_and_block(
         let entry = shared.record(
             &id,
             EntryKind::Step {
-                step: "kernel_block".into(),
+                step: kernel_block::NAME.into(),
                 outcome,
             },
         );
@@ -1220,12 +1206,12 @@ async fn api_steps(
             &shared,
             &incident,
             EventTarget::Pod,
-            KernelBlock.name(),
+            kernel_block::NAME,
             &outcome,
         ));
     }
     for action in playbook() {
-        if action.name() == KernelBlock.name() || !action.enabled(&shared.config) {
+        if action.name() == kernel_block::NAME || !action.enabled(&shared.config) {
             continue;
         }
         let ctx = shared.ctx(dry_run);
@@ -1328,14 +1314,12 @@ async fn roll_back(shared: &Arc<Shared>, incident: &Incident, why: &str) {
     let ctx = shared.ctx(shared.config.dry_run);
     let outcome = finish(
         &ctx,
-        KernelBlock
-            .undo(&ctx, incident, &StepOutcome::done(""))
-            .await,
+        kernel_block::lift(&ctx, incident, &StepOutcome::done("")),
     );
     shared.record(
         &incident.id,
         EntryKind::Undo {
-            step: "kernel_block".into(),
+            step: kernel_block::NAME.into(),
             outcome,
         },
     );

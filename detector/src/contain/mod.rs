@@ -287,15 +287,34 @@ impl<'a> StepCtx<'a> {
         call: String,
         run: impl AsyncFnOnce() -> Result<T, E>,
     ) -> Result<Option<T>, E> {
+        if self.recorded(call) {
+            return Ok(None);
+        }
+        run().await.map(Some)
+    }
+
+    /// [`StepCtx::change`] for a change made at once, with no I/O to wait for (a map update).
+    pub fn change_now<T, E>(
+        &self,
+        call: String,
+        run: impl FnOnce() -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        if self.recorded(call) {
+            return Ok(None);
+        }
+        run().map(Some)
+    }
+
+    /// In a dry run, records `call` and says so.
+    fn recorded(&self, call: String) -> bool {
         if self.dry_run {
             tracing::info!("dry run: {call}");
             self.calls
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .push(call);
-            return Ok(None);
         }
-        run().await.map(Some)
+        self.dry_run
     }
 
     /// Whether this is a dry run (for the outcome's wording only; `change` does the rest).

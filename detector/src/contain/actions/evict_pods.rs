@@ -5,33 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt as _, future::BoxFuture};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
     api::{EvictParams, ListParams},
 };
 
-use super::labels_of;
-use crate::contain::{
-    Action, ContainConfig, EventTarget, Incident, Rule, StepCtx, StepOutcome, kube::ApiError,
-};
+use super::{ApiStep, Scope, Step, labels_of};
+use crate::contain::{ContainConfig, Incident, Rule, StepOutcome, kube::ApiError};
 
 /// Evicts every other evictable pod of the node.
 pub struct EvictPods;
-
-const RBAC: &[Rule] = &[
-    Rule {
-        api_group: "",
-        resource: "pods",
-        verbs: &["list"],
-    },
-    Rule {
-        api_group: "",
-        resource: "pods/eviction",
-        verbs: &["create"],
-    },
-];
 
 /// Why a pod of the node is left alone, if it is.
 pub fn left_alone(pod: &Pod, incident: &Incident, config: &ContainConfig) -> Option<&'static str> {
@@ -82,104 +66,84 @@ pub fn left_alone(pod: &Pod, incident: &Incident, config: &ContainConfig) -> Opt
     None
 }
 
-impl Action for EvictPods {
-    fn name(&self) -> &'static str {
-        "evict_other_pods"
-    }
+impl ApiStep for EvictPods {
+    const NAME: &'static str = "evict_other_pods";
+    const RBAC: &'static [Rule] = &[
+        Rule {
+            api_group: "",
+            resource: "pods",
+            verbs: &["list"],
+        },
+        Rule {
+            api_group: "",
+            resource: "pods/eviction",
+            verbs: &["create"],
+        },
+    ];
+    const SCOPE: Scope = Scope::Node;
 
-    fn rbac(&self) -> &'static [Rule] {
-        RBAC
-    }
-
-    fn enabled(&self, config: &ContainConfig) -> bool {
+    fn enabled(config: &ContainConfig) -> bool {
         config.steps.evict_other_pods
     }
 
-    fn event_target(&self) -> EventTarget {
-        EventTarget::Node
-    }
-
-    fn run<'a>(
-        &'a self,
-        ctx: &'a StepCtx<'a>,
-        incident: &'a Incident,
-    ) -> BoxFuture<'a, StepOutcome> {
-        async move {
-            let Some(api) = ctx.api else {
-                return StepOutcome::not_applicable("no cluster");
+    async fn run(&self, step: &Step<'_>) -> Result<StepOutcome, ApiError> {
+        let (api, ctx, incident) = (step.api, step.ctx, step.incident);
+        let all: Api<Pod> = Api::all(api.client().clone());
+        let params = ListParams::default().fields(&format!("spec.nodeName={}", incident.node));
+        let pods = api
+            .call("list pods of the node", || all.list(&params))
+            .await?
+            .items;
+        let mut kept = Vec::new();
+        let mut targets = Vec::new();
+        for pod in &pods {
+            let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+                continue;
             };
-            if incident.node.is_empty() {
-                return StepOutcome::not_applicable("node unknown");
-            }
-            let all: Api<Pod> = Api::all(api.client().clone());
-            let params = ListParams::default().fields(&format!("spec.nodeName={}", incident.node));
-            let pods = match api
-                .call("list pods of the node", || all.list(&params))
-                .await
-            {
-                Ok(list) => list.items,
-                Err(err) => {
-                    return StepOutcome::Failed {
-                        error: err.to_string(),
-                    };
-                }
-            };
-            let mut kept = Vec::new();
-            let mut targets = Vec::new();
-            for pod in &pods {
-                let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
-                    continue;
-                };
-                match left_alone(pod, incident, ctx.config) {
-                    Some(why) => kept.push(format!("{ns}/{name} ({why})")),
-                    None => targets.push((ns.clone(), name.clone())),
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(ctx.config.evict_deadline_s);
-            let evictions = targets.iter().map(|(ns, name)| async move {
-                let pods: Api<Pod> = Api::namespaced(api.client().clone(), ns);
-                let call = format!("POST {}/{name}/eviction", pods.resource_url());
-                let params = EvictParams::default();
-                let result = ctx
-                    .change(call, async || {
-                        api.call_until("evict pod", u32::MAX, Some(deadline), || {
-                            pods.evict(name, &params)
-                        })
-                        .await
-                    })
-                    .await;
-                match result {
-                    Ok(_) | Err(ApiError::NotFound { .. }) => Ok(format!("{ns}/{name}")),
-                    Err(err) => Err(format!("{ns}/{name}: {err}")),
-                }
-            });
-            let results = futures::future::join_all(evictions).await;
-            let (evicted, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
-            let evicted: Vec<String> = evicted.into_iter().flatten().collect();
-            let failed: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
-            let detail = format!(
-                "evicted [{}]; left alone [{}]",
-                evicted.join(", "),
-                kept.join(", ")
-            );
-            if failed.is_empty() {
-                StepOutcome::done(detail)
-            } else {
-                StepOutcome::Failed {
-                    error: format!("{detail}; not evicted [{}]", failed.join(", ")),
-                }
+            match left_alone(pod, incident, ctx.config) {
+                Some(why) => kept.push(format!("{ns}/{name} ({why})")),
+                None => targets.push((ns.clone(), name.clone())),
             }
         }
-        .boxed()
+        let deadline = Instant::now() + Duration::from_secs(ctx.config.evict_deadline_s);
+        let evictions = targets.iter().map(|(ns, name)| async move {
+            let pods: Api<Pod> = Api::namespaced(api.client().clone(), ns);
+            let call = format!("POST {}/{name}/eviction", pods.resource_url());
+            let params = EvictParams::default();
+            let result = ctx
+                .change(call, async || {
+                    api.call_until("evict pod", u32::MAX, Some(deadline), || {
+                        pods.evict(name, &params)
+                    })
+                    .await
+                })
+                .await;
+            match result {
+                Ok(_) | Err(ApiError::NotFound { .. }) => Ok(format!("{ns}/{name}")),
+                Err(err) => Err(format!("{ns}/{name}: {err}")),
+            }
+        });
+        let results = futures::future::join_all(evictions).await;
+        let (evicted, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        let evicted: Vec<String> = evicted.into_iter().flatten().collect();
+        let failed: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+        let detail = format!(
+            "evicted [{}]; left alone [{}]",
+            evicted.join(", "),
+            kept.join(", ")
+        );
+        if failed.is_empty() {
+            Ok(StepOutcome::done(detail))
+        } else {
+            Ok(StepOutcome::Failed {
+                error: format!("{detail}; not evicted [{}]", failed.join(", ")),
+            })
+        }
     }
 
-    fn undo<'a>(
-        &'a self,
-        _ctx: &'a StepCtx<'a>,
-        _incident: &'a Incident,
-        _done: &'a StepOutcome,
-    ) -> BoxFuture<'a, StepOutcome> {
-        async { StepOutcome::not_applicable("evicted pods were rescheduled by their controllers") }
-            .boxed()
+    async fn undo(&self, _step: &Step<'_>, _done: &StepOutcome) -> Result<StepOutcome, ApiError> {
+        Ok(StepOutcome::not_applicable(
+            "evicted pods were rescheduled by their controllers",
+        ))
     }
 }
