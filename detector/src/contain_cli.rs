@@ -1,4 +1,6 @@
-//! `detector incidents` and `detector release`: thin wrappers over [`detector::contain`].
+//! `detector incidents`, `release`, `approve` and `confirm`: thin wrappers over
+//! [`detector::contain`]. `approve` and `confirm` only journal what a person decided; the
+//! daemon, which follows the journal, acts on it.
 //!
 //! `release` runs outside the daemon, so it cannot touch the daemon's kernel maps: it undoes
 //! the API steps itself (guarded by the same configuration, dry run included), journals the
@@ -12,7 +14,7 @@ use clap::Args;
 use detector::{
     config::Config,
     contain::{
-        journal::{self, Journal},
+        journal::{self, EntryKind, IncidentState, Journal},
         kube::KubeApi,
         release,
     },
@@ -72,6 +74,58 @@ pub fn incidents(args: &JournalArgs, json: bool) -> anyhow::Result<()> {
             println!("    undo {step}: {}", outcome.summary());
         }
     }
+    Ok(())
+}
+
+/// Approves a proposed incident: the daemon runs its playbook within a second.
+pub fn approve(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
+    decide(
+        args,
+        id,
+        |state| state == IncidentState::Proposed,
+        "approve",
+        || EntryKind::Approved { by: "cli".into() },
+    )
+}
+
+/// Confirms an incident: it stays until released, whatever its mode's expiry.
+pub fn confirm(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
+    decide(
+        args,
+        id,
+        |state| {
+            matches!(
+                state,
+                IncidentState::Proposed | IncidentState::Open | IncidentState::Contained
+            )
+        },
+        "confirm",
+        || EntryKind::Confirmed { by: "cli".into() },
+    )
+}
+
+/// Journals a person's decision about incident `id`, if its state allows it.
+fn decide(
+    args: &JournalArgs,
+    id: &str,
+    allowed: impl Fn(IncidentState) -> bool,
+    what: &str,
+    kind: impl Fn() -> EntryKind,
+) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let journal = Journal::open(&config.contain.journal_dir)?;
+    let records = journal::replay(&journal.entries()?);
+    let record = records
+        .get(id)
+        .with_context(|| format!("no incident {id} in {}", journal.path().display()))?;
+    if !allowed(record.state) {
+        anyhow::bail!(
+            "incident {id} is {:?}: there is nothing to {what}",
+            record.state
+        );
+    }
+    journal.append(id, kind())?;
+    println!("{id}: {what}d; the running daemon acts on it within a second");
     Ok(())
 }
 

@@ -74,6 +74,20 @@ enum Command {
         #[command(flatten)]
         journal: contain_cli::JournalArgs,
     },
+    /// Approve a proposed incident: the running daemon runs its playbook.
+    Approve {
+        /// The incident id.
+        incident: String,
+        #[command(flatten)]
+        journal: contain_cli::JournalArgs,
+    },
+    /// Confirm an incident: it is not released at its mode's expiry.
+    Confirm {
+        /// The incident id.
+        incident: String,
+        #[command(flatten)]
+        journal: contain_cli::JournalArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +200,8 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Incidents { journal, json } => contain_cli::incidents(&journal, json),
         Command::Release { incident, journal } => contain_cli::release(&journal, &incident),
+        Command::Approve { incident, journal } => contain_cli::approve(&journal, &incident),
+        Command::Confirm { incident, journal } => contain_cli::confirm(&journal, &incident),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -210,7 +210,7 @@ const LOSS_KINDS: [&str; 6] = ["exec", "exit", "file", "connect", "syscall", "eg
 pub const QUEUES: [&str; 3] = ["batches", "held_events", "containment"];
 
 /// Why containment refused a verdict, as the `reason` label says it.
-pub const REFUSAL_REASONS: [&str; 7] = [
+pub const REFUSAL_REASONS: [&str; 8] = [
     "disabled",
     "warm_up",
     "own_pod",
@@ -218,6 +218,7 @@ pub const REFUSAL_REASONS: [&str; 7] = [
     "protected_label",
     "budget_exhausted",
     "disarmed",
+    "cluster_budget",
 ];
 
 /// Every figure the daemon exports. Clones share the same figures.

@@ -349,6 +349,21 @@ pub fn action_finding(entry: &Entry, subject: Option<&Subject>) -> Finding {
             Severity::Medium,
             "released".to_owned(),
         ),
+        EntryKind::Approved { by } => (
+            "incident_approved".to_owned(),
+            Severity::High,
+            format!("proposal approved by {by}: the playbook runs"),
+        ),
+        EntryKind::Confirmed { by } => (
+            "incident_confirmed".to_owned(),
+            Severity::High,
+            format!("confirmed by {by}"),
+        ),
+        EntryKind::Expired { after_s } => (
+            "incident_expired".to_owned(),
+            Severity::Medium,
+            format!("nobody approved or confirmed it within {after_s}s: released"),
+        ),
     };
     let time = OffsetDateTime::parse(&entry.ts, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| OffsetDateTime::now_utc());

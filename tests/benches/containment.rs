@@ -112,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         ..ContainConfig::default()
     };
     config.budget.max = u32::try_from(args.incidents)? + 1;
+    config.cluster_budget.max = config.budget.max;
     let handle = {
         let _guard = rt.enter();
         Containment::start_with(

@@ -13,6 +13,7 @@ use detector::{
     clock::Clock,
     contain::{
         ContainConfig, Containment, ContainmentHandle, NetworkBlock as _, StepOutcome,
+        config::Mode,
         dispatcher::OwnPod,
         journal::{self, Entry, EntryKind, IncidentRecord, IncidentState, Journal},
         release,
@@ -209,6 +210,11 @@ fn only(records: &std::collections::BTreeMap<String, IncidentRecord>) -> &Incide
 fn playbook_isolates_the_one_pod_and_release_restores_it() {
     let env = Env::new();
     env.shop();
+    // The operator keeps the autoscaler off node-1 already: release leaves that as it was.
+    let mut node1 = env.node("node-1");
+    node1["metadata"]["annotations"] =
+        json!({"cluster-autoscaler.kubernetes.io/scale-down-disabled": "true"});
+    env.server.put("api/v1", "nodes", node1);
     // The budget allows no disruption for a while: the eviction is retried on 429.
     env.server.put(
         "apis/policy/v1",
@@ -232,15 +238,16 @@ fn playbook_isolates_the_one_pod_and_release_restores_it() {
     handle.flush();
 
     assert_eq!(env.block.blocked(), BTreeSet::from([4242]));
-    // Each step ran once: the node is patched by the label step and the cordon, no more (an
-    // incident opened right at start must not also be picked up as one to resume).
+    // Each step ran once: the node is patched by the label step, the protection and the
+    // cordon, no more (an incident opened right at start must not also be picked up as one to
+    // resume).
     let node_patches = env
         .server
         .requests()
         .iter()
         .filter(|r| r.method == "PATCH" && r.path == "/api/v1/nodes/node-1")
         .count();
-    assert_eq!(node_patches, 2);
+    assert_eq!(node_patches, 3);
     let web1 = env.pod("shop", "web-1").expect("the suspect pod stays");
     assert_eq!(labels(&web1), json!({"team": "shop", "quarantine": "true"}));
     let annotations = &web1["metadata"]["annotations"];
@@ -251,6 +258,18 @@ fn playbook_isolates_the_one_pod_and_release_restores_it() {
         record.id.as_str()
     );
     assert_eq!(annotations["detector.security/score"], "42.0");
+    // Neither autoscaler may take the pod or its node while the incident holds them.
+    assert_eq!(annotations["karpenter.sh/do-not-disrupt"], "true");
+    assert_eq!(
+        annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+        "false"
+    );
+    let node_annotations = &env.node("node-1")["metadata"]["annotations"];
+    assert_eq!(node_annotations["karpenter.sh/do-not-disrupt"], "true");
+    assert_eq!(
+        node_annotations["cluster-autoscaler.kubernetes.io/scale-down-disabled"],
+        "true"
+    );
     // The other replica is untouched: only the suspect pod is isolated.
     assert_eq!(
         labels(&env.pod("shop", "web-2").unwrap()),
@@ -318,12 +337,20 @@ fn playbook_isolates_the_one_pod_and_release_restores_it() {
         labels(&web1),
         json!({"team": "shop", "app": "web", "pod-template-hash": "abc"})
     );
-    assert!(
-        web1["metadata"]["annotations"]
-            .get("detector.security/incident")
-            .is_none()
-    );
+    let annotations = &web1["metadata"]["annotations"];
+    for gone in [
+        "detector.security/incident",
+        "karpenter.sh/do-not-disrupt",
+        "cluster-autoscaler.kubernetes.io/safe-to-evict",
+    ] {
+        assert!(annotations.get(gone).is_none(), "{gone}: {annotations}");
+    }
     let node = env.node("node-1");
+    // Karpenter's mark goes; the operator's own scale-down opt-out stays.
+    assert_eq!(
+        node["metadata"]["annotations"],
+        json!({"cluster-autoscaler.kubernetes.io/scale-down-disabled": "true"})
+    );
     assert_eq!(node["spec"]["unschedulable"], false);
     assert!(
         node["metadata"]["labels"]
@@ -712,6 +739,7 @@ fn journal_blocked(
                 dry_run: false,
                 // The same boot: its cgroup ids still name the same cgroups.
                 boot_id: detector::clock::boot_id(),
+                mode: Mode::Enforce,
             },
         )
         .unwrap();
@@ -792,6 +820,7 @@ fn earlier_boot_journal(env: &Env, subject: &Subject) {
             event_ktime_ns: 1,
             dry_run: false,
             boot_id: Some("00000000-0000-4000-8000-000000000000".into()),
+            mode: Mode::Enforce,
         },
         EntryKind::Step {
             step: "kernel_block".into(),
@@ -957,6 +986,7 @@ fn a_hundred_incidents_on_a_hundred_pods_are_each_contained_once() {
     }
     let mut config = env.config();
     config.budget.max = 1000;
+    config.cluster_budget.max = 1000;
     let handle = env.start(config, true);
     for i in 0..n {
         let v = contain_verdict("shop", &format!("p{i}"));
@@ -974,4 +1004,645 @@ fn a_hundred_incidents_on_a_hundred_pods_are_each_contained_once() {
         assert!(r.completed_ns.unwrap() >= r.kernel_block_ns.unwrap());
     }
     assert_eq!(env.block.blocked(), (1000..1000 + n).collect());
+}
+
+/// A daemon of its own (journal, node, kernel block) on the environment's API server.
+struct Daemon {
+    dir: tempfile::TempDir,
+    block: RecordingBlock,
+    node: String,
+}
+
+impl Daemon {
+    fn new(node: &str) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            block: RecordingBlock::default(),
+            node: node.into(),
+        }
+    }
+
+    fn start(&self, env: &Env, max: u32) -> ContainmentHandle {
+        let mut config = env.config();
+        config.journal_dir = self.dir.path().to_owned();
+        config.node_name = Some(self.node.clone());
+        config.steps.evict_other_pods = false;
+        config.cluster_budget.max = max;
+        let _guard = env.rt.enter();
+        Containment::start_with(
+            config,
+            Box::new(self.block.clone()),
+            Some(env.client.clone()),
+            self.dir.path(),
+            OwnPod {
+                namespace: Some("detector".into()),
+                name: Some(format!("detector-{}", self.node)),
+                uid: Some(format!("detector-{}-uid", self.node)),
+            },
+        )
+        .unwrap()
+    }
+
+    fn records(&self) -> std::collections::BTreeMap<String, IncidentRecord> {
+        let (entries, _) =
+            journal::read_from(&self.dir.path().join(journal::JOURNAL_FILE), 0).unwrap();
+        journal::replay(&entries)
+    }
+}
+
+/// The containments the cluster budget's Lease lists.
+fn lease_list(env: &Env) -> Vec<Value> {
+    let lease = env
+        .server
+        .object(
+            "apis/coordination.k8s.io/v1",
+            "leases",
+            "detector",
+            "detector-containment-budget",
+        )
+        .expect("the Lease exists");
+    let text = lease["metadata"]["annotations"]["detector.security/containments"]
+        .as_str()
+        .expect("the Lease lists its containments")
+        .to_owned();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn refused_events(env: &Env) -> BTreeSet<String> {
+    env.server.with_store(|s| {
+        s.list("api/v1", "events", None)
+            .iter()
+            .filter(|e| e["reason"] == "ContainmentRefused")
+            .map(|e| {
+                e["involvedObject"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn three_daemons_sharing_a_budget_of_two_contain_two_pods_of_five() {
+    let env = Env::new();
+    let daemons: Vec<Daemon> = (1..=3).map(|n| Daemon::new(&format!("node-{n}"))).collect();
+    for daemon in &daemons {
+        env.put_node(&daemon.node);
+    }
+    // Five attacked pods, spread over the three nodes.
+    let pods: Vec<(String, usize)> = (0..5).map(|i| (format!("p{i}"), i % 3)).collect();
+    for (pod, node) in &pods {
+        env.put_pod("shop", pod, &daemons[*node].node, json!({"app": pod}), None);
+    }
+    let handles: Vec<ContainmentHandle> = daemons.iter().map(|d| d.start(&env, 2)).collect();
+    // Every verdict at the same moment: the daemons race for the Lease.
+    let start = std::sync::Barrier::new(pods.len());
+    std::thread::scope(|scope| {
+        for (i, (pod, node)) in pods.iter().enumerate() {
+            let (handle, start) = (&handles[*node], &start);
+            scope.spawn(move || {
+                let v = contain_verdict("shop", pod);
+                start.wait();
+                handle.on_verdict(&v, v.ktime_ns, vec![100 + i as u64]);
+            });
+        }
+    });
+    for handle in &handles {
+        handle.flush();
+    }
+    let records: Vec<IncidentRecord> = daemons
+        .iter()
+        .flat_map(|d| d.records().into_values())
+        .collect();
+    let contained: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.state == IncidentState::Contained)
+        .filter_map(|r| r.subject.pod.clone())
+        .collect();
+    let refused: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.state == IncidentState::Refused)
+        .filter_map(|r| r.subject.pod.clone())
+        .collect();
+    assert_eq!(contained.len(), 2, "{records:#?}");
+    assert_eq!(refused.len(), 3, "{records:#?}");
+    assert!(contained.is_disjoint(&refused));
+    for record in records.iter().filter(|r| r.state == IncidentState::Refused) {
+        assert!(
+            record
+                .reason
+                .contains("cluster budget of 2 containments per 600s"),
+            "{record:#?}"
+        );
+    }
+    // The Lease lists exactly the two, with their nodes.
+    let listed: BTreeSet<String> = lease_list(&env)
+        .iter()
+        .map(|s| s["pod"].as_str().unwrap().to_owned())
+        .collect();
+    let keys: BTreeSet<String> = contained.iter().map(|p| format!("shop/{p}")).collect();
+    assert_eq!(listed, keys);
+    // Only the two are changed in the API and cut off in the kernel; the refused ones' blocks
+    // were lifted.
+    for (i, (pod, node)) in pods.iter().enumerate() {
+        let quarantined = labels(&env.pod("shop", pod).unwrap())["quarantine"] == "true";
+        let blocked = daemons[*node].block.blocked().contains(&(100 + i as u64));
+        assert_eq!(quarantined, contained.contains(pod), "{pod}");
+        assert_eq!(blocked, contained.contains(pod), "{pod}");
+    }
+    assert_eq!(
+        refused_events(&env),
+        refused,
+        "an Event on each refused pod"
+    );
+    // A restarted daemon reads the same budget: a sixth pod on its node is refused.
+    let mut handles = handles;
+    drop(handles.remove(0));
+    let restarted = daemons[0].start(&env, 2);
+    env.put_pod("shop", "p5", "node-1", json!({"app": "p5"}), None);
+    let v = contain_verdict("shop", "p5");
+    restarted.on_verdict(&v, v.ktime_ns, vec![105]);
+    restarted.flush();
+    let p5 = daemons[0]
+        .records()
+        .into_values()
+        .find(|r| r.subject.pod.as_deref() == Some("p5"))
+        .unwrap();
+    assert_eq!(p5.state, IncidentState::Refused, "{p5:#?}");
+    assert!(!daemons[0].block.blocked().contains(&105));
+    assert_eq!(
+        labels(&env.pod("shop", "p5").unwrap()),
+        json!({"app": "p5"})
+    );
+    assert_eq!(lease_list(&env).len(), 2);
+}
+
+#[test]
+fn with_the_lease_unreachable_the_node_budget_decides_and_the_journal_says_so() {
+    let env = Env::new();
+    env.put_node("node-1");
+    env.put_pod("shop", "web-1", "node-1", json!({"app": "web"}), None);
+    env.server.fail_next(
+        None,
+        "/apis/coordination.k8s.io/v1/namespaces/detector/leases",
+        1000,
+        503,
+    );
+    let daemon = Daemon::new("node-1");
+    let handle = daemon.start(&env, 2);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![7]);
+    handle.flush();
+    let records = daemon.records();
+    let record = only(&records);
+    assert_eq!(record.state, IncidentState::Contained, "{record:#?}");
+    assert!(
+        matches!(record.step("cluster_budget"), Some(StepOutcome::NotApplicable { why })
+            if why.contains("503") && why.contains("this node's own budget decided")),
+        "{record:#?}"
+    );
+    assert_eq!(
+        labels(&env.pod("shop", "web-1").unwrap())["quarantine"],
+        "true"
+    );
+    assert!(daemon.block.blocked().contains(&7));
+}
+
+/// Waits until incident `id` of the journal is in `state`.
+fn wait_state(env: &Env, id: &str, state: IncidentState) -> IncidentRecord {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let record = env.records()[id].clone();
+        if record.state == state {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "never {state:?}: {record:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The requests that changed something, other than Events.
+fn writes(env: &Env) -> Vec<String> {
+    env.server
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && !r.path.ends_with("/events"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+#[test]
+fn propose_changes_nothing_in_the_api_until_approved_then_runs_the_playbook() {
+    let env = Env::new();
+    env.shop();
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    config.modes.default = Mode::Propose;
+    let handle = env.start(config, true);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
+    handle.flush();
+    let id = only(&env.records()).id.clone();
+    let record = env.records()[&id].clone();
+    assert_eq!(record.state, IncidentState::Proposed, "{record:#?}");
+    // The kernel block holds the pod meanwhile; the API has only the proposal on the pod.
+    assert_eq!(env.block.blocked(), BTreeSet::from([4242]));
+    assert_eq!(writes(&env), ["PATCH /api/v1/namespaces/shop/pods/web-1"]);
+    let web1 = env.pod("shop", "web-1").unwrap();
+    assert_eq!(
+        labels(&web1),
+        json!({"app": "web", "pod-template-hash": "abc", "team": "shop"})
+    );
+    assert_eq!(
+        web1["metadata"]["annotations"],
+        json!({"detector.security/proposed": id})
+    );
+    assert_eq!(env.node("node-1")["spec"].get("unschedulable"), None);
+    let asked = env.server.with_store(|s| {
+        s.list("api/v1", "events", Some("shop"))
+            .iter()
+            .filter(|e| e["reason"] == "ContainmentProposed")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0].contains(&format!("detector approve {id}")),
+        "{asked:?}"
+    );
+    // Nothing is taken from the cluster budget by a proposal.
+    assert!(
+        env.server
+            .object(
+                "apis/coordination.k8s.io/v1",
+                "leases",
+                "detector",
+                "detector-containment-budget"
+            )
+            .is_none()
+    );
+
+    // A person approves it on the pod: the playbook runs.
+    let mut web1 = env.pod("shop", "web-1").unwrap();
+    web1["metadata"]["annotations"]["detector.security/approve"] = json!(id);
+    env.server.put("api/v1", "pods", web1);
+    let record = wait_state(&env, &id, IncidentState::Contained);
+    assert!(record.confirmed);
+    assert_eq!(
+        labels(&env.pod("shop", "web-1").unwrap()),
+        json!({"team": "shop", "quarantine": "true"})
+    );
+    assert_eq!(env.node("node-1")["spec"]["unschedulable"], true);
+    assert_eq!(lease_list(&env).len(), 1);
+
+    // Another, approved with `detector approve` (its journal entry, another process's).
+    let v = contain_verdict("shop", "db-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![4343]);
+    handle.flush();
+    let db = env
+        .records()
+        .into_values()
+        .find(|r| r.subject.pod.as_deref() == Some("db-1"))
+        .unwrap();
+    assert_eq!(db.state, IncidentState::Proposed);
+    let mut approved = Entry::new(&db.id, EntryKind::Approved { by: "cli".into() });
+    approved.pid = 0;
+    Journal::open(env.dir.path())
+        .unwrap()
+        .append_entries(&[approved])
+        .unwrap();
+    wait_state(&env, &db.id, IncidentState::Contained);
+    handle.flush();
+    assert_eq!(
+        labels(&env.pod("shop", "db-1").unwrap())["quarantine"],
+        "true"
+    );
+    drop(handle);
+}
+
+#[test]
+fn an_unapproved_proposal_expires_and_is_released() {
+    let env = Env::new();
+    env.shop();
+    let mut config = env.config();
+    config.modes.default = Mode::Propose;
+    config.modes.propose_expiry_s = 1;
+    let handle = env.start(config, true);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
+    handle.flush();
+    let id = only(&env.records()).id.clone();
+    assert_eq!(env.block.blocked(), BTreeSet::from([4242]));
+    let record = wait_state(&env, &id, IncidentState::Released);
+    assert!(record.expired, "{record:#?}");
+    assert!(env.block.blocked().is_empty());
+    let web1 = env.pod("shop", "web-1").unwrap();
+    assert!(
+        web1["metadata"]["annotations"]
+            .get("detector.security/proposed")
+            .is_none(),
+        "{web1}"
+    );
+    let (entries, _) = journal::read_from(&env.dir.path().join(journal::JOURNAL_FILE), 0).unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| matches!(e.kind, EntryKind::Expired { after_s: 1 }))
+    );
+    drop(handle);
+}
+
+#[test]
+fn the_incident_lists_what_the_pods_service_account_may_do() {
+    let env = Env::new();
+    env.put_node("node-1");
+    env.server.put(
+        "api/v1",
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "web-1-uid", "labels": {"app": "web"}},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "web", "containers": [{"name": "c", "image": "nginx"}]}}),
+    );
+    let rbac = "apis/rbac.authorization.k8s.io/v1";
+    env.server.put(
+        rbac,
+        "roles",
+        json!({"kind": "Role", "metadata": {"name": "secret-reader", "namespace": "shop"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]}),
+    );
+    env.server.put(
+        rbac,
+        "rolebindings",
+        json!({"kind": "RoleBinding", "metadata": {"name": "web-secrets", "namespace": "shop"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "secret-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "web"}]}),
+    );
+    // Another account's binding, and one for every ServiceAccount of the cluster.
+    env.server.put(
+        rbac,
+        "rolebindings",
+        json!({"kind": "RoleBinding", "metadata": {"name": "db-secrets", "namespace": "shop"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "secret-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "db", "namespace": "shop"}]}),
+    );
+    env.server.put(
+        rbac,
+        "clusterroles",
+        json!({"kind": "ClusterRole", "metadata": {"name": "node-lister"},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]}),
+    );
+    env.server.put(
+        rbac,
+        "clusterrolebindings",
+        json!({"kind": "ClusterRoleBinding", "metadata": {"name": "all-accounts-list-nodes"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-lister"},
+            "subjects": [{"kind": "Group", "name": "system:serviceaccounts", "apiGroup": "rbac.authorization.k8s.io"}]}),
+    );
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    let handle = env.start(config, true);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![1]);
+    handle.flush();
+    drop(handle);
+    let records = env.records();
+    let Some(StepOutcome::Done { detail, .. }) = only(&records).step("list_access") else {
+        panic!("{records:#?}");
+    };
+    assert!(
+        detail.starts_with("ServiceAccount shop/web (its token is mounted): "),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(
+            "RoleBinding shop/web-secrets -> Role secret-reader: get,list secrets (core)"
+        ),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(
+            "ClusterRoleBinding all-accounts-list-nodes -> ClusterRole node-lister: list nodes (core)"
+        ),
+        "{detail}"
+    );
+    assert!(!detail.contains("db-secrets"), "{detail}");
+}
+
+#[test]
+fn each_claim_the_pod_mounts_is_snapshotted_and_the_snapshots_outlive_the_release() {
+    let env = Env::new();
+    env.put_node("node-1");
+    env.server.put(
+        "api/v1",
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db-1", "namespace": "shop", "uid": "db-1-uid", "labels": {"app": "db"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "postgres"}],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data-db-1"}},
+                    {"name": "wal", "persistentVolumeClaim": {"claimName": "wal-db-1"}},
+                    {"name": "tmp", "emptyDir": {}}]}}),
+    );
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    config.steps.snapshot_volumes = true;
+    config.snapshot_class = Some("csi-snapclass".into());
+    let handle = env.start(config, true);
+    let v = contain_verdict("shop", "db-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![1]);
+    handle.flush();
+    let id = only(&env.records()).id.clone();
+    for claim in ["data-db-1", "wal-db-1"] {
+        let name = format!("{claim}-{id}");
+        let snapshot = env
+            .server
+            .object(
+                "apis/snapshot.storage.k8s.io/v1",
+                "volumesnapshots",
+                "shop",
+                &name,
+            )
+            .unwrap_or_else(|| panic!("no snapshot {name}"));
+        assert_eq!(
+            snapshot["spec"],
+            json!({"source": {"persistentVolumeClaimName": claim}, "volumeSnapshotClassName": "csi-snapclass"})
+        );
+        assert_eq!(snapshot["kind"], "VolumeSnapshot");
+        assert_eq!(
+            snapshot["metadata"]["annotations"]["detector.security/incident"],
+            id.as_str()
+        );
+    }
+    handle.release(&id).unwrap();
+    let kept = env.server.with_store(|s| {
+        s.list(
+            "apis/snapshot.storage.k8s.io/v1",
+            "volumesnapshots",
+            Some("shop"),
+        )
+        .len()
+    });
+    assert_eq!(kept, 2, "snapshots are evidence: kept on release");
+
+    // Without the snapshot API (no CSI snapshot controller), the step says so.
+    env.server.put(
+        "api/v1",
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db-2", "namespace": "shop", "uid": "db-2-uid"},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "postgres"}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-2"}}]}}),
+    );
+    env.server
+        .fail_next(Some("POST"), "/apis/snapshot.storage.k8s.io/v1", 1, 404);
+    let v = contain_verdict("shop", "db-2");
+    handle.on_verdict(&v, v.ktime_ns, vec![2]);
+    handle.flush();
+    drop(handle);
+    let record = env
+        .records()
+        .into_values()
+        .find(|r| r.subject.pod.as_deref() == Some("db-2"))
+        .unwrap();
+    assert!(
+        matches!(record.step("snapshot_volumes"), Some(StepOutcome::Failed { error })
+            if error.contains("CSI snapshot controller")),
+        "{record:#?}"
+    );
+}
+
+/// The fields and enums of `openreports.io/v1alpha1` Report and ReportResult, as the
+/// OpenReports API's Go types declare them (JSON names).
+fn check_openreports(report: &Value) {
+    let keys = |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let report_fields: BTreeSet<String> = [
+        "apiVersion",
+        "kind",
+        "metadata",
+        "source",
+        "scope",
+        "scopeSelector",
+        "configuration",
+        "summary",
+        "results",
+    ]
+    .map(String::from)
+    .into();
+    assert!(keys(report).is_subset(&report_fields), "{report}");
+    assert_eq!(report["apiVersion"], "openreports.io/v1alpha1");
+    assert_eq!(report["kind"], "Report");
+    let summary_fields: BTreeSet<String> = ["pass", "fail", "warn", "error", "skip"]
+        .map(String::from)
+        .into();
+    assert!(keys(&report["summary"]).is_subset(&summary_fields));
+    let result_fields: BTreeSet<String> = [
+        "source",
+        "policy",
+        "rule",
+        "category",
+        "severity",
+        "timestamp",
+        "result",
+        "scored",
+        "resources",
+        "resourceSelector",
+        "message",
+        "properties",
+    ]
+    .map(String::from)
+    .into();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(report["summary"]["fail"], results.len());
+    for result in results {
+        assert!(keys(result).is_subset(&result_fields), "{result}");
+        assert!(result["policy"].is_string(), "policy is required: {result}");
+        assert!(
+            ["pass", "fail", "warn", "error", "skip"].contains(&result["result"].as_str().unwrap())
+        );
+        assert!(
+            ["critical", "high", "medium", "low", "info"]
+                .contains(&result["severity"].as_str().unwrap())
+        );
+        // metav1.Timestamp: seconds and nanos.
+        assert_eq!(
+            keys(&result["timestamp"]),
+            ["nanos", "seconds"].map(String::from).into()
+        );
+        // properties: map[string]string.
+        for value in result["properties"].as_object().unwrap().values() {
+            assert!(value.is_string(), "{result}");
+        }
+        for resource in result["resources"].as_array().unwrap() {
+            assert_eq!(resource["kind"], "Pod");
+        }
+    }
+}
+
+#[test]
+fn the_incident_is_an_openreports_report_on_the_pod_deleted_on_release() {
+    let env = Env::new();
+    env.shop();
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    let handle = env.start(config, true);
+    let mut v = contain_verdict("shop", "web-1");
+    v.rules = ["reverse-shell", "credential-read"]
+        .into_iter()
+        .map(|id| detector::score::Contribution {
+            rule: detector::rules::RuleMeta {
+                id: id.into(),
+                description: format!("{id} seen"),
+                tactic: "execution".into(),
+                technique: "T1059".into(),
+                severity: detector::rules::Severity::High,
+                weight: 20.0,
+                contain_immediately: false,
+            },
+            matches: 1,
+            events: Vec::new(),
+        })
+        .collect();
+    handle.on_verdict(&v, v.ktime_ns, vec![1]);
+    handle.flush();
+    let id = only(&env.records()).id.clone();
+    let name = format!("detector-{id}");
+    let report = env
+        .server
+        .object("apis/openreports.io/v1alpha1", "reports", "shop", &name)
+        .expect("the Report is created");
+    check_openreports(&report);
+    assert_eq!(report["scope"]["name"], "web-1");
+    let policies: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, ["reverse-shell", "credential-read"]);
+    assert_eq!(report["results"][0]["properties"]["incident"], id.as_str());
+    handle.release(&id).unwrap();
+    assert!(
+        env.server
+            .object("apis/openreports.io/v1alpha1", "reports", "shop", &name)
+            .is_none(),
+        "a Report tells the current state: gone on release"
+    );
+    // Without the CRD, the step is not applicable and nothing else changes.
+    env.server
+        .fail_next(Some("POST"), "/apis/openreports.io/v1alpha1", 1, 404);
+    let v = contain_verdict("shop", "db-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![2]);
+    handle.flush();
+    drop(handle);
+    let record = env
+        .records()
+        .into_values()
+        .find(|r| r.subject.pod.as_deref() == Some("db-1"))
+        .unwrap();
+    assert!(
+        matches!(record.step("report"), Some(StepOutcome::NotApplicable { why }) if why.contains("CRD")),
+        "{record:#?}"
+    );
+    assert_eq!(record.state, IncidentState::Contained);
 }

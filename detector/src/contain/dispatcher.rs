@@ -24,8 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     ContainConfig, EventTarget, Incident, NetworkBlock, SharedBlock, StepCtx, StepOutcome,
-    actions::{kernel_block, playbook, read_pod},
-    config::LabelTerm,
+    actions::{kernel_block, playbook, propose, read_pod},
+    budget,
+    config::{LabelTerm, Mode},
     journal::{self, Entry, EntryKind, IncidentRecord, Journal, JournalError},
     kube::{EventObject, KubeApi},
     release::{self, ReleaseError},
@@ -34,6 +35,13 @@ use crate::{
     metrics::Metrics,
     score::{Decision, Subject, Verdict},
 };
+
+/// How often proposals are checked for a person's approval on the pod, and unconfirmed
+/// incidents for their expiry.
+const REVIEW_EVERY: Duration = Duration::from_secs(2);
+
+/// The cluster budget's step name in the journal.
+const CLUSTER_BUDGET: &str = "cluster_budget";
 
 /// Verdicts waiting for the dispatcher at most; beyond it they are dropped and counted.
 const QUEUE: usize = 1024;
@@ -60,6 +68,14 @@ pub enum Refusal {
     },
     /// Disarmed by an exhausted budget earlier.
     Disarmed,
+    /// The cluster-wide budget is spent, as the Lease said for an earlier verdict: refused on
+    /// the spot until a unit frees.
+    ClusterBudget {
+        /// The budget.
+        max: u32,
+        /// Its window, in seconds.
+        window_s: u64,
+    },
 }
 
 impl Refusal {
@@ -73,6 +89,7 @@ impl Refusal {
             Self::ProtectedLabel(_) => "protected_label",
             Self::BudgetExhausted { .. } => "budget_exhausted",
             Self::Disarmed => "disarmed",
+            Self::ClusterBudget { .. } => "cluster_budget",
         }
     }
 }
@@ -90,6 +107,10 @@ impl fmt::Display for Refusal {
                 "budget of {max} containments per {window_s}s exhausted: disarmed until restart"
             ),
             Self::Disarmed => write!(f, "disarmed (budget exhausted)"),
+            Self::ClusterBudget { max, window_s } => write!(
+                f,
+                "the cluster budget of {max} containments per {window_s}s is spent"
+            ),
         }
     }
 }
@@ -166,9 +187,13 @@ pub struct Guard {
     warmup_until_ms: u64,
     max: u32,
     window_ms: u64,
-    recent: VecDeque<u64>,
+    /// When each containment of the window was admitted, and its incident.
+    recent: VecDeque<(u64, String)>,
     armed: bool,
     active: HashMap<String, String>,
+    cluster: (u32, u64),
+    /// Until when the cluster budget is known to be spent.
+    cluster_spent_until_ms: u64,
 }
 
 impl Guard {
@@ -192,6 +217,8 @@ impl Guard {
             recent: VecDeque::new(),
             armed: true,
             active: HashMap::new(),
+            cluster: (config.cluster_budget.max, config.cluster_budget.window_s),
+            cluster_spent_until_ms: 0,
         }
     }
 
@@ -263,10 +290,16 @@ impl Guard {
         if !self.armed {
             return Admission::Refuse(Refusal::Disarmed);
         }
+        if now_ms < self.cluster_spent_until_ms {
+            return Admission::Refuse(Refusal::ClusterBudget {
+                max: self.cluster.0,
+                window_s: self.cluster.1,
+            });
+        }
         while self
             .recent
             .front()
-            .is_some_and(|&t| now_ms.saturating_sub(t) >= self.window_ms)
+            .is_some_and(|(t, _)| now_ms.saturating_sub(*t) >= self.window_ms)
         {
             self.recent.pop_front();
         }
@@ -277,9 +310,31 @@ impl Guard {
                 window_s: self.window_ms / 1000,
             });
         }
-        self.recent.push_back(now_ms);
+        self.recent.push_back((now_ms, incident.to_owned()));
         self.active.insert(key, incident.to_owned());
         Admission::Contain
+    }
+
+    /// How long verdicts are still refused on the spot for the spent cluster budget.
+    pub fn cluster_spent_for(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(self.cluster_spent_until_ms.saturating_sub(now_ms))
+    }
+
+    /// The cluster budget refused incident `incident` of `subject`: the pod may be contained
+    /// again later, the incident's unit of this node's budget is given back, and verdicts are
+    /// refused on the spot for `free_in` (until the Lease has a unit free).
+    pub fn refused_by_cluster(
+        &mut self,
+        subject: &Subject,
+        incident: &str,
+        now_ms: u64,
+        free_in: Duration,
+    ) {
+        self.active.remove(&Self::key(subject));
+        self.recent.retain(|(_, id)| id != incident);
+        self.cluster_spent_until_ms = self
+            .cluster_spent_until_ms
+            .max(now_ms + free_in.as_millis() as u64);
     }
 
     /// Marks a pod active (incidents resumed at start).
@@ -304,17 +359,26 @@ pub enum ContainError {
     Start(#[source] std::io::Error),
 }
 
+/// An Event the dispatcher raises outside a playbook step.
+struct Alert {
+    /// `Pod` or `Node`.
+    kind: &'static str,
+    name: String,
+    namespace: Option<String>,
+    reason: &'static str,
+    message: String,
+    /// Makes the Event's name unique.
+    unique: String,
+}
+
 enum Command {
     /// Admitted and kernel-blocked on the caller's thread: run the other steps.
     Steps {
         incident: Box<Incident>,
         kernel: Option<StepOutcome>,
     },
-    /// The budget disarmed the dispatcher: alert on the node.
-    Disarmed {
-        id: String,
-        message: String,
-    },
+    /// A Kubernetes Event about a refusal (a disarmed node, a spent cluster budget).
+    Event(Box<Alert>),
     Release {
         id: String,
         reply: oneshot::Sender<Result<(), ReleaseError>>,
@@ -367,6 +431,10 @@ struct Shared {
     running: Mutex<HashMap<String, &'static str>>,
     /// This boot's id, recorded with each incident: its cgroup ids mean nothing in another.
     boot_id: Option<String>,
+    /// The namespace of the cluster budget's Lease.
+    budget_namespace: String,
+    /// Held while taking from the cluster budget: this node's incidents take one at a time.
+    budget_lock: tokio::sync::Mutex<()>,
 }
 
 enum WriterMsg {
@@ -498,8 +566,17 @@ impl Containment {
         own: OwnPod,
     ) -> Result<ContainmentHandle, ContainError> {
         let journal = Journal::open(journal_dir)?;
+        let budget_namespace = config
+            .cluster_budget
+            .namespace
+            .clone()
+            .or_else(|| own.namespace.clone())
+            .unwrap_or_else(|| "default".into());
         let (entries, offset) = journal.read_from(0)?;
         let entries_at_start = entries.len();
+        // Ids go on from the journal's count: a restart within the same second, with the same
+        // pid (a container's pid 1), names its first incident anew.
+        let known = journal::replay(entries.iter()).len() as u64;
         let started = Instant::now();
         let guard = Guard::new(&config, own, 0);
         config.protected_namespaces = guard.protected_namespaces().iter().cloned().collect();
@@ -529,13 +606,15 @@ impl Containment {
             writer: writer_tx,
             node,
             started,
-            counter: AtomicU64::new(0),
+            counter: AtomicU64::new(known),
             metrics: std::sync::OnceLock::new(),
             sink: std::sync::OnceLock::new(),
             entries_at_start,
             subjects: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             boot_id: crate::clock::boot_id(),
+            budget_namespace,
+            budget_lock: tokio::sync::Mutex::new(()),
         });
         // What the journal held at start, taken before the first verdict can add to it: only
         // these are resumed. Incidents in force hold their pods at once, so a verdict right after
@@ -551,10 +630,7 @@ impl Containment {
                     .map(|record| (record.id.clone(), record.subject.clone())),
             );
         for record in &at_start {
-            let in_force = matches!(
-                record.state,
-                journal::IncidentState::Open | journal::IncidentState::Contained
-            );
+            let in_force = record.active();
             if in_force && !record.dry_run {
                 shared.guard().resumed(&record.subject, &record.id);
             }
@@ -775,28 +851,15 @@ async fn dispatch(
     resume(&shared, &mut tasks, at_start);
     let mut tail = tokio::time::interval(Duration::from_millis(500));
     tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut review_tick = tokio::time::interval(REVIEW_EVERY);
+    review_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             command = rx.recv() => match command {
                 Some(Command::Steps { incident, kernel }) => {
                     tasks.spawn(api_steps(shared.clone(), *incident, shared.config.dry_run, kernel));
                 }
-                Some(Command::Disarmed { id, message }) => {
-                    if let Some(api) = &shared.api
-                        && !shared.config.dry_run
-                    {
-                        let reporter = shared.node.clone();
-                        let object = EventObject {
-                            kind: "Node",
-                            name: &shared.node,
-                            namespace: None,
-                            uid: None,
-                            reporter: &reporter,
-                        };
-                        api.event(object, "ContainmentDisarmed", &message, &format!("{id}.disarmed"))
-                            .await;
-                    }
-                }
+                Some(Command::Event(alert)) => raise(&shared, &alert).await,
                 Some(Command::Release { id, reply }) => {
                     let result = release_in_daemon(&shared, &id).await;
                     let _ = reply.send(result);
@@ -814,7 +877,8 @@ async fn dispatch(
                 None => break,
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            _ = tail.tick() => offset = follow_journal(&shared, offset).await,
+            _ = tail.tick() => offset = follow_journal(&shared, offset, &mut tasks).await,
+            _ = review_tick.tick() => review(&shared, &mut tasks).await,
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -852,6 +916,25 @@ async fn interrupt(shared: &Shared, tasks: &mut tokio::task::JoinSet<()>, grace:
         }
     }
     sync_journal(shared).await;
+}
+
+/// Raises an [`Alert`] as a Kubernetes Event (not in a dry run; best effort).
+async fn raise(shared: &Shared, alert: &Alert) {
+    let Some(api) = &shared.api else {
+        return;
+    };
+    if shared.config.dry_run || !shared.config.events || alert.name.is_empty() {
+        return;
+    }
+    let object = EventObject {
+        kind: alert.kind,
+        name: &alert.name,
+        namespace: alert.namespace.as_deref(),
+        uid: None,
+        reporter: &shared.node,
+    };
+    api.event(object, alert.reason, &alert.message, &alert.unique)
+        .await;
 }
 
 async fn sync_journal(shared: &Shared) {
@@ -911,7 +994,9 @@ fn resume(
             continue;
         }
         match record.state {
-            journal::IncidentState::Open | journal::IncidentState::Contained => {
+            journal::IncidentState::Proposed
+            | journal::IncidentState::Open
+            | journal::IncidentState::Contained => {
                 let same_boot = record.boot_id.is_some() && record.boot_id == shared.boot_id;
                 let mut incident = release::incident_of(&record, Vec::new());
                 let blocked = record
@@ -964,7 +1049,9 @@ fn resume(
                         },
                     );
                 }
-                if record.state == journal::IncidentState::Open {
+                let proposal_pending = record.state == journal::IncidentState::Proposed
+                    && !record.step(propose::NAME).is_some_and(StepOutcome::ok);
+                if record.state == journal::IncidentState::Open || proposal_pending {
                     tracing::info!("incident {}: resuming its steps", record.id);
                     tasks.spawn(api_steps(shared.clone(), incident, false, None));
                 }
@@ -988,7 +1075,11 @@ fn resume(
 
 /// Picks up what `detector release` wrote: its entries join the dispatcher's view, and a
 /// release it left pending (the kernel block) is finished here.
-async fn follow_journal(shared: &Arc<Shared>, offset: u64) -> u64 {
+async fn follow_journal(
+    shared: &Arc<Shared>,
+    offset: u64,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> u64 {
     let path = shared.config.journal_dir.join(journal::JOURNAL_FILE);
     let Ok((entries, next)) = journal::read_from(&path, offset) else {
         return offset;
@@ -1007,10 +1098,14 @@ async fn follow_journal(shared: &Arc<Shared>, offset: u64) -> u64 {
         shared.announce(entry);
     }
     for entry in foreign {
-        if matches!(entry.kind, EntryKind::ReleaseRequested { .. })
-            && let Err(err) = release_in_daemon(shared, &entry.incident).await
-        {
-            tracing::warn!("incident {}: {err}", entry.incident);
+        match entry.kind {
+            EntryKind::ReleaseRequested { .. } => {
+                if let Err(err) = release_in_daemon(shared, &entry.incident).await {
+                    tracing::warn!("incident {}: {err}", entry.incident);
+                }
+            }
+            EntryKind::Approved { .. } => run_approved(shared, tasks, &entry.incident),
+            _ => {}
         }
     }
     next
@@ -1068,7 +1163,7 @@ fn admit_and_block(
                 metrics.record_containment_refused(refusal.label());
             }
             let why = refusal.to_string();
-            let mut disarmed = None;
+            let mut alert = None;
             let mut taken = Taken::Ignored;
             match refusal {
                 Refusal::BudgetExhausted { .. } => {
@@ -1076,10 +1171,26 @@ fn admit_and_block(
                         "containment disarmed: {why}; {} not contained",
                         verdict.subject.key
                     );
-                    disarmed = Some(Command::Disarmed {
-                        id: id.clone(),
+                    alert = Some(Command::Event(Box::new(Alert {
+                        kind: "Node",
+                        name: shared.node.clone(),
+                        namespace: None,
+                        reason: "ContainmentDisarmed",
                         message: format!("{why}; {} not contained", verdict.subject.key),
-                    });
+                        unique: format!("{id}.disarmed"),
+                    })));
+                }
+                Refusal::ClusterBudget { .. } => {
+                    let after = shared.guard().cluster_spent_for(now_ms);
+                    tracing::error!(
+                        "{}: not contained: {why}; decided again in {after:?}",
+                        verdict.subject.key
+                    );
+                    alert = refused_event(&id, &verdict.subject, &why);
+                    taken = Taken::Deferred {
+                        why: why.clone(),
+                        after,
+                    };
                 }
                 Refusal::WarmUp => {
                     tracing::warn!(
@@ -1100,10 +1211,14 @@ fn admit_and_block(
                     why,
                 },
             );
-            return (taken, disarmed);
+            return (taken, alert);
         }
     }
     let dry_run = shared.config.dry_run;
+    let mode = shared.config.modes.of(
+        verdict.subject.namespace.as_deref(),
+        verdict.rules.iter().map(|c| c.rule.id.as_str()),
+    );
     let incident = Incident {
         id: id.clone(),
         subject: verdict.subject.clone(),
@@ -1114,9 +1229,13 @@ fn admit_and_block(
         pod: None,
         node_held_by: Vec::new(),
         event_ktime_ns,
+        mode,
+        rules: verdict.rules.iter().map(|c| c.rule.clone()).collect(),
     };
     // The kernel block first: it needs no API round trip and cuts the pod off at once.
-    let kernel = if shared.config.steps.kernel_block {
+    let kernel = if shared.config.steps.kernel_block
+        && (mode == Mode::Enforce || shared.config.modes.propose_kernel_block)
+    {
         let ctx = shared.ctx(dry_run);
         Some(finish(&ctx, kernel_block::apply(&ctx, &incident)))
     } else {
@@ -1133,6 +1252,7 @@ fn admit_and_block(
             event_ktime_ns,
             dry_run,
             boot_id: shared.boot_id.clone(),
+            mode,
         },
     );
     if let Some(outcome) = kernel.clone() {
@@ -1195,6 +1315,13 @@ async fn api_steps(
             Ok(None) => tracing::warn!("incident {id}: pod {ns}/{name} not found"),
             Err(err) => tracing::warn!("incident {id}: cannot read the pod: {err}"),
         }
+    }
+    if incident.mode == Mode::Propose {
+        propose_incident(&shared, &incident, dry_run, kernel).await;
+        return;
+    }
+    if !take_from_cluster_budget(&shared, &incident, dry_run).await {
+        return;
     }
     let mut events = Vec::new();
     if let Some(outcome) = kernel
@@ -1297,6 +1424,303 @@ fn emit_event(
             .await;
         }
     }))
+}
+
+/// A `propose`-mode incident: the proposal on the pod and an Event asking for approval, in
+/// place of the API steps (its kernel block, when `modes.propose_kernel_block`, is in place).
+async fn propose_incident(
+    shared: &Arc<Shared>,
+    incident: &Incident,
+    dry_run: bool,
+    kernel: Option<StepOutcome>,
+) {
+    let id = &incident.id;
+    let ctx = shared.ctx(dry_run);
+    shared.running(id, Some(propose::NAME));
+    let outcome = finish(
+        &ctx,
+        super::Action::run(&propose::Propose, &ctx, incident).await,
+    );
+    shared.record(
+        id,
+        EntryKind::Step {
+            step: propose::NAME.into(),
+            outcome: outcome.clone(),
+        },
+    );
+    shared.running(id, None);
+    tracing::warn!(
+        "incident {id}: {} proposed for containment: {}",
+        incident.subject.key,
+        outcome.summary()
+    );
+    if dry_run || !shared.config.events {
+        return;
+    }
+    let lapses = match shared.config.modes.expiry(Mode::Propose) {
+        Some(after) => format!("; released unless approved within {}s", after.as_secs()),
+        None => String::new(),
+    };
+    let blocked = if kernel.as_ref().is_some_and(StepOutcome::changed) {
+        "cut off the network in the kernel meanwhile"
+    } else {
+        "left running meanwhile"
+    };
+    let alert = Alert {
+        kind: "Pod",
+        name: incident.subject.pod.clone().unwrap_or_default(),
+        namespace: incident.subject.namespace.clone(),
+        reason: "ContainmentProposed",
+        message: format!(
+            "incident {id}: {} (score {:.1}); {blocked}; approve with `detector approve {id}` or \
+             the pod annotation {}={id}{lapses}",
+            incident.reason,
+            incident.score,
+            propose::approve_key(&shared.config),
+        ),
+        unique: format!("{id}.proposed"),
+    };
+    raise(shared, &alert).await;
+}
+
+/// Runs the playbook of an approved proposal (its `approved` entry is journaled already).
+fn run_approved(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>, id: &str) {
+    let records = shared.records();
+    let Some(record) = records.get(id) else {
+        tracing::warn!("incident {id}: approved, but no such incident");
+        return;
+    };
+    if record.state != journal::IncidentState::Open || record.mode != Mode::Propose {
+        tracing::info!(
+            "incident {id}: approved while {:?}: nothing to run",
+            record.state
+        );
+        return;
+    }
+    tracing::warn!("incident {id}: approved: running the playbook");
+    let mut incident = release::incident_of(record, Vec::new());
+    incident.mode = Mode::Enforce;
+    tasks.spawn(api_steps(shared.clone(), incident, record.dry_run, None));
+}
+
+/// Every [`REVIEW_EVERY`]: proposals a person approved by annotating the pod run their
+/// playbook; incidents nobody approved or confirmed within their mode's expiry are released,
+/// journaled as expired.
+async fn review(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
+    let records = shared.records();
+    let running: HashSet<String> = shared
+        .running
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .cloned()
+        .collect();
+    for record in records.values().filter(|r| r.active() && !r.expired) {
+        if running.contains(&record.id) {
+            continue;
+        }
+        let proposed = record.state == journal::IncidentState::Proposed;
+        if proposed && approved_on_pod(shared, record).await {
+            shared.record(
+                &record.id,
+                EntryKind::Approved {
+                    by: "annotation".into(),
+                },
+            );
+            run_approved(shared, tasks, &record.id);
+            continue;
+        }
+        let mode = if proposed {
+            Mode::Propose
+        } else {
+            Mode::Enforce
+        };
+        let Some(expiry) = shared.config.modes.expiry(mode) else {
+            continue;
+        };
+        if record.confirmed || record.age().is_none_or(|age| age < expiry) {
+            continue;
+        }
+        tracing::warn!(
+            "incident {}: not {} within {}s: released",
+            record.id,
+            if proposed { "approved" } else { "confirmed" },
+            expiry.as_secs()
+        );
+        shared.record(
+            &record.id,
+            EntryKind::Expired {
+                after_s: expiry.as_secs(),
+            },
+        );
+        let shared = shared.clone();
+        let id = record.id.clone();
+        tasks.spawn(async move {
+            if let Err(err) = release_in_daemon(&shared, &id).await {
+                tracing::warn!("incident {id}: releasing it at its expiry: {err}");
+            }
+        });
+    }
+}
+
+/// Whether a person annotated the proposed incident's pod `<prefix>approve=<incident>`.
+async fn approved_on_pod(shared: &Shared, record: &IncidentRecord) -> bool {
+    let (Some(_), Some(ns), Some(name)) = (
+        &shared.api,
+        record.subject.namespace.as_deref(),
+        record.subject.pod.as_deref(),
+    ) else {
+        return false;
+    };
+    let ctx = shared.ctx(false);
+    match read_pod(&ctx, ns, name).await {
+        Ok(Some(pod)) => {
+            pod.metadata
+                .annotations
+                .unwrap_or_default()
+                .get(&propose::approve_key(&shared.config))
+                == Some(&record.id)
+        }
+        Ok(None) => false,
+        Err(err) => {
+            tracing::debug!(
+                "incident {}: reading the pod for an approval: {err}",
+                record.id
+            );
+            false
+        }
+    }
+}
+
+/// Takes the containment's unit of the cluster budget (journaled as the `cluster_budget`
+/// step). `false` when the budget refused it: the incident is then refused (see
+/// [`refuse_opened`]). With the API unreachable the node's own budget, which admitted the
+/// incident already, decides, and the step says so.
+async fn take_from_cluster_budget(
+    shared: &Arc<Shared>,
+    incident: &Incident,
+    dry_run: bool,
+) -> bool {
+    let Some(api) = &shared.api else {
+        return true;
+    };
+    let budget = &shared.config.cluster_budget;
+    if !budget.enabled {
+        return true;
+    }
+    let claim = budget::Spent {
+        at: budget::now(),
+        node: incident.node.clone(),
+        pod: incident
+            .pod_ref()
+            .map_or_else(|| incident.subject.key.clone(), |(ns, name)| format!("{ns}/{name}")),
+        incident: incident.id.clone(),
+    };
+    shared.running(&incident.id, Some(CLUSTER_BUDGET));
+    let taken = {
+        let _one_at_a_time = shared.budget_lock.lock().await;
+        budget::take(
+            api,
+            &shared.config,
+            &shared.budget_namespace,
+            claim,
+            dry_run,
+        )
+        .await
+    };
+    let outcome = match taken {
+        budget::Take::Granted { spent } => StepOutcome::done(format!(
+            "{spent} of {} containments in the last {}s, this one included (Lease {}/{})",
+            budget.max, budget.window_s, shared.budget_namespace, budget.lease
+        )),
+        budget::Take::WouldGrant { call } => StepOutcome::DryRun { calls: vec![call] },
+        budget::Take::Unreachable { error } => {
+            tracing::warn!(
+                "incident {}: the cluster budget cannot be read or taken ({error}); this node's \
+                 own budget decided",
+                incident.id
+            );
+            StepOutcome::not_applicable(format!(
+                "the cluster budget cannot be read or taken ({error}); this node's own budget \
+                 decided"
+            ))
+        }
+        budget::Take::Refused { why, free_in } => {
+            shared.running(&incident.id, None);
+            refuse_opened(shared, incident, &why, free_in, dry_run).await;
+            return false;
+        }
+    };
+    shared.record(
+        &incident.id,
+        EntryKind::Step {
+            step: CLUSTER_BUDGET.into(),
+            outcome,
+        },
+    );
+    shared.running(&incident.id, None);
+    true
+}
+
+/// The cluster budget refused an opened incident: its kernel block is lifted, the incident is
+/// journaled as refused, an Event on the pod says why, and this node refuses verdicts on the
+/// spot until the budget has a unit free.
+async fn refuse_opened(
+    shared: &Arc<Shared>,
+    incident: &Incident,
+    why: &str,
+    free_in: Duration,
+    dry_run: bool,
+) {
+    let id = &incident.id;
+    tracing::error!(
+        "incident {id}: {} not contained: {why}",
+        incident.subject.key
+    );
+    if let Some(metrics) = shared.metrics.get() {
+        metrics.record_containment_refused("cluster_budget");
+    }
+    if shared.config.steps.kernel_block {
+        let ctx = shared.ctx(dry_run);
+        let outcome = finish(
+            &ctx,
+            kernel_block::lift(&ctx, incident, &StepOutcome::done("")),
+        );
+        shared.record(
+            id,
+            EntryKind::Undo {
+                step: kernel_block::NAME.into(),
+                outcome,
+            },
+        );
+    }
+    let why = format!("{why}; not contained");
+    shared.record(
+        id,
+        EntryKind::Refused {
+            subject: incident.subject.clone(),
+            why: why.clone(),
+        },
+    );
+    let now_ms = shared.now_ms();
+    shared
+        .guard()
+        .refused_by_cluster(&incident.subject, id, now_ms, free_in);
+    if let Some(Command::Event(alert)) = refused_event(id, &incident.subject, &why) {
+        raise(shared, &alert).await;
+    }
+}
+
+/// The Event on a pod that a budget left uncontained.
+fn refused_event(id: &str, subject: &Subject, why: &str) -> Option<Command> {
+    Some(Command::Event(Box::new(Alert {
+        kind: "Pod",
+        name: subject.pod.clone()?,
+        namespace: subject.namespace.clone(),
+        reason: "ContainmentRefused",
+        message: format!("incident {id}: {why}"),
+        unique: format!("{id}.refused"),
+    })))
 }
 
 /// A pod found protected only once read from the API: lift the kernel block, journal why.

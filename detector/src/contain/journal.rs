@@ -18,7 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use super::StepOutcome;
+use super::{StepOutcome, config::Mode};
 use crate::score::Subject;
 
 /// The journal's file name inside the journal directory.
@@ -92,13 +92,32 @@ pub enum EntryKind {
         /// The boot it was opened in: `cgroup_ids` mean nothing in another one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         boot_id: Option<String>,
+        /// `enforce`, or `propose`: the API steps wait for a person's approval.
+        #[serde(default)]
+        mode: Mode,
     },
-    /// A verdict the guardrails refused (protected, budget, warm-up, disarmed).
+    /// A verdict the guardrails refused (protected, budget, warm-up, disarmed), or an opened
+    /// incident the cluster budget refused (its kernel block lifted first).
     Refused {
         /// The pod.
         subject: Subject,
         /// Why.
         why: String,
+    },
+    /// A person approved a proposed incident: its API steps run now.
+    Approved {
+        /// How: `cli` (`detector approve`) or `annotation` (on the pod).
+        by: String,
+    },
+    /// A person confirmed an incident: it does not expire.
+    Confirmed {
+        /// How: `cli` (`detector confirm`).
+        by: String,
+    },
+    /// Nobody approved or confirmed it in time: it is released.
+    Expired {
+        /// The expiry it reached, in seconds.
+        after_s: u64,
     },
     /// One playbook step ran.
     Step {
@@ -129,11 +148,14 @@ pub enum EntryKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentState {
+    /// Proposed: kernel-blocked (or not), waiting for a person's approval to run the API steps.
+    Proposed,
     /// Steps still running (or interrupted: resumed at start).
     Open,
     /// Every step attempted; containment in force.
     Contained,
-    /// Refused by the guardrails; nothing was done.
+    /// Refused by the guardrails (nothing was done), or by the cluster budget (the kernel
+    /// block lifted again).
     Refused,
     /// Release asked for; the daemon still has to lift the kernel block.
     ReleasePending,
@@ -165,6 +187,15 @@ pub struct IncidentRecord {
     /// The boot it was opened in (`None` in journals written before it was recorded).
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// `enforce` or `propose`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Confirmed (or approved) by a person: it does not expire.
+    #[serde(default)]
+    pub confirmed: bool,
+    /// Released at its expiry, nobody having approved or confirmed it.
+    #[serde(default)]
+    pub expired: bool,
     /// State.
     pub state: IncidentState,
     /// Each step's latest outcome, in the order first run.
@@ -183,9 +214,19 @@ impl IncidentRecord {
         self.steps.iter().find(|(n, _)| n == name).map(|(_, o)| o)
     }
 
-    /// Whether the containment is (or may still be) in force: not refused, not released.
+    /// How long ago it was opened, by the wall clock (`None` when its time does not read).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let opened = OffsetDateTime::parse(&self.opened, &Rfc3339).ok()?;
+        (OffsetDateTime::now_utc() - opened).try_into().ok()
+    }
+
+    /// Whether the containment is (or may still be) in force, or proposed: not refused, not
+    /// released.
     pub fn active(&self) -> bool {
-        matches!(self.state, IncidentState::Open | IncidentState::Contained)
+        matches!(
+            self.state,
+            IncidentState::Proposed | IncidentState::Open | IncidentState::Contained
+        )
     }
 }
 
@@ -217,6 +258,7 @@ pub fn replay<'a>(
                 event_ktime_ns,
                 dry_run,
                 boot_id,
+                mode,
             } => {
                 incidents.insert(
                     id.clone(),
@@ -231,13 +273,26 @@ pub fn replay<'a>(
                         event_ktime_ns: *event_ktime_ns,
                         dry_run: *dry_run,
                         boot_id: boot_id.clone(),
-                        state: IncidentState::Open,
+                        mode: *mode,
+                        confirmed: false,
+                        expired: false,
+                        state: match mode {
+                            Mode::Enforce => IncidentState::Open,
+                            Mode::Propose => IncidentState::Proposed,
+                        },
                         steps: Vec::new(),
                         undone: Vec::new(),
                         kernel_block_ns: None,
                         completed_ns: None,
                     },
                 );
+            }
+            // Refused after it was opened (by the cluster budget): what it did stays recorded.
+            EntryKind::Refused { why, .. } if incidents.contains_key(&id) => {
+                if let Some(incident) = incidents.get_mut(&id) {
+                    incident.state = IncidentState::Refused;
+                    incident.reason = why.clone();
+                }
             }
             EntryKind::Refused { subject, why } => {
                 incidents.insert(
@@ -253,6 +308,9 @@ pub fn replay<'a>(
                         event_ktime_ns: 0,
                         dry_run: false,
                         boot_id: None,
+                        mode: Mode::Enforce,
+                        confirmed: false,
+                        expired: false,
                         state: IncidentState::Refused,
                         steps: Vec::new(),
                         undone: Vec::new(),
@@ -272,6 +330,14 @@ pub fn replay<'a>(
                         }
                         set(&mut incident.steps, step.clone(), outcome.clone());
                     }
+                    EntryKind::Approved { .. } => {
+                        incident.confirmed = true;
+                        if incident.state == IncidentState::Proposed {
+                            incident.state = IncidentState::Open;
+                        }
+                    }
+                    EntryKind::Confirmed { .. } => incident.confirmed = true,
+                    EntryKind::Expired { .. } => incident.expired = true,
                     EntryKind::Completed if incident.state == IncidentState::Open => {
                         incident.state = IncidentState::Contained;
                         incident.completed_ns = entry.boot_ns;
@@ -462,6 +528,7 @@ mod tests {
                     event_ktime_ns: 1,
                     dry_run: false,
                     boot_id: None,
+                    mode: Default::default(),
                 },
             )
             .unwrap();

@@ -25,6 +25,7 @@
 //! `deploy/rbac.yaml` against them.
 
 pub mod actions;
+pub mod budget;
 pub mod config;
 pub mod dispatcher;
 pub mod journal;
@@ -95,9 +96,10 @@ pub fn required_rbac() -> Vec<Rule> {
     let mut rules: Vec<Rule> = DISPATCHER_RBAC
         .iter()
         .chain(ATTRIBUTION_RBAC)
+        .chain(budget::RBAC)
         .copied()
         .collect();
-    for action in actions::playbook() {
+    for action in actions::steps() {
         rules.extend_from_slice(action.rbac());
     }
     rules
@@ -235,6 +237,11 @@ pub struct Incident {
     pub node_held_by: Vec<String>,
     /// `CLOCK_BOOTTIME` of the deciding event (0 when unknown, as for a resumed incident).
     pub event_ktime_ns: u64,
+    /// `propose` until a person approves it; then, as from the start in `enforce`, the
+    /// playbook runs.
+    pub mode: config::Mode,
+    /// The verdict's rules (empty for an incident resumed from the journal).
+    pub rules: Vec<crate::rules::RuleMeta>,
 }
 
 impl Incident {

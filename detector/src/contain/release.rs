@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::{
     ContainConfig, Incident, SharedBlock, StepCtx, StepOutcome,
-    actions::playbook,
+    actions::steps,
+    config::Mode,
     journal::{EntryKind, IncidentRecord, IncidentState},
     kube::KubeApi,
 };
@@ -51,6 +52,11 @@ pub fn incident_of(record: &IncidentRecord, node_held_by: Vec<String>) -> Incide
         pod: None,
         node_held_by,
         event_ktime_ns: 0,
+        rules: Vec::new(),
+        mode: match record.state {
+            IncidentState::Proposed => Mode::Propose,
+            _ => Mode::Enforce,
+        },
     }
 }
 
@@ -82,7 +88,10 @@ pub async fn release(
     mut journal: impl FnMut(EntryKind),
 ) -> Result<(), ReleaseError> {
     match record.state {
-        IncidentState::Open | IncidentState::Contained | IncidentState::ReleasePending => {}
+        IncidentState::Proposed
+        | IncidentState::Open
+        | IncidentState::Contained
+        | IncidentState::ReleasePending => {}
         state => {
             return Err(ReleaseError::NotActive {
                 id: record.id.clone(),
@@ -91,7 +100,7 @@ pub async fn release(
         }
     }
     let incident = incident_of(record, node_held_by);
-    let actions = playbook();
+    let actions = steps();
     let mut failed = Vec::new();
     let mut pending = false;
     if !record.dry_run {

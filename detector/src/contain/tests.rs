@@ -57,6 +57,65 @@ fn budget_stops_the_sixth_containment_in_a_window_of_five_and_disarms() {
 }
 
 #[test]
+fn a_cluster_refusal_gives_the_unit_back_and_refuses_on_the_spot_until_it_frees() {
+    let mut guard = Guard::new(&config(), OwnPod::default(), 0);
+    let p0 = subject("shop", "p0");
+    assert_eq!(guard.admit(&p0, None, 20_000, "inc-0"), Admission::Contain);
+    guard.refused_by_cluster(&p0, "inc-0", 20_100, std::time::Duration::from_secs(30));
+    let spent = Admission::Refuse(Refusal::ClusterBudget {
+        max: 10,
+        window_s: 600,
+    });
+    // The pod is no longer active, and nothing is admitted while the cluster's budget is
+    // known to be spent; the node stays armed.
+    assert_eq!(guard.admit(&p0, None, 20_200, "inc-1"), spent);
+    assert_eq!(
+        guard.admit(&subject("shop", "p1"), None, 50_099, "inc-2"),
+        spent
+    );
+    assert_eq!(
+        guard.cluster_spent_for(50_000),
+        std::time::Duration::from_millis(100)
+    );
+    assert!(guard.armed());
+    // Once it frees, the node's own budget is whole again: the refused one was given back.
+    for i in 0..5 {
+        let s = subject("shop", &format!("q{i}"));
+        assert_eq!(guard.admit(&s, None, 50_100 + i, "x"), Admission::Contain);
+    }
+    assert!(matches!(
+        guard.admit(&subject("shop", "q5"), None, 50_200, "x"),
+        Admission::Refuse(Refusal::BudgetExhausted { .. })
+    ));
+}
+
+#[test]
+fn a_namespace_mode_wins_then_a_proposing_rule_then_the_default() {
+    use crate::contain::config::{Mode, ModesConfig};
+    let modes = ModesConfig {
+        namespaces: [("payments".to_owned(), Mode::Enforce)].into(),
+        rules: [("noisy-tool".to_owned(), Mode::Propose)].into(),
+        ..ModesConfig::default()
+    };
+    assert_eq!(
+        modes.of(Some("shop"), ["shell", "noisy-tool"]),
+        Mode::Propose
+    );
+    assert_eq!(modes.of(Some("payments"), ["noisy-tool"]), Mode::Enforce);
+    assert_eq!(modes.of(None, ["shell"]), Mode::Enforce);
+    let proposing = ModesConfig {
+        default: Mode::Propose,
+        ..modes
+    };
+    assert_eq!(proposing.of(Some("shop"), ["shell"]), Mode::Propose);
+    assert_eq!(
+        proposing.expiry(Mode::Propose),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(proposing.expiry(Mode::Enforce), None);
+}
+
+#[test]
 fn guardrails_refuse_warm_up_protected_and_own_pod_and_dedupe() {
     let own = OwnPod {
         namespace: Some("detector".into()),
@@ -129,6 +188,7 @@ fn journal_survives_reopen_skips_a_torn_line_and_folds_states() {
         event_ktime_ns: 1,
         dry_run: false,
         boot_id: None,
+        mode: Default::default(),
     };
     journal.append("inc-1", opened.clone()).unwrap();
     journal
@@ -230,7 +290,8 @@ fn rbac_matches_the_code() {
     let mut granted = BTreeSet::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let doc = Doc::deserialize(doc).unwrap();
-        if doc.kind != "ClusterRole" {
+        // The Role holds what the daemon needs in its own namespace only (the Lease).
+        if doc.kind != "ClusterRole" && doc.kind != "Role" {
             continue;
         }
         for rule in doc.rules {

@@ -214,6 +214,21 @@ pub fn action(entry: &Entry, subject: Option<&Subject>, style: Style) -> String 
             format!("release asked for by {by}"),
         ),
         EntryKind::Released => ("released", Paint::line(sgr::GREEN), "released".to_owned()),
+        EntryKind::Approved { by } => (
+            "approved",
+            Paint::line(sgr::BOLD_RED),
+            format!("proposal approved by {by}: the playbook runs"),
+        ),
+        EntryKind::Confirmed { by } => (
+            "confirmed",
+            Paint::line(sgr::BOLD_RED),
+            format!("confirmed by {by}: kept until released"),
+        ),
+        EntryKind::Expired { after_s } => (
+            "expired",
+            Paint::line(sgr::YELLOW),
+            format!("nobody approved or confirmed it within {after_s}s: released"),
+        ),
     };
     let time = OffsetDateTime::parse(&entry.ts, &Rfc3339)
         .map_or_else(|_| entry.ts.clone(), |t| clock(t, style.offset));
@@ -821,6 +836,7 @@ mod tests {
                     event_ktime_ns: 42,
                     dry_run: false,
                     boot_id: None,
+                    mode: Default::default(),
                 },
                 "opened    shop/web-7d9f  score 115  (score 115.2 reached contain threshold 100.0)  incident inc-1",
             ),

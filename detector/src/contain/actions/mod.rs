@@ -8,6 +8,7 @@
 //! once, in `impl<S: ApiStep> Action for S`. The steps on the node itself (the kernel block,
 //! freeze, kill) implement [`Action`] directly.
 
+pub mod access;
 pub mod cordon_node;
 pub mod evict_pods;
 pub mod freeze;
@@ -16,7 +17,11 @@ pub mod kill;
 pub mod label_node;
 pub mod label_pod;
 pub mod network_policy;
+pub mod propose;
+pub mod protect;
 pub mod remove_from_service;
+pub mod report;
+pub mod snapshot;
 
 use std::{collections::BTreeMap, future::Future};
 
@@ -249,13 +254,26 @@ pub fn playbook() -> Vec<Box<dyn Action>> {
         Box::new(kernel_block::KernelBlock),
         Box::new(freeze::Freeze),
         Box::new(kill::Kill),
+        Box::new(snapshot::SnapshotVolumes),
         Box::new(remove_from_service::RemoveFromService),
         Box::new(label_pod::LabelPod),
+        Box::new(protect::ProtectPod),
+        Box::new(access::ListAccess),
+        Box::new(report::Report),
         Box::new(network_policy::NetworkPolicy),
         Box::new(label_node::LabelNode),
+        Box::new(protect::ProtectNode),
         Box::new(cordon_node::CordonNode),
         Box::new(evict_pods::EvictPods),
     ]
+}
+
+/// Every step an incident can record, the playbook's and the proposal: what release undoes by
+/// name, and what the RBAC covers.
+pub fn steps() -> Vec<Box<dyn Action>> {
+    let mut steps = playbook();
+    steps.push(Box::new(propose::Propose));
+    steps
 }
 
 /// Pod labels, empty when unset.

@@ -595,7 +595,7 @@ fn remediation_activity(name: &str) -> (u32, &'static str) {
             (1, "Isolate")
         }
         "kill" => (2, "Evict"),
-        "incident_released" => (3, "Restore"),
+        "incident_released" | "incident_expired" => (3, "Restore"),
         undo if undo.starts_with("undo_") => (3, "Restore"),
         _ => (99, "Other"),
     }
