@@ -22,13 +22,13 @@ use tracing::{error, info, warn};
 use crate::{
     attribution::cgroup_path,
     contain::{
-        ContainmentHandle, StepOutcome, Taken,
+        ContainmentHandle, IncidentView, StepOutcome, Taken,
         journal::{Entry, EntryKind},
     },
     event::Event,
     evidence::{
-        EvidenceConfig,
-        capture::{CaptureRequest, Outcome as CaptureOutcome, Target, capture},
+        EvidenceConfig, Reference,
+        capture::{CaptureRequest, Outcome as CaptureOutcome, Target, capture_with},
     },
     export::{
         ExporterHandle,
@@ -181,9 +181,14 @@ impl Responders {
             recent_events: Some(recent),
         };
         let fanout = self.fanout.clone();
+        let references = snapshot_references(
+            self.containment.as_ref().map(ContainmentHandle::view),
+            incident.clone(),
+            verdict.subject.namespace.clone(),
+        );
         let verdict = Box::new(verdict.clone());
         self.runtime.spawn(async move {
-            match capture(&config, &config.out_dir, request).await {
+            match capture_with(&config, &config.out_dir, request, references).await {
                 Ok(outcome) => {
                     info!(
                         incident,
@@ -308,6 +313,58 @@ pub fn evidence_cgroups(cgroup2: &Path, cgroup_id: u64, path: &str) -> Vec<u64> 
     cgroups.sort_unstable();
     cgroups.dedup();
     cgroups
+}
+
+/// How long a capture about to be sealed waits for its incident's snapshot step.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+
+/// The VolumeSnapshots incident `incident` took (`contain.steps.snapshot_volumes`), for the
+/// manifest of its evidence: awaited when the capture is done, for at most [`SNAPSHOT_WAIT`].
+pub async fn snapshot_references(
+    view: Option<IncidentView>,
+    incident: String,
+    namespace: Option<String>,
+) -> Vec<Reference> {
+    const STEP: &str = "snapshot_volumes";
+    let (Some(view), Some(namespace)) = (view, namespace) else {
+        return Vec::new();
+    };
+    if !view.config().steps.snapshot_volumes {
+        return Vec::new();
+    }
+    let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+    let outcome = loop {
+        if let Some(outcome) = view.step(&incident, STEP) {
+            break outcome;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                incident,
+                "the snapshot step had not run when the evidence was sealed: the incident's \
+                 journal names its snapshots"
+            );
+            return Vec::new();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let StepOutcome::Done { undo, .. } = outcome else {
+        return Vec::new();
+    };
+    undo["snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|name| name.as_str())
+        .map(|name| Reference {
+            api_version: "snapshot.storage.k8s.io/v1".into(),
+            kind: "VolumeSnapshot".into(),
+            namespace: namespace.clone(),
+            name: name.to_owned(),
+            note: "a snapshot of a PersistentVolumeClaim the pod mounted, taken by the \
+                   containment"
+                .into(),
+        })
+        .collect()
 }
 
 /// A containment journal entry as an export finding: the action's name (the step, `undo_` and

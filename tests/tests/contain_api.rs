@@ -1474,6 +1474,24 @@ fn each_claim_the_pod_mounts_is_snapshotted_and_the_snapshots_outlive_the_releas
             id.as_str()
         );
     }
+    // The evidence of the incident names them in its manifest.
+    let references = env.rt.block_on(detector::respond::snapshot_references(
+        Some(handle.view()),
+        id.clone(),
+        Some("shop".into()),
+    ));
+    let named: Vec<(&str, &str, &str)> = references
+        .iter()
+        .map(|r| (r.kind.as_str(), r.namespace.as_str(), r.name.as_str()))
+        .collect();
+    let (data, wal) = (format!("data-db-1-{id}"), format!("wal-db-1-{id}"));
+    assert_eq!(
+        named,
+        [
+            ("VolumeSnapshot", "shop", data.as_str()),
+            ("VolumeSnapshot", "shop", wal.as_str())
+        ]
+    );
     handle.release(&id).unwrap();
     let kept = env.server.with_store(|s| {
         s.list(

@@ -158,3 +158,113 @@ fn the_root_and_the_daemons_own_cgroup_are_never_quarantined() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     assert!(std::net::TcpStream::connect(listener.local_addr().unwrap()).is_ok());
 }
+
+/// A network namespace of the test's own, removed on drop.
+struct TestNetns {
+    name: String,
+}
+
+impl TestNetns {
+    /// `name` with loopback up and `addresses` on it.
+    fn create(name: &str, addresses: &[&str]) -> Self {
+        let ip = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", name]);
+        let netns = Self { name: name.into() };
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+        for address in addresses {
+            ip(&[
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{address}/32"),
+                "dev",
+                "lo",
+            ]);
+        }
+        netns
+    }
+
+    /// A listener on `addr` inside the namespace (bound from a thread that entered it; the
+    /// socket stays in the namespace).
+    fn listen(&self, addr: &str) -> TcpListener {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = addr.to_owned();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a valid namespace fd, on this thread only.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            TcpListener::bind(&addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Whether a bash in `cgroup`, inside the namespace, connects to `host:port`; and its
+    /// stderr.
+    fn connect(&self, cgroup: &TestCgroup, host: &str, port: u16) -> (bool, String) {
+        let output = cgroup
+            .command("ip")
+            .unwrap()
+            .args(["netns", "exec", &self.name, "/bin/bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{host}/{port}"))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn the_api_server_and_the_cloud_metadata_endpoint_are_cut_off_with_the_rest() {
+    if !privileged("the_api_server_and_the_cloud_metadata_endpoint_are_cut_off_with_the_rest") {
+        return;
+    }
+    // A namespace of the test's own holds the addresses a pod's credentials are used against:
+    // the `kubernetes` Service's ClusterIP and the cloud metadata endpoint.
+    const API: (&str, u16) = ("10.96.0.1", 443);
+    const METADATA: (&str, u16) = ("169.254.169.254", 80);
+    let netns = TestNetns::create(
+        &format!("detector-creds-{}", std::process::id()),
+        &[API.0, METADATA.0],
+    );
+    let _api = netns.listen(&format!("{}:{}", API.0, API.1));
+    let _metadata = netns.listen(&format!("{}:{}", METADATA.0, METADATA.1));
+    let mut collector = Collector::start(&SensorsConfig::default(), Duration::from_millis(200))
+        .expect("sensors load and attach");
+    let pod = TestCgroup::for_test("creds-pod").unwrap();
+    let sibling = TestCgroup::for_test("creds-sibling").unwrap();
+    for (host, port) in [API, METADATA] {
+        let (ok, stderr) = netns.connect(&pod, host, port);
+        assert!(ok, "{host}:{port} before the block: {stderr}");
+    }
+    collector.quarantine().block(pod.id()).unwrap();
+    for (host, port) in [API, METADATA] {
+        let (ok, stderr) = netns.connect(&pod, host, port);
+        assert!(!ok, "the quarantined pod reached {host}:{port}");
+        assert!(stderr.contains("Operation not permitted"), "{stderr}");
+        let (ok, stderr) = netns.connect(&sibling, host, port);
+        assert!(ok, "{host}:{port} from the sibling: {stderr}");
+    }
+    collector.quarantine().release(pod.id()).unwrap();
+    let (ok, stderr) = netns.connect(&pod, METADATA.0, METADATA.1);
+    assert!(ok, "after release: {stderr}");
+}

@@ -150,6 +150,14 @@ impl ModesConfig {
         self.default
     }
 
+    /// Whether any incident can be proposed or expire under these modes.
+    pub fn may_propose_or_expire(&self) -> bool {
+        self.default == Mode::Propose
+            || self.namespaces.values().any(|m| *m == Mode::Propose)
+            || self.rules.values().any(|m| *m == Mode::Propose)
+            || self.enforce_expiry_s > 0
+    }
+
     /// How long an incident of `mode` lasts unconfirmed (`None`: for ever).
     pub fn expiry(&self, mode: Mode) -> Option<std::time::Duration> {
         let seconds = match mode {

@@ -707,7 +707,29 @@ fn write_journal(journal: &Journal, rx: &std::sync::mpsc::Receiver<WriterMsg>) {
     }
 }
 
+/// A read-only view of the incidents, for what needs to know what a step did (an evidence
+/// capture names the snapshots its incident took).
+#[derive(Clone)]
+pub struct IncidentView(Arc<Shared>);
+
+impl IncidentView {
+    /// The configuration.
+    pub fn config(&self) -> &ContainConfig {
+        &self.0.config
+    }
+
+    /// The latest outcome of `step` of incident `id`, once it has run.
+    pub fn step(&self, id: &str, step: &str) -> Option<StepOutcome> {
+        self.0.records().get(id)?.step(step).cloned()
+    }
+}
+
 impl ContainmentHandle {
+    /// A read-only view of the incidents.
+    pub fn view(&self) -> IncidentView {
+        IncidentView(self.shared.clone())
+    }
+
     /// Hands a verdict to the dispatcher; only `contain` verdicts matter. It never waits on
     /// I/O: the guardrails and the kernel block (a map update) run here, in microseconds, the
     /// journal and the API steps run on the dispatcher's own thread.
@@ -851,6 +873,13 @@ async fn dispatch(
     resume(&shared, &mut tasks, at_start);
     let mut tail = tokio::time::interval(Duration::from_millis(500));
     tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nothing to review when no incident can be proposed or expire, and none is proposed now:
+    // the journal is not replayed every 2 s for nothing.
+    let reviews = shared.config.modes.may_propose_or_expire()
+        || shared
+            .records()
+            .values()
+            .any(|r| r.state == journal::IncidentState::Proposed);
     let mut review_tick = tokio::time::interval(REVIEW_EVERY);
     review_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -878,7 +907,7 @@ async fn dispatch(
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = tail.tick() => offset = follow_journal(&shared, offset, &mut tasks).await,
-            _ = review_tick.tick() => review(&shared, &mut tasks).await,
+            _ = review_tick.tick(), if reviews => review(&shared, &mut tasks).await,
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -1611,9 +1640,10 @@ async fn take_from_cluster_budget(
     let claim = budget::Spent {
         at: budget::now(),
         node: incident.node.clone(),
-        pod: incident
-            .pod_ref()
-            .map_or_else(|| incident.subject.key.clone(), |(ns, name)| format!("{ns}/{name}")),
+        pod: incident.pod_ref().map_or_else(
+            || incident.subject.key.clone(),
+            |(ns, name)| format!("{ns}/{name}"),
+        ),
         incident: incident.id.clone(),
     };
     shared.running(&incident.id, Some(CLUSTER_BUDGET));

@@ -44,7 +44,7 @@ use serde_json::Value;
 
 pub use self::{
     config::ContainConfig,
-    dispatcher::{Admission, Containment, ContainmentHandle, Guard, Refusal, Taken},
+    dispatcher::{Admission, Containment, ContainmentHandle, Guard, IncidentView, Refusal, Taken},
 };
 use crate::{
     config::Problem,

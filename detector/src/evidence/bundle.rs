@@ -98,9 +98,28 @@ pub struct Manifest {
     pub not_captured: Vec<NotCaptured>,
     /// What the collector did to the container (freeze, image, thaw), in order.
     pub actions: Vec<Action>,
+    /// Evidence kept outside the bundle, in the cluster (the VolumeSnapshots of the pod's
+    /// volumes the containment took).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<Reference>,
     /// What vouches for this manifest: a signing key, or why there is none.
     #[serde(default)]
     pub trust: Trust,
+}
+
+/// An object outside the bundle that holds evidence of the incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    /// `apiVersion` of the object.
+    pub api_version: String,
+    /// Kind, e.g. `VolumeSnapshot`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What it holds.
+    pub note: String,
 }
 
 /// The collector's identity.
@@ -139,6 +158,7 @@ impl Manifest {
             artifacts: Vec::new(),
             not_captured: Vec::new(),
             actions: Vec::new(),
+            references: Vec::new(),
             trust: Trust::default(),
         }
     }
@@ -367,6 +387,11 @@ impl Bundle {
     /// Records why the capture as a whole is incomplete.
     pub fn incomplete(&mut self, reason: impl Into<String>) {
         self.manifest.incomplete_reasons.push(reason.into());
+    }
+
+    /// Lists evidence kept outside the bundle.
+    pub fn reference(&mut self, reference: Reference) {
+        self.manifest.references.push(reference);
     }
 
     /// Records an action on the container.
@@ -662,6 +687,34 @@ mod tests {
             ]
         );
         assert_eq!(sealed.not_captured[0].artifact, "filesystem.tar");
+    }
+
+    #[test]
+    fn references_outside_the_bundle_are_sealed_in_the_manifest_and_a_change_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let mut bundle = Bundle::create(root.path(), "inc", manifest()).unwrap();
+        bundle.add("x.txt", "test", b"abc", 10, "t".into()).unwrap();
+        bundle.reference(Reference {
+            api_version: "snapshot.storage.k8s.io/v1".into(),
+            kind: "VolumeSnapshot".into(),
+            namespace: "shop".into(),
+            name: "data-db-1-inc".into(),
+            note: "a snapshot".into(),
+        });
+        let sealer = Sealer::Key(Box::new(key.clone()));
+        let (dir, sealed) = bundle.seal("t2".into(), &sealer).unwrap();
+        assert_eq!(sealed.references.len(), 1);
+        // A reference does not make the capture incomplete.
+        assert!(sealed.complete, "{sealed:#?}");
+        let report = verify(&dir, Some(&key.verifying_key())).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // Naming another snapshot breaks the seal.
+        let path = dir.join(MANIFEST);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replace("data-db-1-inc", "data-db-1-other")).unwrap();
+        let report = verify(&dir, Some(&key.verifying_key())).unwrap();
+        assert!(!report.problems.is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
     EvidenceError,
-    bundle::{Bundle, Manifest, TargetInfo},
+    bundle::{Bundle, Manifest, Reference, TargetInfo},
     config::EvidenceConfig,
     containerd::ContainerdRuntime,
     cri::CriRuntime,
@@ -123,6 +123,17 @@ pub async fn capture(
     out_dir: &Path,
     request: CaptureRequest,
 ) -> Result<Outcome, EvidenceError> {
+    capture_with(config, out_dir, request, async { Vec::new() }).await
+}
+
+/// [`capture`], with the evidence kept outside the bundle that `references` names once the
+/// capture is done (awaited just before the manifest is sealed).
+pub async fn capture_with(
+    config: &EvidenceConfig,
+    out_dir: &Path,
+    request: CaptureRequest,
+    references: impl Future<Output = Vec<Reference>>,
+) -> Result<Outcome, EvidenceError> {
     let started = Instant::now();
     let secret = Regex::new(&config.redact_env).map_err(|source| EvidenceError::Redact {
         source: Box::new(source),
@@ -160,6 +171,9 @@ pub async fn capture(
     } = run;
     if let Some(reason) = budget.exhausted(Instant::now()) {
         bundle.incomplete(reason);
+    }
+    for reference in references.await {
+        bundle.reference(reference);
     }
     let sealer = Sealer::load(config.signing_key.as_deref());
     let (dir, manifest) = bundle.seal(now(), &sealer)?;

@@ -43,7 +43,8 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use self::{
-    capture::{CaptureRequest, Outcome, Target, capture},
+    bundle::Reference,
+    capture::{CaptureRequest, Outcome, Target, capture, capture_with},
     config::EvidenceConfig,
     recent::RecentEvents,
 };
