@@ -1664,3 +1664,100 @@ fn the_incident_is_an_openreports_report_on_the_pod_deleted_on_release() {
     );
     assert_eq!(record.state, IncidentState::Contained);
 }
+
+#[test]
+fn revocation_takes_the_account_out_of_its_bindings_deletes_its_tokens_and_release_puts_it_back() {
+    let env = Env::new();
+    env.put_node("node-1");
+    env.server.put(
+        "api/v1",
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "web-1-uid"},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "web", "containers": [{"name": "c", "image": "nginx"}]}}),
+    );
+    let rbac = "apis/rbac.authorization.k8s.io/v1";
+    let web = json!({"kind": "ServiceAccount", "name": "web", "namespace": "shop"});
+    let alice = json!({"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"});
+    env.server.put(
+        rbac,
+        "rolebindings",
+        json!({"kind": "RoleBinding", "metadata": {"name": "web-secrets", "namespace": "shop"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "secret-reader"},
+            "subjects": [web, alice]}),
+    );
+    env.server.put(
+        rbac,
+        "clusterrolebindings",
+        json!({"kind": "ClusterRoleBinding", "metadata": {"name": "web-nodes"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-lister"},
+            "subjects": [web]}),
+    );
+    let group = json!({"kind": "ClusterRoleBinding", "metadata": {"name": "all-accounts"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "Group", "name": "system:serviceaccounts", "apiGroup": "rbac.authorization.k8s.io"}]});
+    env.server.put(rbac, "clusterrolebindings", group.clone());
+    for (name, account) in [("web-token-x1", "web"), ("db-token-y2", "db")] {
+        env.server.put(
+            "api/v1",
+            "secrets",
+            json!({"kind": "Secret", "type": "kubernetes.io/service-account-token",
+                "metadata": {"name": name, "namespace": "shop",
+                    "annotations": {"kubernetes.io/service-account.name": account}}}),
+        );
+    }
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    config.steps.revoke_service_account = true;
+    let handle = env.start(config, true);
+    let v = contain_verdict("shop", "web-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![1]);
+    handle.flush();
+    let record = only(&env.records()).clone();
+    assert!(
+        matches!(record.step("revoke_service_account"), Some(StepOutcome::Done { detail, .. })
+            if detail.contains("RoleBinding web-secrets") && detail.contains("ClusterRoleBinding web-nodes")
+                && detail.contains("web-token-x1")),
+        "{record:#?}"
+    );
+    let subjects = |plural: &str, ns: &str, name: &str| {
+        env.server.object(rbac, plural, ns, name).unwrap()["subjects"].clone()
+    };
+    assert_eq!(
+        subjects("rolebindings", "shop", "web-secrets"),
+        json!([alice])
+    );
+    assert_eq!(subjects("clusterrolebindings", "", "web-nodes"), json!([]));
+    // A grant through a group cannot be taken from one account: left alone.
+    assert_eq!(
+        subjects("clusterrolebindings", "", "all-accounts"),
+        group["subjects"]
+    );
+    assert!(
+        env.server
+            .object("api/v1", "secrets", "shop", "web-token-x1")
+            .is_none()
+    );
+    assert!(
+        env.server
+            .object("api/v1", "secrets", "shop", "db-token-y2")
+            .is_some()
+    );
+
+    handle.release(&record.id).unwrap();
+    drop(handle);
+    assert_eq!(
+        subjects("rolebindings", "shop", "web-secrets"),
+        json!([alice, web])
+    );
+    assert_eq!(
+        subjects("clusterrolebindings", "", "web-nodes"),
+        json!([web])
+    );
+    assert!(
+        env.server
+            .object("api/v1", "secrets", "shop", "web-token-x1")
+            .is_none(),
+        "a deleted token stays deleted"
+    );
+}

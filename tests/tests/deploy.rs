@@ -486,12 +486,13 @@ const SERVICE_MONITOR_CRD: &str = "monitoring.coreos.com/v1 ServiceMonitor";
 
 /// Each component of deploy/components, with the kinds it adds that need a CRD
 /// (`apiVersion kind`).
-const COMPONENTS: [(&str, &[&str]); 2] = [
+const COMPONENTS: [(&str, &[&str]); 3] = [
     (
         "servicemonitor",
         &["monitoring.coreos.com/v1 ServiceMonitor"],
     ),
     ("apparmor-field", &[]),
+    ("revoke-credentials", &[]),
 ];
 
 /// Validates the objects of a JSON request `{"versions": [...], "objects": [...]}` against the
@@ -695,6 +696,9 @@ fn the_base_applies_as_it_is_on_every_supported_version() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            // The cluster budget's Lease, in the detector's namespace only.
+            "Role",
+            "RoleBinding",
             "ConfigMap",
             "DaemonSet",
             "Service",

@@ -190,6 +190,9 @@ pub struct StepsConfig {
     /// List what the pod's ServiceAccount may do (its RoleBindings and ClusterRoleBindings, by
     /// name or group) in the incident: the blast radius of its token. Read only.
     pub list_access: bool,
+    /// Take the pod's ServiceAccount out of the bindings that name it (put back on release) and
+    /// delete its legacy token Secrets; needs `deploy/components/revoke-credentials`.
+    pub revoke_service_account: bool,
     /// The incident as an OpenReports `Report` in the pod's namespace (where the CRD is
     /// installed); deleted on release.
     pub report: bool,
@@ -299,6 +302,7 @@ impl Default for StepsConfig {
             label_pod: true,
             protect_pod: true,
             list_access: true,
+            revoke_service_account: false,
             report: true,
             network_policy: true,
             label_node: true,

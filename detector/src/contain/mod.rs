@@ -100,9 +100,20 @@ pub fn required_rbac() -> Vec<Rule> {
         .copied()
         .collect();
     for action in actions::steps() {
-        rules.extend_from_slice(action.rbac());
+        if action.rbac_component().is_none() {
+            rules.extend_from_slice(action.rbac());
+        }
     }
     rules
+}
+
+/// The rules component `component` of `deploy/components/` grants, for the steps that need it.
+pub fn component_rbac(component: &str) -> Vec<Rule> {
+    actions::steps()
+        .iter()
+        .filter(|a| a.rbac_component() == Some(component))
+        .flat_map(|a| a.rbac().iter().copied())
+        .collect()
 }
 
 /// The outcome of one step (or of its undo), as journaled.
@@ -354,6 +365,10 @@ pub trait Action: Send + Sync {
     fn name(&self) -> &'static str;
     /// The RBAC rules `run` and `undo` need.
     fn rbac(&self) -> &'static [Rule];
+    /// The `deploy/components/` component that grants them, when `deploy/rbac.yaml` does not.
+    fn rbac_component(&self) -> Option<&'static str> {
+        None
+    }
     /// Whether the configuration enables it.
     fn enabled(&self, config: &ContainConfig) -> bool;
     /// Its configuration problems, at config time (locations relative to `contain`).

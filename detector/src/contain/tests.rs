@@ -283,9 +283,9 @@ struct YamlRule {
     verbs: Vec<String>,
 }
 
-#[test]
-fn rbac_matches_the_code() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml");
+/// The (group, resource, verb) triples the ClusterRoles and Roles of a deploy/ file grant.
+fn granted(file: &str) -> BTreeSet<(String, String, String)> {
+    let path = format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap();
     let mut granted = BTreeSet::new();
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
@@ -306,7 +306,11 @@ fn rbac_matches_the_code() {
             }
         }
     }
-    let needed: BTreeSet<(String, String, String)> = required_rbac()
+    granted
+}
+
+fn triples(rules: &[crate::contain::Rule]) -> BTreeSet<(String, String, String)> {
+    rules
         .iter()
         .flat_map(|r| {
             r.verbs.iter().map(|v| {
@@ -317,7 +321,30 @@ fn rbac_matches_the_code() {
                 )
             })
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_revoke_component_grants_what_its_step_needs_and_the_base_does_not() {
+    let component = granted("components/revoke-credentials/rbac.yaml");
+    assert_eq!(
+        component,
+        triples(&crate::contain::component_rbac("revoke-credentials"))
+    );
+    let base = granted("rbac.yaml");
+    for wide in [
+        ("rbac.authorization.k8s.io", "clusterroles", "bind"),
+        ("", "secrets", "delete"),
+    ] {
+        let wide = (wide.0.to_owned(), wide.1.to_owned(), wide.2.to_owned());
+        assert!(!base.contains(&wide), "the base RBAC grants {wide:?}");
+    }
+}
+
+#[test]
+fn rbac_matches_the_code() {
+    let granted = granted("rbac.yaml");
+    let needed = triples(&required_rbac());
     let missing: Vec<_> = needed.difference(&granted).collect();
     let extra: Vec<_> = granted.difference(&needed).collect();
     assert!(missing.is_empty(), "deploy/rbac.yaml lacks {missing:?}");

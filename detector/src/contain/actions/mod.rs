@@ -21,6 +21,7 @@ pub mod propose;
 pub mod protect;
 pub mod remove_from_service;
 pub mod report;
+pub mod revoke;
 pub mod snapshot;
 
 use std::{collections::BTreeMap, future::Future};
@@ -55,6 +56,9 @@ pub trait ApiStep: Send + Sync {
     const NAME: &'static str;
     /// The RBAC rules `run` and `undo` need.
     const RBAC: &'static [Rule];
+    /// The `deploy/components/` component that grants `RBAC`, when the base RBAC does not
+    /// (a step whose rights are too wide to give every installation).
+    const RBAC_COMPONENT: Option<&'static str> = None;
     /// What it acts on (and what its Event is about).
     const SCOPE: Scope;
     /// Whether the configuration enables it.
@@ -176,6 +180,10 @@ impl<S: ApiStep> Action for S {
         S::RBAC
     }
 
+    fn rbac_component(&self) -> Option<&'static str> {
+        S::RBAC_COMPONENT
+    }
+
     fn enabled(&self, config: &ContainConfig) -> bool {
         S::enabled(config)
     }
@@ -259,6 +267,7 @@ pub fn playbook() -> Vec<Box<dyn Action>> {
         Box::new(label_pod::LabelPod),
         Box::new(protect::ProtectPod),
         Box::new(access::ListAccess),
+        Box::new(revoke::RevokeServiceAccount),
         Box::new(report::Report),
         Box::new(network_policy::NetworkPolicy),
         Box::new(label_node::LabelNode),
