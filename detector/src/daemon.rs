@@ -30,7 +30,7 @@ use crate::{
     attribution::{Enricher, node, pod_watch, pods::PodIndex},
     clock::Clock,
     config::Config,
-    contain::{Containment, dispatcher::ContainError},
+    contain::{Containment, dispatcher::ContainError, verdict_reports::VerdictReports},
     event::Event,
     evidence::RecentEvents,
     export::{ExportError, Exporter},
@@ -280,6 +280,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     } else {
         None
     };
+    let reports = match &kube {
+        Some(client) if config.contain.verdict_reports => Some(VerdictReports::start(
+            client.clone(),
+            config.contain.api.clone(),
+            &Handle::current(),
+        )),
+        _ => None,
+    };
     let containment = if config.contain.enabled {
         Some(
             Containment::start(
@@ -301,6 +309,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let responders = Responders::new(
         exporter,
         containment,
+        reports,
         config.evidence.on_contain.then(|| config.evidence.clone()),
         Handle::current(),
         sensors.cgroup2().to_owned(),

@@ -24,6 +24,7 @@ use crate::{
     contain::{
         ContainmentHandle, IncidentView, StepOutcome, Taken,
         journal::{Entry, EntryKind},
+        verdict_reports::VerdictReports,
     },
     event::Event,
     evidence::{
@@ -51,6 +52,7 @@ const MAX_CAPTURED: usize = 4096;
 pub struct Responders {
     fanout: Fanout,
     containment: Option<ContainmentHandle>,
+    reports: Option<VerdictReports>,
     evidence: Option<EvidenceConfig>,
     runtime: Handle,
     cgroup2: PathBuf,
@@ -63,6 +65,7 @@ impl Responders {
     pub fn new(
         exporter: Option<ExporterHandle>,
         containment: Option<ContainmentHandle>,
+        reports: Option<VerdictReports>,
         evidence: Option<EvidenceConfig>,
         runtime: Handle,
         cgroup2: PathBuf,
@@ -83,6 +86,7 @@ impl Responders {
         Self {
             fanout,
             containment,
+            reports,
             evidence,
             runtime,
             cgroup2,
@@ -124,6 +128,9 @@ impl Responders {
         let Record::Verdict(verdict) = record else {
             return None;
         };
+        if let Some(reports) = &self.reports {
+            reports.verdict(verdict);
+        }
         if verdict.decision != Decision::Contain {
             return None;
         }

@@ -1761,3 +1761,105 @@ fn revocation_takes_the_account_out_of_its_bindings_deletes_its_tokens_and_relea
         "a deleted token stays deleted"
     );
 }
+
+/// A verdict on `ns/pod` with `decision` and the rules `ids`.
+fn verdict_with(
+    ns: &str,
+    pod: &str,
+    decision: detector::score::Decision,
+    ids: &[&str],
+) -> detector::score::Verdict {
+    let mut v = contain_verdict(ns, pod);
+    v.decision = decision;
+    v.rules = ids
+        .iter()
+        .map(|id| detector::score::Contribution {
+            rule: detector::rules::RuleMeta {
+                id: (*id).into(),
+                description: format!("{id} seen"),
+                tactic: "execution".into(),
+                technique: "T1059".into(),
+                severity: detector::rules::Severity::Medium,
+                weight: 5.0,
+                contain_immediately: false,
+            },
+            matches: 1,
+            events: Vec::new(),
+        })
+        .collect();
+    v
+}
+
+/// Waits until `check` holds of the pod's verdict Report.
+fn wait_report(env: &Env, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(report) =
+            env.server
+                .object("apis/openreports.io/v1alpha1", "reports", "shop", name)
+            && check(&report)
+        {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "no such Report {name}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn each_pods_latest_alerting_verdict_is_a_report_owned_by_the_pod() {
+    use detector::{contain::verdict_reports::VerdictReports, score::Decision};
+    let env = Env::new();
+    env.shop();
+    let reports = {
+        let _guard = env.rt.enter();
+        VerdictReports::start(env.client.clone(), env.config().api, env.rt.handle())
+    };
+    let policies = |report: &Value| -> Vec<String> {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["policy"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    reports.verdict(&verdict_with(
+        "shop",
+        "web-1",
+        Decision::Alert,
+        &["shell-in-container"],
+    ));
+    // A `log` verdict is no finding.
+    reports.verdict(&verdict_with("shop", "web-2", Decision::Log, &["noise"]));
+    let report = wait_report(&env, "detector-pod-web-1", |_| true);
+    check_openreports(&report);
+    assert_eq!(policies(&report), ["shell-in-container"]);
+    assert_eq!(
+        report["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": "web-1-uid"}])
+    );
+    assert_eq!(report["results"][0]["properties"]["decision"], "alert");
+    // The pod's next verdict replaces it.
+    reports.verdict(&verdict_with(
+        "shop",
+        "web-1",
+        Decision::Contain,
+        &["shell-in-container", "credential-read"],
+    ));
+    let report = wait_report(&env, "detector-pod-web-1", |r| {
+        r["results"].as_array().unwrap().len() == 2
+    });
+    check_openreports(&report);
+    assert_eq!(policies(&report), ["shell-in-container", "credential-read"]);
+    assert!(
+        env.server
+            .object(
+                "apis/openreports.io/v1alpha1",
+                "reports",
+                "shop",
+                "detector-pod-web-2"
+            )
+            .is_none()
+    );
+    assert_eq!(reports.dropped(), 0);
+}

@@ -48,6 +48,9 @@ pub struct ContainConfig {
     pub snapshot_class: Option<String>,
     /// Emit a Kubernetes Event on the pod or node for each step.
     pub events: bool,
+    /// Each pod's latest `alert` or `contain` verdict as an OpenReports `Report` in its
+    /// namespace, owned by the pod (with a cluster, where the CRD is installed).
+    pub verdict_reports: bool,
     /// Retries of Kubernetes API calls.
     pub api: ApiRetryConfig,
     /// How long evictions refused by a PodDisruptionBudget (429) are retried, in seconds.
@@ -260,6 +263,7 @@ impl Default for ContainConfig {
             network_policy_name: "detector-quarantine".into(),
             snapshot_class: None,
             events: true,
+            verdict_reports: true,
             api: ApiRetryConfig::default(),
             // A PodDisruptionBudget usually frees up once a replacement is ready.
             evict_deadline_s: 120,

@@ -31,6 +31,7 @@ pub mod dispatcher;
 pub mod journal;
 pub mod kube;
 pub mod release;
+pub mod verdict_reports;
 
 use std::{
     path::PathBuf,
@@ -97,6 +98,7 @@ pub fn required_rbac() -> Vec<Rule> {
         .iter()
         .chain(ATTRIBUTION_RBAC)
         .chain(budget::RBAC)
+        .chain(verdict_reports::RBAC)
         .copied()
         .collect();
     for action in actions::steps() {

@@ -12,47 +12,59 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{ApiStep, Scope, Step};
-use crate::contain::{ContainConfig, Incident, Rule, StepOutcome, kube::ApiError};
+use crate::{
+    contain::{ContainConfig, Incident, Rule, StepOutcome, kube::ApiError},
+    rules::RuleMeta,
+};
 
 /// Creates the incident's Report.
 pub struct Report;
-
-/// The Report resource.
-fn resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("openreports.io", "v1alpha1", "Report"),
-        "reports",
-    )
-}
 
 /// The Report's name.
 pub fn report_name(incident: &str) -> String {
     format!("detector-{incident}")
 }
 
-/// The Report of `incident` on its pod `namespace/name`, as the OpenReports API defines it.
-pub fn report(incident: &Incident, namespace: &str, name: &str, prefix: &str) -> Value {
+/// The pod a Report is about.
+pub struct ReportedPod<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// UID, when known.
+    pub uid: Option<&'a str>,
+}
+
+/// A Report named `name` on `pod`, as the OpenReports API defines it: one `fail` result per
+/// rule (or one result saying `message` when there are none), each with `properties`.
+pub fn report_object(
+    name: &str,
+    pod: &ReportedPod<'_>,
+    rules: &[RuleMeta],
+    message: &str,
+    properties: &[(&str, String)],
+) -> Value {
     let now = time::OffsetDateTime::now_utc();
     let timestamp = json!({"seconds": now.unix_timestamp(), "nanos": now.nanosecond()});
-    let pod = json!({
+    let resource = json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "name": name,
-        "namespace": namespace,
-        "uid": incident.subject.pod_uid,
+        "name": pod.name,
+        "namespace": pod.namespace,
+        "uid": pod.uid,
     });
-    let properties = |extra: Vec<(&str, String)>| {
+    let props = |extra: Option<(&str, &str)>| {
         let mut map = serde_json::Map::new();
-        map.insert("incident".into(), json!(incident.id));
-        map.insert("score".into(), json!(format!("{:.1}", incident.score)));
-        map.insert("node".into(), json!(incident.node));
-        for (k, v) in extra {
+        for (k, v) in properties
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra)
+        {
             map.insert(k.into(), json!(v));
         }
         Value::Object(map)
     };
-    let mut results: Vec<Value> = incident
-        .rules
+    let mut results: Vec<Value> = rules
         .iter()
         .map(|rule| {
             json!({
@@ -64,14 +76,13 @@ pub fn report(incident: &Incident, namespace: &str, name: &str, prefix: &str) ->
                 "timestamp": timestamp,
                 "result": "fail",
                 "scored": true,
-                "resources": [pod],
+                "resources": [resource],
                 "message": rule.description,
-                "properties": properties(vec![("technique", rule.technique.clone())]),
+                "properties": props(Some(("technique", &rule.technique))),
             })
         })
         .collect();
     if results.is_empty() {
-        // A resumed incident no longer has its verdict's rules: the incident itself.
         results.push(json!({
             "source": "detector",
             "policy": "containment",
@@ -79,25 +90,54 @@ pub fn report(incident: &Incident, namespace: &str, name: &str, prefix: &str) ->
             "timestamp": timestamp,
             "result": "fail",
             "scored": true,
-            "resources": [pod],
-            "message": incident.reason,
-            "properties": properties(Vec::new()),
+            "resources": [resource],
+            "message": message,
+            "properties": props(None),
         }));
     }
     json!({
         "apiVersion": "openreports.io/v1alpha1",
         "kind": "Report",
         "metadata": {
-            "name": report_name(&incident.id),
-            "namespace": namespace,
+            "name": name,
+            "namespace": pod.namespace,
             "labels": {"app.kubernetes.io/managed-by": "detector"},
-            "annotations": {format!("{prefix}incident"): incident.id},
         },
         "source": "detector",
-        "scope": pod,
+        "scope": resource,
         "summary": {"pass": 0, "fail": results.len(), "warn": 0, "error": 0, "skip": 0},
         "results": results,
     })
+}
+
+/// The Report of `incident` on its pod `namespace/name`.
+pub fn report(incident: &Incident, namespace: &str, name: &str, prefix: &str) -> Value {
+    let pod = ReportedPod {
+        namespace,
+        name,
+        uid: incident.subject.pod_uid.as_deref(),
+    };
+    let mut value = report_object(
+        &report_name(&incident.id),
+        &pod,
+        &incident.rules,
+        &incident.reason,
+        &[
+            ("incident", incident.id.clone()),
+            ("score", format!("{:.1}", incident.score)),
+            ("node", incident.node.clone()),
+        ],
+    );
+    value["metadata"]["annotations"] = json!({ format!("{prefix}incident"): incident.id });
+    value
+}
+
+/// The Report resource.
+pub fn resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("openreports.io", "v1alpha1", "Report"),
+        "reports",
+    )
 }
 
 impl ApiStep for Report {
