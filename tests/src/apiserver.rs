@@ -22,6 +22,8 @@
 //! - fault injection ([`ApiServer::fail_next`], [`ApiServer::delay_next`]): the next N
 //!   requests matching a method and path prefix fail with a status, or are held for a while;
 //! - `/version`;
+//! - API groups not served ([`ApiServer::unserve`]): 404 under them, as for a CRD not
+//!   installed;
 //! - Kubernetes `Status` bodies for errors (404 `NotFound`, 409 `AlreadyExists`/`Conflict`,
 //!   400 `BadRequest`, 422 `Invalid`, 429 `TooManyRequests`, 500 `InternalError`).
 //!
@@ -99,6 +101,8 @@ pub struct Store {
     requests: Vec<RecordedRequest>,
     uids: u64,
     faults: Vec<Fault>,
+    /// API groups (`apis/<group>/<version>`) this server does not serve: a CRD not installed.
+    unserved: Vec<String>,
 }
 
 /// An injected fault: the next `remaining` requests matching `method` (any when `None`) and
@@ -289,6 +293,12 @@ impl ApiServer {
             status: Some(status),
             delay: Duration::ZERO,
         });
+    }
+
+    /// Stops serving `api` (`apis/<group>/<version>`), as an API server without the CRD: every
+    /// request under it is a 404 `NotFound`, the real server's answer.
+    pub fn unserve(&self, api: &str) {
+        self.shared.store().unserved.push(api.to_owned());
     }
 
     /// Holds the next `count` matching requests for `delay` before serving them (client
@@ -511,6 +521,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             format!("the server could not find the requested resource {path}"),
         );
     };
+    if shared.store().unserved.contains(&target.api) {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    }
     let body = match axum::body::to_bytes(request.into_body(), 16 << 20).await {
         Ok(body) => body,
         Err(err) => return status(StatusCode::BAD_REQUEST, "BadRequest", err.to_string()),

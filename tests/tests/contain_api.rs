@@ -1512,8 +1512,7 @@ fn each_claim_the_pod_mounts_is_snapshotted_and_the_snapshots_outlive_the_releas
             "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "postgres"}],
                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-2"}}]}}),
     );
-    env.server
-        .fail_next(Some("POST"), "/apis/snapshot.storage.k8s.io/v1", 1, 404);
+    env.server.unserve("apis/snapshot.storage.k8s.io/v1");
     let v = contain_verdict("shop", "db-2");
     handle.on_verdict(&v, v.ktime_ns, vec![2]);
     handle.flush();
@@ -1647,8 +1646,7 @@ fn the_incident_is_an_openreports_report_on_the_pod_deleted_on_release() {
         "a Report tells the current state: gone on release"
     );
     // Without the CRD, the step is not applicable and nothing else changes.
-    env.server
-        .fail_next(Some("POST"), "/apis/openreports.io/v1alpha1", 1, 404);
+    env.server.unserve("apis/openreports.io/v1alpha1");
     let v = contain_verdict("shop", "db-1");
     handle.on_verdict(&v, v.ktime_ns, vec![2]);
     handle.flush();
