@@ -95,6 +95,16 @@ impl Env {
         journal::replay(&entries)
     }
 
+    /// Starts a daemon on the cluster and has it contain `shop/<pod>` (cgroup `cgroup`), every
+    /// step done.
+    fn contain(&self, config: ContainConfig, pod: &str, cgroup: u64) -> ContainmentHandle {
+        let handle = self.start(config, true);
+        let v = contain_verdict("shop", pod);
+        handle.on_verdict(&v, v.ktime_ns, vec![cgroup]);
+        handle.flush();
+        handle
+    }
+
     fn pod(&self, ns: &str, name: &str) -> Option<Value> {
         self.server.object("api/v1", "pods", ns, name)
     }
@@ -199,6 +209,14 @@ impl Env {
 
 fn labels(object: &Value) -> Value {
     object["metadata"]["labels"].clone()
+}
+
+/// The incident of pod `pod` in the environment's journal.
+fn record_of(env: &Env, pod: &str) -> IncidentRecord {
+    env.records()
+        .into_values()
+        .find(|r| r.subject.pod.as_deref() == Some(pod))
+        .unwrap_or_else(|| panic!("no incident of {pod}"))
 }
 
 fn only(records: &std::collections::BTreeMap<String, IncidentRecord>) -> &IncidentRecord {
@@ -375,10 +393,7 @@ fn an_eviction_its_budget_never_allows_is_journaled_as_the_budget_refusal() {
     );
     let mut config = env.config();
     config.evict_deadline_s = 2;
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "web-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
-    handle.flush();
+    let handle = env.contain(config, "web-1", 4242);
 
     let records = env.records();
     let record = only(&records);
@@ -661,10 +676,7 @@ fn a_conflicting_change_is_re_read_and_re_applied() {
         .fail_next(Some("PATCH"), "/api/v1/namespaces/shop/pods/web-1", 1, 409);
     let mut config = env.config();
     config.steps.evict_other_pods = false;
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "web-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![1]);
-    handle.flush();
+    let handle = env.contain(config, "web-1", 1);
     drop(handle);
     let records = env.records();
     assert!(matches!(
@@ -1239,10 +1251,7 @@ fn propose_changes_nothing_in_the_api_until_approved_then_runs_the_playbook() {
     let mut config = env.config();
     config.steps.evict_other_pods = false;
     config.modes.default = Mode::Propose;
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "web-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
-    handle.flush();
+    let handle = env.contain(config, "web-1", 4242);
     let id = only(&env.records()).id.clone();
     let record = env.records()[&id].clone();
     assert_eq!(record.state, IncidentState::Proposed, "{record:#?}");
@@ -1300,11 +1309,7 @@ fn propose_changes_nothing_in_the_api_until_approved_then_runs_the_playbook() {
     let v = contain_verdict("shop", "db-1");
     handle.on_verdict(&v, v.ktime_ns, vec![4343]);
     handle.flush();
-    let db = env
-        .records()
-        .into_values()
-        .find(|r| r.subject.pod.as_deref() == Some("db-1"))
-        .unwrap();
+    let db = record_of(&env, "db-1");
     assert_eq!(db.state, IncidentState::Proposed);
     let mut approved = Entry::new(&db.id, EntryKind::Approved { by: "cli".into() });
     approved.pid = 0;
@@ -1328,10 +1333,7 @@ fn an_unapproved_proposal_expires_and_is_released() {
     let mut config = env.config();
     config.modes.default = Mode::Propose;
     config.modes.propose_expiry_s = 1;
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "web-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![4242]);
-    handle.flush();
+    let handle = env.contain(config, "web-1", 4242);
     let id = only(&env.records()).id.clone();
     assert_eq!(env.block.blocked(), BTreeSet::from([4242]));
     let record = wait_state(&env, &id, IncidentState::Released);
@@ -1401,10 +1403,7 @@ fn the_incident_lists_what_the_pods_service_account_may_do() {
     );
     let mut config = env.config();
     config.steps.evict_other_pods = false;
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "web-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![1]);
-    handle.flush();
+    let handle = env.contain(config, "web-1", 1);
     drop(handle);
     let records = env.records();
     let Some(StepOutcome::Done { detail, .. }) = only(&records).step("list_access") else {
@@ -1448,10 +1447,7 @@ fn each_claim_the_pod_mounts_is_snapshotted_and_the_snapshots_outlive_the_releas
     config.steps.evict_other_pods = false;
     config.steps.snapshot_volumes = true;
     config.snapshot_class = Some("csi-snapclass".into());
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "db-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![1]);
-    handle.flush();
+    let handle = env.contain(config, "db-1", 1);
     let id = only(&env.records()).id.clone();
     for claim in ["data-db-1", "wal-db-1"] {
         let name = format!("{claim}-{id}");
@@ -1517,11 +1513,7 @@ fn each_claim_the_pod_mounts_is_snapshotted_and_the_snapshots_outlive_the_releas
     handle.on_verdict(&v, v.ktime_ns, vec![2]);
     handle.flush();
     drop(handle);
-    let record = env
-        .records()
-        .into_values()
-        .find(|r| r.subject.pod.as_deref() == Some("db-2"))
-        .unwrap();
+    let record = record_of(&env, "db-2");
     assert!(
         matches!(record.step("snapshot_volumes"), Some(StepOutcome::Failed { error })
             if error.contains("CSI snapshot controller")),
@@ -1651,11 +1643,7 @@ fn the_incident_is_an_openreports_report_on_the_pod_deleted_on_release() {
     handle.on_verdict(&v, v.ktime_ns, vec![2]);
     handle.flush();
     drop(handle);
-    let record = env
-        .records()
-        .into_values()
-        .find(|r| r.subject.pod.as_deref() == Some("db-1"))
-        .unwrap();
+    let record = record_of(&env, "db-1");
     assert!(
         matches!(record.step("report"), Some(StepOutcome::NotApplicable { why }) if why.contains("CRD")),
         "{record:#?}"
@@ -1707,10 +1695,7 @@ fn revocation_takes_the_account_out_of_its_bindings_deletes_its_tokens_and_relea
     let mut config = env.config();
     config.steps.evict_other_pods = false;
     config.steps.revoke_service_account = true;
-    let handle = env.start(config, true);
-    let v = contain_verdict("shop", "web-1");
-    handle.on_verdict(&v, v.ktime_ns, vec![1]);
-    handle.flush();
+    let handle = env.contain(config, "web-1", 1);
     let record = only(&env.records()).clone();
     assert!(
         matches!(record.step("revoke_service_account"), Some(StepOutcome::Done { detail, .. })

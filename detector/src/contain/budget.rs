@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ContainConfig, Rule,
+    actions::managed_labels,
     kube::{ApiError, KubeApi},
 };
 
@@ -183,13 +184,7 @@ pub async fn take(
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
                 namespace: Some(namespace.to_owned()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "detector".to_owned(),
-                    )]
-                    .into(),
-                ),
+                labels: Some(managed_labels()),
                 ..ObjectMeta::default()
             },
             spec: None,

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{ApiStep, PatchKind, Scope, Step, labels_of};
+use super::{ApiStep, POD_RBAC, PatchKind, Scope, Step, labels_of};
 use crate::contain::{ContainConfig, Rule, StepOutcome, kube::ApiError};
 
 /// `quarantine=true` plus `<prefix>incident`, `<prefix>score`, `<prefix>reason`.
@@ -11,11 +11,7 @@ pub struct LabelPod;
 
 impl ApiStep for LabelPod {
     const NAME: &'static str = "label_pod";
-    const RBAC: &'static [Rule] = &[Rule {
-        api_group: "",
-        resource: "pods",
-        verbs: &["get", "patch"],
-    }];
+    const RBAC: &'static [Rule] = POD_RBAC;
     const SCOPE: Scope = Scope::Pod;
 
     fn enabled(config: &ContainConfig) -> bool {

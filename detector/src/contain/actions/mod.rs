@@ -285,6 +285,22 @@ pub fn steps() -> Vec<Box<dyn Action>> {
     steps
 }
 
+/// Pod reads and patches (labels and annotations).
+pub(crate) const POD_RBAC: &[Rule] = &[Rule {
+    api_group: "",
+    resource: "pods",
+    verbs: &["get", "patch"],
+}];
+
+/// The labels of every object the detector creates.
+pub(crate) fn managed_labels() -> BTreeMap<String, String> {
+    [(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "detector".to_owned(),
+    )]
+    .into()
+}
+
 /// Pod labels, empty when unset.
 pub(crate) fn labels_of(pod: &Pod) -> BTreeMap<String, String> {
     pod.metadata.labels.clone().unwrap_or_default()

@@ -8,7 +8,7 @@ use k8s_openapi::{
 };
 use kube::{Api, api::PostParams};
 
-use super::{ApiStep, Scope, Step, reread_on_conflict};
+use super::{ApiStep, Scope, Step, managed_labels, reread_on_conflict};
 use crate::contain::{ContainConfig, Rule, StepOutcome, kube::ApiError};
 
 /// The deny-all NetworkPolicy.
@@ -75,13 +75,7 @@ async fn ensure(step: &Step<'_>) -> Result<StepOutcome, ApiError> {
                 metadata: kube::api::ObjectMeta {
                     name: Some(name.to_owned()),
                     namespace: Some(namespace.to_owned()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_owned(),
-                            "detector".to_owned(),
-                        )]
-                        .into(),
-                    ),
+                    labels: Some(managed_labels()),
                     ..Default::default()
                 },
                 spec: Some(want),

@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::{ApiStep, PatchKind, Scope, Step};
+use super::{ApiStep, POD_RBAC, PatchKind, Scope, Step};
 use crate::contain::{ContainConfig, Rule, StepOutcome, kube::ApiError};
 
 /// Annotates the pod with the proposal.
@@ -27,11 +27,7 @@ pub fn approve_key(config: &ContainConfig) -> String {
 
 impl ApiStep for Propose {
     const NAME: &'static str = NAME;
-    const RBAC: &'static [Rule] = &[Rule {
-        api_group: "",
-        resource: "pods",
-        verbs: &["get", "patch"],
-    }];
+    const RBAC: &'static [Rule] = POD_RBAC;
     const SCOPE: Scope = Scope::Pod;
 
     /// Always: the modes decide whether an incident is proposed.

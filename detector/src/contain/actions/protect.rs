@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{ApiStep, PatchKind, Scope, Step};
+use super::{ApiStep, POD_RBAC, PatchKind, Scope, Step};
 use crate::contain::{ContainConfig, Rule, StepOutcome, kube::ApiError};
 
 /// Karpenter's opt-out from voluntary disruption (pods and nodes).
@@ -105,11 +105,7 @@ where
 
 impl ApiStep for ProtectPod {
     const NAME: &'static str = "protect_pod";
-    const RBAC: &'static [Rule] = &[Rule {
-        api_group: "",
-        resource: "pods",
-        verbs: &["get", "patch"],
-    }];
+    const RBAC: &'static [Rule] = POD_RBAC;
     const SCOPE: Scope = Scope::Pod;
 
     fn enabled(config: &ContainConfig) -> bool {

@@ -63,111 +63,132 @@ fn forbidden_hint(err: ApiError) -> ApiError {
     }
 }
 
+/// A RoleBinding or a ClusterRoleBinding: what revocation reads and edits of either.
+trait Binding:
+    Clone
+    + std::fmt::Debug
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + kube::Resource<DynamicType = ()>
+    + Send
+    + Sync
+{
+    /// Its kind.
+    const KIND: &'static str;
+    /// Its subjects.
+    fn subjects_mut(&mut self) -> &mut Option<Vec<Subject>>;
+}
+
+impl Binding for RoleBinding {
+    const KIND: &'static str = "RoleBinding";
+
+    fn subjects_mut(&mut self) -> &mut Option<Vec<Subject>> {
+        &mut self.subjects
+    }
+}
+
+impl Binding for ClusterRoleBinding {
+    const KIND: &'static str = "ClusterRoleBinding";
+
+    fn subjects_mut(&mut self) -> &mut Option<Vec<Subject>> {
+        &mut self.subjects
+    }
+}
+
+/// Edits the subjects of binding `name`: read afresh, `edit` (which says whether it changed
+/// anything), replaced at the version read, a 409 read again.
+async fn edit_binding<K: Binding>(
+    step: &Step<'_>,
+    api: &Api<K>,
+    name: &str,
+    edit: impl Fn(&mut Vec<Subject>) -> bool,
+) -> Result<(), ApiError> {
+    let edit = &edit;
+    let outcome = reread_on_conflict(|| async move {
+        let mut fresh = step.api.call("get binding", || api.get(name)).await?;
+        if !edit(fresh.subjects_mut().get_or_insert_default()) {
+            return Ok(StepOutcome::AlreadyDone {
+                detail: String::new(),
+            });
+        }
+        let params = PostParams::default();
+        let body = serde_json::to_string(&fresh).unwrap_or_default();
+        step.ctx
+            .change(
+                format!("PUT {}/{name} {body}", api.resource_url()),
+                async || {
+                    step.api
+                        .call("replace binding", || api.replace(name, &params, &fresh))
+                        .await
+                },
+            )
+            .await?;
+        Ok(StepOutcome::done(""))
+    })
+    .await
+    .map_err(forbidden_hint)?;
+    match outcome {
+        StepOutcome::Failed { error } => Err(ApiError::Conflict {
+            what: format!("{} {name}", K::KIND),
+            message: error,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Takes ServiceAccount `sa` of the step's namespace out of the bindings of `api` that name
+/// it (`namespace`: the bindings', for a RoleBinding); returns what it changed.
+async fn strip<K: Binding>(
+    step: &Step<'_>,
+    api: &Api<K>,
+    namespace: Option<&str>,
+    sa: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let ns = step.namespace;
+    let params = ListParams::default();
+    let list = step.api.call("list bindings", || api.list(&params)).await?;
+    let explicit = |s: &Subject| s.kind == "ServiceAccount" && names(s, ns, sa, namespace);
+    let mut changed = Vec::new();
+    for mut binding in list.items {
+        if !binding.subjects_mut().iter().flatten().any(explicit) {
+            continue;
+        }
+        let name = binding.meta().name.clone().unwrap_or_default();
+        edit_binding(step, api, &name, |subjects| {
+            let before = subjects.len();
+            subjects.retain(|s| !explicit(s));
+            subjects.len() != before
+        })
+        .await?;
+        changed.push(revoked(K::KIND, namespace, &name));
+    }
+    Ok(changed)
+}
+
+/// Puts ServiceAccount `subject` back in binding `name` of `api`; `false` when the binding is
+/// gone.
+async fn put_back<K: Binding>(
+    step: &Step<'_>,
+    api: &Api<K>,
+    name: &str,
+    subject: &Subject,
+) -> Result<bool, ApiError> {
+    let result = edit_binding(step, api, name, |subjects| {
+        let absent = !subjects.contains(subject);
+        if absent {
+            subjects.push(subject.clone());
+        }
+        absent
+    })
+    .await;
+    match result {
+        Ok(()) => Ok(true),
+        Err(ApiError::NotFound { .. }) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 impl RevokeServiceAccount {
-    /// Takes the account out of the RoleBindings of its namespace that name it; returns what
-    /// it changed.
-    async fn role_bindings(step: &Step<'_>, sa: &str) -> Result<Vec<Value>, ApiError> {
-        let ns = step.namespace;
-        let api: Api<RoleBinding> = Api::namespaced(step.api.client().clone(), ns);
-        let params = ListParams::default();
-        let list = step
-            .api
-            .call("list rolebindings", || api.list(&params))
-            .await?;
-        let mut changed = Vec::new();
-        for binding in list.items {
-            let name = binding.metadata.name.clone().unwrap_or_default();
-            let explicit = |s: &Subject| s.kind == "ServiceAccount" && names(s, ns, sa, Some(ns));
-            if !binding.subjects.iter().flatten().any(explicit) {
-                continue;
-            }
-            let (api, name) = (&api, &name);
-            let outcome = reread_on_conflict(|| async move {
-                let mut fresh = step.api.call("get rolebinding", || api.get(name)).await?;
-                let subjects = fresh.subjects.get_or_insert_default();
-                subjects.retain(|s| !explicit(s));
-                let params = PostParams::default();
-                let body = serde_json::to_string(&fresh).unwrap_or_default();
-                step.ctx
-                    .change(
-                        format!("PUT {}/{name} {body}", api.resource_url()),
-                        async || {
-                            step.api
-                                .call("replace rolebinding", || api.replace(name, &params, &fresh))
-                                .await
-                        },
-                    )
-                    .await?;
-                Ok(StepOutcome::done(""))
-            })
-            .await
-            .map_err(forbidden_hint)?;
-            if let StepOutcome::Failed { error } = outcome {
-                return Err(ApiError::Conflict {
-                    what: format!("rolebinding {ns}/{name}"),
-                    message: error,
-                });
-            }
-            changed.push(revoked("RoleBinding", Some(ns), name));
-        }
-        Ok(changed)
-    }
-
-    /// The same for the ClusterRoleBindings.
-    async fn cluster_role_bindings(step: &Step<'_>, sa: &str) -> Result<Vec<Value>, ApiError> {
-        let ns = step.namespace;
-        let api: Api<ClusterRoleBinding> = Api::all(step.api.client().clone());
-        let params = ListParams::default();
-        let list = step
-            .api
-            .call("list clusterrolebindings", || api.list(&params))
-            .await?;
-        let mut changed = Vec::new();
-        for binding in list.items {
-            let name = binding.metadata.name.clone().unwrap_or_default();
-            let explicit = |s: &Subject| s.kind == "ServiceAccount" && names(s, ns, sa, None);
-            if !binding.subjects.iter().flatten().any(explicit) {
-                continue;
-            }
-            let (api, name) = (&api, &name);
-            let outcome = reread_on_conflict(|| async move {
-                let mut fresh = step
-                    .api
-                    .call("get clusterrolebinding", || api.get(name))
-                    .await?;
-                fresh
-                    .subjects
-                    .get_or_insert_default()
-                    .retain(|s| !explicit(s));
-                let params = PostParams::default();
-                let body = serde_json::to_string(&fresh).unwrap_or_default();
-                step.ctx
-                    .change(
-                        format!("PUT {}/{name} {body}", api.resource_url()),
-                        async || {
-                            step.api
-                                .call("replace clusterrolebinding", || {
-                                    api.replace(name, &params, &fresh)
-                                })
-                                .await
-                        },
-                    )
-                    .await?;
-                Ok(StepOutcome::done(""))
-            })
-            .await
-            .map_err(forbidden_hint)?;
-            if let StepOutcome::Failed { error } = outcome {
-                return Err(ApiError::Conflict {
-                    what: format!("clusterrolebinding {name}"),
-                    message: error,
-                });
-            }
-            changed.push(revoked("ClusterRoleBinding", None, name));
-        }
-        Ok(changed)
-    }
-
     /// Deletes the account's legacy token Secrets; returns their names.
     async fn tokens(step: &Step<'_>, sa: &str) -> Result<Vec<String>, ApiError> {
         let api: Api<Secret> = Api::namespaced(step.api.client().clone(), step.namespace);
@@ -255,8 +276,11 @@ impl ApiStep for RevokeServiceAccount {
             .and_then(|s| s.service_account_name)
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into());
-        let mut bindings = Self::role_bindings(step, &sa).await?;
-        bindings.extend(Self::cluster_role_bindings(step, &sa).await?);
+        let client = step.api.client().clone();
+        let local: Api<RoleBinding> = Api::namespaced(client.clone(), step.namespace);
+        let cluster: Api<ClusterRoleBinding> = Api::all(client);
+        let mut bindings = strip(step, &local, Some(step.namespace), &sa).await?;
+        bindings.extend(strip(step, &cluster, None, &sa).await?);
         let tokens = Self::tokens(step, &sa).await?;
         let listed: Vec<String> = bindings
             .iter()
@@ -300,65 +324,19 @@ impl ApiStep for RevokeServiceAccount {
         for binding in data["bindings"].as_array().into_iter().flatten() {
             let name = binding["name"].as_str().unwrap_or_default().to_owned();
             let kind = binding["kind"].as_str().unwrap_or_default();
-            let (name, subject) = (&name, &subject);
-            let result = match kind {
-                "RoleBinding" => {
-                    let api: Api<RoleBinding> =
-                        Api::namespaced(step.api.client().clone(), step.namespace);
-                    let api = &api;
-                    reread_on_conflict(|| async move {
-                        let mut fresh = step.api.call("get rolebinding", || api.get(name)).await?;
-                        let subjects = fresh.subjects.get_or_insert_default();
-                        if !subjects.contains(subject) {
-                            subjects.push(subject.clone());
-                            let params = PostParams::default();
-                            step.ctx
-                                .change(format!("PUT {}/{name}", api.resource_url()), async || {
-                                    step.api
-                                        .call("replace rolebinding", || {
-                                            api.replace(name, &params, &fresh)
-                                        })
-                                        .await
-                                })
-                                .await?;
-                        }
-                        Ok(StepOutcome::done(""))
-                    })
-                    .await
-                }
-                _ => {
-                    let api: Api<ClusterRoleBinding> = Api::all(step.api.client().clone());
-                    let api = &api;
-                    reread_on_conflict(|| async move {
-                        let mut fresh = step
-                            .api
-                            .call("get clusterrolebinding", || api.get(name))
-                            .await?;
-                        let subjects = fresh.subjects.get_or_insert_default();
-                        if !subjects.contains(subject) {
-                            subjects.push(subject.clone());
-                            let params = PostParams::default();
-                            step.ctx
-                                .change(format!("PUT {}/{name}", api.resource_url()), async || {
-                                    step.api
-                                        .call("replace clusterrolebinding", || {
-                                            api.replace(name, &params, &fresh)
-                                        })
-                                        .await
-                                })
-                                .await?;
-                        }
-                        Ok(StepOutcome::done(""))
-                    })
-                    .await
-                }
+            let client = step.api.client().clone();
+            let present = if kind == "RoleBinding" {
+                let api: Api<RoleBinding> = Api::namespaced(client, step.namespace);
+                put_back(step, &api, &name, &subject).await?
+            } else {
+                let api: Api<ClusterRoleBinding> = Api::all(client);
+                put_back(step, &api, &name, &subject).await?
             };
-            match result.map_err(forbidden_hint) {
-                Ok(StepOutcome::Failed { error }) => return Ok(StepOutcome::Failed { error }),
-                Ok(_) => restored.push(format!("{kind} {name}")),
+            if present {
+                restored.push(format!("{kind} {name}"));
+            } else {
                 // Deleted meanwhile: nothing to put back.
-                Err(ApiError::NotFound { .. }) => gone.push(format!("{kind} {name}")),
-                Err(err) => return Err(err),
+                gone.push(format!("{kind} {name}"));
             }
         }
         Ok(StepOutcome::done(format!(

@@ -9,7 +9,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{ApiStep, Scope, Step};
+use super::{ApiStep, Scope, Step, managed_labels};
 use crate::contain::{ContainConfig, Rule, StepOutcome, kube::ApiError};
 
 /// Snapshots the pod's volumes.
@@ -82,13 +82,7 @@ impl ApiStep for SnapshotVolumes {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     namespace: Some(step.namespace.to_owned()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_owned(),
-                            "detector".to_owned(),
-                        )]
-                        .into(),
-                    ),
+                    labels: Some(managed_labels()),
                     annotations: Some(
                         [(
                             format!("{}incident", step.config().annotation_prefix),
