@@ -1,4 +1,4 @@
-//! The `rules check` and `replay` subcommands, run as a person would.
+//! The `rules check`, `replay`, `approve` and `confirm` subcommands, run as a person would.
 
 use std::process::Command;
 
@@ -66,4 +66,78 @@ fn replay_prints_records_and_counts_bad_lines() {
             .any(|l| l.contains("\"kind\":\"verdict\"") && l.contains("\"decision\":\"contain\"")),
         "{stdout}"
     );
+}
+
+#[test]
+fn approve_and_confirm_journal_a_persons_decision_and_refuse_what_does_not_apply() {
+    use detector::contain::{
+        config::Mode,
+        journal::{self, EntryKind, IncidentState, Journal},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let opened = |mode| EntryKind::Opened {
+        subject: detector::score::Subject {
+            key: "pod:web-1-uid".into(),
+            namespace: Some("shop".into()),
+            pod: Some("web-1".into()),
+            ..Default::default()
+        },
+        node: "node-1".into(),
+        score: 42.0,
+        reason: "r".into(),
+        cgroup_ids: vec![1],
+        event_ktime_ns: 1,
+        dry_run: false,
+        boot_id: None,
+        mode,
+    };
+    journal.append("inc-p", opened(Mode::Propose)).unwrap();
+    journal.append("inc-e", opened(Mode::Enforce)).unwrap();
+    let run = |args: &[&str]| {
+        detector()
+            .args(args)
+            .arg("--journal-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    // Only a proposal is approved.
+    let out = run(&["approve", "inc-e"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("incident inc-e is Open: there is nothing to approve"),
+        "{stderr}"
+    );
+    let out = run(&["approve", "inc-nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no incident inc-nope"));
+    let out = run(&["approve", "inc-p"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["confirm", "inc-e"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (entries, _) = journal::read_from(&dir.path().join(journal::JOURNAL_FILE), 0).unwrap();
+    // Written by another process than the daemon's: the daemon follows and acts on them.
+    let decided: Vec<_> = entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind,
+                EntryKind::Approved { .. } | EntryKind::Confirmed { .. }
+            )
+        })
+        .collect();
+    assert_eq!(decided.len(), 2);
+    assert!(decided.iter().all(|e| e.pid != std::process::id()));
+    let records = journal::replay(&entries);
+    assert_eq!(records["inc-p"].state, IncidentState::Open);
+    assert!(records["inc-p"].confirmed && records["inc-e"].confirmed);
 }
