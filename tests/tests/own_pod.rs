@@ -305,12 +305,24 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
             format!("protected namespace {OWN_NAMESPACE}")
         ]
     );
-    // Nothing was changed through the API.
-    assert_eq!(
-        mutations(api),
-        before,
-        "the refused verdicts changed something"
-    );
+    // Nothing was changed through the API: the verdicts are reported (findings, OpenReports
+    // Reports owned by each pod), never acted on.
+    let reports = "/apis/openreports.io/v1alpha1/";
+    let changed: Vec<String> = mutations(api)
+        .into_iter()
+        .filter(|m| !m.contains(reports))
+        .collect();
+    assert_eq!(changed, before, "the refused verdicts changed something");
+    let own_report = wait_until(Duration::from_secs(10), || {
+        api.object(
+            "apis/openreports.io/v1alpha1",
+            "reports",
+            OWN_NAMESPACE,
+            &format!("detector-pod-{OWN_POD}"),
+        )
+    })
+    .expect("the verdict on the daemon's own pod is reported, though not acted on");
+    assert_eq!(own_report["scope"]["name"], OWN_POD);
 
     // The same attack in a pod of another namespace is contained.
     let cgroup = pod_cgroup(OTHER_UID, &"c3".repeat(32));
@@ -387,11 +399,16 @@ fn the_daemon_refuses_to_contain_its_own_pod_and_namespace() {
     );
     let own = format!("/namespaces/{OWN_NAMESPACE}/");
     // The cluster budget's Lease lives in the daemon's namespace: taking from it is the one
-    // change there, and it names the other pod.
+    // change there besides the verdict Reports, and it names the other pod.
     let budget = "/apis/coordination.k8s.io/v1/namespaces/";
     let in_own_namespace: Vec<&String> = changed
         .iter()
-        .filter(|m| m.contains(&own) && !m.contains("/events") && !m.contains(budget))
+        .filter(|m| {
+            m.contains(&own)
+                && !m.contains("/events")
+                && !m.contains(budget)
+                && !m.contains(reports)
+        })
         .collect();
     assert!(
         in_own_namespace.is_empty(),
