@@ -1846,3 +1846,55 @@ fn each_pods_latest_alerting_verdict_is_a_report_owned_by_the_pod() {
     );
     assert_eq!(reports.dropped(), 0);
 }
+
+#[test]
+fn an_unconfirmed_enforced_incident_expires_its_release_is_retried_and_a_confirmed_one_stays() {
+    let env = Env::new();
+    env.shop();
+    let mut config = env.config();
+    config.steps.evict_other_pods = false;
+    config.modes.enforce_expiry_s = 2;
+    let handle = env.contain(config, "web-1", 1);
+    let v = contain_verdict("shop", "db-1");
+    handle.on_verdict(&v, v.ktime_ns, vec![2]);
+    handle.flush();
+    let (web, db) = (record_of(&env, "web-1"), record_of(&env, "db-1"));
+    assert_eq!(web.state, IncidentState::Contained);
+    // A person confirms db-1's.
+    let mut confirmed = Entry::new(&db.id, EntryKind::Confirmed { by: "cli".into() });
+    confirmed.pid = 0;
+    Journal::open(env.dir.path())
+        .unwrap()
+        .append_entries(&[confirmed])
+        .unwrap();
+    // The first undo of web-1's labels is refused: the release is incomplete, and tried again.
+    env.server
+        .fail_next(Some("PATCH"), "/api/v1/namespaces/shop/pods/web-1", 1, 403);
+    let web = wait_state(&env, &web.id, IncidentState::Released);
+    assert!(web.expired);
+    let (entries, _) = journal::read_from(&env.dir.path().join(journal::JOURNAL_FILE), 0).unwrap();
+    let expired = entries
+        .iter()
+        .filter(|e| e.incident == web.id && matches!(e.kind, EntryKind::Expired { after_s: 2 }))
+        .count();
+    assert_eq!(expired, 1, "expired once, released on a second try");
+    assert!(
+        entries.iter().any(|e| e.incident == web.id
+            && matches!(
+                &e.kind,
+                EntryKind::Undo {
+                    outcome: StepOutcome::Failed { .. },
+                    ..
+                }
+            )),
+        "the first release's refused undo is journaled"
+    );
+    assert_eq!(labels(&env.pod("shop", "web-1").unwrap())["app"], "web");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        record_of(&env, "db-1").state,
+        IncidentState::Contained,
+        "a confirmed incident does not expire"
+    );
+    drop(handle);
+}

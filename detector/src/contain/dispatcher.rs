@@ -435,6 +435,8 @@ struct Shared {
     budget_namespace: String,
     /// Held while taking from the cluster budget: this node's incidents take one at a time.
     budget_lock: tokio::sync::Mutex<()>,
+    /// Incidents whose release at their expiry is under way.
+    expiring: Mutex<HashSet<String>>,
 }
 
 enum WriterMsg {
@@ -615,6 +617,7 @@ impl Containment {
             boot_id: crate::clock::boot_id(),
             budget_namespace,
             budget_lock: tokio::sync::Mutex::new(()),
+            expiring: Mutex::new(HashSet::new()),
         });
         // What the journal held at start, taken before the first verdict can add to it: only
         // these are resumed. Incidents in force hold their pods at once, so a verdict right after
@@ -1544,8 +1547,13 @@ async fn review(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
         .keys()
         .cloned()
         .collect();
-    for record in records.values().filter(|r| r.active() && !r.expired) {
-        if running.contains(&record.id) {
+    for record in records.values().filter(|r| r.active()) {
+        if running.contains(&record.id) || record.dry_run && record.expired {
+            continue;
+        }
+        if record.expired {
+            // Expired, and its release did not finish (the API refused it): again.
+            release_at_expiry(shared, tasks, &record.id);
             continue;
         }
         let proposed = record.state == journal::IncidentState::Proposed;
@@ -1557,6 +1565,10 @@ async fn review(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
                 },
             );
             run_approved(shared, tasks, &record.id);
+            continue;
+        }
+        // An enforced incident expires once its steps are done, never in the middle of them.
+        if !proposed && record.state != journal::IncidentState::Contained {
             continue;
         }
         let mode = if proposed {
@@ -1582,14 +1594,33 @@ async fn review(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
                 after_s: expiry.as_secs(),
             },
         );
-        let shared = shared.clone();
-        let id = record.id.clone();
-        tasks.spawn(async move {
-            if let Err(err) = release_in_daemon(&shared, &id).await {
-                tracing::warn!("incident {id}: releasing it at its expiry: {err}");
-            }
-        });
+        release_at_expiry(shared, tasks, &record.id);
     }
+}
+
+/// Releases an expired incident, unless its release is under way already (a review comes every
+/// 2 s; a release may take longer).
+fn release_at_expiry(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>, id: &str) {
+    let fresh = shared
+        .expiring
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id.to_owned());
+    if !fresh {
+        return;
+    }
+    let shared = shared.clone();
+    let id = id.to_owned();
+    tasks.spawn(async move {
+        if let Err(err) = release_in_daemon(&shared, &id).await {
+            tracing::warn!("incident {id}: releasing it at its expiry: {err}; tried again");
+        }
+        shared
+            .expiring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    });
 }
 
 /// Whether a person annotated the proposed incident's pod `<prefix>approve=<incident>`.
