@@ -8,8 +8,12 @@
 //! says so.
 //!
 //! ```text
-//! cargo bench -p tests --bench containment [-- --incidents N --interval-ms MS --report PATH]
+//! cargo bench -p tests --bench containment [-- --incidents N --interval-ms MS --report PATH
+//!     --no-cluster-budget]
 //! ```
+//!
+//! Each incident takes a unit of the cluster budget's Lease before its API steps (one GET and
+//! one PUT, a node's takes one at a time); `--no-cluster-budget` measures without it.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -33,6 +37,7 @@ struct Args {
     incidents: u64,
     interval: Duration,
     report: PathBuf,
+    cluster_budget: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -40,6 +45,7 @@ fn parse_args() -> anyhow::Result<Args> {
         incidents: 200,
         interval: Duration::from_millis(10),
         report: PathBuf::from("target/bench/containment.json"),
+        cluster_budget: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,9 +54,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--incidents" => args.incidents = value()?.parse()?,
             "--interval-ms" => args.interval = Duration::from_millis(value()?.parse()?),
             "--report" => args.report = value()?.into(),
+            "--no-cluster-budget" => args.cluster_budget = false,
             // What `cargo bench` passes to every bench target.
             "--bench" => {}
-            other => bail!("unknown argument {other}; known: --incidents --interval-ms --report"),
+            other => bail!(
+                "unknown argument {other}; known: --incidents --interval-ms --report \
+                 --no-cluster-budget"
+            ),
         }
     }
     Ok(args)
@@ -113,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     };
     config.budget.max = u32::try_from(args.incidents)? + 1;
     config.cluster_budget.max = config.budget.max;
+    config.cluster_budget.enabled = args.cluster_budget;
     let handle = {
         let _guard = rt.enter();
         Containment::start_with(
@@ -128,9 +139,10 @@ fn main() -> anyhow::Result<()> {
         )?
     };
     eprintln!(
-        "{} incidents, one every {:?}, kernel block in {}",
+        "{} incidents, one every {:?}, cluster budget {}, kernel block in {}",
         args.incidents,
         args.interval,
+        if args.cluster_budget { "on" } else { "off" },
         if root {
             "the real quarantine map"
         } else {
@@ -183,6 +195,7 @@ fn main() -> anyhow::Result<()> {
         "incidents": block.len(),
         "failed": failed,
         "real_kernel_map": root,
+        "cluster_budget": args.cluster_budget,
         "kernel_block_ms": {"p50": percentile(&block, 0.5), "p99": percentile(&block, 0.99)},
         "api_steps_ms": {"p50": percentile(&api, 0.5), "p99": percentile(&api, 0.99)},
     });
