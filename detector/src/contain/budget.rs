@@ -63,6 +63,17 @@ pub struct Spent {
     pub incident: String,
 }
 
+/// Who takes a unit.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// The pod, `namespace/name`.
+    pub pod: &'a str,
+    /// The incident.
+    pub incident: &'a str,
+}
+
 /// What the budget said.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Take {
@@ -95,25 +106,21 @@ pub fn annotation(config: &ContainConfig) -> String {
     format!("{}containments", config.annotation_prefix)
 }
 
-/// Takes one unit for `claim` (its `at` is now), or says why not. The caller takes for one
+/// Takes one unit for `claim`, now, or says why not. The caller takes for one
 /// incident at a time, so that a node never races itself. Taking again for an incident the
 /// node listed already (a resumed one) is granted without a second unit.
 pub async fn take(
     api: &KubeApi,
     config: &ContainConfig,
     namespace: &str,
-    claim: Spent,
+    claim: Claim<'_>,
     dry_run: bool,
 ) -> Take {
     let budget = &config.cluster_budget;
     let leases: Api<Lease> = Api::namespaced(api.client().clone(), namespace);
     let name = budget.lease.as_str();
     let key = annotation(config);
-    let Ok(now) = claim.at.parse::<Timestamp>() else {
-        return Take::Unreachable {
-            error: format!("the claim's time {:?} is not RFC 3339", claim.at),
-        };
-    };
+    let now = Timestamp::now();
     let window = SignedDuration::from_secs(budget.window_s as i64);
     let attempts = budget.max.saturating_add(SPARE_ATTEMPTS);
     for attempt in 0..attempts {
@@ -130,7 +137,7 @@ pub async fn take(
                 };
             }
         };
-        let mut spent = match &found {
+        let listed = match &found {
             Some(lease) => match listed(lease, &key) {
                 Ok(spent) => spent,
                 Err(error) => {
@@ -142,30 +149,28 @@ pub async fn take(
             },
             None => Vec::new(),
         };
-        spent.retain(|s| {
-            s.at.parse::<Timestamp>()
-                .is_ok_and(|at| now.duration_since(at) < window)
-        });
+        // Each entry with its time, those of the window only.
+        let mut spent: Vec<(Timestamp, Spent)> = listed
+            .into_iter()
+            .filter_map(|s| Some((s.at.parse::<Timestamp>().ok()?, s)))
+            .filter(|(at, _)| now.duration_since(*at) < window)
+            .collect();
         // Incident ids are unique per node only (a counter and the pid, which another node's
         // daemon may have too).
         if spent
             .iter()
-            .any(|s| s.incident == claim.incident && s.node == claim.node)
+            .any(|(_, s)| s.incident == claim.incident && s.node == claim.node)
         {
             return Take::Granted { spent: spent.len() };
         }
         if spent.len() >= budget.max as usize {
-            let oldest = spent
-                .iter()
-                .filter_map(|s| s.at.parse::<Timestamp>().ok())
-                .min()
-                .unwrap_or(now);
+            let oldest = spent.iter().map(|(at, _)| *at).min().unwrap_or(now);
             let free_in = (window - now.duration_since(oldest))
                 .try_into()
                 .unwrap_or_default();
             let by: Vec<String> = spent
                 .iter()
-                .map(|s| format!("{} on {} ({}, {})", s.pod, s.node, s.incident, s.at))
+                .map(|(_, s)| format!("{} on {} ({}, {})", s.pod, s.node, s.incident, s.at))
                 .collect();
             return Take::Refused {
                 why: format!(
@@ -177,9 +182,18 @@ pub async fn take(
                 free_in,
             };
         }
-        spent.push(claim.clone());
+        spent.push((
+            now,
+            Spent {
+                at: stamp(now),
+                node: claim.node.to_owned(),
+                pod: claim.pod.to_owned(),
+                incident: claim.incident.to_owned(),
+            },
+        ));
         let count = spent.len();
-        let list = serde_json::to_string(&spent).unwrap_or_default();
+        let entries: Vec<&Spent> = spent.iter().map(|(_, s)| s).collect();
+        let list = serde_json::to_string(&entries).unwrap_or_default();
         let mut lease = found.clone().unwrap_or_else(|| Lease {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
@@ -195,7 +209,7 @@ pub async fn take(
             .get_or_insert_default()
             .insert(key.clone(), list);
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        spec.holder_identity = Some(claim.node.clone());
+        spec.holder_identity = Some(claim.node.to_owned());
         spec.lease_duration_seconds = i32::try_from(budget.window_s).ok();
         spec.renew_time = Some(MicroTime(now));
         if spec.acquire_time.is_none() {
@@ -252,9 +266,9 @@ fn listed(lease: &Lease, key: &str) -> Result<Vec<Spent>, String> {
     }
 }
 
-/// Now, as a claim's time.
-pub fn now() -> String {
-    Timestamp::now().to_string()
+/// A time as the Lease lists it.
+fn stamp(at: Timestamp) -> String {
+    at.to_string()
 }
 
 #[cfg(test)]
@@ -290,7 +304,7 @@ mod tests {
 
     #[test]
     fn claim_times_are_rfc3339_and_read_back() {
-        let at = now();
+        let at = stamp(Timestamp::now());
         assert!(at.parse::<Timestamp>().is_ok(), "{at}");
         assert!(at.ends_with('Z'), "{at}");
     }

@@ -1218,7 +1218,8 @@ fn admit_and_block(
                         "{}: not contained: {why}; decided again in {after:?}",
                         verdict.subject.key
                     );
-                    alert = refused_event(&id, &verdict.subject, &why);
+                    alert = refused_event(&id, &verdict.subject, &why)
+                        .map(|alert| Command::Event(Box::new(alert)));
                     taken = Taken::Deferred {
                         why: why.clone(),
                         after,
@@ -1668,14 +1669,14 @@ async fn take_from_cluster_budget(
     if !budget.enabled {
         return true;
     }
-    let claim = budget::Spent {
-        at: budget::now(),
-        node: incident.node.clone(),
-        pod: incident.pod_ref().map_or_else(
-            || incident.subject.key.clone(),
-            |(ns, name)| format!("{ns}/{name}"),
-        ),
-        incident: incident.id.clone(),
+    let pod = incident.pod_ref().map_or_else(
+        || incident.subject.key.clone(),
+        |(ns, name)| format!("{ns}/{name}"),
+    );
+    let claim = budget::Claim {
+        node: &incident.node,
+        pod: &pod,
+        incident: &incident.id,
     };
     shared.running(&incident.id, Some(CLUSTER_BUDGET));
     let taken = {
@@ -1742,18 +1743,7 @@ async fn refuse_opened(
         metrics.record_containment_refused("cluster_budget");
     }
     if shared.config.steps.kernel_block {
-        let ctx = shared.ctx(dry_run);
-        let outcome = finish(
-            &ctx,
-            kernel_block::lift(&ctx, incident, &StepOutcome::done("")),
-        );
-        shared.record(
-            id,
-            EntryKind::Undo {
-                step: kernel_block::NAME.into(),
-                outcome,
-            },
-        );
+        lift_kernel_block(shared, incident, dry_run);
     }
     let why = format!("{why}; not contained");
     shared.record(
@@ -1767,21 +1757,37 @@ async fn refuse_opened(
     shared
         .guard()
         .refused_by_cluster(&incident.subject, id, now_ms, free_in);
-    if let Some(Command::Event(alert)) = refused_event(id, &incident.subject, &why) {
+    if let Some(alert) = refused_event(id, &incident.subject, &why) {
         raise(shared, &alert).await;
     }
 }
 
 /// The Event on a pod that a budget left uncontained.
-fn refused_event(id: &str, subject: &Subject, why: &str) -> Option<Command> {
-    Some(Command::Event(Box::new(Alert {
+fn refused_event(id: &str, subject: &Subject, why: &str) -> Option<Alert> {
+    Some(Alert {
         kind: "Pod",
         name: subject.pod.clone()?,
         namespace: subject.namespace.clone(),
         reason: "ContainmentRefused",
         message: format!("incident {id}: {why}"),
         unique: format!("{id}.refused"),
-    })))
+    })
+}
+
+/// Lifts the kernel block of an incident that is not going ahead, and journals the undo.
+fn lift_kernel_block(shared: &Shared, incident: &Incident, dry_run: bool) {
+    let ctx = shared.ctx(dry_run);
+    let outcome = finish(
+        &ctx,
+        kernel_block::lift(&ctx, incident, &StepOutcome::done("")),
+    );
+    shared.record(
+        &incident.id,
+        EntryKind::Undo {
+            step: kernel_block::NAME.into(),
+            outcome,
+        },
+    );
 }
 
 /// A pod found protected only once read from the API: lift the kernel block, journal why.
@@ -1796,18 +1802,7 @@ async fn roll_back(shared: &Arc<Shared>, incident: &Incident, why: &str) {
             },
         },
     );
-    let ctx = shared.ctx(shared.config.dry_run);
-    let outcome = finish(
-        &ctx,
-        kernel_block::lift(&ctx, incident, &StepOutcome::done("")),
-    );
-    shared.record(
-        &incident.id,
-        EntryKind::Undo {
-            step: kernel_block::NAME.into(),
-            outcome,
-        },
-    );
+    lift_kernel_block(shared, incident, shared.config.dry_run);
     shared.record(&incident.id, EntryKind::Released);
     shared.guard().closed(&incident.subject);
 }
