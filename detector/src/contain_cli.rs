@@ -7,14 +7,14 @@
 //! kernel block as pending, and the daemon, which follows the journal, lifts it within a
 //! second and journals the incident as released.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
 use detector::{
     config::Config,
     contain::{
-        journal::{self, EntryKind, IncidentState, Journal},
+        journal::{self, EntryKind, IncidentRecord, IncidentState, Journal},
         kube::KubeApi,
         release,
     },
@@ -82,7 +82,7 @@ pub fn approve(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
     decide(
         args,
         id,
-        |state| state == IncidentState::Proposed,
+        |record| record.state == IncidentState::Proposed,
         "approve",
         || EntryKind::Approved { by: "cli".into() },
     )
@@ -90,35 +90,22 @@ pub fn approve(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
 
 /// Confirms an incident: it stays until released, whatever its mode's expiry.
 pub fn confirm(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
-    decide(
-        args,
-        id,
-        |state| {
-            matches!(
-                state,
-                IncidentState::Proposed | IncidentState::Open | IncidentState::Contained
-            )
-        },
-        "confirm",
-        || EntryKind::Confirmed { by: "cli".into() },
-    )
+    decide(args, id, IncidentRecord::active, "confirm", || {
+        EntryKind::Confirmed { by: "cli".into() }
+    })
 }
 
 /// Journals a person's decision about incident `id`, if its state allows it.
 fn decide(
     args: &JournalArgs,
     id: &str,
-    allowed: impl Fn(IncidentState) -> bool,
+    allowed: impl Fn(&IncidentRecord) -> bool,
     what: &str,
     kind: impl Fn() -> EntryKind,
 ) -> anyhow::Result<()> {
-    let config = args.load()?;
-    let journal = Journal::open(&config.contain.journal_dir)?;
-    let records = journal::replay(&journal.entries()?);
-    let record = records
-        .get(id)
-        .with_context(|| format!("no incident {id} in {}", journal.path().display()))?;
-    if !allowed(record.state) {
+    let (_, journal, records) = open(args)?;
+    let record = find(&records, id, &journal)?;
+    if !allowed(record) {
         anyhow::bail!(
             "incident {id} is {:?}: there is nothing to {what}",
             record.state
@@ -129,14 +116,29 @@ fn decide(
     Ok(())
 }
 
-/// Releases an incident from outside the daemon.
-pub fn release(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
+/// The configuration, its journal and the journal's incidents.
+fn open(args: &JournalArgs) -> anyhow::Result<(Config, Journal, BTreeMap<String, IncidentRecord>)> {
     let config = args.load()?;
     let journal = Journal::open(&config.contain.journal_dir)?;
     let records = journal::replay(&journal.entries()?);
-    let record = records
+    Ok((config, journal, records))
+}
+
+/// Incident `id` of `records`, or an error naming the journal.
+fn find<'a>(
+    records: &'a BTreeMap<String, IncidentRecord>,
+    id: &str,
+    journal: &Journal,
+) -> anyhow::Result<&'a IncidentRecord> {
+    records
         .get(id)
-        .with_context(|| format!("no incident {id} in {}", journal.path().display()))?;
+        .with_context(|| format!("no incident {id} in {}", journal.path().display()))
+}
+
+/// Releases an incident from outside the daemon.
+pub fn release(args: &JournalArgs, id: &str) -> anyhow::Result<()> {
+    let (config, journal, records) = open(args)?;
+    let record = find(&records, id, &journal)?;
     let needs_api = record.steps.iter().any(|(step, outcome)| {
         outcome.changed() && !matches!(step.as_str(), "kernel_block" | "freeze" | "kill")
     });
