@@ -95,6 +95,14 @@ impl Env {
         journal::replay(&entries)
     }
 
+    /// Appends entries a `detector` command wrote (see [`cli_entry`]) to the journal.
+    fn append_as_cli(&self, entries: &[Entry]) {
+        Journal::open(self.dir.path())
+            .unwrap()
+            .append_entries(entries)
+            .unwrap();
+    }
+
     /// Starts a daemon on the cluster and has it contain `shop/<pod>` (cgroup `cgroup`), every
     /// step done.
     fn contain(&self, config: ContainConfig, pod: &str, cgroup: u64) -> ContainmentHandle {
@@ -209,6 +217,13 @@ impl Env {
 
 fn labels(object: &Value) -> Value {
     object["metadata"]["labels"].clone()
+}
+
+/// An entry as a `detector` command writes it: another process's, which the daemon follows.
+fn cli_entry(incident: &str, kind: EntryKind) -> Entry {
+    let mut entry = Entry::new(incident, kind);
+    entry.pid = 0;
+    entry
 }
 
 /// The incident of pod `pod` in the environment's journal.
@@ -951,16 +966,11 @@ fn a_cli_release_is_finished_by_the_daemon() {
             None,
             "cli",
             |kind| {
-                let mut entry = Entry::new(&record.id, kind);
-                entry.pid = 0;
-                entries.push(entry);
+                entries.push(cli_entry(&record.id, kind));
             },
         ))
         .unwrap();
-    Journal::open(env.dir.path())
-        .unwrap()
-        .append_entries(&entries)
-        .unwrap();
+    env.append_as_cli(&entries);
     assert_eq!(
         env.records()[&record.id].state,
         IncidentState::ReleasePending
@@ -1311,12 +1321,7 @@ fn propose_changes_nothing_in_the_api_until_approved_then_runs_the_playbook() {
     handle.flush();
     let db = record_of(&env, "db-1");
     assert_eq!(db.state, IncidentState::Proposed);
-    let mut approved = Entry::new(&db.id, EntryKind::Approved { by: "cli".into() });
-    approved.pid = 0;
-    Journal::open(env.dir.path())
-        .unwrap()
-        .append_entries(&[approved])
-        .unwrap();
+    env.append_as_cli(&[cli_entry(&db.id, EntryKind::Approved { by: "cli".into() })]);
     wait_state(&env, &db.id, IncidentState::Contained);
     handle.flush();
     assert_eq!(
@@ -1861,12 +1866,7 @@ fn an_unconfirmed_enforced_incident_expires_its_release_is_retried_and_a_confirm
     let (web, db) = (record_of(&env, "web-1"), record_of(&env, "db-1"));
     assert_eq!(web.state, IncidentState::Contained);
     // A person confirms db-1's.
-    let mut confirmed = Entry::new(&db.id, EntryKind::Confirmed { by: "cli".into() });
-    confirmed.pid = 0;
-    Journal::open(env.dir.path())
-        .unwrap()
-        .append_entries(&[confirmed])
-        .unwrap();
+    env.append_as_cli(&[cli_entry(&db.id, EntryKind::Confirmed { by: "cli".into() })]);
     // The first undo of web-1's labels is refused: the release is incomplete, and tried again.
     env.server
         .fail_next(Some("PATCH"), "/api/v1/namespaces/shop/pods/web-1", 1, 403);
