@@ -82,6 +82,8 @@ struct Args {
     flood: u64,
     /// Only the memory part (with its flood).
     memory_only: bool,
+    /// Only the read-only open loop (no peer, exec loop, flood or memory).
+    open_only: bool,
     pods: usize,
     processes: usize,
     mixed_seconds: u64,
@@ -96,6 +98,7 @@ fn parse_args() -> anyhow::Result<Args> {
         execs: 3_000,
         flood: 200_000,
         memory_only: false,
+        open_only: false,
         pods: 250,
         processes: 50,
         mixed_seconds: 180,
@@ -111,13 +114,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--execs" => args.execs = value()?.parse()?,
             "--flood" => args.flood = value()?.parse()?,
             "--memory-only" => args.memory_only = true,
+            "--open-only" => args.open_only = true,
             "--pods" => args.pods = value()?.parse()?,
             "--processes" => args.processes = value()?.parse()?,
             "--mixed-seconds" => args.mixed_seconds = value()?.parse()?,
             "--report" => args.report = value()?.into(),
             other => {
                 bail!(
-                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --memory-only --pods --processes --mixed-seconds --report"
+                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --memory-only --open-only --pods --processes --mixed-seconds --report"
                 )
             }
         }
@@ -644,13 +648,16 @@ fn flood_and_memory(
     Ok((flood, memory(args, work)?))
 }
 
-fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
-    let cgroup = TestCgroup::create(&format!("detector-bench/{}", std::process::id()))?;
-    if args.memory_only {
-        let (flood, memory) = flood_and_memory(args, work, &cgroup)?;
-        let report = serde_json::json!({ "memory": report_memory(&memory, &flood, args) });
-        return write_report(args, &report);
-    }
+/// The read-only open loop's results: per-mode stretches, and `sys_exit`'s own run time.
+struct OpenResults {
+    modes: Vec<Mode>,
+    samples: BTreeMap<Mode, Stretches>,
+    in_kernel: BTreeMap<&'static str, (u64, f64)>,
+}
+
+/// The read-only open loop in every mode (and bpftrace's when installed), then `sys_exit`'s
+/// own run time over the same loop.
+fn measure_open(args: &Args, work: &Path, cgroup: &TestCgroup) -> anyhow::Result<OpenResults> {
     let ordinary = work.join("ordinary");
     fs::write(&ordinary, "read me")?;
     let ordinary = ordinary.display().to_string();
@@ -658,25 +665,117 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    let modes = [Mode::Nothing, Mode::Floor, Mode::Sensors, Mode::SensorsHost];
+    let mut modes = vec![Mode::Nothing, Mode::Floor, Mode::Sensors, Mode::SensorsHost];
     eprintln!(
         "read-only openat+close x {} per mode, switched every {STRETCH}",
         args.opens
     );
-    let mut server = OpenServer::start(&cgroup, &ordinary)?;
-    let mut open_samples = switched_open_loop(&modes, args.opens, &mut server)?;
-    if has_bpftrace {
+    let mut server = OpenServer::start(cgroup, &ordinary)?;
+    let mut samples = switched_open_loop(&modes, args.opens, &mut server)?;
+    if has_bpftrace && !args.open_only {
         ensure_tracefs()?;
         eprintln!(
             "read-only openat+close, bpftrace peer, {} rounds",
             args.peer_rounds
         );
         let peer = bpftrace_open_loop(args.peer_rounds, args.opens, work, &mut server)?;
-        open_samples.extend(peer.into_iter().filter(|(mode, _)| *mode == Mode::Bpftrace));
-    } else {
+        samples.extend(peer.into_iter().filter(|(mode, _)| *mode == Mode::Bpftrace));
+        modes.push(Mode::Bpftrace);
+    } else if !has_bpftrace {
         eprintln!("bpftrace not installed: peer comparison left out");
     }
     drop(server);
+    eprintln!("in-kernel run time per call of sys_exit (kernel run-time statistics)");
+    let in_kernel = in_kernel_cost(cgroup, &["open-loop", &ordinary, &args.opens.to_string()])?;
+    Ok(OpenResults {
+        modes,
+        samples,
+        in_kernel,
+    })
+}
+
+/// Prints the open loop's tables; its part of the report.
+fn report_open(open: &OpenResults, args: &Args) -> anyhow::Result<serde_json::Value> {
+    let stretches = |mode: Mode| open.samples.get(&mode).context("mode not measured");
+    let floor_added = median(&stretches(Mode::Floor)?.added);
+    let sensors_added = median(&stretches(Mode::Sensors)?.added);
+    let host_added = median(&stretches(Mode::SensorsHost)?.added);
+    let added_ratio = sensors_added / floor_added;
+    let host_added_ratio = host_added / floor_added;
+    println!(
+        "\n## read-only openat+close, {} per mode in stretches of {STRETCH}, medians over the stretches",
+        args.opens
+    );
+    println!(
+        "| attached | ns per iteration | ratio to nothing (same block) | added ns (same block) | added ns, quartiles |"
+    );
+    println!("|---|---|---|---|---|");
+    for mode in &open.modes {
+        let stretches = stretches(*mode)?;
+        let (q1, q3) = quartiles(&stretches.added);
+        println!(
+            "| {} | {:.1} | {:.3} | {:.1} | {q1:.1} .. {q3:.1} |",
+            mode.name(),
+            median(&stretches.ns),
+            median(&stretches.ratio),
+            median(&stretches.added),
+        );
+    }
+    if open.modes.contains(&Mode::Bpftrace) {
+        println!("(bpftrace: compared with the stretches without it in its own rounds)");
+    }
+    println!(
+        "sensors' added cost per call: {sensors_added:.1} ns = {added_ratio:.2}x the floor's {floor_added:.1} ns"
+    );
+    println!(
+        "with watch: containers, a host process: {host_added:.1} ns = {host_added_ratio:.2}x the floor's"
+    );
+    println!(
+        "\n## sys_exit's own run time per call during the open loop (kernel run-time statistics; they add their own clock reads to each)"
+    );
+    println!("| program | runs | ns per run |");
+    println!("|---|---|---|");
+    for (name, (runs, ns)) in &open.in_kernel {
+        println!("| {name} | {runs} | {ns:.1} |");
+    }
+    let by_mode = |f: fn(&Stretches) -> &Vec<f64>| {
+        open.modes
+            .iter()
+            .filter_map(|m| Some((m.name(), median(f(open.samples.get(m)?)))))
+            .collect::<BTreeMap<_, _>>()
+    };
+    Ok(serde_json::json!({
+        "open_loop": {
+            "iterations_per_mode": args.opens,
+            "stretch": STRETCH,
+            "median_ns": by_mode(|s| &s.ns),
+            "median_added_ns": by_mode(|s| &s.added),
+            "sensors_ratio": median(&stretches(Mode::Sensors)?.ratio),
+            "floor_ratio": median(&stretches(Mode::Floor)?.ratio),
+            "sensors_added_over_floor_added": added_ratio,
+            "host_process_ratio": median(&stretches(Mode::SensorsHost)?.ratio),
+            "host_process_added_over_floor_added": host_added_ratio,
+        },
+        "sys_exit_ns_per_run": open
+            .in_kernel
+            .iter()
+            .map(|(name, (_, ns))| (*name, *ns))
+            .collect::<BTreeMap<_, _>>(),
+    }))
+}
+
+fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
+    let cgroup = TestCgroup::create(&format!("detector-bench/{}", std::process::id()))?;
+    if args.memory_only {
+        let (flood, memory) = flood_and_memory(args, work, &cgroup)?;
+        let report = serde_json::json!({ "memory": report_memory(&memory, &flood, args) });
+        return write_report(args, &report);
+    }
+    let open = measure_open(args, work, &cgroup)?;
+    let mut report = report_open(&open, args)?;
+    if args.open_only {
+        return write_report(args, &report);
+    }
     eprintln!("exec loop x {} ({} rounds)", args.execs, args.rounds);
     let execs = args.execs.to_string();
     let exec_samples = interleaved(
@@ -687,61 +786,8 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         &cgroup,
         &["exec-loop", &execs],
     )?;
-    eprintln!("in-kernel run time per call of sys_exit (kernel run-time statistics)");
-    let in_kernel = in_kernel_cost(&cgroup, &["open-loop", &ordinary, &args.opens.to_string()])?;
     let (flood, memory) = flood_and_memory(args, work, &cgroup)?;
     let med = |samples: &BTreeMap<Mode, Vec<f64>>, mode| samples.get(&mode).map(|v| median(v));
-    let open = |mode: Mode| open_samples.get(&mode).context("mode not measured");
-    let floor_added = median(&open(Mode::Floor)?.added);
-    let sensors_added = median(&open(Mode::Sensors)?.added);
-    let host_added = median(&open(Mode::SensorsHost)?.added);
-    let added_ratio = sensors_added / floor_added;
-    let host_added_ratio = host_added / floor_added;
-    let sensors_ratio = median(&open(Mode::Sensors)?.ratio);
-    let floor_ratio = median(&open(Mode::Floor)?.ratio);
-    let host_ratio = median(&open(Mode::SensorsHost)?.ratio);
-    println!(
-        "\n## read-only openat+close, {} per mode in stretches of {STRETCH}, medians over the stretches",
-        args.opens
-    );
-    println!(
-        "| attached | ns per iteration | ratio to nothing (same block) | added ns (same block) | added ns, quartiles |"
-    );
-    println!("|---|---|---|---|---|");
-    let mut all_modes = modes.to_vec();
-    if has_bpftrace {
-        all_modes.push(Mode::Bpftrace);
-    }
-    for mode in &all_modes {
-        let stretches = open(*mode)?;
-        let (q1, q3) = quartiles(&stretches.added);
-        println!(
-            "| {} | {:.1} | {:.3} | {:.1} | {q1:.1} .. {q3:.1} |",
-            mode.name(),
-            median(&stretches.ns),
-            median(&stretches.ratio),
-            median(&stretches.added),
-        );
-    }
-    if has_bpftrace {
-        println!("(bpftrace: compared with the stretches without it in its own rounds)");
-    }
-    println!(
-        "sensors' added cost per call: {sensors_added:.1} ns = {added_ratio:.2}x the floor's {floor_added:.1} ns"
-    );
-    println!(
-        "with watch: containers, a host process: {host_added:.1} ns = {host_added_ratio:.2}x the floor's"
-    );
-
-    println!(
-        "\n## sys_exit's own run time per call during the open loop (kernel run-time statistics; they add their own clock reads to each)"
-    );
-    println!("| program | runs | ns per run |");
-    println!("|---|---|---|");
-    for (name, (runs, ns)) in &in_kernel {
-        println!("| {name} | {runs} | {ns:.1} |");
-    }
-
     let exec_base = med(&exec_samples, Mode::Nothing).context("no exec baseline")?;
     println!(
         "\n## exec loop, {} spawns of /bin/true per round, medians",
@@ -781,43 +827,18 @@ fn run(args: &Args, work: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|m| (m.name(), med(&exec_samples, *m)))
         .collect();
-    let open_medians: BTreeMap<_, _> = all_modes
-        .iter()
-        .filter_map(|m| Some((m.name(), median(&open_samples.get(m)?.ns))))
-        .collect();
-    let open_added: BTreeMap<_, _> = all_modes
-        .iter()
-        .filter_map(|m| Some((m.name(), median(&open_samples.get(m)?.added))))
-        .collect();
-    let report = serde_json::json!({
-        "open_loop": {
-            "iterations_per_mode": args.opens,
-            "stretch": STRETCH,
-            "median_ns": open_medians,
-            "median_added_ns": open_added,
-            "sensors_ratio": sensors_ratio,
-            "floor_ratio": floor_ratio,
-            "sensors_added_over_floor_added": added_ratio,
-            "host_process_ratio": host_ratio,
-            "host_process_added_over_floor_added": host_added_ratio,
-        },
-        "sys_exit_ns_per_run": in_kernel
-            .iter()
-            .map(|(name, (_, ns))| (*name, *ns))
-            .collect::<BTreeMap<_, _>>(),
-        "exec_loop": {
-            "spawns": args.execs,
-            "median_ns": exec_medians,
-        },
-        "write_flood": {
-            "expected": flood.expected,
-            "delivered": flood.delivered,
-            "lost_by_counters": flood.lost_by_counters,
-            "slowdown": flood.loop_ns_with / flood.loop_ns_without,
-            "events_per_second": flood.delivered as f64 / flood.seconds_to_drain,
-        },
-        "memory": report_memory(&memory, &flood, args),
+    report["exec_loop"] = serde_json::json!({
+        "spawns": args.execs,
+        "median_ns": exec_medians,
     });
+    report["write_flood"] = serde_json::json!({
+        "expected": flood.expected,
+        "delivered": flood.delivered,
+        "lost_by_counters": flood.lost_by_counters,
+        "slowdown": flood.loop_ns_with / flood.loop_ns_without,
+        "events_per_second": flood.delivered as f64 / flood.seconds_to_drain,
+    });
+    report["memory"] = report_memory(&memory, &flood, args);
     write_report(args, &report)
 }
 
