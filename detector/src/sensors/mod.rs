@@ -174,6 +174,9 @@ pub struct ProgramStats {
     pub runs: u64,
     /// Time it ran, in total.
     pub run_time: std::time::Duration,
+    /// Instructions the verifier went through to load it (of its 1,000,000 limit), when the
+    /// kernel says (5.16 and later).
+    pub verified_instructions: Option<u32>,
 }
 
 /// One program of the set on this kernel: running, or why not.
@@ -518,18 +521,22 @@ impl Sensors {
         &self.cgroup2
     }
 
-    /// Runs and total run time of each attached program, as the kernel counts them while
-    /// run-time statistics are enabled (`aya::sys::enable_stats`, or the
-    /// `kernel.bpf_stats_enabled` sysctl); zero otherwise.
+    /// Runs and total run time of each attached program and of the programs `sys_exit`
+    /// tail-calls, as the kernel counts them while run-time statistics are enabled
+    /// (`aya::sys::enable_stats`, or the `kernel.bpf_stats_enabled` sysctl; zero otherwise:
+    /// a tail-called program's runs count in its caller's), with the verifier's instruction
+    /// count of each.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         self.attached()
             .into_iter()
+            .chain(PATH_OP_PROGRAMS)
             .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats {
                     name,
                     runs: info.run_count(),
                     run_time: info.run_time(),
+                    verified_instructions: info.verified_instruction_count(),
                 })
             })
             .collect()

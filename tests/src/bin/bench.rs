@@ -652,7 +652,7 @@ fn flood_and_memory(
 struct OpenResults {
     modes: Vec<Mode>,
     samples: BTreeMap<Mode, Stretches>,
-    in_kernel: BTreeMap<&'static str, (u64, f64)>,
+    in_kernel: InKernel,
 }
 
 /// The read-only open loop in every mode (and bpftrace's when installed), then `sys_exit`'s
@@ -735,8 +735,14 @@ fn report_open(open: &OpenResults, args: &Args) -> anyhow::Result<serde_json::Va
     );
     println!("| program | runs | ns per run |");
     println!("|---|---|---|");
-    for (name, (runs, ns)) in &open.in_kernel {
+    for (name, (runs, ns)) in &open.in_kernel.run_time {
         println!("| {name} | {runs} | {ns:.1} |");
+    }
+    println!("\n## instructions verified per program (the verifier's limit: 1,000,000)");
+    println!("| program | instructions |");
+    println!("|---|---|");
+    for (name, count) in &open.in_kernel.verified {
+        println!("| {name} | {count} |");
     }
     let by_mode = |f: fn(&Stretches) -> &Vec<f64>| {
         open.modes
@@ -756,8 +762,10 @@ fn report_open(open: &OpenResults, args: &Args) -> anyhow::Result<serde_json::Va
             "host_process_ratio": median(&stretches(Mode::SensorsHost)?.ratio),
             "host_process_added_over_floor_added": host_added_ratio,
         },
+        "verified_instructions": open.in_kernel.verified,
         "sys_exit_ns_per_run": open
             .in_kernel
+            .run_time
             .iter()
             .map(|(name, (_, ns))| (*name, *ns))
             .collect::<BTreeMap<_, _>>(),
@@ -851,32 +859,43 @@ fn write_report(args: &Args, report: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the kernel says of the programs: the `sys_exit` programs' runs and run time per run
+/// (floor, then sensors), and the verifier's instruction count of each sensor program.
+#[derive(Default)]
+struct InKernel {
+    run_time: BTreeMap<&'static str, (u64, f64)>,
+    verified: BTreeMap<&'static str, u32>,
+}
+
 /// Where the kernel's BPF run-time statistics are switched on and off.
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// The `sys_exit` programs' own run time per call (floor, then sensors) over one run of
-/// `workload`, from the kernel's run-time statistics, switched on for the measurement only:
-/// (runs, ns per run) by program. Runs count every syscall on the machine meanwhile.
-fn in_kernel_cost(
-    cgroup: &TestCgroup,
-    workload: &[&str],
-) -> anyhow::Result<BTreeMap<&'static str, (u64, f64)>> {
+/// `workload`, from the kernel's run-time statistics, switched on for the measurement only,
+/// and the sensor programs' verified instructions. Runs count every syscall on the machine
+/// meanwhile.
+fn in_kernel_cost(cgroup: &TestCgroup, workload: &[&str]) -> anyhow::Result<InKernel> {
     let before = fs::read_to_string(BPF_STATS).with_context(|| format!("read {BPF_STATS}"))?;
     fs::write(BPF_STATS, "1").with_context(|| format!("enable {BPF_STATS}"))?;
-    let measure = || -> anyhow::Result<BTreeMap<&'static str, (u64, f64)>> {
+    let measure = || -> anyhow::Result<InKernel> {
         let config = SensorsConfig::default();
-        let mut costs = BTreeMap::new();
+        let mut in_kernel = InKernel::default();
         for set in [ProgramSet::Noop, ProgramSet::Sensors] {
             let sensors = Sensors::load(&config, set)?;
             run_workload(cgroup, workload)?;
             for stats in sensors.program_stats() {
                 if stats.name.ends_with("sys_exit") && stats.runs > 0 {
                     let ns = stats.run_time.as_nanos() as f64 / stats.runs as f64;
-                    costs.insert(stats.name, (stats.runs, ns));
+                    in_kernel.run_time.insert(stats.name, (stats.runs, ns));
+                }
+                if set == ProgramSet::Sensors
+                    && let Some(count) = stats.verified_instructions
+                {
+                    in_kernel.verified.insert(stats.name, count);
                 }
             }
         }
-        Ok(costs)
+        Ok(in_kernel)
     };
     let result = measure();
     fs::write(BPF_STATS, before.trim()).with_context(|| format!("restore {BPF_STATS}"))?;
