@@ -416,15 +416,16 @@ struct Shared {
     block: SharedBlock,
     cgroup_root: Option<PathBuf>,
     guard: Mutex<Guard>,
-    entries: Mutex<Vec<Entry>>,
+    /// Every incident of the journal, with each entry folded in as it is recorded or read.
+    incidents: Mutex<BTreeMap<String, IncidentRecord>>,
+    /// Entries recorded since start, for the sink; kept only until the sink is set.
+    backlog: Mutex<Vec<Entry>>,
     writer: std::sync::mpsc::Sender<WriterMsg>,
     node: String,
     started: Instant,
     counter: AtomicU64,
     metrics: std::sync::OnceLock<Metrics>,
     sink: std::sync::OnceLock<EntrySink>,
-    /// Entries the journal held at start (not announced again).
-    entries_at_start: usize,
     /// Incident id to its subject, for what the sink receives.
     subjects: Mutex<HashMap<String, Subject>>,
     /// Incident id to the API step it is running.
@@ -465,10 +466,7 @@ impl Shared {
                 .unwrap_or_default();
             metrics.record_containment_action(step, &status);
         }
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(entry.clone());
+        self.fold(&entry);
         let _ = self.writer.send(WriterMsg::Entry(Box::new(entry.clone())));
         self.announce(&entry);
         entry
@@ -487,13 +485,25 @@ impl Shared {
         }
     }
 
-    fn records(&self) -> BTreeMap<String, IncidentRecord> {
-        journal::replay(
-            self.entries
+    /// Folds a new entry into the incidents, and keeps it for the sink until there is one.
+    fn fold(&self, entry: &Entry) {
+        journal::apply(&mut self.incidents(), entry);
+        if self.sink.get().is_none() {
+            self.backlog
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .iter(),
-        )
+                .push(entry.clone());
+        }
+    }
+
+    fn incidents(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, IncidentRecord>> {
+        self.incidents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn records(&self) -> BTreeMap<String, IncidentRecord> {
+        self.incidents().clone()
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
@@ -575,10 +585,11 @@ impl Containment {
             .or_else(|| own.namespace.clone())
             .unwrap_or_else(|| "default".into());
         let (entries, offset) = journal.read_from(0)?;
-        let entries_at_start = entries.len();
+        let incidents = journal::replay(entries.iter());
+        drop(entries);
         // Ids go on from the journal's count: a restart within the same second, with the same
         // pid (a container's pid 1), names its first incident anew.
-        let known = journal::replay(entries.iter()).len() as u64;
+        let known = incidents.len() as u64;
         let started = Instant::now();
         let guard = Guard::new(&config, own, 0);
         config.protected_namespaces = guard.protected_namespaces().iter().cloned().collect();
@@ -604,14 +615,14 @@ impl Containment {
             block: Arc::new(Mutex::new(quarantine)),
             cgroup_root: crate::cgroup::cgroup2_mount(),
             guard: Mutex::new(guard),
-            entries: Mutex::new(entries),
+            incidents: Mutex::new(incidents),
+            backlog: Mutex::new(Vec::new()),
             writer: writer_tx,
             node,
             started,
             counter: AtomicU64::new(known),
             metrics: std::sync::OnceLock::new(),
             sink: std::sync::OnceLock::new(),
-            entries_at_start,
             subjects: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             boot_id: crate::clock::boot_id(),
@@ -723,7 +734,7 @@ impl IncidentView {
 
     /// The latest outcome of `step` of incident `id`, once it has run.
     pub fn step(&self, id: &str, step: &str) -> Option<StepOutcome> {
-        self.0.records().get(id)?.step(step).cloned()
+        self.0.incidents().get(id)?.step(step).cloned()
     }
 }
 
@@ -783,13 +794,12 @@ impl ContainmentHandle {
         if shared.sink.set(sink).is_err() {
             return;
         }
-        let backlog: Vec<Entry> = shared
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(shared.entries_at_start..)
-            .unwrap_or_default()
-            .to_vec();
+        let backlog = std::mem::take(
+            &mut *shared
+                .backlog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         if let Some(sink) = shared.sink.get() {
             for entry in &backlog {
                 sink(entry, subjects.get(&entry.incident));
@@ -877,10 +887,10 @@ async fn dispatch(
     let mut tail = tokio::time::interval(Duration::from_millis(500));
     tail.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Nothing to review when no incident can be proposed or expire, and none is proposed now:
-    // the journal is not replayed every 2 s for nothing.
+    // the incidents are not gone through every 2 s for nothing.
     let reviews = shared.config.modes.may_propose_or_expire()
         || shared
-            .records()
+            .incidents()
             .values()
             .any(|r| r.state == journal::IncidentState::Proposed);
     let mut review_tick = tokio::time::interval(REVIEW_EVERY);
@@ -1121,12 +1131,8 @@ async fn follow_journal(
     if foreign.is_empty() {
         return next;
     }
-    shared
-        .entries
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .extend(foreign.iter().cloned());
     for entry in &foreign {
+        shared.fold(entry);
         shared.announce(entry);
     }
     for entry in foreign {
@@ -1540,7 +1546,13 @@ fn run_approved(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>, id: 
 /// playbook; incidents nobody approved or confirmed within their mode's expiry are released,
 /// journaled as expired.
 async fn review(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
-    let records = shared.records();
+    // The active incidents only: the others are never reviewed again.
+    let active: Vec<IncidentRecord> = shared
+        .incidents()
+        .values()
+        .filter(|r| r.active())
+        .cloned()
+        .collect();
     let running: HashSet<String> = shared
         .running
         .lock()
@@ -1548,7 +1560,7 @@ async fn review(shared: &Arc<Shared>, tasks: &mut tokio::task::JoinSet<()>) {
         .keys()
         .cloned()
         .collect();
-    for record in records.values().filter(|r| r.active()) {
+    for record in &active {
         if running.contains(&record.id) || record.dry_run && record.expired {
             continue;
         }

@@ -245,118 +245,121 @@ fn set(list: &mut Vec<(String, StepOutcome)>, name: String, outcome: StepOutcome
 pub fn replay<'a>(
     entries: impl IntoIterator<Item = &'a Entry>,
 ) -> BTreeMap<String, IncidentRecord> {
-    let mut incidents: BTreeMap<String, IncidentRecord> = BTreeMap::new();
+    let mut incidents = BTreeMap::new();
     for entry in entries {
-        let id = entry.incident.clone();
-        match &entry.kind {
-            EntryKind::Opened {
-                subject,
-                node,
-                score,
-                reason,
-                cgroup_ids,
-                event_ktime_ns,
-                dry_run,
-                boot_id,
-                mode,
-            } => {
-                incidents.insert(
-                    id.clone(),
-                    IncidentRecord {
-                        id,
-                        opened: entry.ts.clone(),
-                        subject: subject.clone(),
-                        node: node.clone(),
-                        score: *score,
-                        reason: reason.clone(),
-                        cgroup_ids: cgroup_ids.clone(),
-                        event_ktime_ns: *event_ktime_ns,
-                        dry_run: *dry_run,
-                        boot_id: boot_id.clone(),
-                        mode: *mode,
-                        confirmed: false,
-                        expired: false,
-                        state: match mode {
-                            Mode::Enforce => IncidentState::Open,
-                            Mode::Propose => IncidentState::Proposed,
-                        },
-                        steps: Vec::new(),
-                        undone: Vec::new(),
-                        kernel_block_ns: None,
-                        completed_ns: None,
+        apply(&mut incidents, entry);
+    }
+    incidents
+}
+
+/// Folds one entry, the next in journal order, into `incidents` ([`replay`] one at a time).
+pub fn apply(incidents: &mut BTreeMap<String, IncidentRecord>, entry: &Entry) {
+    let id = entry.incident.clone();
+    match &entry.kind {
+        EntryKind::Opened {
+            subject,
+            node,
+            score,
+            reason,
+            cgroup_ids,
+            event_ktime_ns,
+            dry_run,
+            boot_id,
+            mode,
+        } => {
+            incidents.insert(
+                id.clone(),
+                IncidentRecord {
+                    id,
+                    opened: entry.ts.clone(),
+                    subject: subject.clone(),
+                    node: node.clone(),
+                    score: *score,
+                    reason: reason.clone(),
+                    cgroup_ids: cgroup_ids.clone(),
+                    event_ktime_ns: *event_ktime_ns,
+                    dry_run: *dry_run,
+                    boot_id: boot_id.clone(),
+                    mode: *mode,
+                    confirmed: false,
+                    expired: false,
+                    state: match mode {
+                        Mode::Enforce => IncidentState::Open,
+                        Mode::Propose => IncidentState::Proposed,
                     },
-                );
+                    steps: Vec::new(),
+                    undone: Vec::new(),
+                    kernel_block_ns: None,
+                    completed_ns: None,
+                },
+            );
+        }
+        // Refused after it was opened (by the cluster budget): what it did stays recorded.
+        EntryKind::Refused { why, .. } if incidents.contains_key(&id) => {
+            if let Some(incident) = incidents.get_mut(&id) {
+                incident.state = IncidentState::Refused;
+                incident.reason = why.clone();
             }
-            // Refused after it was opened (by the cluster budget): what it did stays recorded.
-            EntryKind::Refused { why, .. } if incidents.contains_key(&id) => {
-                if let Some(incident) = incidents.get_mut(&id) {
-                    incident.state = IncidentState::Refused;
-                    incident.reason = why.clone();
+        }
+        EntryKind::Refused { subject, why } => {
+            incidents.insert(
+                id.clone(),
+                IncidentRecord {
+                    id,
+                    opened: entry.ts.clone(),
+                    subject: subject.clone(),
+                    node: String::new(),
+                    score: 0.0,
+                    reason: why.clone(),
+                    cgroup_ids: Vec::new(),
+                    event_ktime_ns: 0,
+                    dry_run: false,
+                    boot_id: None,
+                    mode: Mode::Enforce,
+                    confirmed: false,
+                    expired: false,
+                    state: IncidentState::Refused,
+                    steps: Vec::new(),
+                    undone: Vec::new(),
+                    kernel_block_ns: None,
+                    completed_ns: None,
+                },
+            );
+        }
+        kind => {
+            let Some(incident) = incidents.get_mut(&id) else {
+                return;
+            };
+            match kind {
+                EntryKind::Step { step, outcome } => {
+                    if step == "kernel_block" && outcome.ok() {
+                        incident.kernel_block_ns = entry.boot_ns;
+                    }
+                    set(&mut incident.steps, step.clone(), outcome.clone());
                 }
-            }
-            EntryKind::Refused { subject, why } => {
-                incidents.insert(
-                    id.clone(),
-                    IncidentRecord {
-                        id,
-                        opened: entry.ts.clone(),
-                        subject: subject.clone(),
-                        node: String::new(),
-                        score: 0.0,
-                        reason: why.clone(),
-                        cgroup_ids: Vec::new(),
-                        event_ktime_ns: 0,
-                        dry_run: false,
-                        boot_id: None,
-                        mode: Mode::Enforce,
-                        confirmed: false,
-                        expired: false,
-                        state: IncidentState::Refused,
-                        steps: Vec::new(),
-                        undone: Vec::new(),
-                        kernel_block_ns: None,
-                        completed_ns: None,
-                    },
-                );
-            }
-            kind => {
-                let Some(incident) = incidents.get_mut(&id) else {
-                    continue;
-                };
-                match kind {
-                    EntryKind::Step { step, outcome } => {
-                        if step == "kernel_block" && outcome.ok() {
-                            incident.kernel_block_ns = entry.boot_ns;
-                        }
-                        set(&mut incident.steps, step.clone(), outcome.clone());
+                EntryKind::Approved { .. } => {
+                    incident.confirmed = true;
+                    if incident.state == IncidentState::Proposed {
+                        incident.state = IncidentState::Open;
                     }
-                    EntryKind::Approved { .. } => {
-                        incident.confirmed = true;
-                        if incident.state == IncidentState::Proposed {
-                            incident.state = IncidentState::Open;
-                        }
-                    }
-                    EntryKind::Confirmed { .. } => incident.confirmed = true,
-                    EntryKind::Expired { .. } => incident.expired = true,
-                    EntryKind::Completed if incident.state == IncidentState::Open => {
-                        incident.state = IncidentState::Contained;
-                        incident.completed_ns = entry.boot_ns;
-                    }
-                    EntryKind::Undo { step, outcome } => {
-                        set(&mut incident.undone, step.clone(), outcome.clone());
-                    }
-                    EntryKind::ReleaseRequested { .. }
-                        if incident.state != IncidentState::Released =>
-                    {
-                        incident.state = IncidentState::ReleasePending;
-                    }
-                    EntryKind::Released => incident.state = IncidentState::Released,
-                    _ => {}
                 }
+                EntryKind::Confirmed { .. } => incident.confirmed = true,
+                EntryKind::Expired { .. } => incident.expired = true,
+                EntryKind::Completed if incident.state == IncidentState::Open => {
+                    incident.state = IncidentState::Contained;
+                    incident.completed_ns = entry.boot_ns;
+                }
+                EntryKind::Undo { step, outcome } => {
+                    set(&mut incident.undone, step.clone(), outcome.clone());
+                }
+                EntryKind::ReleaseRequested { .. } if incident.state != IncidentState::Released => {
+                    incident.state = IncidentState::ReleasePending;
+                }
+                EntryKind::Released => incident.state = IncidentState::Released,
+                _ => {}
             }
         }
     }
-    incidents
 }
 
 /// The journal file, open for appending.
