@@ -209,6 +209,31 @@ pub struct IncidentRecord {
 }
 
 impl IncidentRecord {
+    /// An incident as its first entry (`opened` or `refused`, at `entry`) leaves it, before
+    /// what that entry adds and what later entries fold in.
+    fn first(id: String, entry: &Entry, subject: &Subject, state: IncidentState) -> Self {
+        Self {
+            id,
+            opened: entry.ts.clone(),
+            subject: subject.clone(),
+            node: String::new(),
+            score: 0.0,
+            reason: String::new(),
+            cgroup_ids: Vec::new(),
+            event_ktime_ns: 0,
+            dry_run: false,
+            boot_id: None,
+            mode: Mode::Enforce,
+            confirmed: false,
+            expired: false,
+            state,
+            steps: Vec::new(),
+            undone: Vec::new(),
+            kernel_block_ns: None,
+            completed_ns: None,
+        }
+    }
+
     /// The latest outcome of a step.
     pub fn step(&self, name: &str) -> Option<&StepOutcome> {
         self.steps.iter().find(|(n, _)| n == name).map(|(_, o)| o)
@@ -267,12 +292,13 @@ pub fn apply(incidents: &mut BTreeMap<String, IncidentRecord>, entry: &Entry) {
             boot_id,
             mode,
         } => {
+            let state = match mode {
+                Mode::Enforce => IncidentState::Open,
+                Mode::Propose => IncidentState::Proposed,
+            };
             incidents.insert(
                 id.clone(),
                 IncidentRecord {
-                    id,
-                    opened: entry.ts.clone(),
-                    subject: subject.clone(),
                     node: node.clone(),
                     score: *score,
                     reason: reason.clone(),
@@ -281,16 +307,7 @@ pub fn apply(incidents: &mut BTreeMap<String, IncidentRecord>, entry: &Entry) {
                     dry_run: *dry_run,
                     boot_id: boot_id.clone(),
                     mode: *mode,
-                    confirmed: false,
-                    expired: false,
-                    state: match mode {
-                        Mode::Enforce => IncidentState::Open,
-                        Mode::Propose => IncidentState::Proposed,
-                    },
-                    steps: Vec::new(),
-                    undone: Vec::new(),
-                    kernel_block_ns: None,
-                    completed_ns: None,
+                    ..IncidentRecord::first(id, entry, subject, state)
                 },
             );
         }
@@ -305,24 +322,8 @@ pub fn apply(incidents: &mut BTreeMap<String, IncidentRecord>, entry: &Entry) {
             incidents.insert(
                 id.clone(),
                 IncidentRecord {
-                    id,
-                    opened: entry.ts.clone(),
-                    subject: subject.clone(),
-                    node: String::new(),
-                    score: 0.0,
                     reason: why.clone(),
-                    cgroup_ids: Vec::new(),
-                    event_ktime_ns: 0,
-                    dry_run: false,
-                    boot_id: None,
-                    mode: Mode::Enforce,
-                    confirmed: false,
-                    expired: false,
-                    state: IncidentState::Refused,
-                    steps: Vec::new(),
-                    undone: Vec::new(),
-                    kernel_block_ns: None,
-                    completed_ns: None,
+                    ..IncidentRecord::first(id, entry, subject, IncidentState::Refused)
                 },
             );
         }
