@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Each incident takes a unit of the cluster budget's Lease before its API steps (one GET and
-//! one PUT, a node's takes one at a time); `--no-cluster-budget` measures without it.
+//! one PUT, a node's takes one at a time); `--no-cluster-budget` measures without it. The
+//! report goes to `target/bench/containment.json` in the workspace unless `--report` says.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -44,7 +45,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         incidents: 200,
         interval: Duration::from_millis(10),
-        report: PathBuf::from("target/bench/containment.json"),
+        report: tests::target_dir().join("bench/containment.json"),
         cluster_budget: true,
     };
     let mut it = std::env::args().skip(1);

@@ -237,15 +237,7 @@ impl DebianImage {
 
 /// `corpus-image/` under the target directory.
 fn cache_root() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .map_or_else(|| PathBuf::from("target"), |w| w.join("target"))
-        },
-        PathBuf::from,
-    );
-    target.join("corpus-image")
+    crate::target_dir().join("corpus-image")
 }
 
 /// The cache key: the suite, the variant, the packages and [`FORMAT`], hashed.

@@ -42,6 +42,19 @@ use detector::{
 };
 use tokio::sync::mpsc;
 
+/// The target directory: `CARGO_TARGET_DIR`, else the workspace's `target/` (not the working
+/// directory's: tests and benchmarks run in this crate's directory).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map_or_else(|| PathBuf::from("target"), |w| w.join("target"))
+        },
+        PathBuf::from,
+    )
+}
+
 pub mod apiserver;
 pub mod contain;
 pub mod containerd;

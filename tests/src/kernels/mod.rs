@@ -112,7 +112,7 @@ impl Plan {
         Self {
             rows,
             checker: sibling_binary("detector-kernel-check"),
-            dir: target_dir().join("kernels"),
+            dir: crate::target_dir().join("kernels"),
             jobs: 2,
             guest_timeout: Duration::from_secs(300),
             guest_check_timeout: Duration::from_secs(20),
@@ -125,18 +125,6 @@ impl Default for Plan {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The target directory: `CARGO_TARGET_DIR`, else the workspace's `target/`.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .map_or_else(|| PathBuf::from("target"), |w| w.join("target"))
-        },
-        PathBuf::from,
-    )
 }
 
 /// `name` next to the running binary (`target/<profile>/<name>`).
