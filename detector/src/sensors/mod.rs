@@ -278,7 +278,22 @@ impl Sensors {
     /// Checks the node, loads the programs of `set` and attaches them. Nothing is pinned: the
     /// programs and the quarantine end with the value (see [`Sensors::load_pinned`]).
     pub fn load(config: &SensorsConfig, set: ProgramSet) -> Result<Self, SensorError> {
-        Self::load_with(config, set, None)
+        Self::load_with(config, set, None, EBPF_OBJECT)
+    }
+
+    /// [`Sensors::load`] from another build of the typed eBPF object (the file the build
+    /// script leaves as `detector` in its output directory), for the benchmark to compare two
+    /// builds in the same run. The kernel must run the typed build.
+    pub fn load_object(
+        config: &SensorsConfig,
+        set: ProgramSet,
+        object: &[u8],
+    ) -> Result<Self, SensorError> {
+        let config = SensorsConfig {
+            program_variant: ProgramVariant::Typed,
+            ..config.clone()
+        };
+        Self::load_with(&config, set, None, object)
     }
 
     /// [`Sensors::load`], with the network quarantine pinned in `pin_dir` (what the daemon does
@@ -290,13 +305,14 @@ impl Sensors {
         set: ProgramSet,
         pin_dir: &Path,
     ) -> Result<Self, SensorError> {
-        Self::load_with(config, set, Some(pin_dir))
+        Self::load_with(config, set, Some(pin_dir), EBPF_OBJECT)
     }
 
     fn load_with(
         config: &SensorsConfig,
         set: ProgramSet,
         pin_dir: Option<&Path>,
+        typed_object: &[u8],
     ) -> Result<Self, SensorError> {
         check_privileges()?;
         if !config.btf_path.exists() {
@@ -311,7 +327,7 @@ impl Sensors {
         let (variant, patched) = match (config.program_variant, layout.rdonly_cast) {
             (ProgramVariant::Auto | ProgramVariant::Typed, Some(cast)) => (
                 ProgramVariant::Typed,
-                Some(with_kfunc_calls(EBPF_OBJECT, cast)?),
+                Some(with_kfunc_calls(typed_object, cast)?),
             ),
             (ProgramVariant::Typed, None) => return Err(SensorError::TypedUnsupported),
             (ProgramVariant::Auto | ProgramVariant::ProbeRead, _) => {

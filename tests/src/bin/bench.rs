@@ -46,6 +46,9 @@ enum Mode {
     /// The sensors with `watch: containers` (the DaemonSet's setting), the loop outside any
     /// container: what a node's own processes (kubelet, the runtime) pay.
     SensorsHost,
+    /// The sensors from another build of the eBPF object (`--compare-object`), in the same
+    /// blocks: two builds told apart on a noisy machine by their paired differences.
+    Compared,
     Bpftrace,
 }
 
@@ -56,6 +59,7 @@ impl Mode {
             Self::Floor => "do-nothing programs (floor)",
             Self::Sensors => "detector sensors",
             Self::SensorsHost => "detector sensors, watch: containers, host process",
+            Self::Compared => "detector sensors, the compared build",
             Self::Bpftrace => "bpftrace filter (peer)",
         }
     }
@@ -88,6 +92,8 @@ struct Args {
     processes: usize,
     mixed_seconds: u64,
     report: PathBuf,
+    /// Another build of the typed eBPF object, measured beside this one in the open loop.
+    compare_object: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -103,6 +109,7 @@ fn parse_args() -> anyhow::Result<Args> {
         processes: 50,
         mixed_seconds: 180,
         report: PathBuf::from("target/bench/report.json"),
+        compare_object: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -119,9 +126,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--processes" => args.processes = value()?.parse()?,
             "--mixed-seconds" => args.mixed_seconds = value()?.parse()?,
             "--report" => args.report = value()?.into(),
+            "--compare-object" => args.compare_object = Some(value()?.into()),
             other => {
                 bail!(
-                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --memory-only --open-only --pods --processes --mixed-seconds --report"
+                    "unknown argument {other}; known: --rounds --peer-rounds --opens --execs --flood --memory-only --open-only --pods --processes --mixed-seconds --report --compare-object"
                 )
             }
         }
@@ -171,6 +179,7 @@ impl Attached {
                 })
             }
             Mode::Bpftrace => start_bpftrace(work).map(Self::Bpftrace),
+            Mode::Compared => bail!("the compared build is measured in the open loop only"),
         }
     }
 
@@ -323,22 +332,35 @@ struct Switchable {
     floor: Sensors,
     sensors: Sensors,
     host: Sensors,
+    compared: Option<Sensors>,
     attached: Mode,
     stop_drain: std::sync::Arc<std::sync::atomic::AtomicBool>,
     drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Switchable {
-    fn load() -> anyhow::Result<Self> {
+    fn load(compared: Option<&[u8]>) -> anyhow::Result<Self> {
         let mut floor = Sensors::load(&Mode::Floor.config(), ProgramSet::Noop)?;
         floor.detach()?;
         let mut sensors = Sensors::load(&Mode::Sensors.config(), ProgramSet::Sensors)?;
         sensors.detach()?;
         let mut host = Sensors::load(&Mode::SensorsHost.config(), ProgramSet::Sensors)?;
         host.detach()?;
+        let mut compared = match compared {
+            Some(object) => {
+                let mut compared =
+                    Sensors::load_object(&Mode::Sensors.config(), ProgramSet::Sensors, object)?;
+                compared.detach()?;
+                Some(compared)
+            }
+            None => None,
+        };
         // Events of the rest of the machine are drained, as the daemon would; the loop itself
         // produces none.
         let mut rings = vec![sensors.take_events()?, host.take_events()?];
+        if let Some(compared) = &mut compared {
+            rings.push(compared.take_events()?);
+        }
         let stop_drain = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = stop_drain.clone();
         let drain = std::thread::spawn(move || {
@@ -353,6 +375,7 @@ impl Switchable {
             floor,
             sensors,
             host,
+            compared,
             attached: Mode::Nothing,
             stop_drain,
             drain: Some(drain),
@@ -364,6 +387,7 @@ impl Switchable {
             Mode::Floor => Some(&mut self.floor),
             Mode::Sensors => Some(&mut self.sensors),
             Mode::SensorsHost => Some(&mut self.host),
+            Mode::Compared => self.compared.as_mut(),
             Mode::Nothing | Mode::Bpftrace => None,
         }
     }
@@ -456,8 +480,9 @@ fn switched_open_loop(
     modes: &[Mode],
     iterations: u64,
     server: &mut OpenServer,
+    compared: Option<&[u8]>,
 ) -> anyhow::Result<BTreeMap<Mode, Stretches>> {
-    let mut programs = Switchable::load()?;
+    let mut programs = Switchable::load(compared)?;
     let blocks = iterations.div_ceil(STRETCH) as usize;
     // Warm-up: the first stretches of a new process and of each newly attached set are slower.
     for &mode in modes {
@@ -666,12 +691,19 @@ fn measure_open(args: &Args, work: &Path, cgroup: &TestCgroup) -> anyhow::Result
         .output()
         .is_ok_and(|o| o.status.success());
     let mut modes = vec![Mode::Nothing, Mode::Floor, Mode::Sensors, Mode::SensorsHost];
+    let compared = match &args.compare_object {
+        Some(path) => {
+            modes.push(Mode::Compared);
+            Some(fs::read(path).with_context(|| format!("read {}", path.display()))?)
+        }
+        None => None,
+    };
     eprintln!(
         "read-only openat+close x {} per mode, switched every {STRETCH}",
         args.opens
     );
     let mut server = OpenServer::start(cgroup, &ordinary)?;
-    let mut samples = switched_open_loop(&modes, args.opens, &mut server)?;
+    let mut samples = switched_open_loop(&modes, args.opens, &mut server, compared.as_deref())?;
     if has_bpftrace && !args.open_only {
         ensure_tracefs()?;
         eprintln!(
@@ -730,6 +762,27 @@ fn report_open(open: &OpenResults, args: &Args) -> anyhow::Result<serde_json::Va
     println!(
         "with watch: containers, a host process: {host_added:.1} ns = {host_added_ratio:.2}x the floor's"
     );
+    let compared = open.samples.get(&Mode::Compared).map(|compared| {
+        // Paired: each block's two stretches ran a few hundred milliseconds apart.
+        let sensors = &open.samples[&Mode::Sensors].added;
+        let differences: Vec<f64> = sensors
+            .iter()
+            .zip(&compared.added)
+            .map(|(this, other)| this - other)
+            .collect();
+        let compared_added = median(&compared.added);
+        let (q1, q3) = quartiles(&differences);
+        let difference = median(&differences);
+        println!(
+            "the compared build: {compared_added:.1} ns = {:.2}x the floor's; this build minus the compared one, per block: median {difference:.1} ns (quartiles {q1:.1} .. {q3:.1})",
+            compared_added / floor_added
+        );
+        serde_json::json!({
+            "added_over_floor_added": compared_added / floor_added,
+            "this_minus_compared_median_ns": difference,
+            "this_minus_compared_quartiles_ns": [q1, q3],
+        })
+    });
     println!(
         "\n## sys_exit's own run time per call during the open loop (kernel run-time statistics; they add their own clock reads to each)"
     );
@@ -758,6 +811,7 @@ fn report_open(open: &OpenResults, args: &Args) -> anyhow::Result<serde_json::Va
             "median_added_ns": by_mode(|s| &s.added),
             "sensors_ratio": median(&stretches(Mode::Sensors)?.ratio),
             "floor_ratio": median(&stretches(Mode::Floor)?.ratio),
+            "compared_build": compared,
             "sensors_added_over_floor_added": added_ratio,
             "host_process_ratio": median(&stretches(Mode::SensorsHost)?.ratio),
             "host_process_added_over_floor_added": host_added_ratio,
