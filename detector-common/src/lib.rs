@@ -61,9 +61,9 @@ pub const GLOBAL_DEDUP_WINDOW_NS: &str = "DEDUP_WINDOW_NS";
 pub const MAP_WATCH_GENERATION: &str = "WATCH_GENERATION";
 /// Per-CPU: the last task seen at syscall exit on this CPU (see [`TaskCacheEntry`]).
 pub const MAP_TASK_CACHE: &str = "TASK_CACHE";
-/// Thread exits counted since load; an entry of [`MAP_TASK_CACHE`] filled before the latest
-/// exit is not used.
-pub const MAP_TASK_EXITS: &str = "TASK_EXITS";
+/// Global (`.bss`): thread exits counted since load; an entry of [`MAP_TASK_CACHE`] filled
+/// before the latest exit is not used.
+pub const GLOBAL_TASK_EXITS: &str = "TASK_EXITS";
 /// Global: the first-bytes prefilter for read-only opens ([`ReadPrefilter`]).
 pub const GLOBAL_READ_PREFILTER: &str = "READ_PREFILTER";
 /// Program array `sys_exit` tail-calls for path operations, opens it could not resolve and
@@ -825,8 +825,9 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// `sock_common::skc_family` (a `struct sock` starts with its `sock_common`).
     pub sock_family: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The size of `dentry::d_shortname` (`DNAME_INLINE_LEN`): a name this long or longer
+    /// lives outside the dentry, a shorter one always inside.
+    pub dentry_inline_len: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 188);
 
@@ -886,7 +887,7 @@ pub mod io_uring_op {
 
 /// An entry of [`MAP_TASK_CACHE`]: the task whose syscall registers are at `regs` (its kernel
 /// stack's top, unique among live tasks), valid while no thread has exited since (`exits` is
-/// [`MAP_TASK_EXITS`] when it was filled). Zero: empty.
+/// [`GLOBAL_TASK_EXITS`] when it was filled). Zero: empty.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TaskCacheEntry {

@@ -126,7 +126,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_private_data: 0,
     socket_sk: 0,
     sock_family: 0,
-    _pad: 0,
+    dentry_inline_len: 0,
 };
 
 /// One member of [`OFFSETS`]. Read alone (volatile, so the placeholder is not folded in), it

@@ -174,7 +174,13 @@ pub fn sys_exit_rename(ctx: BtfTracePointContext) -> i32 {
 /// The daemon itself and unwatched cgroups are left at once.
 #[inline(always)]
 pub(crate) fn skip(task: Task) -> bool {
-    is_daemon(task.tgid()) || (!watching_all() && !cgroup_watched(task.cgroup_id()))
+    is_daemon(task.tgid()) || unwatched(task)
+}
+
+/// Whether `task`'s cgroup is not watched.
+#[inline(always)]
+fn unwatched(task: Task) -> bool {
+    !watching_all() && !cgroup_watched(task.cgroup_id())
 }
 
 /// Whether open `flags` ask for write, create or truncate.
@@ -203,7 +209,9 @@ pub fn read_only_open(
         return Ok(0);
     }
     let task = Task::at_syscall_exit(regs.0 as u64);
-    if skip(task) || !path::may_be_read_sensitive(task, ret) {
+    // The daemon's own opens are left out after the prefilter, in `open`: few of them pass it,
+    // and none of the others needs the task's thread-group id.
+    if unwatched(task) || !path::may_be_read_sensitive(task, path::just_opened(task, ret)) {
         return Ok(0);
     }
     Ok(open(ctx, dirfd, flags, ret))

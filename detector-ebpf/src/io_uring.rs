@@ -99,7 +99,7 @@ fn try_io_uring_complete(ctx: &BtfTracePointContext) -> Result<i32, i32> {
         return Ok(0);
     }
     let fd = i64::from(res);
-    if !write && !path::may_be_read_sensitive(task, fd) {
+    if !write && !path::may_be_read_sensitive(task, path::open_file(task, fd)) {
         return Ok(0);
     }
     let dirfd = read::<i32>(cmd + u64::from(layout!(open_dfd))).unwrap_or(0);

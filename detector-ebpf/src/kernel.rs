@@ -14,11 +14,7 @@
 
 #[cfg(not(feature = "probe-read"))]
 use aya_ebpf::helpers::generated::bpf_get_current_task_btf;
-use aya_ebpf::{
-    helpers::generated::bpf_get_current_task,
-    macros::map,
-    maps::{Array, PerCpuArray},
-};
+use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::map, maps::PerCpuArray};
 #[cfg(not(feature = "probe-read"))]
 use detector_common::KFUNC_RDONLY_CAST_MARKER;
 use detector_common::{KernelTypes, TaskCacheEntry};
@@ -40,23 +36,23 @@ static KERNEL_TYPES: KernelTypes = KernelTypes {
 static TASK_CACHE: PerCpuArray<TaskCacheEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Thread exits since load, every thread of every cgroup: counted by the exit program, which
-/// user space attaches before `sys_exit` and detaches after it.
-#[map(name = "TASK_EXITS")]
-static TASK_EXITS: Array<u64> = Array::with_max_entries(1, 0);
+/// user space attaches before `sys_exit` and detaches after it. A global (`.bss`), not an
+/// array map: its address is a constant of the program, with no key and bound to check on
+/// every read-only open.
+#[unsafe(no_mangle)]
+static mut TASK_EXITS: u64 = 0;
 
 /// Counts a thread exit: from here on, no cached entry filled before names a live task for sure.
 #[inline(always)]
 pub fn count_thread_exit() {
-    if let Some(exits) = TASK_EXITS.get_ptr_mut(0) {
-        // SAFETY: the array slot is valid, aligned map memory shared by all CPUs. An atomic
-        // add (the BPF target has no `AtomicU64::fetch_add`).
-        unsafe {
-            core::arch::asm!(
-                "lock *(u64 *)({exits} + 0) += {one}",
-                exits = in(reg) exits,
-                one = in(reg) 1u64,
-            );
-        }
+    // SAFETY: the global is valid, aligned map memory shared by all CPUs. An atomic add (the
+    // BPF target has no `AtomicU64::fetch_add`).
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({exits} + 0) += {one}",
+            exits = in(reg) core::ptr::addr_of_mut!(TASK_EXITS),
+            one = in(reg) 1u64,
+        );
     }
 }
 
@@ -223,11 +219,8 @@ impl Task {
     /// read-only (`bpf_rdonly_cast`) either way, so that both ways verify as one.
     #[inline(always)]
     pub fn at_syscall_exit(regs: u64) -> Self {
-        let exits = match TASK_EXITS.get_ptr(0) {
-            // SAFETY: valid map memory; a plain read of a counter others add to.
-            Some(exits) => unsafe { core::ptr::read_volatile(exits) },
-            None => u64::MAX,
-        };
+        // SAFETY: valid map memory; a plain read of a counter others add to.
+        let exits = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(TASK_EXITS)) };
         let task = match TASK_CACHE.get_ptr_mut(0) {
             Some(entry) => {
                 // SAFETY: this CPU's slot; one run of a program at a time uses it on a CPU.

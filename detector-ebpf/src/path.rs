@@ -118,9 +118,11 @@ impl Name {
     };
 
     /// The name of the dentry at `addr` (none for 0). Its first bytes are read from the
-    /// dentry's inline store, where names shorter than 40 bytes live; a longer one is
-    /// `unknown` (a typed load cannot follow the name pointer), which only costs the exact
-    /// check.
+    /// dentry's inline store, where every name shorter than the store lives (the dcache
+    /// allocates a longer one outside, and a rename only ever moves a long name's pointer or
+    /// copies a short name's bytes); a longer one is `unknown` (a typed load cannot follow the
+    /// name pointer), which only costs the exact check. The length tells which, so the name
+    /// pointer is not read.
     #[inline(always)]
     fn of(addr: u64) -> Self {
         if addr == 0 {
@@ -136,16 +138,14 @@ impl Name {
         let dentry = dentry_at(addr);
         let qstr = offset!(dentry_name);
         let len = dentry.u32_at(qstr + offset!(qstr_len));
-        let name = dentry.u64_at(qstr + offset!(qstr_name));
-        let inline = offset!(dentry_inline_name);
-        if name != dentry.addr() + inline as u64 {
+        if len >= offset!(dentry_inline_len) {
             return Self {
                 word: 0,
                 len,
                 unknown: 1,
             };
         }
-        let mut word = dentry.u64_at(inline);
+        let mut word = dentry.u64_at(offset!(dentry_inline_name));
         if len < 8 {
             // Bytes past the name's end are left over from earlier names.
             word &= (1u64 << (len * 8)) - 1;
@@ -213,6 +213,18 @@ pub fn open_file(task: Task, fd: i64) -> Option<Btf> {
     }
     let table = fdt.u64_at(offset!(fdtable_fd));
     let file = file_at(table + fd as u64 * 8);
+    (file.addr() != 0).then_some(file)
+}
+
+/// The file behind `fd`, a descriptor the current syscall of `task` (the current task) has
+/// just returned: [`open_file`] without its bound. The bound is known to hold: the table of a
+/// task's own descriptors is replaced only by the task itself (unshare, exec) and otherwise only
+/// grows, so an installed descriptor stays below its size. One load less on every read-only
+/// open.
+#[inline(always)]
+pub fn just_opened(task: Task, fd: i64) -> Option<Btf> {
+    let fdt = task.0.ptr(offset!(task_files)).ptr(offset!(files_fdt));
+    let file = file_at(fdt.u64_at(offset!(fdtable_fd)) + fd as u64 * 8);
     (file.addr() != 0).then_some(file)
 }
 
@@ -328,8 +340,8 @@ fn climb(task: Task, path: Btf, record: &mut Resolution) -> Reached {
 ///
 /// Most read-only opens end here, so it is inlined: no call and return on the hot path.
 #[inline(always)]
-pub fn may_be_read_sensitive(task: Task, fd: i64) -> bool {
-    let Some(file) = open_file(task, fd) else {
+pub fn may_be_read_sensitive(task: Task, file: Option<Btf>) -> bool {
+    let Some(file) = file else {
         return false;
     };
     let Some(top) = top_components(task, file) else {
@@ -375,10 +387,15 @@ fn top_components(task: Task, file: Btf) -> Option<[u64; TOP_COMPONENTS]> {
     if mnt.addr() == 0 || dentry.addr() == 0 {
         return Some([UNKNOWN; TOP_COMPONENTS]);
     }
-    if mnt.u32_at(offset!(vfsmount_flags)) & MNT_INTERNAL != 0 {
-        return None;
-    }
-    let mut mnt_root = mnt.ptr(offset!(vfsmount_root)).addr();
+    // On the process's root mount the climb meets the process's root before the mount's own
+    // whenever the file is below it, the common case: the mount's root is not read (0 never
+    // matches). A file outside it climbs on to its filesystem's root, a dentry of its own,
+    // and passes as unknown.
+    let mut mnt_root = if mnt.addr() == root_mnt {
+        0
+    } else {
+        mnt.ptr(offset!(vfsmount_root)).addr()
+    };
     let (mut first, mut second, mut third) = (0, 0, 0);
     for _ in 0..=MAX_MOUNTS {
         let mut at_mount_root = false;
@@ -393,6 +410,12 @@ fn top_components(task: Task, file: Btf) -> Option<[u64; TOP_COMPONENTS]> {
             }
             let parent = dentry.ptr(parent_at);
             if parent.addr() == here || parent.addr() == 0 {
+                // A dentry of its own, not in a tree: a pipe's, a socket's, a memfd's, on a
+                // kernel-internal mount, has no path (tested here, off the path of files that
+                // have one); anything else is a broken chain, which the prefilter passes.
+                if mnt.u32_at(offset!(vfsmount_flags)) & MNT_INTERNAL != 0 {
+                    return None;
+                }
                 return Some([UNKNOWN; TOP_COMPONENTS]);
             }
             third = second;

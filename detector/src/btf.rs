@@ -250,8 +250,34 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         file_private_data: offset("file", "private_data")?,
         socket_sk: offset("socket", "sk")?,
         sock_family: offset("sock_common", "skc_family")?,
-        _pad: 0,
+        dentry_inline_len: member_size(btf, "dentry", "d_shortname")
+            .or_else(|_| member_size(btf, "dentry", "d_iname"))?,
     })
+}
+
+/// `sizeof` of `member`, a direct member of `structure`: an array, a union or a structure.
+fn member_size(btf: &Btf, structure: &'static str, member: &'static str) -> Result<u32, BtfError> {
+    let missing = BtfError::NoMember { structure, member };
+    let Ok(Type::Struct(definition)) = btf.resolve_type_by_id(struct_id(btf, structure)?) else {
+        return Err(BtfError::NoStruct(structure));
+    };
+    let found = definition
+        .members
+        .iter()
+        .find(|m| btf.resolve_name(*m).is_ok_and(|name| name == member))
+        .ok_or(missing)?;
+    let size = match resolve(btf, found) {
+        Ok(Type::Union(inner) | Type::Struct(inner)) => inner.size(),
+        Ok(Type::Array(array)) => match btf.resolve_chained_type(&array) {
+            Ok(Type::Int(element)) => array.len() * element.size(),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    if size == 0 {
+        return Err(BtfError::NoMember { structure, member });
+    }
+    Ok(size as u32)
 }
 
 /// Byte offset of `member` in `structure`, looking through anonymous structs and unions.
@@ -344,5 +370,7 @@ mod tests {
         assert_eq!(offsets.vfsmount_root, 0);
         assert!(offsets.mount_mnt > offsets.mount_mountpoint);
         assert!(offsets.dentry_inline_name > offsets.dentry_name);
+        // 40 since Linux 6.14 on 64-bit machines, 32 before.
+        assert!([32, 40].contains(&offsets.dentry_inline_len));
     }
 }

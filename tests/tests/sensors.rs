@@ -820,6 +820,69 @@ fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
 }
 
 #[test]
+fn reads_in_a_chroot_are_classified_by_the_path_the_process_sees() {
+    if !privileged("reads_in_a_chroot_are_classified_by_the_path_the_process_sees") {
+        return;
+    }
+    // The process's root is a directory in the middle of its mount, as after chroot: a read of
+    // its `/etc/shadow` is one of `/etc/shadow` (the prefilter's climb stops at the process's
+    // root, not at the mount's). A read through a directory descriptor from before the chroot
+    // climbs past the root to the filesystem's own: reported with the path in its namespace
+    // when that is read-sensitive there.
+    let base = std::env::temp_dir().join(format!("detector-chroot-reads-{}", std::process::id()));
+    let root = base.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/shadow"), "root:*:1::::::\n").unwrap();
+    let secrets = base.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let outside = secrets.join("token");
+    std::fs::write(&outside, "s3cr3t").unwrap();
+    let mut config = SensorsConfig::default();
+    config
+        .read_sensitive_paths
+        .push(secrets.display().to_string());
+    let mut collector = collector(&config);
+    let cgroup = TestCgroup::for_test("chroot-reads").unwrap();
+    let mut child = cgroup
+        .command(env!("CARGO_BIN_EXE_detector-test-helper"))
+        .unwrap()
+        .args(["chroot-reads"])
+        .arg(&root)
+        .arg(&outside)
+        .arg("/etc/shadow")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    let done = collector.wait_for_exit(WAIT, pid);
+    std::fs::remove_dir_all(&base).unwrap();
+    assert!(status.success(), "chroot-reads: {status}");
+    assert!(done, "no exit event for pid {pid}");
+    let events = collector.from_cgroup(cgroup.id());
+    let read = |path: &str| {
+        events.iter().find_map(|e| match &e.body {
+            Body::File(f) if e.process.pid == Some(pid) && !f.write && f.path == path => Some(f),
+            _ => None,
+        })
+    };
+    let outside = outside.display().to_string();
+    if read("/etc/shadow").is_none() || read(&outside).is_none() {
+        dump(&events);
+    }
+    let shadow = read("/etc/shadow").expect("the read of /etc/shadow in the new root");
+    assert!(
+        shadow.read_sensitive && shadow.resolved && !shadow.outside_root,
+        "{shadow:?}"
+    );
+    let out = read(&outside).expect("the read outside the root, with its full path");
+    assert!(
+        out.read_sensitive && out.resolved && out.outside_root,
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace() {
     if !privileged("a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace") {
         return;

@@ -24,10 +24,11 @@ fn main() -> ExitCode {
         ["open-server", path] => return open_server(path),
         ["write-loop", path, n] => open_loop(path, n, libc::O_WRONLY | libc::O_CREAT),
         ["exec-loop", n] => exec_loop(n),
-        ["chroot-writes", root, outside, inside] => chroot_writes(root, outside, inside),
+        ["chroot-writes", root, outside, inside] => chroot_opens(root, outside, inside, WRITE),
+        ["chroot-reads", root, outside, inside] => chroot_opens(root, outside, inside, READ),
         ["uring-open", path, mode] => uring_open(path, mode),
         _ => Err("usage: detector-test-helper open-loop|write-loop PATH N | \
-             open-server PATH | exec-loop N | chroot-writes ROOT OUTSIDE INSIDE | \
+             open-server PATH | exec-loop N | chroot-writes|chroot-reads ROOT OUTSIDE INSIDE | \
              uring-open PATH read|write"
             .into()),
     };
@@ -129,7 +130,18 @@ fn open_close(path: &CString, n: u64, flags: libc::c_int) -> Result<(), String> 
     Ok(())
 }
 
-fn chroot_writes(root: &str, outside: &str, inside: &str) -> Result<u128, String> {
+/// Open flags of [`chroot_opens`]: a write-open that creates, and a read-only open.
+const WRITE: libc::c_int = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+const READ: libc::c_int = libc::O_RDONLY;
+
+/// Opens `outside` through a directory descriptor taken before chrooting into `root` (a file
+/// outside the process's root), then `inside` (a path in the new root), with `flags`.
+fn chroot_opens(
+    root: &str,
+    outside: &str,
+    inside: &str,
+    flags: libc::c_int,
+) -> Result<u128, String> {
     let start = Instant::now();
     let outside = std::path::Path::new(outside);
     let (Some(dir), Some(name)) = (outside.parent(), outside.file_name()) else {
@@ -158,14 +170,9 @@ fn chroot_writes(root: &str, outside: &str, inside: &str) -> Result<u128, String
             return Err(os_error("chroot"));
         }
         for (at, path) in [(dirfd, &name), (libc::AT_FDCWD, &inside)] {
-            let fd = libc::openat(
-                at,
-                path.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-                0o644,
-            );
+            let fd = libc::openat(at, path.as_ptr(), flags | libc::O_CLOEXEC, 0o644);
             if fd < 0 {
-                return Err(os_error("write-open"));
+                return Err(os_error("open"));
             }
             libc::close(fd);
         }
