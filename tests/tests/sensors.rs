@@ -819,6 +819,64 @@ fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
     assert_each_read_of_shadow_reported(&mut collector, &container, &readers);
 }
 
+/// A run of the test helper's `chroot-writes` or `chroot-reads` in a cgroup of its own: it
+/// opens a file outside `root` through a directory descriptor from before chrooting into it,
+/// then a path inside.
+struct ChrootOpens {
+    cgroup: TestCgroup,
+    pid: u32,
+}
+
+impl ChrootOpens {
+    /// Runs `command` to its end and waits for its exit event.
+    fn run(
+        collector: &mut Collector,
+        command: &str,
+        root: &std::path::Path,
+        outside: &std::path::Path,
+        inside: &str,
+    ) -> Self {
+        let cgroup = TestCgroup::for_test(command).unwrap();
+        let mut child = cgroup
+            .command(env!("CARGO_BIN_EXE_detector-test-helper"))
+            .unwrap()
+            .arg(command)
+            .arg(root)
+            .arg(outside)
+            .arg(inside)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let status = child.wait().unwrap();
+        let done = collector.wait_for_exit(WAIT, pid);
+        assert!(status.success(), "{command}: {status}");
+        assert!(done, "no exit event for pid {pid}");
+        Self { cgroup, pid }
+    }
+
+    fn events<'a>(&self, collector: &'a Collector) -> Vec<&'a Event> {
+        collector.from_cgroup(self.cgroup.id())
+    }
+
+    /// The process's open of `path` with write intent or without.
+    fn opened<'a>(
+        &self,
+        events: &[&'a Event],
+        write: bool,
+        path: &str,
+    ) -> Option<&'a detector::event::FileActivity> {
+        events.iter().find_map(|e| match &e.body {
+            Body::File(f)
+                if e.process.pid == Some(self.pid) && f.write == write && f.path == path =>
+            {
+                Some(f)
+            }
+            _ => None,
+        })
+    }
+}
+
 #[test]
 fn reads_in_a_chroot_are_classified_by_the_path_the_process_sees() {
     if !privileged("reads_in_a_chroot_are_classified_by_the_path_the_process_sees") {
@@ -842,30 +900,16 @@ fn reads_in_a_chroot_are_classified_by_the_path_the_process_sees() {
         .read_sensitive_paths
         .push(secrets.display().to_string());
     let mut collector = collector(&config);
-    let cgroup = TestCgroup::for_test("chroot-reads").unwrap();
-    let mut child = cgroup
-        .command(env!("CARGO_BIN_EXE_detector-test-helper"))
-        .unwrap()
-        .args(["chroot-reads"])
-        .arg(&root)
-        .arg(&outside)
-        .arg("/etc/shadow")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let status = child.wait().unwrap();
-    let done = collector.wait_for_exit(WAIT, pid);
+    let run = ChrootOpens::run(
+        &mut collector,
+        "chroot-reads",
+        &root,
+        &outside,
+        "/etc/shadow",
+    );
     std::fs::remove_dir_all(&base).unwrap();
-    assert!(status.success(), "chroot-reads: {status}");
-    assert!(done, "no exit event for pid {pid}");
-    let events = collector.from_cgroup(cgroup.id());
-    let read = |path: &str| {
-        events.iter().find_map(|e| match &e.body {
-            Body::File(f) if e.process.pid == Some(pid) && !f.write && f.path == path => Some(f),
-            _ => None,
-        })
-    };
+    let events = run.events(&collector);
+    let read = |path: &str| run.opened(&events, false, path);
     let outside = outside.display().to_string();
     if read("/etc/shadow").is_none() || read(&outside).is_none() {
         dump(&events);
@@ -895,32 +939,12 @@ fn a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace() 
     std::fs::create_dir_all(&root).unwrap();
     let outside = base.join("outside");
     let mut collector = collector(&SensorsConfig::default());
-    let cgroup = TestCgroup::for_test("chroot").unwrap();
-    let mut child = cgroup
-        .command(env!("CARGO_BIN_EXE_detector-test-helper"))
-        .unwrap()
-        .args(["chroot-writes"])
-        .arg(&root)
-        .arg(&outside)
-        .arg("/inside")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let status = child.wait().unwrap();
-    let done = collector.wait_for_exit(WAIT, pid);
+    let run = ChrootOpens::run(&mut collector, "chroot-writes", &root, &outside, "/inside");
     let on_disk = (outside.exists(), root.join("inside").exists());
     std::fs::remove_dir_all(&base).unwrap();
-    assert!(status.success(), "chroot-writes: {status}");
     assert_eq!(on_disk, (true, true), "both files written");
-    assert!(done, "no exit event for pid {pid}");
-    let events = collector.from_cgroup(cgroup.id());
-    let written = |path: &str| {
-        events.iter().find_map(|e| match &e.body {
-            Body::File(f) if e.process.pid == Some(pid) && f.write && f.path == path => Some(f),
-            _ => None,
-        })
-    };
+    let events = run.events(&collector);
+    let written = |path: &str| run.opened(&events, true, path);
     let outside = outside.display().to_string();
     if written(&outside).is_none() || written("/inside").is_none() {
         dump(&events);
