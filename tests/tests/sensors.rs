@@ -151,6 +151,43 @@ fn detached_sensors_see_nothing_and_see_again_once_attached() {
 }
 
 #[test]
+fn detach_returns_once_a_forked_process_holding_the_links_lets_go() {
+    if !privileged("detach_returns_once_a_forked_process_holding_the_links_lets_go") {
+        return;
+    }
+    // A process forked while the links are open holds their descriptors until it execs or
+    // exits (any thread's spawn does, for a moment): the programs run on until then, and
+    // `detach` returns only after.
+    let mut sensors = Sensors::load(&SensorsConfig::default(), ProgramSet::Sensors).unwrap();
+    let hold = Duration::from_millis(300);
+    // SAFETY: the child only sleeps and exits, both async-signal-safe.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let nap = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: hold.as_nanos() as libc::c_long,
+        };
+        // SAFETY: as above.
+        unsafe {
+            libc::nanosleep(&nap, std::ptr::null_mut());
+            libc::_exit(0);
+        }
+    }
+    assert!(child > 0, "fork: {}", std::io::Error::last_os_error());
+    let start = std::time::Instant::now();
+    let detached = sensors.detach();
+    let waited = start.elapsed();
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    detached.unwrap();
+    assert!(
+        waited >= hold - Duration::from_millis(100),
+        "detach returned after {waited:?}, while the forked process still held the links"
+    );
+}
+
+#[test]
 fn write_opens_are_reported_and_harmless_or_read_only_opens_are_not() {
     if !privileged("write_opens_are_reported_and_harmless_or_read_only_opens_are_not") {
         return;

@@ -14,6 +14,7 @@ use std::{
     fs::File,
     io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -63,6 +64,14 @@ static EBPF_OBJECT_PROBE_READ: &[u8] =
 /// Failure to bring up the sensors.
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
+    /// Programs detached by [`Sensors::detach`] still run: something holds their links.
+    #[error(
+        "detached programs (ids {programs:?}) are still linked after {waited:?}: a process holds the links' descriptors"
+    )]
+    StillLinked {
+        programs: Vec<u32>,
+        waited: Duration,
+    },
     /// The daemon lacks the privileges to load and attach eBPF programs.
     #[error(
         "loading eBPF programs needs root (CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN); running as uid {uid} with effective capabilities {capabilities:#x}"
@@ -255,6 +264,46 @@ enum Link {
     RawTracePoint(&'static str, RawTracePointLinkId),
     CgroupSockAddr(&'static str, CgroupSockAddrLinkId),
     CgroupSkb(&'static str, CgroupSkbLinkId),
+}
+
+impl Link {
+    /// The program the link attaches.
+    fn program(&self) -> &'static str {
+        match self {
+            Self::BtfTracePoint(name, _)
+            | Self::RawTracePoint(name, _)
+            | Self::CgroupSockAddr(name, _)
+            | Self::CgroupSkb(name, _) => name,
+        }
+    }
+}
+
+/// How long [`Sensors::detach`] waits for the kernel to let go of the links it closed.
+const UNLINK_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until no link in the kernel attaches one of `programs` (by id). Closing a link's
+/// descriptor releases the link only with its last reference: a process forked at that moment
+/// (any thread's spawn, until its exec closes what it inherited) holds one, and the program
+/// keeps running until then.
+fn wait_until_unlinked(programs: &[u32]) -> Result<(), SensorError> {
+    let deadline = Instant::now() + UNLINK_WAIT;
+    loop {
+        let linked: Vec<u32> = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .map(|link| link.program_id())
+            .filter(|id| programs.contains(id))
+            .collect();
+        if linked.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SensorError::StillLinked {
+                programs: linked,
+                waited: UNLINK_WAIT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// BTF tracepoints: (program, tracepoint). `sys_exit` reads its typed `pt_regs` and the
@@ -792,9 +841,19 @@ impl Sensors {
 
     /// Detaches every program, keeping them loaded with their maps and configuration, so that
     /// [`Sensors::attach`] puts them back at once (no verifier run). The benchmark uses it to
-    /// switch the sensors on and off between short stretches of a workload.
+    /// switch the sensors on and off between short stretches of a workload. Returns once the
+    /// kernel has let go of every link (see [`wait_until_unlinked`]): from then on no program
+    /// of the set runs.
     pub fn detach(&mut self) -> Result<(), SensorError> {
+        let mut detached = Vec::new();
         while let Some(link) = self.links.pop() {
+            if let Some(info) = self
+                .ebpf
+                .program(link.program())
+                .and_then(|program| program.info().ok())
+            {
+                detached.push(info.id());
+            }
             match link {
                 Link::BtfTracePoint(name, id) => {
                     let program: &mut BtfTracePoint = self.program(name)?;
@@ -814,7 +873,7 @@ impl Sensors {
                 }
             }
         }
-        Ok(())
+        wait_until_unlinked(&detached)
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, SensorError>
