@@ -207,13 +207,11 @@ impl Reached {
 /// The file behind descriptor `fd` of `task` (`task->files->fdt->fd[fd]`), typed.
 #[inline(always)]
 pub fn open_file(task: Task, fd: i64) -> Option<Btf> {
-    let fdt = task.0.ptr(offset!(task_files)).ptr(offset!(files_fdt));
+    let fdt = fd_table(task);
     if fd < 0 || fd as u64 >= fdt.u32_at(offset!(fdtable_max_fds)) as u64 {
         return None;
     }
-    let table = fdt.u64_at(offset!(fdtable_fd));
-    let file = file_at(table + fd as u64 * 8);
-    (file.addr() != 0).then_some(file)
+    file_in(fdt, fd)
 }
 
 /// The file behind `fd`, a descriptor the current syscall of `task` (the current task) has
@@ -223,7 +221,18 @@ pub fn open_file(task: Task, fd: i64) -> Option<Btf> {
 /// open.
 #[inline(always)]
 pub fn just_opened(task: Task, fd: i64) -> Option<Btf> {
-    let fdt = task.0.ptr(offset!(task_files)).ptr(offset!(files_fdt));
+    file_in(fd_table(task), fd)
+}
+
+/// `task->files->fdt`.
+#[inline(always)]
+fn fd_table(task: Task) -> Btf {
+    task.0.ptr(offset!(task_files)).ptr(offset!(files_fdt))
+}
+
+/// The file in slot `fd` of the descriptor table `fdt`, none when the slot is empty.
+#[inline(always)]
+fn file_in(fdt: Btf, fd: i64) -> Option<Btf> {
     let file = file_at(fdt.u64_at(offset!(fdtable_fd)) + fd as u64 * 8);
     (file.addr() != 0).then_some(file)
 }

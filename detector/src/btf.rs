@@ -257,7 +257,7 @@ fn offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 
 /// `sizeof` of `member`, a direct member of `structure`: an array, a union or a structure.
 fn member_size(btf: &Btf, structure: &'static str, member: &'static str) -> Result<u32, BtfError> {
-    let missing = BtfError::NoMember { structure, member };
+    let no_member = || BtfError::NoMember { structure, member };
     let Ok(Type::Struct(definition)) = btf.resolve_type_by_id(struct_id(btf, structure)?) else {
         return Err(BtfError::NoStruct(structure));
     };
@@ -265,7 +265,7 @@ fn member_size(btf: &Btf, structure: &'static str, member: &'static str) -> Resu
         .members
         .iter()
         .find(|m| btf.resolve_name(*m).is_ok_and(|name| name == member))
-        .ok_or(missing)?;
+        .ok_or_else(no_member)?;
     let size = match resolve(btf, found) {
         Ok(Type::Union(inner) | Type::Struct(inner)) => inner.size(),
         Ok(Type::Array(array)) => match btf.resolve_chained_type(&array) {
@@ -275,7 +275,7 @@ fn member_size(btf: &Btf, structure: &'static str, member: &'static str) -> Resu
         _ => 0,
     };
     if size == 0 {
-        return Err(BtfError::NoMember { structure, member });
+        return Err(no_member());
     }
     Ok(size as u32)
 }

@@ -860,12 +860,16 @@ fn no_task_is_taken_for_one_that_exited_while_the_sensors_were_detached() {
 /// opens a file outside `root` through a directory descriptor from before chrooting into it,
 /// then a path inside.
 struct ChrootOpens {
+    command: String,
     cgroup: TestCgroup,
     pid: u32,
+    status: std::process::ExitStatus,
+    exit_seen: bool,
 }
 
 impl ChrootOpens {
-    /// Runs `command` to its end and waits for its exit event.
+    /// Runs `command` to its end and waits for its exit event. Nothing is asserted yet, so that
+    /// the caller removes its files first.
     fn run(
         collector: &mut Collector,
         command: &str,
@@ -886,13 +890,20 @@ impl ChrootOpens {
             .unwrap();
         let pid = child.id();
         let status = child.wait().unwrap();
-        let done = collector.wait_for_exit(WAIT, pid);
-        assert!(status.success(), "{command}: {status}");
-        assert!(done, "no exit event for pid {pid}");
-        Self { cgroup, pid }
+        let exit_seen = collector.wait_for_exit(WAIT, pid);
+        Self {
+            command: command.to_owned(),
+            cgroup,
+            pid,
+            status,
+            exit_seen,
+        }
     }
 
+    /// The events of its cgroup, once it succeeded and its exit was seen.
     fn events<'a>(&self, collector: &'a Collector) -> Vec<&'a Event> {
+        assert!(self.status.success(), "{}: {}", self.command, self.status);
+        assert!(self.exit_seen, "no exit event for pid {}", self.pid);
         collector.from_cgroup(self.cgroup.id())
     }
 
@@ -979,8 +990,8 @@ fn a_write_outside_the_process_root_is_flagged_with_the_path_in_its_namespace() 
     let run = ChrootOpens::run(&mut collector, "chroot-writes", &root, &outside, "/inside");
     let on_disk = (outside.exists(), root.join("inside").exists());
     std::fs::remove_dir_all(&base).unwrap();
-    assert_eq!(on_disk, (true, true), "both files written");
     let events = run.events(&collector);
+    assert_eq!(on_disk, (true, true), "both files written");
     let written = |path: &str| run.opened(&events, true, path);
     let outside = outside.display().to_string();
     if written(&outside).is_none() || written("/inside").is_none() {
